@@ -1,0 +1,3 @@
+from trafficlens.cli import main
+
+main()

@@ -1,0 +1,57 @@
+"""The `trafficlens` command line: a thin layer over the Python API.
+
+Subcommands live beside the code they drive and are imported only when invoked, so that
+`trafficlens --help` does not pay for NumPy, PyArrow or PyTorch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+# name -> "module:attribute" of a click command, imported on first use.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prep": ("trafficlens.datasets.cli:prep", "Turn captures into a dataset directory."),
+    "info": ("trafficlens.datasets.cli:info", "Summarise a dataset: classes, settings, drops."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        target, _ = COMMANDS[name]
+        module_name, attr = target.split(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Help text from the table above, so listing commands imports none of them.
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="trafficlens")
+def cli() -> None:
+    """trafficlens: which application made this traffic?"""
+
+
+def fail(message: str) -> None:
+    """Print one red line to stderr and exit 2: the one way commands report user errors."""
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(2)
+
+
+def main() -> None:
+    from trafficlens.errors import TrafficlensError
+
+    try:
+        cli(standalone_mode=True)
+    except TrafficlensError as exc:
+        fail(str(exc))

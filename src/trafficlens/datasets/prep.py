@@ -1,0 +1,286 @@
+"""`prep`: captures in, one dataset directory out.
+
+Each capture is read, decoded, assembled into sessions and featurised on its own (so files
+run in parallel worker processes), and the main process appends the results, in input order,
+to one `DatasetWriter`. Files too large to hold one file's results in memory are streamed
+straight into the writer by the main process instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from trafficlens.datasets.config import PrepConfig, default_workers
+from trafficlens.datasets.labels import Labeler
+from trafficlens.datasets.writer import DatasetWriter
+from trafficlens.errors import CaptureError, ConfigError
+from trafficlens.features.stats import STATS_NAMES
+from trafficlens.features.tensors import Example, Featurizer
+
+CAPTURE_MAGICS = (
+    b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4",  # pcap, microseconds
+    b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d",  # pcap, nanoseconds
+    b"\x0a\x0d\x0d\x0a",  # pcapng section header
+)
+GZIP_MAGIC = b"\x1f\x8b"
+STREAM_INLINE_BYTES = 256 << 20  # larger files are streamed by the main process
+
+
+@dataclass
+class FileReport:
+    """What happened to one capture file."""
+
+    path: str
+    relative: str
+    size: int
+    sha256: str = ""
+    format: str = ""
+    packets: int = 0
+    sessions: int = 0
+    skipped_packets: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def looks_like_capture(path: Path) -> bool:
+    """Whether the first bytes are a pcap, pcapng or gzip magic (names are not trusted)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return head in CAPTURE_MAGICS or head[:2] == GZIP_MAGIC
+
+
+def discover(inputs: Iterable[str | os.PathLike]) -> tuple[list[tuple[Path, str]], list[str]]:
+    """Capture files under the inputs as (path, name relative to its input root), and skipped names.
+
+    An explicitly named file is always taken; in directories, files that do not start like a
+    capture (READMEs, label lists) are skipped and listed.
+    """
+    files: list[tuple[Path, str]] = []
+    skipped: list[str] = []
+    for item in inputs:
+        root = Path(item)
+        if root.is_file():
+            files.append((root, root.name))
+        elif root.is_dir():
+            for path in sorted(p for p in root.rglob("*") if p.is_file()):
+                relative = path.relative_to(root).as_posix()
+                if any(part.startswith(".") for part in path.relative_to(root).parts):
+                    continue
+                if looks_like_capture(path):
+                    files.append((path, relative))
+                else:
+                    skipped.append(relative)
+        else:
+            raise ConfigError(f"{root}: no such file or directory")
+    return files, skipped
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def prepare_capture(
+    path: Path,
+    relative: str,
+    config: PrepConfig,
+    labeler: Labeler | None,
+    emit: Callable[[Example], None],
+    on_reject: Callable[[dict[str, Any], str], None] | None = None,
+) -> FileReport:
+    """Read one capture and emit its examples; never raises for a bad file (see `error`)."""
+    from trafficlens.capture import CaptureReader, decode
+    from trafficlens.flows.assembler import SessionAssembler
+
+    report = FileReport(str(path), relative, path.stat().st_size)
+    label_of = labeler.bind(path, relative) if labeler is not None else None
+    featurizer = Featurizer(config, relative, label_of, emit, on_reject)
+    assembler = SessionAssembler(config, featurizer)
+    skipped = report.skipped_packets
+    add = assembler.add
+    reader = CaptureReader(path)
+    try:
+        for raw in reader:
+            packet = decode(raw)
+            if type(packet) is str:
+                skipped[packet] = skipped.get(packet, 0) + 1
+                continue
+            if packet.fragmented:
+                skipped["ip_fragment_first_kept"] = skipped.get("ip_fragment_first_kept", 0) + 1
+            add(packet)
+    except CaptureError as exc:
+        report.error = str(exc)
+    except OSError as exc:
+        report.error = f"{path}: {exc.strerror or exc}"
+    report.format = getattr(reader, "format", "")
+    report.packets = reader.packets
+    report.warnings = list(reader.warnings)
+    assembler.close()
+    featurizer.flush()
+    report.dropped = dict(featurizer.dropped)
+    report.dropped["retransmission_packets"] = assembler.retransmission_packets
+    report.dropped["pure_ack_packets"] = assembler.pure_ack_packets
+    report.sha256 = _sha256(path)
+    return report
+
+
+# -- worker processes ------------------------------------------------------------------------
+_worker_state: dict[str, Any] = {}
+
+
+def _init_worker(config: PrepConfig, labeler: Labeler | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and cleans up
+    _worker_state["config"] = config
+    _worker_state["labeler"] = labeler
+
+
+def _worker(job: tuple[Path, str]) -> tuple[FileReport, list[Example]]:
+    examples: list[Example] = []
+    report = prepare_capture(job[0], job[1], _worker_state["config"], _worker_state["labeler"], examples.append)
+    return report, examples
+
+
+# -- the whole run -----------------------------------------------------------------------------
+def prep(
+    inputs: list[str | os.PathLike] | str | os.PathLike,
+    out: str | os.PathLike,
+    config: PrepConfig | None = None,
+    *,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    on_warning: Callable[[str], None] | None = None,
+) -> Path:
+    """Turn captures into a dataset directory at `out`; returns its path.
+
+    >>> prep(["captures/"], "ds/x", PrepConfig(labels="dir"))
+    """
+    config = config or PrepConfig()
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    files, not_captures = discover(inputs)
+    if not files:
+        raise ConfigError(f"no capture files found in {', '.join(map(str, inputs))}")
+    labeler = Labeler(config.labels, config.label_column) if config.labels else None
+    workers = workers or default_workers()
+    writer = DatasetWriter(
+        out,
+        config.to_dict(),
+        image_bytes=config.image_bytes,
+        packets=config.packets,
+        packet_bytes=config.packet_bytes,
+        sequence_length=config.sequence_length,
+        stats_names=STATS_NAMES,
+        extra_columns=labeler.extra_columns if labeler else (),
+        deduplicate=config.deduplicate,
+        overwrite=overwrite,
+    )
+    extra_of = labeler.extra if labeler is not None and labeler.extra_columns else None
+
+    def write(example: Example) -> None:
+        meta = example.meta
+        if extra_of is not None:
+            meta.update(extra_of(meta))
+        writer.add(meta, example.image, example.packets, example.sequence, example.stats)
+
+    reports: list[FileReport] = []
+    bar = _progress(sum(p.stat().st_size for p, _ in files), progress)
+
+    def done(report: FileReport) -> None:
+        reports.append(report)
+        for message in report.warnings:
+            if on_warning:
+                on_warning(message)
+        if report.error and on_warning:
+            on_warning(report.error)
+        bar.update(report.size)
+
+    writer.open()
+    pool = None
+    try:
+        small = [job for job in files if job[0].stat().st_size <= STREAM_INLINE_BYTES]
+        if workers > 1 and len(small) > 1:
+            ctx = mp.get_context("fork") if hasattr(os, "fork") else mp.get_context()
+            pool = ctx.Pool(workers, initializer=_init_worker, initargs=(config, labeler))
+            results = pool.imap(_worker, small, chunksize=1)
+        else:
+            results = None
+        for job in files:
+            if results is not None and job[0].stat().st_size <= STREAM_INLINE_BYTES:
+                report, examples = next(results)
+                for example in examples:
+                    write(example)
+            else:
+                report = prepare_capture(job[0], job[1], config, labeler, write)
+            done(report)
+        if pool is not None:
+            pool.close()
+            pool.join()
+        if config.max_per_class:
+            writer.limit_per_class(config.max_per_class)
+        writer.finish(**_summary(reports, writer, not_captures))
+    except BaseException:
+        if pool is not None:
+            pool.terminate()
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+    return Path(out)
+
+
+def _summary(reports: list[FileReport], writer: DatasetWriter, not_captures: list[str]) -> dict[str, Any]:
+    dropped: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+    for report in reports:
+        for key, value in report.dropped.items():
+            dropped[key] = dropped.get(key, 0) + value
+        for key, value in report.skipped_packets.items():
+            skipped[key] = skipped.get(key, 0) + value
+    dropped["duplicate_sessions"] = writer.duplicates
+    if writer.sampled_out:
+        dropped["max_per_class"] = writer.sampled_out
+    errors = [{"file": r.relative, "kind": "unreadable", "message": r.error} for r in reports if r.error]
+    errors += [
+        {"file": r.relative, "kind": "damaged", "message": message} for r in reports for message in r.warnings
+    ]
+    return {
+        "inputs": [
+            {"path": r.relative, "bytes": r.size, "sha256": r.sha256, "format": r.format, "packets": r.packets}
+            for r in reports
+        ],
+        "packets_read": sum(r.packets for r in reports),
+        "dropped": dict(sorted(dropped.items())),
+        "skipped_packets": dict(sorted(skipped.items())),
+        "errors": errors,
+        "not_captures": not_captures,
+    }
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="prep", dynamic_ncols=True)

@@ -1,0 +1,1 @@
+"""Features: a session's packets turned into the tensors models read."""

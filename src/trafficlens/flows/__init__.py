@@ -1,0 +1,1 @@
+"""Flows: decoded packets grouped into sessions (both directions) or flows (one direction)."""

@@ -1,0 +1,117 @@
+"""The dataset directory: incremental writing, reading back, interruption, undersampling."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from trafficlens.datasets import Dataset, DatasetWriter
+from trafficlens.datasets.npy_stream import NpyAppender
+from trafficlens.errors import DatasetError
+
+
+def _meta(i, label):
+    return dict(capture=f"c{i % 4}.pcap", src_ip="10.0.0.1", dst_ip="10.0.0.2", src_port=1000 + i, dst_port=443,
+                protocol="TCP", ts_start=float(i), ts_end=float(i) + 1, packets=3, bytes=300, payload_bytes=100,
+                packets_fwd=2, packets_bwd=1, label=label)
+
+
+def _write(path, n, labels=("a", "b", "c"), dup_every=0, **kw):
+    writer = DatasetWriter(path, {"setting": 1}, stats_names=["x", "y"], **kw)
+    with writer:
+        for i in range(n):
+            image = np.zeros(784, np.uint8)
+            key = i - 1 if dup_every and i % dup_every == 0 and i else i
+            image[:4] = np.frombuffer(np.uint32(key).tobytes(), np.uint8)
+            writer.add(_meta(i, labels[i % len(labels)]), image, np.full((6, 96), key % 256, np.uint8),
+                       np.full((32, 2), i, np.float32), np.array([i, -i], np.float32))
+    return writer
+
+
+def test_npy_appender_roundtrip(tmp_path):
+    app = NpyAppender(tmp_path / "x.npy", np.float32, (3, 2))
+    app.append(np.ones((5, 3, 2)))
+    app.append(np.arange(12).reshape(2, 3, 2))
+    app.close()
+    data = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert data.shape == (7, 3, 2)
+    assert data[5].ravel().tolist() == list(range(6))
+
+
+def test_written_dataset_reads_back_row_aligned(tmp_path):
+    _write(tmp_path / "ds", 5000)  # more than one flush block
+    ds = Dataset.open(tmp_path / "ds")
+    assert len(ds) == 5000
+    assert ds.image_side == 28
+    stats = ds.tensor("stats")
+    assert isinstance(stats, np.memmap)
+    ids = ds.column("id")
+    assert (ids == np.arange(5000)).all()
+    # row i of every tensor belongs to row i of the table
+    assert (stats[:, 0] == ds.column("ts_start")).all()
+    assert ds.tensor("sequence")[4321, 0, 0] == 4321
+    assert ds.labels[:4].tolist() == ["a", "b", "c", "a"]
+    assert ds.manifest["classes"] == {"a": 1667, "b": 1667, "c": 1666}
+    assert pq.read_table(tmp_path / "ds" / "sessions.parquet").num_rows == 5000
+
+
+def test_duplicates_dropped_and_conflicts_counted(tmp_path):
+    writer = _write(tmp_path / "ds", 100, dup_every=10)
+    ds = Dataset.open(tmp_path / "ds")
+    assert len(ds) == 91
+    assert ds.manifest["duplicates"]["dropped"] == 9
+    # the duplicate i has label i%3, its original i-1 has another: all conflict
+    assert ds.manifest["duplicates"]["conflicting_labels"] == 9
+    assert writer.duplicates == 9
+
+
+def test_interrupted_write_leaves_nothing_that_looks_complete(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with DatasetWriter(tmp_path / "ds", {}, stats_names=["x"]) as writer:
+            writer.add(_meta(0, "a"), np.zeros(784, np.uint8), np.zeros((6, 96), np.uint8),
+                       np.zeros((32, 2), np.float32), np.zeros(1, np.float32))
+            raise KeyboardInterrupt
+    assert not (tmp_path / "ds").exists()
+    assert not (tmp_path / "ds.partial").exists()
+    with pytest.raises(DatasetError, match="no such dataset"):
+        Dataset.open(tmp_path / "ds")
+
+
+def test_open_rejects_incomplete_and_foreign_versions(tmp_path):
+    _write(tmp_path / "ds", 10)
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (tmp_path / "ds" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DatasetError, match="format version 99"):
+        Dataset.open(tmp_path / "ds")
+    (tmp_path / "other.partial").mkdir()
+    with pytest.raises(DatasetError, match="incomplete"):
+        Dataset.open(tmp_path / "other")
+
+
+def test_existing_output_needs_overwrite(tmp_path):
+    _write(tmp_path / "ds", 3)
+    with pytest.raises(DatasetError, match="already exists"):
+        DatasetWriter(tmp_path / "ds", {})
+    _write(tmp_path / "ds", 4, overwrite=True)
+    assert len(Dataset.open(tmp_path / "ds")) == 4
+
+
+def test_limit_per_class_keeps_rows_aligned(tmp_path):
+    writer = DatasetWriter(tmp_path / "ds", {}, stats_names=["i"])
+    writer.open()
+    for i in range(300):
+        label = "big" if i < 250 else "small"
+        image = np.zeros(784, np.uint8)
+        image[:4] = np.frombuffer(np.uint32(i).tobytes(), np.uint8)
+        writer.add(_meta(i, label), image, np.zeros((6, 96), np.uint8), np.zeros((32, 2), np.float32),
+                   np.array([i], np.float32))
+    writer.limit_per_class(40)
+    writer.finish()
+    ds = Dataset.open(tmp_path / "ds")
+    assert ds.manifest["classes"] == {"big": 40, "small": 40}
+    original = ds.tensor("stats")[:, 0].astype(int)
+    assert (ds.column("ts_start").astype(int) == original).all()
+    assert (ds.tensor("image")[:, :4].copy().view(np.uint32).ravel() == original).all()
+    assert (ds.column("id") == np.arange(80)).all()
