@@ -15,6 +15,8 @@ import click
 COMMANDS: dict[str, tuple[str, str]] = {
     "prep": ("trafficlens.datasets.cli:prep", "Turn captures into a dataset directory."),
     "info": ("trafficlens.datasets.cli:info", "Summarise a dataset: classes, settings, drops."),
+    "models": ("trafficlens.training.cli:models", "List the registered models: name, paper, inputs, parameters."),
+    "train": ("trafficlens.training.cli:train", "Train a model on a dataset and write a run directory."),
 }
 
 

@@ -171,10 +171,10 @@ def prep(
     config = config or PrepConfig()
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
+    labeler = Labeler(config.labels, config.label_column) if config.labels else None
     files, not_captures = discover(inputs)
     if not files:
         raise ConfigError(f"no capture files found in {', '.join(map(str, inputs))}")
-    labeler = Labeler(config.labels, config.label_column) if config.labels else None
     workers = workers or default_workers()
     writer = DatasetWriter(
         out,

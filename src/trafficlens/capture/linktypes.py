@@ -1,0 +1,16 @@
+"""Link-layer header types (tcpdump.org LINKTYPE_* values) that trafficlens decodes."""
+
+NULL = 0  # BSD loopback: 4-byte address family in the writer's byte order
+ETHERNET = 1
+PPP = 9
+RAW_LEGACY_12 = 12  # raw IP on some BSDs
+RAW_LEGACY_14 = 14  # raw IP on OpenBSD
+PPP_HDLC = 50
+RAW = 101  # raw IP, version from the first nibble
+LOOP = 108  # OpenBSD loopback: family in network byte order
+LINUX_SLL = 113
+LINUX_SLL2 = 276
+IPV4 = 228
+IPV6 = 229
+
+RAW_IP = (RAW_LEGACY_12, RAW_LEGACY_14, RAW, IPV4, IPV6)

@@ -1,0 +1,74 @@
+"""`trafficlens models` and `trafficlens train`."""
+
+from __future__ import annotations
+
+import click
+
+from trafficlens.training.config import BALANCES, DEVICES, LOSSES, SPLITS
+
+
+@click.command()
+@click.option("--classes", type=click.IntRange(2), default=10, show_default=True, help="Classes for the parameter count.")
+def models(classes):
+    """List the registered models: name, paper, inputs, parameters."""
+    from trafficlens.models import count_parameters, create_model, list_models, model_info
+
+    rows = []
+    for name in list_models():
+        info = model_info(name)
+        params = count_parameters(create_model(name, num_classes=classes))
+        rows.append((name, info.paper, ",".join(info.inputs), f"{params:,}", info.description))
+    headers = ("model", "paper", "inputs", f"params ({classes} cl.)", "description")
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+    for r in [headers, *rows]:
+        click.echo("  ".join(cell.rjust(w) if i == 3 else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip())
+
+
+@click.command()
+@click.argument("dataset", type=click.Path())
+@click.option("--model", "model_name", required=True, help="Registered model name (see `trafficlens models`).")
+@click.option("-o", "--out", required=True, type=click.Path(), help="Run directory to write (the model bundle).")
+@click.option("--loss", type=click.Choice(LOSSES), default="ce", show_default=True, help="Loss; focal is Ge 2021's class-weighted focal loss.")
+@click.option("--focal-gamma", type=click.FloatRange(0), default=2.0, show_default=True, help="Gamma of the focal loss.")
+@click.option("--epochs", "--max-epochs", "max_epochs", type=click.IntRange(1), default=30, show_default=True, help="Most epochs; early stopping may end sooner.")
+@click.option("--patience", type=click.IntRange(1), default=5, show_default=True, help="Epochs without better validation macro-F1 before stopping.")
+@click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None, help="Stop training after this many seconds.")
+@click.option("--split", type=click.Choice(SPLITS), default="random", show_default=True, help="random: stratified 60/20/20 by session; capture: grouped by capture file; column: the dataset's split column.")
+@click.option("--balance", type=click.Choice(BALANCES), default="none", show_default=True, help="Class balancing of the training split only.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split, initialisation and batch order.")
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="auto: CUDA (mixed precision) when present, else CPU on all cores.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads [default: all cores].")
+@click.option("--from", "from_runs", default=None, help="chen-model-a: CNN_RUN,GRU_RUN, the two trained runs to fuse.")
+@click.option("--min-class-sessions", type=click.IntRange(0), default=0, show_default=True, help="Drop classes with fewer labelled sessions.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Model setting, e.g. --set max_tokens=256 (JSON values).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(dataset, model_name, out, loss, focal_gamma, max_epochs, patience, time_budget, split, balance, seed,
+          batch_size, lr, device, threads, from_runs, min_class_sessions, settings, overwrite, quiet):
+    """Train a model on a dataset directory and write a run directory (model bundle)."""
+    import json
+
+    from trafficlens.errors import ConfigError
+    from trafficlens.training.config import TrainConfig
+    from trafficlens.training.run import train_run
+
+    model_kwargs = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            model_kwargs[key] = json.loads(value)
+        except ValueError:
+            model_kwargs[key] = value
+    cfg = TrainConfig(max_epochs=max_epochs, time_budget=time_budget, batch_size=batch_size, lr=lr, patience=patience,
+                      loss=loss, focal_gamma=focal_gamma, balance=balance, split=split, seed=seed, device=device,
+                      min_class_sessions=min_class_sessions, num_threads=threads)
+    runs = [p.strip() for p in from_runs.split(",") if p.strip()] if from_runs else []
+    log = (lambda message: click.echo(message, err=True))
+    s = train_run(dataset, out, model_name, cfg, model_kwargs, runs, progress=not quiet, overwrite=overwrite, log=log)
+    test = "n/a" if s["test_accuracy"] is None else f"accuracy {s['test_accuracy']:.4f}, macro-F1 {s['test_macro_f1']:.4f}"
+    click.echo(f"{s['model']}: best epoch {s['best_epoch']} of {s['epochs']} ({s['stopped']}, {s['seconds']:.1f} s); "
+               f"test {test}; wrote {s['out']}")

@@ -1,0 +1,72 @@
+"""`TrainConfig`: every setting of a training run, checked once at the boundary."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from trafficlens.errors import ConfigError
+
+LOSSES = ("ce", "weighted-ce", "focal")
+BALANCES = ("none", "undersample", "weights")
+SPLITS = ("random", "capture", "column")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and data settings (the model's own settings live in its config).
+
+    balance: `undersample` draws every class down to the smallest one in the training split;
+    `weights` samples batches with probability inversely proportional to class frequency
+    (class-balanced sampling, same number of batches). Validation and test are never balanced.
+    split: `random` (stratified 60/20/20 by session), `capture` (grouped by capture file,
+    stratified where possible), `column` (the dataset's `split` column: train/val/test).
+    """
+
+    max_epochs: int = 30
+    time_budget: float | None = None  # seconds for the whole fit; checked after every batch
+    batch_size: int = 256
+    eval_batch_size: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 5  # epochs without a better validation macro-F1 before stopping
+    lr_patience: int = 2  # epochs without improvement before the learning rate halves
+    lr_factor: float = 0.5
+    loss: str = "ce"
+    focal_gamma: float = 2.0
+    balance: str = "none"
+    split: str = "random"
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    min_class_sessions: int = 0  # drop classes with fewer labelled sessions
+    num_threads: int | None = None  # CPU threads; default all available cores
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ConfigError(message)
+
+        need(self.max_epochs >= 1, f"max_epochs must be >= 1, got {self.max_epochs}")
+        need(self.time_budget is None or self.time_budget > 0, f"time_budget must be > 0 seconds, got {self.time_budget}")
+        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        need(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
+        need(self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        need(self.balance in BALANCES, f"balance must be one of {', '.join(BALANCES)}, got {self.balance!r}")
+        need(self.split in SPLITS, f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        need(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        need(self.min_class_sessions >= 0, f"min_class_sessions must be >= 0, got {self.min_class_sessions}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown training setting(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,229 @@
+"""The training loop: one `fit` for every registered model, reading batches from memory maps.
+
+    history = fit(model, tensors, train_idx, train_y, val_idx, val_y, cfg, num_classes)
+
+`tensors` maps the dataset tensor names a model consumes to arrays indexed by session row
+(`Dataset.tensor(name)` memory maps, or plain arrays); each batch copies only its own rows.
+Adam, batch 256, learning rate halved when validation macro-F1 stalls, early stopping on
+validation macro-F1, best weights restored at the end. Same seed, same result on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from trafficlens.models.losses import make_loss
+from trafficlens.training.config import TrainConfig
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)  # one dict per epoch
+    best_epoch: int = 0
+    best_val_macro_f1: float = float("nan")
+    stopped: str = "max-epochs"  # max-epochs | early-stopping | time-budget
+    seconds: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from trafficlens.errors import ConfigError
+
+        raise ConfigError("--device cuda, but no CUDA device is available; use --device auto or cpu")
+    return torch.device(name)
+
+
+def setup(cfg: TrainConfig) -> torch.device:
+    """Seed every generator, pick the device, use all CPU cores."""
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(cfg.num_threads or cores or 1)
+    return device
+
+
+def autocast(device: torch.device, enabled: bool):
+    if device.type != "cuda" or not enabled:
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def _gather(tensors: Mapping[str, np.ndarray], names: tuple[str, ...], idx: np.ndarray, pin: bool) -> list[torch.Tensor]:
+    out = []
+    for name in names:
+        t = torch.from_numpy(np.ascontiguousarray(tensors[name][idx]))  # copies only this batch
+        out.append(t.pin_memory() if pin else t)
+    return out
+
+
+def batches(tensors, names, idx: np.ndarray, y: np.ndarray | None, batch_size: int, device: torch.device,
+            order: np.ndarray | None = None) -> Iterator[tuple[list[torch.Tensor], torch.Tensor | None]]:
+    """Yield (inputs, targets) on `device`; the next batch is read in a thread meanwhile.
+
+    `order` permutes positions in idx (shuffling); rows inside a batch are sorted so reads from
+    the memory map go forward through the file.
+    """
+    positions = order if order is not None else np.arange(len(idx))
+    chunks = [np.sort(positions[i:i + batch_size]) for i in range(0, len(positions), batch_size)]
+    pin = device.type == "cuda"
+
+    def load(chunk):
+        xs = _gather(tensors, names, idx[chunk], pin)
+        ys = torch.from_numpy(y[chunk].astype(np.int64)) if y is not None else None
+        return xs, ys
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(load, chunks[0]) if chunks else None
+        for k in range(len(chunks)):
+            xs, ys = pending.result()
+            if k + 1 < len(chunks):
+                pending = pool.submit(load, chunks[k + 1])
+            xs = [x.to(device, non_blocking=True) for x in xs]
+            yield xs, (ys.to(device, non_blocking=True) if ys is not None else None)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, tensors, idx: np.ndarray, batch_size: int = 1024,
+                   device: torch.device | None = None, amp: bool = True) -> np.ndarray:
+    """Logits (len(idx), C) in the order of idx."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    order = np.argsort(idx, kind="stable")
+    out = np.empty((len(idx), model.head.out_features), dtype=np.float32)
+    pos = 0
+    sorted_idx = idx[order]
+    for xs, _ in batches(tensors, model.inputs, sorted_idx, None, batch_size, device):
+        with autocast(device, amp):
+            logits = model(*xs)
+        out[order[pos:pos + len(logits)]] = logits.float().cpu().numpy()
+        pos += len(logits)
+    model.train(was_training)
+    return out
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+    }
+
+
+def fit(model: nn.Module, tensors: Mapping[str, np.ndarray], train_idx: np.ndarray, train_y: np.ndarray,
+        val_idx: np.ndarray, val_y: np.ndarray, cfg: TrainConfig, num_classes: int,
+        progress: bool = True, device: torch.device | None = None) -> FitResult:
+    """Train `model` in place; on return it holds the weights of the best validation epoch.
+
+    Expects `setup(cfg)` to have run (seeds, threads); `train`/`val` indices are dataset rows,
+    `*_y` their class ids. With no validation rows the last epoch's weights are kept.
+    """
+    from tqdm.auto import tqdm
+
+    device = device or resolve_device(cfg.device)
+    model.to(device)
+    rng = np.random.default_rng(cfg.seed)
+    counts = np.bincount(train_y, minlength=num_classes)
+    criterion = make_loss(cfg.loss, counts, cfg.focal_gamma).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
+
+    result = FitResult()
+    best_f1, best_state, stale = -1.0, None, 0
+    start = time.perf_counter()
+    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    for epoch in range(1, cfg.max_epochs + 1):
+        t0 = time.perf_counter()
+        order = _epoch_order(rng, train_y, cfg.balance, num_classes)
+        model.train()
+        seen = correct = 0
+        loss_sum = 0.0
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.max_epochs}", unit="batch",
+                   disable=not progress, leave=True, dynamic_ncols=True)
+        out_of_time = False
+        for xs, ys in batches(tensors, model.inputs, train_idx, train_y, cfg.batch_size, device, order):
+            with autocast(device, use_amp):
+                logits = model(*xs)
+                loss = criterion(logits.float(), ys)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            n = len(ys)
+            seen += n
+            loss_sum += float(loss.detach()) * n
+            correct += int((logits.argmax(1) == ys).sum())
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
+            if cfg.time_budget is not None and time.perf_counter() - start > cfg.time_budget:
+                out_of_time = True
+                break
+        train_seconds = time.perf_counter() - t0
+        row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+               "train_samples": seen, "lr": optimizer.param_groups[0]["lr"]}
+        if len(val_idx):
+            logits = predict_logits(model, tensors, val_idx, cfg.eval_batch_size, device, use_amp)
+            with torch.no_grad():
+                row["val_loss"] = float(criterion(torch.from_numpy(logits).to(device), torch.from_numpy(val_y.astype(np.int64)).to(device)))
+            row.update({f"val_{k}": v for k, v in classification_metrics(val_y, logits.argmax(1)).items()})
+        row["train_seconds"] = train_seconds
+        row["seconds"] = time.perf_counter() - t0
+        result.history.append(row)
+        bar.set_postfix(loss=f"{row['train_loss']:.4f}", acc=f"{row['train_accuracy']:.3f}",
+                        val_acc=f"{row.get('val_accuracy', float('nan')):.3f}",
+                        val_f1=f"{row.get('val_macro_f1', float('nan')):.3f}")
+        bar.close()
+
+        f1 = row.get("val_macro_f1", -row["train_loss"])
+        if f1 > best_f1 + 1e-4:
+            best_f1, stale, result.best_epoch = f1, 0, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+        scheduler.step(f1)
+        if out_of_time:
+            result.stopped = "time-budget"
+            break
+        if stale >= cfg.patience:
+            result.stopped = "early-stopping"
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    result.best_val_macro_f1 = best_f1 if len(val_idx) else float("nan")
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _epoch_order(rng: np.random.Generator, y: np.ndarray, balance: str, num_classes: int) -> np.ndarray:
+    """Positions into the training rows for one epoch.
+
+    `weights`: class-balanced sampling with replacement, as many draws as training rows.
+    (`undersample` is applied once to the training rows before fit, see run.py.)
+    """
+    n = len(y)
+    if balance != "weights":
+        return rng.permutation(n)
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    p = 1.0 / counts[y]
+    return rng.choice(n, size=n, replace=True, p=p / p.sum())
+
+

@@ -1,0 +1,131 @@
+"""Every registered model: builds from the registry, runs forward and backward, exposes its parts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trafficlens.errors import ConfigError
+from trafficlens.models import count_parameters, create_model, list_models, model_info
+from trafficlens.models.layers import DigitCaps, attention_maps, squash
+from trafficlens.models.losses import FocalLoss, inverse_frequency, make_loss
+
+SHAPES = {"image": (400,), "packets": (6, 32), "sequence": (8, 2), "stats": (3,)}
+
+
+def batch(model, n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (n, *SHAPES[t]), generator=g, dtype=torch.uint8) for t in model.inputs]
+
+
+def test_registry_lists_every_model_of_the_issue():
+    assert set(list_models()) == {
+        "ge-inception-capsnet", "ge-elmo-lstm-attention", "ge-cnn-lstm", "chen-cnn", "chen-gru", "chen-han",
+        "chen-model-a", "chen-model-b", "wang-1dcnn", "wang-2dcnn",
+    }
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5, input_shapes=SHAPES)
+    assert tuple(model.inputs) == model_info(name).inputs
+    print(f"{name}: {count_parameters(model):,} parameters ({count_parameters(model, trainable_only=True):,} trainable)")
+    model.train()
+    xs = batch(model)
+    logits = model(*xs)
+    assert logits.shape == (4, 5)
+    assert torch.isfinite(logits).all()
+    F.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    # the timm split: features -> head; pre-logits width is num_features
+    model.eval()
+    with torch.no_grad():
+        feats = model.forward_features(*xs)
+        assert torch.allclose(model.forward_head(feats), model(*xs), atol=1e-5)
+        assert model.forward_head(feats, pre_logits=True).shape == (4, model.num_features)
+
+
+@pytest.mark.parametrize("side", [12, 28, 35])
+@pytest.mark.parametrize("name", [n for n in list_models() if "image" in model_info(n).inputs])
+def test_image_models_take_any_square_side(name, side):
+    shapes = {**SHAPES, "image": (side * side,)}
+    model = create_model(name, num_classes=3, input_shapes=shapes).eval()
+    xs = [torch.randint(0, 256, (2, *shapes[t]), dtype=torch.uint8) for t in model.inputs]
+    with torch.no_grad():
+        assert model(*xs).shape == (2, 3)
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(ConfigError, match="unknown setting.*bogus"):
+        create_model("chen-cnn", num_classes=3, bogus=1)
+    with pytest.raises(ConfigError, match="unknown model 'nope'"):
+        create_model("nope")
+    with pytest.raises(ConfigError, match="square image"):
+        create_model("chen-cnn", num_classes=3, input_shapes={"image": (500,)})
+    with pytest.raises(ConfigError, match="max_tokens must be int"):
+        create_model("chen-gru", num_classes=3, max_tokens="many")
+    # None means "use the model's default" (command-line options that were not given)
+    assert create_model("chen-gru", num_classes=3, max_tokens=None).cfg.max_tokens == 128
+    assert create_model("chen-cnn", num_classes=3, channels=[8, 8, 8, 8]).cfg.channels == (8, 8, 8, 8)  # JSON lists
+
+
+def test_attention_and_routing_weights_are_retrievable():
+    han = create_model("chen-han", num_classes=3, input_shapes=SHAPES).eval()
+    packets = torch.randint(1, 256, (2, 6, 32), dtype=torch.uint8)
+    packets[1, 3:] = 0  # padding packets get no attention
+    han(packets)
+    maps = attention_maps(han)
+    assert maps["byte_attention"].shape == (2, 6, 32) and maps["packet_attention"].shape == (2, 6)
+    assert torch.allclose(maps["packet_attention"].sum(-1), torch.ones(2))
+    assert float(maps["packet_attention"][1, 3:].sum()) < 1e-3
+    caps = create_model("ge-inception-capsnet", num_classes=3, input_shapes=SHAPES).eval()
+    caps(*batch(caps, 2))
+    routing = attention_maps(caps)["branch.digit"]
+    assert routing.shape == (2, 512, 10) and torch.allclose(routing.sum(-1), torch.ones(2, 512))
+    fusion = create_model("chen-model-a", num_classes=3, input_shapes=SHAPES).eval()
+    fusion(*batch(fusion, 2))
+    alpha = attention_maps(fusion)["weighting"]
+    assert alpha.shape == (2, fusion.num_features) and torch.allclose(alpha.sum(-1), torch.ones(2))
+    lstm = create_model("ge-elmo-lstm-attention", num_classes=3, input_shapes=SHAPES).eval()
+    lstm(*batch(lstm, 2))
+    assert attention_maps(lstm)["branch.attention"].shape == (2, 6, 6)
+
+
+def test_vectorised_routing_matches_the_loop_of_the_paper():
+    torch.manual_seed(0)
+    layer = DigitCaps(in_caps=7, in_dim=4, out_caps=3, out_dim=5, iterations=3)
+    u = squash(torch.randn(2, 7, 4))
+    v = layer(u)
+    for b in range(2):  # Sabour et al. procedure 1, one capsule pair at a time
+        u_hat = [[layer.W[i, j] @ u[b, i] for j in range(3)] for i in range(7)]
+        logits = torch.zeros(7, 3)
+        for r in range(3):
+            c = logits.softmax(dim=1)
+            out = [squash(sum(c[i, j] * u_hat[i][j] for i in range(7))) for j in range(3)]
+            for i in range(7):
+                for j in range(3):
+                    logits[i, j] = logits[i, j] + u_hat[i][j] @ out[j]
+        assert torch.allclose(torch.stack(out), v[b], atol=1e-5)
+
+
+def test_model_a_branches_are_frozen():
+    model = create_model("chen-model-a", num_classes=3, input_shapes=SHAPES).train()
+    assert not model.cnn.training and not model.gru.training
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"weighting", "head"}
+
+
+def test_focal_loss():
+    logits, target = torch.randn(8, 3), torch.tensor([0, 1, 2, 0, 1, 2, 0, 0])
+    assert torch.allclose(FocalLoss(gamma=0.0)(logits, target), F.cross_entropy(logits, target), atol=1e-6)
+    alpha = inverse_frequency(np.array([6, 3, 1, 0]))
+    assert alpha[3] == 0 and alpha[2] > alpha[1] > alpha[0]
+    assert torch.allclose((alpha * torch.tensor([6.0, 3, 1, 0])).sum() / 10, torch.tensor(1.0))  # mean weight per sample
+    easy = torch.tensor([[10.0, 0, 0]])
+    assert FocalLoss(gamma=2.0)(easy, torch.tensor([0])) < F.cross_entropy(easy, torch.tensor([0])) / 100
+    with pytest.raises(ConfigError, match="loss must be one of"):
+        make_loss("hinge", np.ones(3))

@@ -1,0 +1,208 @@
+"""Training end to end on tiny synthetic datasets written with DatasetWriter (the prep code path)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from trafficlens.datasets import Dataset, DatasetWriter
+from trafficlens.errors import ConfigError
+from trafficlens.models import list_models
+from trafficlens.training import TrainConfig, load_bundle, train_run
+from trafficlens.training.splits import capture_split, random_split
+
+IMAGE_SIDE, PACKETS, PACKET_BYTES = 20, 6, 32
+STATS = ("duration", "packets", "bytes")
+
+
+def make_dataset(path, classes=("alpha", "beta", "gamma"), per_class=60, captures_per_class=5, seed=0, config=None):
+    """A separable dataset: class c writes bytes 200 into its own block of the image and of one
+    packet, on top of low noise; sessions are spread over `captures_per_class` captures."""
+    rng = np.random.default_rng(seed)
+    k = IMAGE_SIDE * IMAGE_SIDE
+    with DatasetWriter(path, config or {"layer": "all", "mask": "strict", "image_bytes": k}, image_bytes=k,
+                       packets=PACKETS, packet_bytes=PACKET_BYTES, sequence_length=8, stats_names=list(STATS)) as w:
+        for i in range(per_class):
+            for c, label in enumerate(classes):
+                image = rng.integers(0, 60, k, dtype=np.uint8)
+                image[c * 40:(c + 1) * 40] = 200
+                packets = rng.integers(0, 60, (PACKETS, PACKET_BYTES), dtype=np.uint8)
+                packets[c % PACKETS, :16] = 200 - 40 * (c // PACKETS)
+                meta = {"capture": f"{label}/cap{i % captures_per_class}.pcap", "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2",
+                        "src_port": 40000 + i, "dst_port": 443, "protocol": "TCP", "ts_start": float(i), "ts_end": i + 1.0,
+                        "packets": 6, "bytes": 600, "payload_bytes": 300, "packets_fwd": 3, "packets_bwd": 3, "label": label}
+                w.add(meta, image, packets, rng.random((8, 2), dtype=np.float32), rng.random(3, dtype=np.float32))
+    return Dataset.open(path)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("ds") / "synth")
+
+
+FAST = dict(batch_size=16, eval_batch_size=256, lr=3e-3)
+
+
+# -- splits ---------------------------------------------------------------------------------------
+def test_random_split_is_stratified_disjoint_and_seeded():
+    y = np.repeat(np.arange(3), [50, 30, 20])
+    rows = np.arange(len(y)) * 2  # row numbers need not be contiguous
+    s = random_split(rows, y, seed=1)
+    parts = [s.train, s.val, s.test]
+    assert sorted(np.concatenate(parts).tolist()) == sorted(rows.tolist())
+    for c, n in enumerate([50, 30, 20]):
+        members = set(rows[y == c].tolist())
+        assert len(members & set(s.test.tolist())) == round(0.2 * n)
+        assert len(members & set(s.val.tolist())) == round(0.2 * n)
+    again = random_split(rows, y, seed=1)
+    assert np.array_equal(again.test, s.test)
+    assert not np.array_equal(random_split(rows, y, seed=2).test, s.test)
+
+
+def test_capture_split_never_shares_a_capture(dataset):
+    rows = np.arange(len(dataset))
+    y = np.unique(dataset.labels.astype(str), return_inverse=True)[1]
+    groups = dataset.column("capture").astype(str)
+    s = capture_split(rows, y, groups, seed=0)
+    sides = [set(groups[p]) for p in (s.train, s.val, s.test)]
+    assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
+    assert len(s.train) + len(s.val) + len(s.test) == len(rows)
+    assert set(y[s.test]) == {0, 1, 2}  # 5 captures per class: every class reaches the test side
+    with pytest.raises(ConfigError, match="at least 5 capture"):
+        capture_split(rows, y, np.array(["a", "b"] * (len(rows) // 2)), seed=0)
+
+
+# -- learning -------------------------------------------------------------------------------------
+def test_chen_cnn_learns_separable_data_and_writes_a_bundle(dataset, tmp_path):
+    out = tmp_path / "run"
+    s = train_run(dataset.path, out, "chen-cnn", TrainConfig(max_epochs=12, patience=4, **FAST), progress=False, log=lambda m: None)
+    assert s["test_accuracy"] >= 0.95, s
+    for name in ("model.safetensors", "config.json", "history.json", "metrics.json", "split.npy"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["name"] == "chen-cnn" and config["labels"] == ["alpha", "beta", "gamma"]
+    assert config["preprocessing"] == dataset.config and config["split"]["kind"] == "random"
+    history = json.loads((out / "history.json").read_text())
+    assert {"train_loss", "val_macro_f1", "val_accuracy", "seconds"} <= set(history["epochs"][0])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["layer"] == "all" and metrics["mask"] == "strict"
+    assert np.array(metrics["confusion_matrix"]["matrix"]).sum() == metrics["n"] == config["split"]["sizes"]["test"]
+    assert set(metrics["per_class"]) == {"alpha", "beta", "gamma"}
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if n != "chen-model-a"])
+def test_every_model_reduces_its_training_loss(name, dataset, tmp_path):
+    cfg = TrainConfig(max_epochs=3, patience=3, **FAST)
+    s = train_run(dataset.path, tmp_path / name, name, cfg, progress=False, log=lambda m: None)
+    epochs = json.loads((tmp_path / name / "history.json").read_text())["epochs"]
+    print(f"{name}: train loss {[round(e['train_loss'], 3) for e in epochs]}, test acc {s['test_accuracy']:.3f}")
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+
+
+def test_same_seed_same_weights_on_cpu(dataset, tmp_path):
+    cfg = TrainConfig(max_epochs=2, device="cpu", **FAST)
+    for name in ("a", "b"):
+        train_run(dataset.path, tmp_path / name, "chen-gru", cfg, progress=False, log=lambda m: None)
+    sha = [json.loads((tmp_path / n / "config.json").read_text())["weights"]["sha256"] for n in ("a", "b")]
+    assert sha[0] == sha[1]
+
+
+def test_capture_split_balance_and_focal_loss(dataset, tmp_path):
+    cfg = TrainConfig(max_epochs=2, split="capture", balance="undersample", loss="focal", **FAST)
+    s = train_run(dataset.path, tmp_path / "r", "wang-1dcnn", cfg, progress=False, log=lambda m: None)
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["split"]["kind"] == "capture" and config["train"]["loss"] == "focal"
+    assert s["test_accuracy"] is not None
+    cfg = TrainConfig(max_epochs=1, balance="weights", loss="weighted-ce", **FAST)
+    train_run(dataset.path, tmp_path / "w", "wang-1dcnn", cfg, progress=False, log=lambda m: None)
+
+
+def test_time_budget_stops_training(dataset, tmp_path):
+    s = train_run(dataset.path, tmp_path / "r", "chen-cnn", TrainConfig(max_epochs=50, time_budget=0.01, **FAST),
+                  progress=False, log=lambda m: None)
+    assert s["stopped"] == "time-budget" and s["epochs"] == 1
+
+
+def test_min_class_sessions_drops_small_classes(tmp_path):
+    ds = make_dataset(tmp_path / "ds", classes=("a", "b", "c"), per_class=20)
+    # keep only 2 classes by asking for more sessions than... every class has 20: none dropped
+    s = train_run(ds.path, tmp_path / "r", "wang-1dcnn", TrainConfig(max_epochs=1, min_class_sessions=20, **FAST),
+                  progress=False, log=lambda m: None)
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["labels"] == ["a", "b", "c"]
+    with pytest.raises(ConfigError, match="at least 2 classes"):
+        train_run(ds.path, tmp_path / "r2", "wang-1dcnn", TrainConfig(max_epochs=1, min_class_sessions=21), progress=False)
+    assert s["epochs"] == 1
+
+
+def test_run_directory_is_not_overwritten(dataset, tmp_path):
+    train_run(dataset.path, tmp_path / "r", "wang-1dcnn", TrainConfig(max_epochs=1, **FAST), progress=False, log=lambda m: None)
+    with pytest.raises(ConfigError, match="already holds"):
+        train_run(dataset.path, tmp_path / "r", "wang-1dcnn", TrainConfig(max_epochs=1, **FAST), progress=False)
+
+
+def test_bad_settings_are_config_errors():
+    with pytest.raises(ConfigError, match="loss must be one of"):
+        TrainConfig(loss="hinge")
+    with pytest.raises(ConfigError, match="unknown training setting"):
+        TrainConfig.from_dict({"epochs": 3})
+
+
+# -- chen-model-a on top of two trained runs, through the command line -----------------------------
+def test_cli_train_and_model_a_from_runs(dataset, tmp_path):
+    from trafficlens.training.cli import models, train
+
+    runner = CliRunner()
+    common = ["--epochs", "3", "--batch-size", "16", "--lr", "0.003", "--quiet"]
+    for name, out in (("chen-cnn", "cnn"), ("chen-gru", "gru")):
+        result = runner.invoke(train, [str(dataset.path), "--model", name, "-o", str(tmp_path / out), *common])
+        assert result.exit_code == 0, result.output
+        assert "test accuracy" in result.output
+    result = runner.invoke(train, [str(dataset.path), "--model", "chen-model-a", "-o", str(tmp_path / "a"),
+                                   "--from", f"{tmp_path / 'cnn'},{tmp_path / 'gru'}", *common])
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(tmp_path / "a")
+    cnn = load_bundle(tmp_path / "cnn")
+    for key, value in bundle.model.cnn.state_dict().items():  # branches stayed frozen
+        assert torch.equal(cnn.model.state_dict()[key], value), key
+    # branches trained on another split would leak test sessions into training
+    result = runner.invoke(train, [str(dataset.path), "--model", "chen-model-a", "-o", str(tmp_path / "a2"), "--seed", "1",
+                                   "--from", f"{tmp_path / 'cnn'},{tmp_path / 'gru'}", *common])
+    assert result.exit_code != 0 and "another train/validation/test split" in str(result.exception)
+    result = runner.invoke(models, [])
+    assert result.exit_code == 0 and all(n in result.output for n in list_models())
+
+
+# -- scikit-learn contract ------------------------------------------------------------------------
+def test_sklearn_wrapper_fits_and_predicts_dataset_rows(dataset):
+    from sklearn.base import clone
+
+    from trafficlens.training.estimator import TrafficClassifier
+
+    rows = np.arange(len(dataset))
+    labels = dataset.labels.astype(str)
+    clf = TrafficClassifier(model="wang-1dcnn", dataset=dataset, max_epochs=6, batch_size=32, lr=3e-3)
+    assert clone(clf).get_params()["model"] == "wang-1dcnn"
+    with pytest.raises(Exception, match="not fitted"):
+        clf.predict(rows[:3])
+    train, test = rows[rows % 5 != 0], rows[rows % 5 == 0]
+    assert clf.fit(train, labels[train]) is clf
+    assert list(clf.classes_) == ["alpha", "beta", "gamma"]
+    proba = clf.predict_proba(test)
+    assert proba.shape == (len(test), 3) and np.allclose(proba.sum(1), 1, atol=1e-5)
+    assert (clf.predict(test) == labels[test]).mean() >= 0.9
+    # the same model from arrays
+    clf2 = TrafficClassifier(model="wang-1dcnn", max_epochs=1, batch_size=32).fit(np.asarray(dataset.tensor("image"))[train], labels[train])
+    assert clf2.predict({"image": dataset.tensor("image")[test]}).shape == (len(test),)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_gpu_with_mixed_precision(dataset, tmp_path):
+    s = train_run(dataset.path, tmp_path / "r", "chen-cnn", TrainConfig(max_epochs=8, device="cuda", **FAST),
+                  progress=False, log=lambda m: None)
+    assert s["test_accuracy"] >= 0.9
+    assert load_bundle(tmp_path / "r").model is not None
