@@ -44,7 +44,7 @@ def dataset(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("ds") / "synth")
 
 
-FAST = dict(batch_size=16, eval_batch_size=256, lr=3e-3)
+FAST = dict(batch_size=16, eval_batch_size=256, lr=3e-3, split="random")
 
 
 # -- splits ---------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def test_same_seed_same_weights_on_cpu(dataset, tmp_path):
 
 
 def test_capture_split_balance_and_focal_loss(dataset, tmp_path):
-    cfg = TrainConfig(max_epochs=2, split="capture", balance="undersample", loss="focal", **FAST)
+    cfg = TrainConfig(max_epochs=2, balance="undersample", loss="focal", **{**FAST, "split": "capture"})
     s = train_run(dataset.path, tmp_path / "r", "wang-1dcnn", cfg, progress=False, log=lambda m: None)
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["split"]["kind"] == "capture" and config["train"]["loss"] == "focal"

@@ -125,8 +125,16 @@ def prepare_capture(
         report.error = str(exc)
     except OSError as exc:
         report.error = f"{path}: {exc.strerror or exc}"
-    report.format = getattr(reader, "format", "")
+    report.format = reader.format
     report.packets = reader.packets
+    bad = {k: skipped[k] for k in ("malformed", "truncated") if skipped.get(k)}
+    if bad:
+        # One line per damaged file: the reader's (record damage) with the packet-level count.
+        detail = " and ".join(f"{v} {k}" for k, v in bad.items()) + " packets skipped"
+        if reader.warnings:
+            reader.warnings[-1] += f"; {detail}"
+        else:
+            reader.warnings.append(f"{path}: {detail}")
     report.warnings = list(reader.warnings)
     assembler.close()
     featurizer.flush()

@@ -20,34 +20,11 @@ _NO_MACS = bytes(12)
 _ETHERTYPE = {4: b"\x08\x00", 6: b"\x86\xdd"}
 
 
-def _zero(buf: bytearray, start: int, stop: int) -> None:
-    stop = min(stop, len(buf))
-    if start < stop:
-        buf[start:stop] = bytes(stop - start)
+_Z2, _Z8, _Z10, _Z12, _Z32 = bytes(2), bytes(8), bytes(10), bytes(12), bytes(32)
 
 
-def _mask_ip(buf: bytearray, version: int, strict: bool) -> None:
-    if version == 4:
-        _zero(buf, 12, 20)  # addresses
-        if strict:
-            _zero(buf, 4, 6)  # identification
-            _zero(buf, 10, 12)  # header checksum
-    else:
-        _zero(buf, 8, 40)  # addresses
-        if strict and len(buf) >= 4:
-            buf[1] &= 0xF0  # flow label: low 20 bits of the first word
-            _zero(buf, 2, 4)
-
-
-def _mask_transport(buf: bytearray, l4: int, l7: int, proto: int) -> None:
-    _zero(buf, l4, l4 + 4)  # ports
-    if proto == 17:
-        _zero(buf, l4 + 6, l4 + 8)  # checksum
-        return
-    _zero(buf, l4 + 4, l4 + 12)  # sequence and acknowledgement numbers
-    _zero(buf, l4 + 16, l4 + 18)  # checksum
-    # Options: zero TCP timestamp values (kind 8, length 10), which count per host.
-    p, end = l4 + 20, min(l7, len(buf))
+def _mask_tcp_timestamps(buf: bytearray, p: int, end: int) -> None:
+    """Zero TCP timestamp option values (kind 8, length 10), which count per host."""
     while p < end:
         kind = buf[p]
         if kind == 0:
@@ -58,35 +35,57 @@ def _mask_transport(buf: bytearray, l4: int, l7: int, proto: int) -> None:
         if p + 1 >= end or buf[p + 1] < 2:
             break
         length = buf[p + 1]
-        if kind == 8 and length == 10:
-            _zero(buf, p + 2, p + 10)
+        if kind == 8 and length == 10 and p + 10 <= end:
+            buf[p + 2 : p + 10] = _Z8
         p += length
 
 
 def packet_view(packet, layer: str, mask: str) -> bytes:
-    """The bytes of `packet` (a decoded `Packet`) that the given layer view shows, masked."""
+    """The bytes of `packet` (a decoded `Packet`) that the given layer view shows, masked.
+
+    Runs for the first packets of every session, so it assigns whole header slices at once;
+    `decode` guarantees the IP and TCP/UDP headers are captured in full.
+    """
     frame = packet.frame
     strict = mask == "strict"
     if layer == "payload":
-        buf = bytearray(frame[packet.l7 : packet.end])
-        if strict:
+        if strict and frame[packet.l7 : packet.l7 + 1] == b"\x16":
+            buf = bytearray(frame[packet.l7 : packet.end])
             mask_sni(buf)
-        return bytes(buf)
+            return bytes(buf)
+        return frame[packet.l7 : packet.end]
     buf = bytearray(frame[packet.l3 : packet.end])
     l4 = packet.l4 - packet.l3
     l7 = packet.l7 - packet.l3
     if mask != "none":
-        _mask_ip(buf, packet.version, strict)
+        if packet.version == 4:
+            if strict:
+                buf[4:6] = _Z2  # identification
+                buf[10:20] = _Z10  # header checksum and addresses
+            else:
+                buf[12:20] = _Z8
+        else:
+            buf[8:40] = _Z32  # addresses
+            if strict:
+                buf[1] &= 0xF0  # flow label: low 20 bits of the first word
+                buf[2:4] = _Z2
         if strict:
-            _mask_transport(buf, l4, l7, packet.proto)
-            if l7 < len(buf):
+            if packet.proto == 6:
+                buf[l4 : l4 + 12] = _Z12  # ports, sequence and acknowledgement numbers
+                buf[l4 + 16 : l4 + 18] = _Z2  # checksum
+                if l7 > l4 + 20:
+                    _mask_tcp_timestamps(buf, l4 + 20, l7)
+            else:
+                buf[l4 : l4 + 4] = bytes(4)  # ports
+                buf[l4 + 6 : l4 + 8] = _Z2  # checksum
+            if l7 < len(buf) and buf[l7] == 0x16:
                 mask_sni(buf, l7)
     if packet.proto == 17:
         buf[l4 + 8 : l4 + 8] = UDP_PAD
     if layer == "transport":
         return bytes(buf[l4:])
     if layer == "all":
-        return _NO_MACS + _ETHERTYPE[packet.version] + bytes(buf)
+        return _NO_MACS + _ETHERTYPE[packet.version] + buf
     return bytes(buf)
 
 

@@ -36,7 +36,7 @@ class TrainConfig:
     loss: str = "ce"
     focal_gamma: float = 2.0
     balance: str = "none"
-    split: str = "random"
+    split: str = "capture"
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
