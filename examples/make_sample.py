@@ -1,4 +1,4 @@
-"""Write the bundled sample capture `sample.pcapng` and its per-flow labels.
+"""Write the bundled sample captures `sample/capture-N.pcapng` and their per-flow labels.
 
 A small, synthetic, self-made capture (trafficlens' own packet builders and pcapng writer) so
 that the README's first command works on a fresh machine with no download. Four "applications"
@@ -7,7 +7,9 @@ random bytes behind TLS record headers (as encrypted traffic looks), client addr
 are random, and all TCP classes use server port 443, so neither addresses nor ports give the
 class away. Real generated traffic (`trafficlens generate`) replaces this later.
 
-    python examples/make_sample.py            # rewrites examples/sample.pcapng and sample-labels.csv
+    python examples/make_sample.py            # rewrites examples/sample/
+
+Six capture files, each with every class, so that a split by capture file works on the sample.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from pathlib import Path
 
 from trafficlens.capture import PcapngWriter, build
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent / "sample"
+CAPTURES = 6
 MSS = 1448
 SERVERS = ["172.16.0.10", "172.16.0.11", "172.16.0.12"]
 
@@ -74,14 +77,14 @@ def robot_command(rng):
 
 def video(rng):
     exchanges = [(0, rng.randint(220, 260), 0.0), (1, rng.randint(2500, 3500), 0.03), (0, rng.randint(300, 400), 0.05)]
-    exchanges += [(1, rng.randint(1300, 1448), rng.uniform(0.0005, 0.003)) for _ in range(rng.randint(12, 20))]
+    exchanges += [(1, rng.randint(1300, 1448), rng.uniform(0.0005, 0.003)) for _ in range(rng.randint(6, 10))]
     return "tcp", exchanges
 
 
 def web(rng):
-    exchanges = [(0, rng.randint(400, 600), 0.0), (1, rng.randint(3000, 5000), 0.04)]
+    exchanges = [(0, rng.randint(400, 600), 0.0), (1, rng.randint(2000, 3500), 0.04)]
     for _ in range(rng.randint(2, 4)):
-        exchanges += [(0, rng.randint(300, 700), rng.uniform(0.05, 0.4)), (1, rng.randint(800, 6000), 0.03)]
+        exchanges += [(0, rng.randint(300, 700), rng.uniform(0.05, 0.4)), (1, rng.randint(800, 3000), 0.03)]
     return "tcp", exchanges
 
 
@@ -92,15 +95,17 @@ def telemetry(rng):
 APPS = {"robot-command": robot_command, "video": video, "web": web, "robot-telemetry": telemetry}
 
 
-def main(sessions_per_app: int = 40, seed: int = 7) -> None:
+def main(sessions_per_app: int = 42, seed: int = 7) -> None:
     rng = random.Random(seed)
-    frames, labels = [], []
+    frames: list[list] = [[] for _ in range(CAPTURES)]
+    labels = []
     for app, make in APPS.items():
-        for _ in range(sessions_per_app):
+        for i in range(sessions_per_app):
+            capture = i % CAPTURES
             client = f"10.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
             server = rng.choice(SERVERS)
             sport = rng.randint(20000, 65000)
-            t = 1_700_000_000 + rng.uniform(0, 600)  # classes interleaved in time
+            t = 1_700_000_000 + capture * 3600 + rng.uniform(0, 600)  # classes interleaved in time
             kind, exchanges = make(rng)
             if kind == "tcp":
                 session = tcp_conversation(rng, t, client, server, sport, exchanges)
@@ -109,16 +114,18 @@ def main(sessions_per_app: int = 40, seed: int = 7) -> None:
                 dport = 4433
                 session = udp_exchange(rng, t, client, server, sport, dport, exchanges)
                 proto = "UDP"
-            frames += session
-            labels.append({"file": "sample.pcapng", "src_ip": client, "src_port": sport, "dst_ip": server,
-                           "dst_port": dport, "protocol": proto, "ts_start": f"{session[0][0]:.6f}",
+            frames[capture] += session
+            labels.append({"file": f"capture-{capture + 1}.pcapng", "src_ip": client, "src_port": sport,
+                           "dst_ip": server, "dst_port": dport, "protocol": proto, "ts_start": f"{session[0][0]:.6f}",
                            "ts_end": f"{session[-1][0]:.6f}", "label": app})
-    frames.sort(key=lambda item: item[0])
-    with PcapngWriter(HERE / "sample.pcapng") as writer:
-        writer.add_interface(1)
-        for ts, frame in frames:
-            writer.write(frame, ts)
-    with open(HERE / "sample-labels.csv", "w", newline="") as fh:
+    HERE.mkdir(exist_ok=True)
+    for capture, capture_frames in enumerate(frames):
+        capture_frames.sort(key=lambda item: item[0])
+        with PcapngWriter(HERE / f"capture-{capture + 1}.pcapng") as writer:
+            writer.add_interface(1)
+            for ts, frame in capture_frames:
+                writer.write(frame, ts)
+    with open(HERE / "labels.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(labels[0]))
         writer.writeheader()
         writer.writerows(labels)
