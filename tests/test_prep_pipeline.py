@@ -195,3 +195,33 @@ def _hello_session(hello, ts_option, client, sport, isn, ident, t0=0.0):
             (t0 + 0.01, tcp_frame(seq=9, ack=isn + 1, flags="SA", **s)),
             (t0 + 0.02, tcp_frame(hello, seq=isn + 1, ack=10, flags="PA", **c)),
             (t0 + 0.03, tcp_frame(b"\x16\x03\x03\x00\x04" + b"abcd", seq=10, ack=isn + 1 + len(hello), flags="PA", **s))]
+
+
+def test_ipv6_flow_label_and_addresses_masked(tmp_path):
+    from trafficlens.capture import build
+
+    def session(src, flow_label, sport, t0):
+        frames = []
+        for i, (a, b, sp, dp, payload) in enumerate([(src, "2001:db8::53", sport, 443, b"q" * 20),
+                                                     ("2001:db8::53", src, 443, sport, b"r" * 30)]):
+            seg = build.tcp(payload, sport=sp, dport=dp, seq=1000 * (i + 1), flags="PA", src=a, dst=b)
+            frames.append((t0 + i * 0.01, build.ethernet(build.ipv6(seg, src=a, dst=b, flow_label=flow_label))))
+        return frames
+
+    frames = session("2001:db8::1", 0x12345, 40000, 0.0) + session("2001:db8::99", 0xABCDE, 50000, 300.0)
+    ds = _prep(tmp_path, frames, deduplicate=False, layer="network")
+    first, second = ds.tensor("packets")[:, 0]
+    assert np.array_equal(first, second)
+    assert first[1] & 0x0F == 0 and first[2:4].tolist() == [0, 0] and first[8:40].tolist() == [0] * 32
+    assert first[0] >> 4 == 6 and first[6] == 6  # version and next header survive
+
+
+def test_sequence_numbers_wrap_around(tmp_path):
+    c = dict(src=CLIENT, dst=SERVER, sport=40000, dport=443)
+    top = 2**32 - 5
+    frames = [(0.0, tcp_frame(b"a" * 10, seq=top, flags="PA", **c)),
+              (0.1, tcp_frame(b"b" * 10, seq=(top + 10) % 2**32, flags="PA", **c)),
+              (0.2, tcp_frame(b"a" * 10, seq=top, flags="PA", **c))]  # retransmission across the wrap
+    ds = _prep(tmp_path, frames, layer="payload")
+    assert ds.table.column("packets")[0].as_py() == 2
+    assert ds.manifest["dropped"]["retransmission_packets"] == 1

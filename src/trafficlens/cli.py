@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prep": ("trafficlens.datasets.cli:prep", "Turn captures into a dataset directory."),
     "info": ("trafficlens.datasets.cli:info", "Summarise a dataset: classes, settings, drops."),
     "models": ("trafficlens.training.cli:models", "List the registered models: name, paper, inputs, parameters."),
+    "predict": ("trafficlens.serving.cli:predict", "Label every session of new captures with a trained run."),
     "train": ("trafficlens.training.cli:train", "Train a model on a dataset and write a run directory."),
 }
 

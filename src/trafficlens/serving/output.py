@@ -1,0 +1,63 @@
+"""Write prediction rows as CSV, JSON lines or Parquet, chosen by the file's extension."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+from trafficlens.errors import ConfigError
+from trafficlens.serving.classifier import COLUMNS
+
+FORMATS = (".csv", ".jsonl", ".parquet")
+
+
+def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    """top_k as `label:prob;label:prob` for CSV."""
+    out = dict(row)
+    out["top_k"] = ";".join(f"{label}:{p:.4f}" for label, p in row["top_k"])
+    return out
+
+
+def write_rows(batches: Iterable[list[dict[str, Any]]], target: str) -> int:
+    """Stream batches of rows to `target` ('-' is CSV on stdout); returns the row count."""
+    suffix = ".csv" if target == "-" else Path(target).suffix.lower()
+    if suffix not in FORMATS:
+        raise ConfigError(f"-o {target}: unknown output format {suffix!r}; use .csv, .jsonl, .parquet or -")
+    count = 0
+    if suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = pa.schema([
+            ("capture", pa.string()), ("src_ip", pa.string()), ("src_port", pa.int32()), ("dst_ip", pa.string()),
+            ("dst_port", pa.int32()), ("protocol", pa.string()), ("ts_start", pa.float64()), ("ts_end", pa.float64()),
+            ("packets", pa.int64()), ("bytes", pa.int64()), ("label", pa.string()), ("confidence", pa.float64()),
+            ("top_k", pa.list_(pa.struct([("label", pa.string()), ("probability", pa.float64())]))),
+            ("status", pa.string()), ("reason", pa.string()),
+        ])
+        with pq.ParquetWriter(target, schema) as writer:
+            for batch in batches:
+                rows = [dict(r, top_k=[{"label": l, "probability": p} for l, p in r["top_k"]]) for r in batch]
+                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                count += len(rows)
+        return count
+    fh = sys.stdout if target == "-" else open(target, "w", newline="")
+    try:
+        if suffix == ".jsonl":
+            for batch in batches:
+                for row in batch:
+                    fh.write(json.dumps(dict(row, top_k=[{"label": l, "probability": p} for l, p in row["top_k"]])) + "\n")
+                    count += 1
+        else:
+            writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
+            writer.writeheader()
+            for batch in batches:
+                writer.writerows(_flat(row) for row in batch)
+                count += len(batch)
+    finally:
+        if fh is not sys.stdout:
+            fh.close()
+    return count

@@ -1,0 +1,90 @@
+"""predict: a bundle labels new captures, rebuilding its tensors; every session is accounted for."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from captures import tcp_session, write_pcap
+from trafficlens.cli import cli
+from trafficlens.datasets import Dataset
+from trafficlens.datasets.config import PrepConfig
+from trafficlens.datasets.prep import prep
+from trafficlens.serving import Classifier
+from trafficlens.serving.classifier import COLUMNS
+from trafficlens.training import TrainConfig, train_run
+
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("predict")
+    config = PrepConfig(labels=f"csv:{SAMPLE / 'labels.csv'}", min_packets=5)
+    ds = prep([SAMPLE], tmp / "ds", config, workers=1)
+    train_run(ds, tmp / "run", "chen-cnn", TrainConfig(batch_size=16, max_epochs=8), progress=False, log=lambda m: None)
+    return tmp / "run", Dataset.open(ds)
+
+
+def test_predict_pcap_schema_and_labels(run):
+    clf = Classifier.load(run[0])
+    table = clf.predict_pcap(SAMPLE / "capture-2.pcapng", top_k=3)
+    assert list(table.columns) == list(COLUMNS)
+    assert len(table) == 28 and (table.status == "ok").all()
+    assert set(table.label) <= set(clf.labels)
+    assert all(len(k) == 3 and k[0][1] >= k[1][1] >= k[2][1] and k[0][0] == label for k, label in zip(table.top_k, table.label))
+    assert table.confidence.between(0, 1).all()
+
+
+def test_same_labels_through_api_cli_and_dataset(run, tmp_path):
+    run_dir, ds = run
+    clf = Classifier.load(run_dir)
+    api = clf.predict_pcap(SAMPLE)
+    out = tmp_path / "flows.csv"
+    result = CliRunner().invoke(cli, ["predict", str(run_dir), str(SAMPLE), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    via_cli = pd.read_csv(out)
+    assert via_cli.label.tolist() == api.label.tolist()
+    # the training dataset's own tensors give the same labels for the same sessions
+    by_key = {(r.capture, r.src_port, r.ts_start): r.label for r in api.itertuples()}
+    table = ds.table.to_pandas()
+    sessions = clf.predict_sessions(ds)
+    for row, label in zip(table.itertuples(), sessions.label):
+        assert by_key[(row.capture, row.src_port, row.ts_start)] == label
+
+
+def test_sessions_under_the_filters_are_listed_with_a_reason(run, tmp_path):
+    capture = write_pcap(tmp_path / "short.pcap", tcp_session(requests=(b"hi",), responses=(b"yo",), close=False)
+                         + tcp_session(sport=40001, requests=(), responses=()))
+    table = Classifier.load(run[0]).predict_pcap(capture)
+    assert sorted(table.status) == ["not_judged", "not_judged"]
+    assert set(table.reason) == {"no payload", "fewer packets than the model's min_packets"}
+
+
+def test_min_confidence_and_output_formats(run, tmp_path):
+    runner = CliRunner()
+    for suffix in ("jsonl", "parquet"):
+        out = tmp_path / f"flows.{suffix}"
+        result = runner.invoke(cli, ["predict", str(run[0]), str(SAMPLE / "capture-3.pcapng"), "-o", str(out),
+                                     "--min-confidence", "1.0", "--top-k", "2"])
+        assert result.exit_code == 0, result.output
+        rows = pd.read_parquet(out) if suffix == "parquet" else pd.DataFrame([json.loads(l) for l in out.read_text().splitlines()])
+        assert len(rows) == 28 and set(rows.label) == {"unknown"} and set(rows.status) == {"low_confidence"}
+        assert len(rows.top_k.iloc[0]) == 2
+
+
+def test_broken_bundle_is_a_one_line_error(run, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "history.json"):
+        (broken / name).write_bytes((run[0] / name).read_bytes())
+    proc = subprocess.run([sys.executable, "-m", "trafficlens", "predict", str(broken), str(SAMPLE / "capture-1.pcapng")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "model.safetensors" in proc.stderr
