@@ -8,7 +8,6 @@ straight into the writer by the main process instead.
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing as mp
 import os
 import signal
@@ -21,6 +20,7 @@ from trafficlens.datasets.labels import Labeler
 from trafficlens.datasets.writer import DatasetWriter
 from trafficlens.errors import CaptureError, ConfigError
 from trafficlens.features.stats import STATS_NAMES
+from trafficlens.files import sha256_file
 from trafficlens.features.tensors import Example, Featurizer
 
 CAPTURE_MAGICS = (
@@ -85,14 +85,6 @@ def discover(inputs: Iterable[str | os.PathLike]) -> tuple[list[tuple[Path, str]
     return files, skipped
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def prepare_capture(
     path: Path,
     relative: str,
@@ -141,7 +133,7 @@ def prepare_capture(
     report.dropped = dict(featurizer.dropped)
     report.dropped["retransmission_packets"] = assembler.retransmission_packets
     report.dropped["pure_ack_packets"] = assembler.pure_ack_packets
-    report.sha256 = _sha256(path)
+    report.sha256 = sha256_file(path)
     return report
 
 

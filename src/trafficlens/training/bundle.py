@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 
 from trafficlens import __version__
 from trafficlens.errors import BundleError, TrafficlensError
+from trafficlens.files import sha256_file
 
 FORMAT = "trafficlens-bundle"
 FORMAT_VERSION = 1
@@ -46,14 +46,6 @@ class Bundle:
     @property
     def inputs(self) -> tuple[str, ...]:
         return tuple(self.model.inputs)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def model_config_dict(model) -> dict[str, Any]:
