@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("trafficlens.datasets.cli:info", "Summarise a dataset: classes, settings, drops."),
     "models": ("trafficlens.training.cli:models", "List the registered models: name, paper, inputs, parameters."),
     "predict": ("trafficlens.serving.cli:predict", "Label every session of new captures with a trained run."),
+    "serve": ("trafficlens.serving.cli:serve", "Serve a model over HTTP: POST a capture, get per-session labels."),
     "train": ("trafficlens.training.cli:train", "Train a model on a dataset and write a run directory."),
 }
 
