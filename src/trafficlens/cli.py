@@ -15,6 +15,7 @@ import click
 COMMANDS: dict[str, tuple[str, str]] = {
     "prep": ("trafficlens.datasets.cli:prep", "Turn captures into a dataset directory."),
     "info": ("trafficlens.datasets.cli:info", "Summarise a dataset: classes, settings, drops."),
+    "live": ("trafficlens.serving.cli:live", "Classify live traffic or a replayed capture as sessions arrive."),
     "models": ("trafficlens.training.cli:models", "List the registered models: name, paper, inputs, parameters."),
     "predict": ("trafficlens.serving.cli:predict", "Label every session of new captures with a trained run."),
     "serve": ("trafficlens.serving.cli:serve", "Serve a model over HTTP: POST a capture, get per-session labels."),

@@ -23,9 +23,15 @@ _IDLE_SCAN_EVERY = 1 << 16  # packets between scans for idle sessions
 class SessionAssembler:
     """Feed `add(packet)` with decoded packets in capture order; finished sessions go to `emit`."""
 
-    def __init__(self, config: PrepConfig, emit: Callable[[Session], None]):
+    def __init__(self, config: PrepConfig, emit: Callable[[Session], None],
+                 watch: Callable[[Session], None] | None = None, max_sessions: int | None = None):
+        """`watch(session)` runs after every kept packet (live decisions); `max_sessions` caps
+        the sessions tracked at once, evicting the least recently active (counted in `evicted`)."""
         self.config = config
         self.emit = emit
+        self.watch = watch
+        self.max_sessions = max_sessions
+        self.evicted = 0
         self.sessions: dict[tuple, Session] = {}
         self.bidirectional = config.unit == "session"
         self.timeout = float(config.idle_timeout)
@@ -57,6 +63,8 @@ class SessionAssembler:
             s = Session(key, p, client_is_src=not (flags & (SYN | ACK) == (SYN | ACK)))
             self.sessions[key] = s
             self.sessions_started += 1
+            if self.max_sessions is not None and len(self.sessions) > self.max_sessions:
+                self._evict()
         if p.ts > s.ts_last:  # any packet, even one dropped below, keeps the session alive
             s.ts_last = p.ts
         direction = 0 if not self.bidirectional or (p.sport == s.client[1] and p.src == s.client[0]) else 1
@@ -88,10 +96,21 @@ class SessionAssembler:
                 s.stored_bytes += len(view)
                 s.stored_nonempty += 1
 
+        if self.watch is not None:
+            self.watch(s)
         self._since_scan += 1
         if self._since_scan >= _IDLE_SCAN_EVERY:
             self._since_scan = 0
             self.flush_idle(p.ts)
+
+    def _evict(self) -> None:
+        """Emit the least recently active tenth of the sessions (bounded state for live capture)."""
+        count = max(1, len(self.sessions) // 10)
+        oldest = sorted(self.sessions.items(), key=lambda item: item[1].ts_last)[:count]
+        for key, s in oldest:
+            del self.sessions[key]
+            self.evicted += 1
+            self.emit(s)
 
     def flush_idle(self, now: float) -> None:
         """Emit every session silent for longer than the idle timeout at capture time `now`."""

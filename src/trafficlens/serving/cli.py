@@ -48,3 +48,43 @@ def serve(run, host, port, max_upload_mb, timeout_s, top_k, min_confidence, devi
     app = create_app(clf, max_upload_bytes=int(max_upload_mb * (1 << 20)), timeout_s=timeout_s,
                      top_k=top_k, min_confidence=min_confidence)
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+@click.command()
+@click.option("--model", "run", required=True, type=click.Path(), help="Run directory (model bundle).")
+@click.option("-i", "--interface", "iface", default=None, help="Capture on this interface (root or CAP_NET_RAW).")
+@click.option("-r", "--read", "replay_path", default=None, type=click.Path(exists=True), help="Replay a capture instead, at its recorded pace.")
+@click.option("--speed", type=float, default=1.0, show_default=True, help="Replay speed factor; 0 replays as fast as possible.")
+@click.option("--after", type=click.IntRange(1), default=6, show_default=True, help="Decide a session at its M-th kept packet.")
+@click.option("--max-sessions", type=click.IntRange(1), default=100_000, show_default=True, help="Sessions tracked at once; the least recently active are evicted past it.")
+@click.option("--filter", "bpf", default=None, help="BPF filter for -i, e.g. 'tcp or udp'.")
+@click.option("-o", "--out", default="-", show_default=True, help="JSON lines file, or '-' for stdout.")
+@click.option("--top-k", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, top_k, min_confidence, device):
+    """Classify live traffic (or a replayed capture) session by session, as packets arrive."""
+    import json
+    import sys
+
+    from trafficlens.errors import ConfigError
+    from trafficlens.serving import live as live_mod
+    from trafficlens.serving.classifier import Classifier
+
+    if (iface is None) == (replay_path is None):
+        raise ConfigError("live needs exactly one source: -i INTERFACE or -r CAPTURE")
+    source = live_mod.interface(iface, bpf=bpf) if iface else live_mod.replay(replay_path, speed or None)
+    clf = Classifier.load(run, device=device)
+    fh = sys.stdout if out == "-" else open(out, "w")
+
+    def sink(row):
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+
+    try:
+        stats = live_mod.LiveClassifier(clf, sink, after=after, max_sessions=max_sessions, top_k=top_k,
+                                        min_confidence=min_confidence, name=iface or replay_path).run(source)
+    finally:
+        if fh is not sys.stdout:
+            fh.close()
+    click.echo(json.dumps(stats.summary()), err=True)
