@@ -1,0 +1,114 @@
+"""predict throughput, end to end (capture on disk -> labels on disk), deep models vs a random forest.
+
+    python benchmarks/predict_throughput.py
+
+Every model is trained briefly (1 epoch: throughput does not depend on accuracy) on
+../shared/data/iot-sentinel prepared with default settings, then labels the same capture: the
+iot-sentinel packets repeated to --size-mb with rewritten client addresses (the prep
+benchmark's builder). The random forest runs the same path (capture -> sessions -> `stats`
+features -> predict_proba -> rows on disk), so the comparison is end to end for all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from prep_throughput import SHARED, build_capture
+
+MODELS = ("chen-cnn", "ge-cnn-lstm", "chen-model-b")
+
+
+def fit_rf(ds):
+    from sklearn.ensemble import RandomForestClassifier
+
+    return RandomForestClassifier(n_estimators=300, n_jobs=1, random_state=0).fit(
+        np.asarray(ds.tensor("stats")), ds.labels.astype(str))
+
+
+def rf_end_to_end(rf, ds, capture: Path, out: Path) -> tuple[int, int]:
+    """Random forest on flow statistics through the same capture -> rows path; (sessions, packets).
+
+    Sessions under the filters are written as not judged, as `predict` does.
+    """
+    from trafficlens.datasets.config import PrepConfig
+    from trafficlens.datasets.prep import prepare_capture
+    from trafficlens.serving.output import write_rows
+
+    classes = rf.classes_
+    config = PrepConfig.from_dict(ds.config).for_prediction()
+    examples, rejected = [], []
+    report = prepare_capture(capture, capture.name, config, None, examples.append,
+                             lambda meta, reason: rejected.append(dict(meta, label=None, confidence=None, top_k=[],
+                                                                       status="not_judged", reason=reason)))
+
+    def batches():
+        for start in range(0, len(examples), 1024):
+            chunk = examples[start : start + 1024]
+            probs = rf.predict_proba(np.stack([e.stats for e in chunk]))
+            for e, p in zip(chunk, probs):
+                best = int(p.argmax())
+                yield [dict({k: e.meta.get(k) for k in ("capture", "src_ip", "src_port", "dst_ip", "dst_port", "protocol",
+                                                         "ts_start", "ts_end", "packets", "bytes")},
+                            label=str(classes[best]), confidence=float(p[best]), top_k=[(str(classes[best]), float(p[best]))],
+                            status="ok", reason=None)]
+        yield [{k: row.get(k) for k in ("capture", "src_ip", "src_port", "dst_ip", "dst_port", "protocol", "ts_start",
+                                        "ts_end", "packets", "bytes", "label", "confidence", "top_k", "status", "reason")}
+               for row in rejected]
+
+    rows = write_rows(batches(), str(out))
+    return rows, report.packets
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mb", type=int, default=64)
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "trafficlens-bench")
+    args = parser.parse_args()
+
+    import torch
+
+    from trafficlens.datasets import Dataset
+    from trafficlens.datasets.config import PrepConfig
+    from trafficlens.datasets.prep import prep
+    from trafficlens.serving import Classifier
+    from trafficlens.serving.output import write_rows
+    from trafficlens.training import TrainConfig, train_run
+
+    capture = build_capture(args.cache / f"iot-x{args.size_mb}MB.pcap", args.size_mb)
+    work = args.cache / "predict"
+    if (work / "ds").is_dir():
+        ds = Dataset.open(work / "ds")
+    else:
+        ds = Dataset.open(prep([SHARED / "iot-sentinel"], work / "ds", PrepConfig(labels="dir")))
+    results = []
+    for name in MODELS:
+        run = work / f"run-{name}"
+        if not (run / "config.json").is_file():  # reuse a run of an earlier benchmark
+            train_run(ds.path, run, name, TrainConfig(max_epochs=1, split="random"), progress=False, overwrite=True,
+                      log=lambda m: None)
+        clf = Classifier.load(run, device="cpu")
+        start = time.perf_counter()
+        rows = write_rows(clf.iter_predictions([capture]), str(work / f"{name}.parquet"))
+        seconds = time.perf_counter() - start
+        results.append((name, seconds, rows))
+    rf = fit_rf(ds)  # fitting is not part of the timed path
+    start = time.perf_counter()
+    rows, packets = rf_end_to_end(rf, ds, capture, work / "rf.parquet")
+    results.append(("random forest (stats, 300 trees)", time.perf_counter() - start, rows))
+
+    print(f"capture: {capture.name} ({capture.stat().st_size / 2**20:.0f} MB, {packets} packets); "
+          f"torch threads {torch.get_num_threads()}\n")
+    print("| model | seconds | sessions/s | packets/s | sessions labelled | vs random forest |")
+    print("|---|---|---|---|---|---|")
+    rf_rate = results[-1][2] / results[-1][1]
+    for name, seconds, rows in results:
+        print(f"| {name} | {seconds:.1f} | {rows / seconds:,.0f} | {packets / seconds:,.0f} | {rows} | {rows / seconds / rf_rate:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
