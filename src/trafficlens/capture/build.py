@@ -97,8 +97,27 @@ def ipv6(payload: bytes, src: str | bytes = "fd00::1", dst: str | bytes = "fd00:
 
 
 def fragment_header(offset: int = 0, more: bool = False, ident: int = 1) -> tuple[int, bytes]:
-    """An IPv6 fragment extension header as a (type, body) pair for `ipv6(ext_headers=...)`."""
+    """An IPv6 fragment extension header as a (type, body) pair for `ipv6(ext_headers=...)`;
+    `offset` in 8-byte units."""
     return 44, struct.pack("!HI", (offset << 3) | int(more), ident)
+
+
+def hop_by_hop(options: bytes = b"") -> tuple[int, bytes]:
+    """A hop-by-hop options header (padded with PadN by `ipv6`)."""
+    return 0, options
+
+
+def routing_header(segments_left: int = 0, routing_type: int = 0, data: bytes = bytes(4)) -> tuple[int, bytes]:
+    return 43, bytes([routing_type, segments_left]) + data
+
+
+def destination_options(options: bytes = b"") -> tuple[int, bytes]:
+    return 60, options
+
+
+def authentication_header(spi: int = 1, seq: int = 1, icv: bytes = bytes(12)) -> tuple[int, bytes]:
+    """An IPsec AH (the ICV is not computed: decoders only walk past it)."""
+    return 51, struct.pack("!HII", 0, spi, seq) + icv
 
 
 def ethernet(payload: bytes, src_mac: bytes = b"\x02\x00\x00\x00\x00\x01", dst_mac: bytes = b"\x02\x00\x00\x00\x00\x02",
@@ -141,7 +160,8 @@ def tcp_packet(payload: bytes = b"", src: str = "10.0.0.1", dst: str = "10.0.0.2
     return ipv4(segment, src=src, dst=dst, proto=6)
 
 
-def udp_packet(payload: bytes = b"", src: str = "10.0.0.1", dst: str = "10.0.0.2", sport: int = 1234, dport: int = 53) -> bytes:
+def udp_packet(payload: bytes = b"", src: str = "10.0.0.1", dst: str = "10.0.0.2", sport: int = 1234,
+               dport: int = 53) -> bytes:
     """IPv4 or IPv6 (by address) + UDP, no link header."""
     datagram = udp(payload, sport=sport, dport=dport, src=src, dst=dst)
     if ":" in src:

@@ -2,8 +2,16 @@
 
 This runs once per packet, so it returns offsets into the frame instead of objects, and a
 short reason string for packets that are counted and skipped:
-`non_ip`, `other_protocol`, `ip_fragment` (not the first fragment), `malformed`,
-`truncated` (captured too short for the headers) and `unsupported_link`.
+
+- `non_ip`: ARP, LLC, VLAN-tagged non-IP, ...
+- `other_protocol`: IP but not TCP/UDP (ICMP, ESP, tunnels such as IP-in-IP and GRE)
+- `ip_fragment`: a fragment other than the first
+- `malformed`: the headers contradict themselves (version, header length, lengths)
+- `truncated`: captured too short to hold the IP and TCP/UDP headers
+- `unsupported_link`: a link type trafficlens does not decode
+
+    >>> p = decode(raw)
+    >>> if type(p) is not str: payload = p.frame[p.l7 : p.end]
 """
 
 from __future__ import annotations
@@ -17,9 +25,15 @@ from trafficlens.capture.reader import RawPacket
 _VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
 _MAX_VLAN_DEPTH = 4
 _MAX_IPV6_EXTENSIONS = 8
-_PORTS_SEQ_ACK = struct.Struct("!HHII").unpack_from
-_PORTS = struct.Struct("!HH").unpack_from
-_BSD_INET6 = (24, 28, 30)  # AF_INET6 on NetBSD/OpenBSD, FreeBSD, macOS
+_IPV6_OPTIONS = (0, 43, 60)  # hop-by-hop, routing, destination options: (len + 1) * 8 bytes
+_INET6_FAMILIES = (10, 23, 24, 28, 30)  # AF_INET6 on Linux, Windows, NetBSD/OpenBSD, FreeBSD, macOS
+# One unpack per header is cheaper than indexing bytes field by field.
+_IPV4 = struct.Struct("!BxHxxHxB2x4s4s").unpack_from  # ver/ihl, total, frag, proto, src, dst
+_IPV6 = struct.Struct("!4xHB1x16s16s").unpack_from  # payload length, next header, src, dst
+_TCP = struct.Struct("!HHIIBB").unpack_from  # ports, seq, ack, data offset, flags
+_UDP = struct.Struct("!HHH").unpack_from  # ports, length
+_ETH_IPV4_TCP = struct.Struct("!2xH2xH2x2x4s4sHHIIBB").unpack_from  # from the IPv4 header on
+_new = tuple.__new__  # builds a Packet without the NamedTuple's Python-level __new__
 
 
 class Packet(NamedTuple):
@@ -39,126 +53,159 @@ class Packet(NamedTuple):
     flags: int  # TCP flags byte (0 for UDP)
     seq: int  # TCP sequence number (0 for UDP)
     ack: int  # TCP acknowledgement number (0 for UDP)
-    payload_len: int  # application payload length per the headers (true length even when snapped)
+    payload_len: int  # application payload length per the headers (true length even when snapped;
+    #                   for a first UDP fragment, the whole datagram's per the UDP length)
     ip_len: int  # datagram length on the wire per its header
     fragmented: bool  # first fragment of a fragmented datagram
 
 
-def _link(data: bytes, linktype: int) -> tuple[int, int] | str:
-    """(offset of the IP header, IP version or 0 for 'read the nibble') or a skip reason."""
+def _ethertype(kind: int, off: int) -> tuple[int, int] | str:
+    return (off, 4) if kind == 0x0800 else ((off, 6) if kind == 0x86DD else "non_ip")
+
+
+def _ethernet(data: bytes) -> tuple[int, int] | str:
     n = len(data)
-    if linktype == lt.ETHERNET:
-        if n < 14:
+    if n < 14:
+        return "truncated"
+    kind = (data[12] << 8) | data[13]
+    off = 14
+    depth = 0
+    while kind in _VLAN_TPIDS:
+        if depth == _MAX_VLAN_DEPTH:
+            return "malformed"
+        if n < off + 4:
             return "truncated"
-        ethertype = (data[12] << 8) | data[13]
-        off = 14
-        depth = 0
-        while ethertype in _VLAN_TPIDS:
-            if depth == _MAX_VLAN_DEPTH or n < off + 4:
-                return "truncated" if n < off + 4 else "malformed"
-            ethertype = (data[off + 2] << 8) | data[off + 3]
-            off += 4
-            depth += 1
-        if ethertype == 0x0800:
-            return off, 4
-        if ethertype == 0x86DD:
-            return off, 6
-        return "non_ip"
+        kind = (data[off + 2] << 8) | data[off + 3]
+        off += 4
+        depth += 1
+    if kind == 0x8864:  # PPPoE session: 6-byte header, then a PPP protocol number
+        if n < off + 8:
+            return "truncated"
+        return _ppp_protocol((data[off + 6] << 8) | data[off + 7], off + 8)
+    return _ethertype(kind, off)
+
+
+def _ppp_protocol(proto: int, off: int) -> tuple[int, int] | str:
+    return (off, 4) if proto == 0x0021 else ((off, 6) if proto == 0x0057 else "non_ip")
+
+
+def _ppp(data: bytes) -> tuple[int, int] | str:
+    if len(data) < 4:
+        return "truncated"
+    if data[0] in (0x0F, 0x8F) and data[1] == 0:  # Cisco HDLC in a PPP capture (seen in the wild)
+        return _ethertype((data[2] << 8) | data[3], 4)
+    off = 2 if data[0] == 0xFF and data[1] == 0x03 else 0  # address/control bytes are optional
+    if data[off] & 1:  # protocol-field compression: one byte
+        return _ppp_protocol(data[off], off + 1)
+    return _ppp_protocol((data[off] << 8) | data[off + 1], off + 2)
+
+
+def _link(data: bytes, linktype: int) -> tuple[int, int] | str:
+    """(offset of the IP header, IP version, or 0 to read it from the header) or a skip reason."""
+    if linktype == lt.ETHERNET:
+        return _ethernet(data)
     if linktype in lt.RAW_IP:
         return 0, 4 if linktype == lt.IPV4 else (6 if linktype == lt.IPV6 else 0)
     if linktype == lt.LINUX_SLL:
-        if n < 16:
+        if len(data) < 16:
             return "truncated"
-        proto = (data[14] << 8) | data[15]
-        return (16, 4) if proto == 0x0800 else ((16, 6) if proto == 0x86DD else "non_ip")
+        return _ethertype((data[14] << 8) | data[15], 16)
     if linktype == lt.LINUX_SLL2:
-        if n < 20:
+        if len(data) < 20:
             return "truncated"
-        proto = (data[0] << 8) | data[1]
-        return (20, 4) if proto == 0x0800 else ((20, 6) if proto == 0x86DD else "non_ip")
-    if linktype in (lt.NULL, lt.LOOP):
-        if n < 4:
+        return _ethertype((data[0] << 8) | data[1], 20)
+    if linktype == lt.NULL or linktype == lt.LOOP:
+        if len(data) < 4:
             return "truncated"
-        little = int.from_bytes(data[:4], "little")
-        family = little if little < 256 else int.from_bytes(data[:4], "big")
-        if family == 2:
-            return 4, 4
-        if family in _BSD_INET6:
-            return 4, 6
-        return "non_ip"
-    if linktype in (lt.PPP, lt.PPP_HDLC):
-        off = 2 if data[:2] == b"\xff\x03" else 0
-        if n < off + 2:
+        # The family is in the writing host's byte order: a small number read one way or the other.
+        family = int.from_bytes(data[:4], "little")
+        if family > 0xFFFF:
+            family = int.from_bytes(data[:4], "big")
+        return (4, 4) if family == 2 else ((4, 6) if family in _INET6_FAMILIES else "non_ip")
+    if linktype == lt.PPP or linktype == lt.PPP_HDLC:
+        return _ppp(data)
+    if linktype == lt.C_HDLC:
+        if len(data) < 4:
             return "truncated"
-        proto = (data[off] << 8) | data[off + 1]
-        return (off + 2, 4) if proto == 0x0021 else ((off + 2, 6) if proto == 0x0057 else "non_ip")
+        return _ethertype((data[2] << 8) | data[3], 4)
     return "unsupported_link"
 
 
 def decode(raw: RawPacket) -> Packet | str:
-    """A `Packet` for a TCP or UDP packet, else the reason it is skipped."""
-    data = raw.data
-    link = _link(data, raw.linktype)
-    if type(link) is str:
-        return link
-    off, version = link
+    """A `Packet` for a TCP or UDP packet, else the reason it is skipped. Never raises."""
+    data = raw[1]
+    linktype = raw[3]
     n = len(data)
-    if n <= off:
-        return "truncated"
-    nibble = data[off] >> 4
-    if version == 0:
-        version = nibble
-    if nibble != version:
-        return "malformed" if nibble else "truncated"
-    wire = max(raw.orig_len, n)  # bytes the frame had on the wire
+    if linktype == 1 and n >= 34 and data[12] == 8 and data[13] == 0:  # Ethernet + IPv4: most traffic
+        if n >= 54 and data[14] == 0x45 and data[23] == 6:
+            # No IP options, TCP: one unpack for both headers (10% faster). Anything unusual falls
+            # through to the general path, which gives the same answer or the reason to skip.
+            total, frag, src, dst, sport, dport, seq, ack, doff, flags = _ETH_IPV4_TCP(data, 14)
+            wire = raw[2]
+            wire = (wire if wire > n else n) - 14
+            if total == 0:
+                total = wire
+            doff = (doff >> 4) << 2
+            ip_end = 14 + total
+            if not frag & 0x1FFF and 40 <= total <= wire and 20 <= doff <= total - 20 and 34 + doff <= n:
+                return _new(Packet, (raw[0], data, 1, 14, 34, 34 + doff, ip_end if ip_end < n else n, 4, 6, src,
+                                     dst, sport, dport, flags, seq, ack, total - 20 - doff, total, frag & 0x2000 != 0))
+        off, version = 14, 4
+    else:
+        link = _link(data, linktype)
+        if type(link) is str:
+            return link
+        off, version = link
+        if n <= off:
+            return "truncated"
+        if version == 0:
+            version = data[off] >> 4
+    wire = raw[2]  # bytes from the IP header on, on the wire (never fewer than were captured)
+    wire = (wire if wire > n else n) - off
     fragmented = False
     if version == 4:
         if n < off + 20:
             return "truncated"
-        ihl = (data[off] & 0x0F) * 4
-        if ihl < 20:
+        vihl, total, frag, proto, src, dst = _IPV4(data, off)
+        ihl = (vihl & 0x0F) << 2
+        if vihl >> 4 != 4 or ihl < 20:
             return "malformed"
-        total = (data[off + 2] << 8) | data[off + 3]
         if total == 0:  # segmentation offload: the length was never filled in
-            total = wire - off
-        if total < ihl or total > wire - off:
+            total = wire
+        if total < ihl or total > wire:
             return "malformed"
-        frag = (data[off + 6] << 8) | data[off + 7]
         if frag & 0x1FFF:
             return "ip_fragment"
-        fragmented = bool(frag & 0x2000)
-        proto = data[off + 9]
-        src = data[off + 12 : off + 16]
-        dst = data[off + 16 : off + 20]
+        fragmented = frag & 0x2000 != 0
         l4 = off + ihl
     elif version == 6:
         if n < off + 40:
             return "truncated"
-        total = 40 + ((data[off + 4] << 8) | data[off + 5])
-        if total == 40 and wire - off > 40:  # jumbogram or offload: trust the frame
-            total = wire - off
-        if total > wire - off:
+        plen, proto, src, dst = _IPV6(data, off)
+        if data[off] >> 4 != 6:
             return "malformed"
-        proto = data[off + 6]
-        src = data[off + 8 : off + 24]
-        dst = data[off + 24 : off + 40]
+        total = 40 + plen
+        if plen == 0 and wire > 40:  # jumbogram or offload: trust the frame
+            total = wire
+        if total > wire:
+            return "malformed"
         l4 = off + 40
         for _ in range(_MAX_IPV6_EXTENSIONS):
-            if proto in (0, 43, 60):  # hop-by-hop, routing, destination options
+            if proto in _IPV6_OPTIONS:
                 if n < l4 + 2:
                     return "truncated"
-                proto, l4 = data[l4], l4 + (data[l4 + 1] + 1) * 8
-            elif proto == 44:  # fragment
+                proto, l4 = data[l4], l4 + ((data[l4 + 1] + 1) << 3)
+            elif proto == 44:  # fragment: offset in the upper 13 bits, M flag in the lowest
                 if n < l4 + 8:
                     return "truncated"
                 if ((data[l4 + 2] << 8) | data[l4 + 3]) & 0xFFF8:
                     return "ip_fragment"
-                fragmented = bool(data[l4 + 3] & 1)
+                fragmented = data[l4 + 3] & 1 == 1
                 proto, l4 = data[l4], l4 + 8
-            elif proto == 51:  # authentication header
+            elif proto == 51:  # authentication header: length in 4-byte units, minus 2
                 if n < l4 + 2:
                     return "truncated"
-                proto, l4 = data[l4], l4 + (data[l4 + 1] + 2) * 4
+                proto, l4 = data[l4], l4 + ((data[l4 + 1] + 2) << 2)
             else:
                 break
         if l4 > off + total:
@@ -166,29 +213,35 @@ def decode(raw: RawPacket) -> Packet | str:
     else:
         return "malformed"
 
-    end = min(n, off + total)
+    ip_end = off + total
+    end = ip_end if ip_end < n else n
     if proto == 6:
-        if end < l4 + 20:
-            return "truncated"
-        doff = (data[l4 + 12] >> 4) * 4
-        if doff < 20:
+        if ip_end < l4 + 20:
             return "malformed"
-        l7 = l4 + doff
-        if l7 > off + total:
-            return "malformed"
-        if l7 > end:
+        if n < l4 + 20:
             return "truncated"
-        sport, dport, seq, ack = _PORTS_SEQ_ACK(data, l4)
-        flags = data[l4 + 13]
+        sport, dport, seq, ack, doff, flags = _TCP(data, l4)
+        l7 = l4 + ((doff >> 4) << 2)
+        if l7 < l4 + 20 or l7 > ip_end:
+            return "malformed"
+        if l7 > n:
+            return "truncated"
+        payload_len = ip_end - l7
     elif proto == 17:
-        l7 = l4 + 8
-        if l7 > off + total:
+        if ip_end < l4 + 8:
             return "malformed"
-        if l7 > end:
+        if n < l4 + 8:
             return "truncated"
-        sport, dport = _PORTS(data, l4)
+        sport, dport, length = _UDP(data, l4)
+        l7 = l4 + 8
+        payload_len = ip_end - l7
+        if length:  # 0: jumbogram or offload, the IP length stands
+            # A first fragment's UDP length covers the whole datagram, beyond this fragment.
+            if length < 8 or (length - 8 > payload_len and not fragmented):
+                return "malformed"
+            payload_len = length - 8
         flags = seq = ack = 0
     else:
         return "other_protocol"
-    return Packet(raw.ts, data, raw.linktype, off, l4, l7, end, version, proto, src, dst, sport, dport,
-                  flags, seq, ack, off + total - l7, total, fragmented)
+    return _new(Packet, (raw[0], data, linktype, off, l4, l7, end, version, proto, src, dst, sport, dport,
+                         flags, seq, ack, payload_len, total, fragmented))

@@ -1,0 +1,172 @@
+"""Property tests: no bytes make the reader raise anything but CaptureError, or decode raise at all."""
+
+from __future__ import annotations
+
+import gzip
+import io
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from trafficlens.capture import CaptureReader, PcapngWriter, PcapWriter, RawPacket, build, decode
+from trafficlens.errors import CaptureError
+
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+MAGICS = [b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d",
+          b"\x0a\x0d\x0d\x0a", b"\x0a\x0d\x0d\x0a\x1c\x00\x00\x00\x4d\x3c\x2b\x1a",
+          b"\x0a\x0d\x0d\x0a\x00\x00\x00\x1c\x1a\x2b\x3c\x4d"]
+LINKTYPES = [0, 1, 9, 12, 14, 50, 101, 104, 108, 113, 228, 229, 276, 147]
+CHUNKS = st.sampled_from([1, 3, 64, 1 << 22])
+
+
+def read_all(path, chunk_size: int = 1 << 22) -> CaptureReader | None:
+    """Read and decode every packet; None when the file is refused as not a capture."""
+    try:
+        reader = CaptureReader(path, chunk_size=chunk_size)
+    except CaptureError:
+        return None
+    for raw in reader:
+        assert isinstance(raw.data, bytes) and raw.orig_len >= 0
+        decode(raw)
+    assert len(reader.warnings) <= 1
+    return reader
+
+
+def valid_capture(fmt: str, frames: list[bytes], big_endian: bool = False) -> bytes:
+    buf = io.BytesIO()
+    with (PcapWriter(buf, big_endian=big_endian) if fmt == "pcap" else PcapngWriter(buf, big_endian=big_endian)) as w:
+        if fmt == "pcapng":
+            w.add_interface(1)
+        for i, frame in enumerate(frames):
+            w.write(frame, 1_600_000_000 + i)
+    return buf.getvalue()
+
+
+FRAMES = [build.ethernet(build.tcp_packet(b"x" * 30, flags="PA")), build.ethernet(build.udp_packet(b"q" * 9)),
+          build.ethernet(build.tcp_packet(b"v6", src="fd00::1", dst="fd00::2"), vlans=(5,))] * 2
+
+
+@SETTINGS
+@given(st.binary(max_size=3000), CHUNKS)
+def test_random_files(tmp_path, body, chunk_size):
+    path = tmp_path / "fuzz.pcap"
+    path.write_bytes(body)
+    read_all(path, chunk_size)
+
+
+@SETTINGS
+@given(st.sampled_from(MAGICS), st.binary(max_size=3000), CHUNKS, st.booleans())
+@example(MAGICS[0], b"\x00" * 20 + b"\xff\xff\xff\xff" * 4, 1, False)
+def test_random_bodies_after_a_capture_magic(tmp_path, magic, body, chunk_size, compress):
+    path = tmp_path / "fuzz.pcap"
+    data = magic + body
+    path.write_bytes(gzip.compress(data) if compress else data)
+    reader = read_all(path, chunk_size)
+    assert reader is not None  # a capture magic is never refused
+
+
+@SETTINGS
+@given(st.sampled_from(["pcap", "pcapng"]), st.booleans(), st.integers(0, 600), st.binary(min_size=1, max_size=12),
+       CHUNKS)
+def test_corrupted_captures_keep_a_prefix_of_their_packets(tmp_path, fmt, big_endian, position, garbage, chunk_size):
+    data = valid_capture(fmt, FRAMES, big_endian)
+    damaged = bytearray(data)
+    damaged[position : position + len(garbage)] = garbage
+    path = tmp_path / "fuzz.pcap"
+    path.write_bytes(bytes(damaged))
+    reader = read_all(path, chunk_size)
+    if reader is not None:
+        assert reader.packets <= len(FRAMES) + len(damaged) // 16
+
+
+@SETTINGS
+@given(st.sampled_from(["pcap", "pcapng"]), st.integers(0, 2000))
+def test_any_cut_keeps_the_whole_packets_before_it(tmp_path, fmt, cut):
+    data = valid_capture(fmt, FRAMES)
+    path = tmp_path / "cut.pcap"
+    path.write_bytes(data[:cut])
+    reader = read_all(path)
+    if reader is not None:
+        complete = [p.data for p in CaptureReader(tmp_path / "cut.pcap")]
+        assert complete == FRAMES[: len(complete)]
+        whole = {len(valid_capture(fmt, FRAMES[:k])) for k in range(1, len(FRAMES) + 1)}
+        assert bool(reader.warnings) == (min(cut, len(data)) not in whole)  # a cut between records: a shorter file
+
+
+@SETTINGS
+@given(st.binary(max_size=3000))
+def test_truncated_gzip_streams(tmp_path, body):
+    data = gzip.compress(valid_capture("pcap", FRAMES) + body)
+    path = tmp_path / "cut.pcap.gz"
+    path.write_bytes(data[: max(10, len(data) * 2 // 3)])
+    read_all(path)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.binary(max_size=300), st.floats(0, 4e9, allow_nan=False)), max_size=20),
+       st.sampled_from(["pcap", "pcapng"]), st.booleans())
+def test_written_packets_read_back(tmp_path, packets, fmt, big_endian):
+    path = tmp_path / "w.pcap"
+    path.write_bytes(b"")
+    with (PcapWriter(path, big_endian=big_endian) if fmt == "pcap" else PcapngWriter(path, big_endian=big_endian)) as w:
+        if fmt == "pcapng":
+            w.add_interface(1)
+        for data, ts in packets:
+            w.write(data, ts)
+    reader = CaptureReader(path)
+    read = list(reader)
+    assert [p.data for p in read] == [d for d, _ in packets]
+    for p, (_, ts) in zip(read, packets):
+        assert abs(p.ts - ts) <= 1e-6 + 1e-15 * ts
+    assert bool(reader.warnings) == (not packets)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=200), st.sampled_from(LINKTYPES), st.integers(0, 70000))
+def test_decode_random_frames(frame, linktype, orig_len):
+    check_decode(RawPacket(0.0, frame, orig_len, linktype))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.sampled_from(FRAMES + [build.sll2(build.tcp_packet(b"abc", src="fd00::1", dst="fd00::2"), proto=0x86DD)]),
+       st.lists(st.tuples(st.integers(0, 80), st.integers(0, 255)), min_size=1, max_size=6), st.integers(0, 120))
+def test_decode_mutated_headers(frame, mutations, cut):
+    mutated = bytearray(frame)
+    for position, value in mutations:
+        if position < len(mutated):
+            mutated[position] = value
+    linktype = 276 if frame[:2] == b"\x86\xdd" else 1
+    check_decode(RawPacket(0.0, bytes(mutated[: len(mutated) - cut]), len(mutated), linktype))
+
+
+def check_decode(raw: RawPacket) -> None:
+    p = decode(raw)
+    if isinstance(p, str):
+        assert p in {"non_ip", "other_protocol", "ip_fragment", "malformed", "truncated", "unsupported_link"}
+        return
+    assert 0 <= p.l3 < p.l4 < p.l7 <= p.end <= len(raw.data)
+    assert p.version in (4, 6) and p.proto in (6, 17) and len(p.src) == len(p.dst) == (4 if p.version == 4 else 16)
+    assert p.ip_len >= p.l7 - p.l3 and p.payload_len >= 0
+    if not p.fragmented:  # a first UDP fragment's payload length is the whole datagram's
+        assert p.payload_len <= p.ip_len - (p.l7 - p.l3)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.tuples(st.integers(14, 80), st.integers(0, 255)), max_size=4), st.integers(0, 60),
+       st.integers(0, 2000), st.sampled_from([b"", b"abc", bytes(1200)]), st.sampled_from([b"", b"\x01" * 12]))
+def test_ethernet_ipv4_tcp_fast_path_agrees_with_the_general_path(mutations, cut, orig_extra, payload, options):
+    """decode() takes a shortcut for Ethernet + IPv4 + TCP; the same datagram as raw IPv4 takes
+    the general path. Both must agree on every field (offsets shifted by the 14-byte header)."""
+    frame = bytearray(build.ethernet(build.tcp_packet(payload, flags="PA", options=options)))
+    for position, value in mutations:
+        if position < len(frame):
+            frame[position] = value
+    frame = bytes(frame[: max(14, len(frame) - cut)])
+    orig = len(frame) + orig_extra
+    fast = decode(RawPacket(0.0, frame, orig, 1))
+    general = decode(RawPacket(0.0, frame[14:], orig - 14, 228))
+    if isinstance(fast, str) or isinstance(general, str):
+        assert fast == general
+    else:
+        assert fast._replace(frame=b"", linktype=0, l3=0, l4=fast.l4 - 14, l7=fast.l7 - 14, end=fast.end - 14) == \
+            general._replace(frame=b"", linktype=0)

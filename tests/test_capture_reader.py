@@ -1,0 +1,322 @@
+"""CaptureReader: every pcap/pcapng variant, gzip, streaming, and damage that stops a file."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+import struct
+
+import pytest
+
+from trafficlens.capture import CaptureReader, PcapWriter, RawPacket, build, read_packets
+from trafficlens.capture.reader import MAX_RECORD
+from trafficlens.errors import CaptureError
+
+T0 = 1_600_000_000.25
+FRAMES = [build.ethernet(build.tcp_packet(bytes([i]) * (10 + i), flags="PA")) for i in range(5)]
+WARNING = re.compile(r"^.+: .+ at offset \d+; kept \d+ packets before it$")
+
+
+def pcap(frames=FRAMES, **kw) -> bytes:
+    """A classic pcap of `frames`, one second apart."""
+    buf = io.BytesIO()
+    with PcapWriter(buf, **kw) as w:
+        for i, frame in enumerate(frames):
+            w.write(frame, T0 + i)
+    return buf.getvalue()
+
+
+def block(kind: int, body: bytes, order: str = "<") -> bytes:
+    """One pcapng block, body padded to 4 bytes."""
+    body += b"\x00" * (-len(body) % 4)
+    return struct.pack(order + "II", kind, 12 + len(body)) + body + struct.pack(order + "I", 12 + len(body))
+
+
+def shb(order: str = "<") -> bytes:
+    return block(0x0A0D0D0A, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1), order)
+
+
+def idb(linktype: int = 1, snaplen: int = 0, options: bytes = b"", order: str = "<") -> bytes:
+    return block(1, struct.pack(order + "HHI", linktype, 0, snaplen) + options, order)
+
+
+def epb(data: bytes, ticks: int = 0, iface: int = 0, orig: int | None = None, order: str = "<", caplen=None) -> bytes:
+    head = struct.Struct(order + "IIIII").pack(iface, ticks >> 32, ticks & 0xFFFFFFFF,
+                                               len(data) if caplen is None else caplen,
+                                               len(data) if orig is None else orig)
+    return block(6, head + data, order)
+
+
+def read(tmp_path, data: bytes, name: str = "x.pcap", **kw) -> tuple[list[RawPacket], CaptureReader]:
+    path = tmp_path / name
+    path.write_bytes(data)
+    reader = CaptureReader(path, **kw)
+    return list(reader), reader
+
+
+def assert_one_warning(reader: CaptureReader, offset: int | None = None, text: str = "") -> str:
+    assert len(reader.warnings) == 1, reader.warnings
+    warning = reader.warnings[0]
+    assert WARNING.match(warning) and warning.startswith(reader.path), warning
+    assert f"kept {reader.packets} packets before it" in warning
+    if offset is not None:
+        assert f"at offset {offset};" in warning, warning
+    assert text in warning
+    return warning
+
+
+# -- formats ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+@pytest.mark.parametrize("nanosecond", [False, True])
+def test_classic_pcap_byte_orders_and_resolutions(tmp_path, big_endian, nanosecond):
+    packets, reader = read(tmp_path, pcap(linktype=113, big_endian=big_endian, nanosecond=nanosecond))
+    assert reader.format == "pcap" and not reader.compressed and not reader.warnings
+    assert [p.data for p in packets] == FRAMES
+    assert [p.orig_len for p in packets] == [len(f) for f in FRAMES]
+    assert {p.linktype for p in packets} == {113}
+    assert packets[3].ts == pytest.approx(T0 + 3, abs=1e-9)
+    assert reader.packets == 5
+
+
+def test_nanosecond_timestamps_keep_what_a_float_can(tmp_path):
+    data = bytes.fromhex("4d3cb2a1 02000400 00000000 00000000 00000400 01000000") + struct.pack(
+        "<IIII", 1_600_000_000, 123_456_789, 0, 0)
+    (packet,), _ = read(tmp_path, data)
+    assert packet.ts == 1_600_000_000 + 0.123456789  # the nearest float, not a microsecond value
+
+
+def test_pcap_linktype_upper_bits_are_fcs_information(tmp_path):
+    data = bytearray(pcap(FRAMES[:1]))
+    struct.pack_into("<I", data, 20, 0x14000001)  # FCS present, 4 bytes; LINKTYPE_ETHERNET
+    (packet,), _ = read(tmp_path, bytes(data))
+    assert packet.linktype == 1
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_pcapng_enhanced_packets_both_byte_orders(tmp_path, order):
+    data = shb(order) + idb(228, order=order) + b"".join(
+        epb(f, ticks=1_600_000_000_250_000 + i, orig=len(f) + 7, order=order) for i, f in enumerate(FRAMES))
+    packets, reader = read(tmp_path, data, "x.pcapng")
+    assert reader.format == "pcapng" and not reader.warnings
+    assert [p.data for p in packets] == FRAMES
+    assert packets[0] == RawPacket(T0, FRAMES[0], len(FRAMES[0]) + 7, 228)
+    assert packets[4].ts == 1_600_000_000_250_004 / 1_000_000  # the nearest float to the exact time
+
+
+@pytest.mark.parametrize(("option", "ts"), [
+    (bytes([9]), 1.6e9 + 0.123456789),  # 10**-9 s
+    (bytes([3]), 1.6e9 + 0.123),  # milliseconds
+    (bytes([0x80 | 20]), 1.6e9 + 0.5),  # 2**-20 s
+])
+def test_pcapng_if_tsresol(tmp_path, option, ts):
+    per_second = 2 ** (option[0] & 0x7F) if option[0] & 0x80 else 10 ** option[0]
+    ticks = round(1_600_000_000 * per_second + (ts - 1_600_000_000) * per_second)
+    options = struct.pack("<HH", 9, 1) + option + bytes(3) + struct.pack("<HH", 0, 0)
+    (packet,), _ = read(tmp_path, shb() + idb(options=options) + epb(FRAMES[0], ticks))
+    assert packet.ts == pytest.approx(ts, abs=1e-9)
+
+
+def test_pcapng_if_tsoffset_and_unknown_options(tmp_path):
+    options = (struct.pack("<HH", 2, 3) + b"eth" + b"\x00"  # if_name, padded
+               + struct.pack("<HHq", 14, 8, 1_000_000_000) + struct.pack("<HH", 0, 0))
+    (packet,), _ = read(tmp_path, shb() + idb(options=options) + epb(FRAMES[0], 600_000_000_250_000))
+    assert packet.ts == T0
+
+
+def test_pcapng_sections_reset_interfaces_and_byte_order(tmp_path):
+    first = shb("<") + idb(1) + idb(101) + epb(FRAMES[0], iface=1)
+    second = shb(">") + idb(113, order=">") + epb(FRAMES[1], order=">")
+    packets, reader = read(tmp_path, first + second + first)
+    assert [(p.linktype, p.data) for p in packets] == [(101, FRAMES[0]), (113, FRAMES[1]), (101, FRAMES[0])]
+    assert not reader.warnings
+    # interface 1 of the first section does not exist in the second
+    _, reader = read(tmp_path, first + shb(">") + idb(113, order=">") + epb(FRAMES[1], iface=1, order=">"))
+    assert_one_warning(reader, len(first) + 28 + 20, "undeclared interface 1")
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_simple_and_obsolete_packet_blocks(tmp_path, order):
+    frame = FRAMES[4]
+    spb_snapped = block(3, struct.pack(order + "I", len(frame)) + frame[:40], order)  # snaplen 40
+    spb_padded = block(3, struct.pack(order + "I", 21) + frame[:21], order)  # padding is not data
+    old = block(2, struct.pack(order + "HHIIII", 0, 3, 0, 2_000_000, len(frame), len(frame)) + frame, order)
+    data = (shb(order) + idb(1, snaplen=40, order=order) + epb(frame, 1_000_000, order=order)
+            + spb_snapped + spb_padded + old)
+    packets, reader = read(tmp_path, data)
+    assert not reader.warnings
+    assert [(len(p.data), p.orig_len) for p in packets] == [(len(frame), len(frame)), (40, len(frame)), (21, 21),
+                                                          (len(frame), len(frame))]
+    assert [p.ts for p in packets] == [1.0, 1.0, 1.0, 2.0]  # an SPB keeps the previous time
+
+
+def test_pcapng_other_blocks_are_skipped(tmp_path):
+    nrb = block(4, struct.pack("<HH", 1, 8) + bytes(8) + struct.pack("<HH", 0, 0))
+    isb = block(5, bytes(12))
+    custom = block(0x00000BAD, b"anything at all")
+    packets, reader = read(tmp_path, shb() + nrb + idb() + isb + epb(FRAMES[0]) + custom + epb(FRAMES[1]))
+    assert [p.data for p in packets] == FRAMES[:2] and not reader.warnings
+
+
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_gzip_is_read_transparently(tmp_path, fmt):
+    data = pcap() if fmt == "pcap" else shb() + idb() + b"".join(epb(f) for f in FRAMES)
+    packets, reader = read(tmp_path, gzip.compress(data), "x.pcap.gz")
+    assert reader.compressed and reader.format == fmt and [p.data for p in packets] == FRAMES
+
+
+def test_format_comes_from_the_bytes_not_the_name(tmp_path):
+    _, reader = read(tmp_path, shb() + idb() + epb(FRAMES[0]), "really.pcap")
+    assert reader.format == "pcapng"
+    _, reader = read(tmp_path, pcap(), "really.pcapng")
+    assert reader.format == "pcap"
+
+
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 1 << 22])
+def test_records_across_chunk_boundaries(tmp_path, fmt, chunk_size):
+    frames = [bytes(range(n % 256)) * 3 for n in range(0, 300, 17)]
+    data = pcap(frames) if fmt == "pcap" else shb() + idb() + b"".join(epb(f) for f in frames) + shb(">") + idb(
+        order=">") + b"".join(epb(f, order=">") for f in frames)
+    packets, reader = read(tmp_path, data, chunk_size=chunk_size)
+    assert [p.data for p in packets] == (frames if fmt == "pcap" else frames * 2) and not reader.warnings
+
+
+def test_iterating_again_rereads_and_read_packets(tmp_path):
+    path = tmp_path / "x.pcap"
+    path.write_bytes(pcap())
+    reader = CaptureReader(path)
+    assert list(reader) == list(reader) == list(read_packets(path))
+    assert reader.packets == 5 and reader.path == str(path)
+    for _ in reader:  # stopping early is fine; the count is what was yielded
+        break
+    assert reader.packets == 1
+
+
+# -- not a capture, empty ----------------------------------------------------------------------
+
+
+def test_not_a_capture_raises_before_any_packet(tmp_path):
+    path = tmp_path / "page.pcap"
+    path.write_bytes(b"<html></html>")
+    with pytest.raises(CaptureError, match=re.escape(f"{path}: not a pcap or pcapng file (first bytes 3c 68 74 6d)")):
+        CaptureReader(path)
+    with pytest.raises(CaptureError, match="cannot open"):
+        CaptureReader(tmp_path / "missing.pcap")
+    with pytest.raises(CaptureError, match="cannot open"):
+        CaptureReader(tmp_path)
+    path.write_bytes(b"\x1f\x8b\x08\x00garbage")
+    with pytest.raises(CaptureError, match="page.pcap"):
+        CaptureReader(path)
+    path.write_bytes(gzip.compress(b"<html>"))
+    with pytest.raises(CaptureError, match="not a pcap or pcapng file"):
+        CaptureReader(path)
+
+
+@pytest.mark.parametrize(("data", "problem"), [
+    (b"", "empty file at offset 0"),
+    (b"\xd4\xc3", "file header cut short at offset 0"),
+    (pcap([])[:20], "file header cut short at offset 0"),
+    (pcap([]), "no packets after the headers at offset 24"),
+    (shb(), "no packets after the headers at offset 28"),
+    (shb() + idb(), "no packets after the headers at offset 48"),
+    (gzip.compress(b""), "empty file at offset 0"),
+])
+def test_empty_and_header_only_files_warn(tmp_path, data, problem):
+    packets, reader = read(tmp_path, data)
+    assert packets == []
+    assert_one_warning(reader, text=problem)
+
+
+# -- damage ----------------------------------------------------------------------------------
+
+
+def record_offsets(data: bytes) -> list[int]:
+    offsets, pos = [], 24
+    while pos < len(data):
+        offsets.append(pos)
+        pos += 16 + struct.unpack_from("<I", data, pos + 8)[0]
+    return offsets
+
+
+@pytest.mark.parametrize("cut", [1, 5, 16, 17, len(FRAMES[4]) + 15])
+def test_pcap_cut_short_keeps_the_packets_before(tmp_path, cut):
+    data = pcap()
+    packets, reader = read(tmp_path, data[:-cut])
+    assert [p.data for p in packets] == FRAMES[:4]
+    assert_one_warning(reader, record_offsets(data)[4], "cut short by the end of file")
+
+
+@pytest.mark.parametrize(("caplen", "orig", "problem"), [
+    (MAX_RECORD + 1, MAX_RECORD + 1, "record length 262145 beyond the snap length 262144"),
+    (0xFFFFFFFF, 60, "record length 4294967295 beyond the snap length"),
+    (50, 49, "record length 50 beyond its length on the wire 49"),
+])
+def test_pcap_impossible_record_lengths_stop_the_file(tmp_path, caplen, orig, problem):
+    data = bytearray(pcap())
+    third = record_offsets(bytes(data))[2]
+    struct.pack_into("<II", data, third + 8, caplen, orig)
+    packets, reader = read(tmp_path, bytes(data))
+    assert [p.data for p in packets] == FRAMES[:2]
+    assert_one_warning(reader, third, problem)
+
+
+def test_pcap_lengths_that_real_files_have_are_kept(tmp_path):
+    # orig_len 0 (never filled in) and a snap length above 262144 are not damage
+    big = bytes(300_000)
+    data = bytearray(pcap([FRAMES[0], big], snaplen=400_000))
+    struct.pack_into("<I", data, 24 + 12, 0)
+    packets, reader = read(tmp_path, bytes(data))
+    assert [len(p.data) for p in packets] == [len(FRAMES[0]), len(big)] and not reader.warnings
+    assert packets[0].orig_len == 0
+
+
+@pytest.mark.parametrize(("damage", "problem"), [
+    (lambda b: b[:4] + struct.pack("<I", 8) + b[8:], "block length 8 invalid"),
+    (lambda b: b[:4] + struct.pack("<I", len(b) + 2) + b[8:], f"block length {len(epb(FRAMES[2])) + 2} invalid"),
+    (lambda b: b[:4] + struct.pack("<I", 1 << 30) + b[8:], "block length 1073741824 invalid"),
+    (lambda b: b[:-4] + struct.pack("<I", len(b) + 4), "trailing length differs"),
+    (lambda b: b[:20] + struct.pack("<I", len(b)) + b[24:], "beyond its block"),
+    (lambda b: b[:20] + struct.pack("<II", 10, 9) + b[28:], "beyond the snap length"),
+    (lambda b: b[:8] + struct.pack("<I", 3) + b[12:], "undeclared interface 3"),
+])
+def test_pcapng_damage_stops_the_file(tmp_path, damage, problem):
+    head = shb() + idb() + epb(FRAMES[0]) + epb(FRAMES[1])
+    packets, reader = read(tmp_path, head + damage(epb(FRAMES[2])) + epb(FRAMES[3]))
+    assert [p.data for p in packets] == FRAMES[:2]
+    assert_one_warning(reader, len(head), problem)
+
+
+@pytest.mark.parametrize("cut", [1, 4, 30, 40])
+def test_pcapng_cut_short_keeps_the_packets_before(tmp_path, cut):
+    head = shb() + idb() + epb(FRAMES[0]) + epb(FRAMES[1])
+    packets, reader = read(tmp_path, head + epb(FRAMES[2])[:-cut])
+    assert [p.data for p in packets] == FRAMES[:2]
+    assert_one_warning(reader, len(head), "cut short by the end of file")
+
+
+def test_pcapng_section_with_an_unknown_byte_order(tmp_path):
+    head = shb() + idb() + epb(FRAMES[0])
+    bad = bytearray(shb())
+    bad[8:12] = b"\x00\x11\x22\x33"
+    packets, reader = read(tmp_path, head + bytes(bad) + epb(FRAMES[1]))
+    assert len(packets) == 1
+    assert_one_warning(reader, len(head), "unknown byte-order magic")
+
+
+def test_damaged_gzip_stream_warns(tmp_path):
+    data = gzip.compress(pcap([bytes(200)] * 50))
+    packets, reader = read(tmp_path, data[: len(data) // 2] + bytes(64))
+    assert len(packets) < 50
+    assert_one_warning(reader, text="read error")
+
+
+def test_a_garbage_snap_length_does_not_let_a_record_eat_memory(tmp_path):
+    data = bytearray(pcap(snaplen=0xFFFFFFFF))
+    third = record_offsets(bytes(data))[2]
+    struct.pack_into("<II", data, third + 8, 3_000_000_000, 3_000_000_000)
+    packets, reader = read(tmp_path, bytes(data))
+    assert len(packets) == 2
+    assert_one_warning(reader, third, "record length 3000000000 beyond the snap length 4294967295")
