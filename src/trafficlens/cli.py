@@ -14,6 +14,8 @@ import click
 # name -> "module:attribute" of a click command, imported on first use.
 COMMANDS: dict[str, tuple[str, str]] = {
     "prep": ("trafficlens.datasets.cli:prep", "Turn captures into a dataset directory."),
+    "baseline": ("trafficlens.evaluation.cli:baseline", "Fit a classical baseline (rf, xgboost, ...) on the same splits."),
+    "evaluate": ("trafficlens.evaluation.cli:evaluate", "Score a trained run on its test split: metrics and an HTML report."),
     "info": ("trafficlens.datasets.cli:info", "Summarise a dataset: classes, settings, drops."),
     "live": ("trafficlens.serving.cli:live", "Classify live traffic or a replayed capture as sessions arrive."),
     "models": ("trafficlens.training.cli:models", "List the registered models: name, paper, inputs, parameters."),
