@@ -30,7 +30,7 @@ from trafficlens.training.run import make_split, select_classes
 CLASSES = ("alpha", "beta", "gamma")
 PACKETS, PACKET_BYTES, SEQ, STATS = 3, 64, 8, ("duration", "bytes", "packets", "iat_mean")
 # Tiny data: one thread. OpenMP barriers on a machine whose cores are busy stall XGBoost 50x.
-ONE = {name: {"n_jobs": 1} for name in ("rf", "knn", "knn-seq", "xgboost")}
+ONE = {name: {"n_jobs": 1} for name in ("rf", "knn", "knn-seq", "xgboost", "lightgbm")}
 
 
 def make_dataset(path, per_class=50, captures_per_class=5, layer="all", seed=0) -> Dataset:
@@ -153,8 +153,8 @@ def test_class_weight_and_row_cap(ds, split):
 
 
 def test_bad_arguments_name_the_fix(ds):
-    with pytest.raises(ConfigError, match="unknown baseline 'lightgbm'; choose from dt, rf"):
-        create_baseline("lightgbm")
+    with pytest.raises(ConfigError, match="unknown baseline 'catboost'; choose from dt, rf"):
+        create_baseline("catboost")
     with pytest.raises(ConfigError, match="knn-seq compares packet-length sequences"):
         create_baseline("knn-seq", "stats")
     with pytest.raises(ConfigError, match="unknown feature set"):
@@ -179,7 +179,33 @@ def test_train_baseline_uses_the_deep_split_and_never_shares_a_capture(ds, split
     assert m["accuracy"] >= 0.95 and m["macro_f1"] >= 0.95 and m["weighted_f1"] >= 0.95
     assert set(m["per_class"]) == set(CLASSES) and sum(r["support"] for r in m["per_class"].values()) == m["n"]
     assert m["layer"] == "all" and m["mask"] == "strict" and m["dataset"]["config"] == ds.config
-    assert m["fit_seconds"] > 0 and m["predict_seconds"] > 0
+    assert m["split"] == "capture" and m["side"] == "test" and m["kind"] == "baseline" and m["schema_version"] == 2
+    assert m["fit_seconds"] > 0 and m["predict_seconds"] > 0 and m["parameters"] > 0
+    assert m["top_k_accuracy"]["1"] == pytest.approx(m["accuracy"])
+
+
+def test_tune_picks_on_validation_and_refits(ds, split):
+    m = train_baseline(ds.path, "knn", "stats", split="capture", seed=0, tune=True, log=lambda message: None, n_jobs=1)
+    t = m["tuning"]
+    assert t["grid"] == {"n_neighbors": [1, 3, 5, 10]} and len(t["trials"]) == 4
+    assert t["best_val_macro_f1"] == max(x["val_macro_f1"] for x in t["trials"])
+    assert m["params"]["n_neighbors"] == t["best"]["n_neighbors"] and m["fit_on"] == "train+val"
+    fixed = train_baseline(ds.path, "rf", split="capture", tune=True, log=lambda message: None, n_jobs=1, max_features="sqrt")
+    assert "max_features" not in fixed["tuning"]["grid"] and len(fixed["tuning"]["trials"]) == 2  # set by hand: not searched
+
+
+@pytest.mark.parametrize("name", list_baselines())
+def test_learned_parameters_are_counted(name, ds, split):
+    from trafficlens.evaluation.baselines import learned_parameters
+
+    kind = baseline_info(name).features
+    clf = create_baseline(name, kind, **ONE.get(name, {})).fit(baseline_features(ds, split.train, kind), ds.labels[split.train])
+    n = learned_parameters(clf.estimator_)
+    assert isinstance(n, int) and n > 0
+    if name == "lr":
+        assert n == 3 * len(STATS) + 3
+    if name in ("knn", "knn-seq"):
+        assert n == len(split.train) * baseline_features(ds, split.train[:1], kind).shape[1]
 
 
 def test_min_class_sessions_drops_classes(tmp_path):
@@ -197,7 +223,7 @@ def test_cli_writes_metrics_json(ds, tmp_path):
     assert r.exit_code == 0, r.output
     assert "lr on stats: test accuracy" in r.output
     m = json.loads(out.read_text())
-    assert m["params"] == {"C": 0.5} and m["split_kind"] == "capture" and m["split_info"]["min_class_sessions"] == 10
+    assert m["params"] == {"C": 0.5} and m["split"] == "capture" and m["split_info"]["min_class_sessions"] == 10
     bad = CliRunner().invoke(baseline_cmd, [str(ds.path), "--model", "nope"])
     assert isinstance(bad.exception, ConfigError)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, top_k_accuracy_score
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score, top_k_accuracy_score
 
 from test_predict import run  # noqa: F401  (the trained bundle fixture)
 from trafficlens.evaluation.metrics import classification_report
@@ -17,23 +17,32 @@ from trafficlens.evaluation.report import clustered_order
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(min_value=3, max_value=6), st.integers(min_value=5, max_value=80), st.integers(0, 2**31 - 1))
-def test_metrics_match_sklearn(classes, n, seed):
+@given(st.integers(min_value=2, max_value=7), st.integers(min_value=1, max_value=80), st.integers(0, 2**31 - 1),
+       st.booleans())
+def test_metrics_match_sklearn(classes, n, seed, coarse):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, classes, n)
-    proba = rng.random((n, classes))
+    # coarse: few distinct scores, so ties and classes absent from y or from the predictions are common
+    proba = rng.integers(0, 3, (n, classes)).astype(float) + 1e-3 if coarse else rng.random((n, classes))
     proba /= proba.sum(axis=1, keepdims=True)
     pred = proba.argmax(axis=1)
     labels = [f"c{i}" for i in range(classes)]
     m = classification_report(y, proba, labels)
-    present = np.unique(y)
     assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
-    assert m["macro"]["f1"] == pytest.approx(f1_score(y, pred, labels=present, average="macro", zero_division=0))
-    assert m["macro"]["precision"] == pytest.approx(precision_score(y, pred, labels=present, average="macro", zero_division=0))
-    assert m["weighted"]["recall"] == pytest.approx(recall_score(y, pred, average="weighted", zero_division=0))
-    if len(present) == classes:
-        assert m["top_k_accuracy"]["3"] == pytest.approx(top_k_accuracy_score(y, proba, k=3, labels=np.arange(classes)))
-    assert np.array(m["confusion_matrix"]["matrix"]).sum() == n
+    for average in ("macro", "weighted"):
+        assert m[average]["f1"] == pytest.approx(f1_score(y, pred, average=average, zero_division=0))
+        assert m[average]["precision"] == pytest.approx(precision_score(y, pred, average=average, zero_division=0))
+        assert m[average]["recall"] == pytest.approx(recall_score(y, pred, average=average, zero_division=0))
+    assert m["macro_f1"] == m["macro"]["f1"] and m["weighted_f1"] == m["weighted"]["f1"]
+    per_class_f1 = f1_score(y, pred, labels=np.arange(classes), average=None, zero_division=0)
+    assert [m["per_class"][c]["f1"] for c in labels] == pytest.approx(per_class_f1.tolist())
+    assert [m["per_class"][c]["support"] for c in labels] == np.bincount(y, minlength=classes).tolist()
+    assert m["top_k_accuracy"]["1"] == pytest.approx(m["accuracy"])
+    if not coarse:  # no ties: scikit-learn's ranking is ours
+        for k in (3, 5):
+            if k < classes:
+                assert m["top_k_accuracy"][str(k)] == pytest.approx(top_k_accuracy_score(y, proba, k=k, labels=np.arange(classes)))
+    assert m["confusion_matrix"]["matrix"] == confusion_matrix(y, pred, labels=np.arange(classes)).tolist()
 
 
 def test_clustering_groups_confused_classes():

@@ -63,3 +63,49 @@ def test_interface_errors_are_clear():
     pytest.importorskip("pcapy")
     with pytest.raises(CaptureError, match="cannot capture on nosuch0"):
         next(interface("nosuch0"))
+
+
+def _can_capture() -> str | None:
+    try:
+        import pcapy
+    except ImportError:
+        return "pcapy-ng is not installed"
+    handle = pcapy.create("lo")
+    status = handle.activate()
+    if isinstance(status, int) and status < 0:
+        return f"cannot capture on lo here (pcap_activate {status}: needs root or CAP_NET_RAW)"
+    return None
+
+
+def test_interface_capture_decides_a_loopback_session(run):  # noqa: F811
+    import socket
+    import threading
+
+    from trafficlens.serving.live import Interface
+
+    reason = _can_capture()
+    if reason:
+        pytest.skip(reason)
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    source = Interface("lo", bpf=f"udp and port {port}", idle_exit=0.5)
+
+    def talk():
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for i in range(8):
+            client.sendto(b"robot-status %d " % i + b"x" * 60, ("127.0.0.1", port))
+            time.sleep(0.01)
+        client.close()
+
+    sender = threading.Thread(target=talk)
+    sender.start()
+    rows = []
+    stats = LiveClassifier(Classifier.load(run[0]), rows.append, after=6, clock="capture").run(source)
+    sender.join()
+    server.close()
+    assert stats.packets == 8 and source.stats()["dropped"] == 0
+    assert len(rows) == 1 and rows[0]["trigger"] == "after" and rows[0]["packets"] == 6
+    assert rows[0]["dst_port"] == port and rows[0]["protocol"] == "UDP"
+    # measured from the kernel's timestamp of the 6th packet: positive and small
+    assert 0 < rows[0]["delay_ms"] < 2000

@@ -59,7 +59,7 @@ def test_health_and_model(server):
     assert _request(f"{base}/healthz") == (200, {"status": "ok"})
     status, body = _request(f"{base}/v1/model")
     assert status == 200 and body["labels"] == clf.labels and body["model"] == "chen-cnn"
-    assert body["preprocessing"]["mask"] == "strict" and body["metrics"]["split"] == "test"
+    assert body["preprocessing"]["mask"] == "strict" and body["metrics"]["side"] == "test"
 
 
 def test_classify_matches_predict(server):

@@ -89,7 +89,9 @@ def test_chen_cnn_learns_separable_data_and_writes_a_bundle(dataset, tmp_path):
     history = json.loads((out / "history.json").read_text())
     assert {"train_loss", "val_macro_f1", "val_accuracy", "seconds"} <= set(history["epochs"][0])
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["split"] == "test" and metrics["layer"] == "all" and metrics["mask"] == "strict"
+    assert metrics["split"] == "random" and metrics["side"] == "test" and metrics["layer"] == "all" and metrics["mask"] == "strict"
+    assert metrics["parameters"] > 0 and metrics["seconds_per_epoch"] > 0 and metrics["inference_seconds"] > 0
+    assert metrics["top_k_accuracy"]["1"] == pytest.approx(metrics["accuracy"]) and metrics["macro_f1"] == metrics["macro"]["f1"]
     assert np.array(metrics["confusion_matrix"]["matrix"]).sum() == metrics["n"] == config["split"]["sizes"]["test"]
     assert set(metrics["per_class"]) == {"alpha", "beta", "gamma"}
 

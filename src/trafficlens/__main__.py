@@ -1,3 +1,7 @@
+"""`python -m trafficlens` (what `torchrun -m trafficlens` runs on every rank)."""
+
 from trafficlens.cli import main
 
-main()
+# Guarded: worker processes started with "spawn" (Dask's LocalCluster) import this module again.
+if __name__ == "__main__":
+    main()

@@ -14,12 +14,18 @@ import click
 # name -> "module:attribute" of a click command, imported on first use.
 COMMANDS: dict[str, tuple[str, str]] = {
     "prep": ("trafficlens.datasets.cli:prep", "Turn captures into a dataset directory."),
+    "audit": ("trafficlens.evaluation.audit_cli:audit", "How much of a score is leakage: papers' protocol vs honest splits and masks."),
     "baseline": ("trafficlens.evaluation.cli:baseline", "Fit a classical baseline (rf, xgboost, ...) on the same splits."),
     "evaluate": ("trafficlens.evaluation.cli:evaluate", "Score a trained run on its test split: metrics and an HTML report."),
+    "explain": ("trafficlens.evaluation.explain_cli:explain", "Which bytes and protocol fields a run relies on: Grad-CAM, attention, per class."),
+    "compare": ("trafficlens.evaluation.cli:compare", "Train deep models and baselines on one split: a table and an HTML report."),
+    "cv": ("trafficlens.evaluation.cli:cv", "Stratified group k-fold cross-validation of one model: mean and spread."),
+    "generate": ("trafficlens.generate.cli:generate", "Capture labelled traffic of real clients and servers in network namespaces."),
     "info": ("trafficlens.datasets.cli:info", "Summarise a dataset: classes, settings, drops."),
     "live": ("trafficlens.serving.cli:live", "Classify live traffic or a replayed capture as sessions arrive."),
     "models": ("trafficlens.training.cli:models", "List the registered models: name, paper, inputs, parameters."),
     "predict": ("trafficlens.serving.cli:predict", "Label every session of new captures with a trained run."),
+    "quickstart": ("trafficlens.quickstart:command", "Run prep -> train -> evaluate -> predict on the bundled sample."),
     "serve": ("trafficlens.serving.cli:serve", "Serve a model over HTTP: POST a capture, get per-session labels."),
     "train": ("trafficlens.training.cli:train", "Train a model on a dataset and write a run directory."),
 }

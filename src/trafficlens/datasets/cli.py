@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from trafficlens.datasets.config import LAYERS, MASKS, UNITS
 
 
 @click.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--out", required=True, type=click.Path(), help="Dataset directory to create.")
 @click.option("--labels", default=None, help="dir | file:REGEX | csv:PATH | ndpi:PATH | preset:iscx-vpn2016 | preset:ustc-tfc2016")
 @click.option("--label-column", default=None, help="Column of a csv/ndpi label table to use (ndpi: app or master).")
@@ -25,14 +27,32 @@ from trafficlens.datasets.config import LAYERS, MASKS, UNITS
 @click.option("--min-bytes", type=click.IntRange(0), default=0, show_default=True, help="Drop sessions with fewer application payload bytes (Ge 2021: 400).")
 @click.option("--max-per-class", type=click.IntRange(1), default=None, help="Undersample to at most N sessions per class (random, seed 0).")
 @click.option("--keep-duplicates", is_flag=True, help="Keep sessions whose tensors duplicate an earlier session.")
-@click.option("--workers", type=click.IntRange(1), default=None, help="Processes over files [default: all cores].")
+@click.option("--workers", type=click.IntRange(1), default=None, help="Processes over files [default: all cores]; with --engine dask and no --scheduler, LocalCluster workers.")
+@click.option("--engine", type=click.Choice(("local", "dask")), default="local", show_default=True, help="local: processes on this machine; dask: tasks of whole files on a Dask cluster, a sharded dataset (pip install 'trafficlens[dask]').")
+@click.option("--scheduler", default=None, metavar="ADDRESS", help="--engine dask: scheduler address (tcp://host:8786) [default: a LocalCluster].")
+@click.option("--retries", type=click.IntRange(0), default=2, show_default=True, help="--engine dask: resubmissions of a failed task before the run fails.")
+@click.option("--task-mb", type=click.FloatRange(0, min_open=True), default=64, show_default=True, help="--engine dask: capture megabytes per task (whole files; one shard per task).")
+@click.option("--backend", type=click.Choice(("python", "numba")), default=None, help="Per-packet code: numba (compiled, the default when installed) or python (the reference); same datasets. Also $TRAFFICLENS_BACKEND.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar or summary.")
 def prep(inputs, out, labels, label_column, unlabeled, unit, layer, mask, image_bytes, packets, packet_bytes,
-         sequence_length, idle_timeout, min_packets, min_bytes, max_per_class, keep_duplicates, workers, overwrite, quiet):
-    """Turn captures (files or folders of pcap/pcapng, gzip too) into a dataset directory."""
+         sequence_length, idle_timeout, min_packets, min_bytes, max_per_class, keep_duplicates, workers, engine,
+         scheduler, retries, task_mb, backend, overwrite, quiet):
+    """Turn captures (files or folders of pcap/pcapng, gzip too) into a dataset directory.
+
+    With --engine dask, INPUTS may also be fsspec URLs (s3://bucket/captures, ...).
+    """
     from trafficlens.datasets.config import PrepConfig
     from trafficlens.datasets.prep import prep as run_prep
+    from trafficlens.errors import ConfigError
+
+    if scheduler and engine != "dask":
+        raise ConfigError("--scheduler is for --engine dask")
+    for item in inputs:
+        if engine == "dask" and "://" in item:
+            continue
+        if not os.path.exists(item):
+            raise ConfigError(f"{item}: no such file or directory")
 
     config = PrepConfig(
         unit=unit, layer=layer, mask=mask, image_bytes=image_bytes, packets=packets,
@@ -41,7 +61,16 @@ def prep(inputs, out, labels, label_column, unlabeled, unit, layer, mask, image_
         unlabeled=unlabeled, max_per_class=max_per_class, deduplicate=not keep_duplicates,
     )
     warn = (lambda message: click.secho(f"warning: {message}", fg="yellow", err=True))
-    path = run_prep(list(inputs), out, config, workers=workers, overwrite=overwrite, progress=not quiet, on_warning=warn)
+    if backend:
+        os.environ["TRAFFICLENS_BACKEND"] = backend  # reaches every worker process, Dask's included
+    if engine == "dask":
+        from trafficlens.datasets.distributed import prep_dask
+
+        path = prep_dask(list(inputs), out, config, scheduler=scheduler, workers=workers, retries=retries,
+                         task_bytes=int(task_mb * (1 << 20)), overwrite=overwrite, progress=not quiet, on_warning=warn)
+    else:
+        path = run_prep(list(inputs), out, config, workers=workers, overwrite=overwrite, progress=not quiet,
+                        on_warning=warn, backend=backend)
     if not quiet:
         from trafficlens.datasets import Dataset
 
@@ -68,6 +97,10 @@ def summary(ds, brief: bool = False) -> str:
         f"packets={cfg['packets']}x{cfg['packet_bytes']} sequence={cfg['sequence_length']} "
         f"idle_timeout={cfg['idle_timeout']}s labels={cfg['labels']}",
     ]
+    if ds.sharded:
+        engine = m.get("engine", {})
+        lines.append(f"shards    {len(ds.shards)} (format version {m['format_version']}; made by {engine.get('name', '?')} "
+                     f"with {engine.get('workers', '?')} workers, {len(engine.get('retried', []))} task(s) retried)")
     classes = m["classes"]
     lines.append(f"classes   {len(classes)}")
     if not brief or len(classes) <= 40:

@@ -1,4 +1,10 @@
-"""Open a dataset directory written by `trafficlens prep` (docs/dataset-format.md)."""
+"""Open a dataset directory written by `trafficlens prep` (docs/dataset-format.md).
+
+A dataset is one directory (format version 1) or a set of shards, each a version-1 directory of
+its own, listed by a top-level manifest (version 2, written by `prep --engine dask`). Both read
+the same way: `table` is the concatenated session table and `tensor()` an array-like that
+reads rows from the shards' memory maps on demand.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from trafficlens.datasets.schema import FORMAT, FORMAT_VERSION, MANIFEST, PARTIAL_SUFFIX, TABLE, TENSORS
+from trafficlens.datasets.schema import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    PARTIAL_SUFFIX,
+    READABLE_VERSIONS,
+    TABLE,
+    TENSORS,
+)
 from trafficlens.errors import DatasetError
 
 
@@ -42,15 +56,19 @@ class Dataset:
         if manifest.get("format") != FORMAT:
             raise DatasetError(f"{manifest_path}: not a trafficlens dataset manifest")
         version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise DatasetError(
-                f"{path}: dataset format version {version}, this trafficlens reads {FORMAT_VERSION}; re-run prep"
+                f"{path}: dataset format version {version}, this trafficlens reads "
+                f"{' and '.join(map(str, READABLE_VERSIONS))}; re-run prep"
             )
-        for name, (fname, _) in TENSORS.items():
-            if not (path / fname).is_file():
-                raise DatasetError(f"{path}: missing {fname}")
-        if not (path / TABLE).is_file():
-            raise DatasetError(f"{path}: missing {TABLE}")
+        if "shards" in manifest:
+            for shard in manifest["shards"]:
+                where = path / shard["path"]
+                if not (where / MANIFEST).is_file():
+                    raise DatasetError(f"{path}: shard {shard['path']} is missing")
+                _check_files(where)
+        else:
+            _check_files(path)
         return cls(path, manifest)
 
     def __len__(self) -> int:
@@ -64,12 +82,42 @@ class Dataset:
         """The prep settings (layer, mask, sizes, ...) that produced the tensors."""
         return self.manifest["config"]
 
+    @property
+    def sharded(self) -> bool:
+        return "shards" in self.manifest
+
+    @property
+    def shards(self) -> list[Path]:
+        """The directories holding the rows, in row order (the dataset itself when not sharded)."""
+        if not self.sharded:
+            return [self.path]
+        return [self.path / shard["path"] for shard in self.manifest["shards"]]
+
+    @cached_property
+    def shard_offsets(self) -> np.ndarray:
+        """First row of each shard, plus the total: shard i holds rows offsets[i]:offsets[i+1]."""
+        if not self.sharded:
+            return np.array([0, len(self)], dtype=np.int64)
+        sizes = [int(shard["n_sessions"]) for shard in self.manifest["shards"]]
+        return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+
     @cached_property
     def table(self):
-        """The session table as a `pyarrow.Table`."""
+        """The session table as a `pyarrow.Table` (shards concatenated; `id` is the global row)."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return pq.read_table(self.path / TABLE)
+        if not self.sharded:
+            return pq.read_table(self.path / TABLE)
+        if not self.shards:
+            from trafficlens.datasets.schema import session_schema
+
+            extra = tuple(self.manifest.get("table", {}).get("extra_columns", ()))
+            return session_schema(extra).empty_table()
+        table = pa.concat_tables([pq.read_table(shard / TABLE) for shard in self.shards])
+        if table.num_rows != len(self):
+            raise DatasetError(f"{self.path}: shard tables hold {table.num_rows} rows, manifest says {len(self)}")
+        return table.set_column(0, "id", pa.array(np.arange(table.num_rows, dtype=np.int64)))
 
     def column(self, name: str) -> np.ndarray:
         if name not in self.table.column_names:
@@ -97,7 +145,96 @@ class Dataset:
         """A tensor as a read-only memory map: `image`, `packets`, `sequence` or `stats`."""
         if name not in TENSORS:
             raise DatasetError(f"unknown tensor {name!r}; choose from {', '.join(TENSORS)}")
-        array = np.load(self.path / TENSORS[name][0], mmap_mode="r")
-        if array.shape[0] != len(self):
-            raise DatasetError(f"{self.path}: {TENSORS[name][0]} has {array.shape[0]} rows, manifest says {len(self)}")
-        return array
+        fname, dtype = TENSORS[name]
+        if not self.sharded:
+            array = np.load(self.path / fname, mmap_mode="r")
+            if array.shape[0] != len(self):
+                raise DatasetError(f"{self.path}: {fname} has {array.shape[0]} rows, manifest says {len(self)}")
+            return array
+        cache = self.__dict__.setdefault("_sharded_tensors", {})  # opening every shard's map once is enough
+        if name in cache:
+            return cache[name]
+        parts = []
+        for shard, start, stop in zip(self.shards, self.shard_offsets[:-1], self.shard_offsets[1:]):
+            array = np.load(shard / fname, mmap_mode="r")
+            if array.shape[0] != stop - start:
+                raise DatasetError(f"{shard}: {fname} has {array.shape[0]} rows, the dataset manifest says {stop - start}")
+            parts.append(array)
+        row_shape = tuple(self.manifest["tensors"][name]["shape"])
+        cache[name] = ShardedTensor(parts, np.dtype(dtype), row_shape)
+        return cache[name]
+
+
+def _check_files(path: Path) -> None:
+    for fname, _ in TENSORS.values():
+        if not (path / fname).is_file():
+            raise DatasetError(f"{path}: missing {fname}")
+    if not (path / TABLE).is_file():
+        raise DatasetError(f"{path}: missing {TABLE}")
+
+
+class ShardedTensor:
+    """Rows of one tensor spread over shards, indexed like a NumPy array along the first axis.
+
+    Indexing (an int, a slice, an integer or boolean array, optionally followed by indices of
+    the other axes) reads only the rows asked for, from each shard's memory map, and returns a
+    NumPy array in the order asked. Training and prediction index batches of rows, so a
+    dataset larger than memory streams through.
+    """
+
+    def __init__(self, parts: list[np.ndarray], dtype: np.dtype, row_shape: tuple[int, ...]):
+        self.parts = parts
+        self.dtype = dtype
+        self.offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts], dtype=np.int64)]).astype(np.int64)
+        self.shape = (int(self.offsets[-1]), *row_shape)
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"ShardedTensor(shape={self.shape}, dtype={self.dtype}, shards={len(self.parts)})"
+
+    def __getitem__(self, key):
+        rest: tuple = ()
+        if isinstance(key, tuple):
+            key, rest = (key[0] if key else slice(None)), key[1:]
+        n = self.shape[0]
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + (n if key < 0 else 0)
+            if not 0 <= i < n:
+                raise IndexError(f"row {key} out of range for {n} rows")
+            s = int(np.searchsorted(self.offsets, i, side="right")) - 1
+            return self.parts[s][(i - self.offsets[s], *rest)]
+        if isinstance(key, slice):
+            rows = np.arange(*key.indices(n), dtype=np.int64)
+        else:
+            rows = np.asarray(key)
+            if rows.dtype == bool:
+                if rows.shape != (n,):
+                    raise IndexError(f"boolean index of shape {rows.shape} for {n} rows")
+                rows = np.flatnonzero(rows)
+            elif rows.dtype.kind not in "iu":
+                raise IndexError(f"rows must be integers, got {rows.dtype}")
+            rows = rows.astype(np.int64).ravel()
+            rows = np.where(rows < 0, rows + n, rows)
+            if len(rows) and (rows.min() < 0 or rows.max() >= n):
+                raise IndexError(f"row index out of range for {n} rows")
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
+        shard = np.searchsorted(self.offsets, rows, side="right") - 1
+        for s in np.unique(shard):
+            where = np.flatnonzero(shard == s)
+            local = rows[where] - self.offsets[s]
+            if len(local) > 1 and np.all(np.diff(local) == 1):
+                out[where] = self.parts[s][local[0] : local[-1] + 1]  # a contiguous run: one read
+            else:
+                out[where] = self.parts[s][local]
+        return out[(slice(None), *rest)] if rest else out

@@ -21,7 +21,8 @@ from trafficlens.datasets.writer import DatasetWriter
 from trafficlens.errors import CaptureError, ConfigError
 from trafficlens.features.stats import STATS_NAMES
 from trafficlens.files import sha256_file
-from trafficlens.features.tensors import Example, Featurizer
+from trafficlens.fast import resolve_backend
+from trafficlens.features.tensors import Example, ExampleBatch, Featurizer
 
 CAPTURE_MAGICS = (
     b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4",  # pcap, microseconds
@@ -92,8 +93,18 @@ def prepare_capture(
     labeler: Labeler | None,
     emit: Callable[[Example], None],
     on_reject: Callable[[dict[str, Any], str], None] | None = None,
+    emit_batch: Callable[[ExampleBatch], None] | None = None,
+    backend: str | None = None,
 ) -> FileReport:
-    """Read one capture and emit its examples; never raises for a bad file (see `error`)."""
+    """Read one capture and emit its examples; never raises for a bad file (see `error`).
+
+    `backend` "numba" (the default when installed, see `trafficlens.fast`) gives the same
+    examples as "python", the reference; it hands them to `emit_batch` in batches when given.
+    """
+    if resolve_backend(backend) == "numba":
+        from trafficlens.fast.engine import prepare_capture_fast
+
+        return prepare_capture_fast(path, relative, config, labeler, emit, on_reject, emit_batch)
     from trafficlens.capture import CaptureReader, decode
     from trafficlens.flows.assembler import SessionAssembler
 
@@ -141,15 +152,17 @@ def prepare_capture(
 _worker_state: dict[str, Any] = {}
 
 
-def _init_worker(config: PrepConfig, labeler: Labeler | None) -> None:
+def _init_worker(config: PrepConfig, labeler: Labeler | None, backend: str | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and cleans up
     _worker_state["config"] = config
     _worker_state["labeler"] = labeler
+    _worker_state["backend"] = backend
 
 
 def _worker(job: tuple[Path, str]) -> tuple[FileReport, list[Example]]:
     examples: list[Example] = []
-    report = prepare_capture(job[0], job[1], _worker_state["config"], _worker_state["labeler"], examples.append)
+    report = prepare_capture(job[0], job[1], _worker_state["config"], _worker_state["labeler"], examples.append,
+                             emit_batch=examples.append, backend=_worker_state.get("backend"))
     return report, examples
 
 
@@ -163,6 +176,7 @@ def prep(
     overwrite: bool = False,
     progress: bool = False,
     on_warning: Callable[[str], None] | None = None,
+    backend: str | None = None,
 ) -> Path:
     """Turn captures into a dataset directory at `out`; returns its path.
 
@@ -176,6 +190,7 @@ def prep(
     if not files:
         raise ConfigError(f"no capture files found in {', '.join(map(str, inputs))}")
     workers = workers or default_workers()
+    backend = resolve_backend(backend)  # a bad name or a missing numba fails here, before any work
     writer = DatasetWriter(
         out,
         config.to_dict(),
@@ -190,7 +205,12 @@ def prep(
     )
     extra_of = labeler.extra if labeler is not None and labeler.extra_columns else None
 
-    def write(example: Example) -> None:
+    def write(example: Example | ExampleBatch) -> None:
+        if isinstance(example, ExampleBatch):  # the numba backend's output
+            if extra_of is not None and len(example):
+                example.extra = extra_of(example.meta(0))  # preset columns: per file, not per session
+            writer.add_batch(example)
+            return
         meta = example.meta
         if extra_of is not None:
             meta.update(extra_of(meta))
@@ -214,7 +234,11 @@ def prep(
         small = [job for job in files if job[0].stat().st_size <= STREAM_INLINE_BYTES]
         if workers > 1 and len(small) > 1:
             ctx = mp.get_context("fork") if hasattr(os, "fork") else mp.get_context()
-            pool = ctx.Pool(workers, initializer=_init_worker, initargs=(config, labeler))
+            if backend == "numba" and ctx.get_start_method() == "fork":
+                from trafficlens.fast.engine import warm_up
+
+                warm_up()  # forked workers inherit the loaded kernels instead of each loading them
+            pool = ctx.Pool(workers, initializer=_init_worker, initargs=(config, labeler, backend))
             results = pool.imap(_worker, small, chunksize=1)
         else:
             results = None
@@ -224,14 +248,16 @@ def prep(
                 for example in examples:
                     write(example)
             else:
-                report = prepare_capture(job[0], job[1], config, labeler, write)
+                report = prepare_capture(job[0], job[1], config, labeler, write, emit_batch=write, backend=backend)
             done(report)
         if pool is not None:
             pool.close()
             pool.join()
         if config.max_per_class:
             writer.limit_per_class(config.max_per_class)
-        writer.finish(**_summary(reports, writer, not_captures))
+        # Absolute input roots: what `audit` re-prepares from under another mask.
+        sources = [str(Path(item).resolve()) for item in inputs]
+        writer.finish(sources=sources, **_summary(reports, writer, not_captures))
     except BaseException:
         if pool is not None:
             pool.terminate()

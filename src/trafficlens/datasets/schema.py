@@ -6,9 +6,15 @@ import pyarrow as pa
 
 FORMAT = "trafficlens-dataset"
 FORMAT_VERSION = 1
+# Version 2 = version 1 plus the sharded layout (docs/dataset-format.md, "Sharded datasets"); only
+# sharded datasets carry it, so single-directory datasets stay readable by version-1 readers.
+FORMAT_VERSION_SHARDED = 2
+READABLE_VERSIONS = (FORMAT_VERSION, FORMAT_VERSION_SHARDED)
 MANIFEST = "manifest.json"
 TABLE = "sessions.parquet"
 PARTIAL_SUFFIX = ".partial"
+KEYS = "keys.npy"  # per-row duplicate key (16 bytes) kept in shards for the cross-shard merge
+SHARDS_DIR = "shards"
 
 # tensor name -> (file, dtype)
 TENSORS: dict[str, tuple[str, str]] = {

@@ -27,6 +27,7 @@ from trafficlens.datasets.schema import (
     FORMAT_VERSION,
     MANIFEST,
     PARTIAL_SUFFIX,
+    KEYS,
     TABLE,
     TENSORS,
     session_schema,
@@ -36,9 +37,34 @@ from trafficlens.errors import DatasetError
 _BLOCK = 2048
 
 
+def _arrow(values: np.ndarray, kind: pa.DataType) -> pa.Array:
+    """A NumPy column as an Arrow array through its buffer (pa.array(ndarray) imports pandas)."""
+    if values.dtype.kind == "f":
+        array = pa.Array.from_buffers(pa.float64(), len(values), [None, pa.py_buffer(np.ascontiguousarray(values, np.float64))])
+    else:
+        array = pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(np.ascontiguousarray(values, np.int64))])
+    return array if array.type == kind else array.cast(kind)
+
+
 class _ClosedTable:
     def close(self) -> None:
         pass
+
+
+def per_class_keep(labels, limit: int, seed: int = 0) -> np.ndarray:
+    """Which rows `--max-per-class` keeps: per label, a seeded random `limit` of them (bool mask).
+
+    One function for the local writer and the distributed merge, so both choose the same rows.
+    """
+    labels = np.array(["\0" if x is None else x for x in labels], dtype=object)
+    rng = np.random.default_rng(seed)
+    keep = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        if len(rows) > limit:
+            rows = rng.choice(rows, size=limit, replace=False)
+        keep[rows] = True
+    return keep
 
 
 class DatasetWriter:
@@ -61,6 +87,7 @@ class DatasetWriter:
         extra_columns: tuple[str, ...] = (),
         deduplicate: bool = True,
         overwrite: bool = False,
+        record_keys: bool = False,
     ):
         self.out_dir = Path(out_dir)
         self.partial = self.out_dir.with_name(self.out_dir.name + PARTIAL_SUFFIX)
@@ -85,7 +112,14 @@ class DatasetWriter:
         self._seen: dict[bytes, str | None] = {}
         self._rows: list[dict[str, Any]] = []
         self._blocks: dict[str, list[np.ndarray]] = {name: [] for name in TENSORS}
+        self._chunks: list[pa.Table] = []  # table rows of add_batch (and of add before one), in order
+        self._pending_batched = 0
         self._opened = False
+        # Shards of a distributed prep keep each row's key (keys.npy) and the key and label of
+        # every duplicate they dropped, so the merge can deduplicate across shards exactly.
+        self.record_keys = record_keys and deduplicate
+        self.dropped_keys: list[tuple[bytes, str | None]] = []
+        self._keys: list[bytes] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
     def open(self) -> "DatasetWriter":
@@ -98,6 +132,8 @@ class DatasetWriter:
         }
         self._schema = session_schema(self.extra_columns)
         self._table = pq.ParquetWriter(self.partial / TABLE, self._schema, compression="zstd")
+        if self.record_keys:
+            self._npy["keys"] = NpyAppender(self.partial / KEYS, "uint8", (16,))
         self._opened = True
         return self
 
@@ -142,8 +178,12 @@ class DatasetWriter:
                 self.duplicates += 1
                 if self._seen[key] != label:
                     self.duplicate_label_conflicts += 1
+                if self.record_keys:
+                    self.dropped_keys.append((key, label))
                 return False
             self._seen[key] = label
+            if self.record_keys:
+                self._keys.append(key)
         row = dict(meta)
         row["id"] = self.n
         self._labels.append(label)
@@ -158,15 +198,98 @@ class DatasetWriter:
             self._flush()
         return True
 
+    def add_batch(self, batch) -> int:
+        """`add` for many sessions at once (a `tensors.ExampleBatch`), in order; returns the rows kept.
+
+        The same duplicate rule and counts as `add`; metadata, sequences and statistics are
+        built only for the rows kept.
+        """
+        n = len(batch)
+        image, packets, labels = batch.image, batch.packets, batch.labels
+        keep = np.ones(n, dtype=bool)
+        if self.deduplicate and n:
+            # blake2b over the row of image + packets bytes is the digest `add` computes in two updates
+            both = getattr(batch, "both", None)
+            if both is None or not both.flags.c_contiguous:
+                both = np.concatenate([image.reshape(n, -1), packets.reshape(n, -1)], axis=1)
+            both = memoryview(both).cast("B")
+            width = len(both) // n
+            blake2b = hashlib.blake2b
+            keys = [blake2b(both[i * width : (i + 1) * width], digest_size=16).digest() for i in range(n)]
+            seen = self._seen
+            get = seen.get
+            missing = object()
+            for i, key in enumerate(keys):
+                label = labels[i]
+                first = get(key, missing)
+                if first is missing:
+                    seen[key] = label
+                    if self.record_keys:
+                        self._keys.append(key)
+                    continue
+                keep[i] = False
+                self.duplicates += 1
+                if first != label:
+                    self.duplicate_label_conflicts += 1
+                if self.record_keys:
+                    self.dropped_keys.append((key, label))
+        idx = np.flatnonzero(keep)
+        k = len(idx)
+        if not k:
+            return 0
+        columns, sequence, stats = batch.rows(idx)
+        self._rows_to_chunk()
+        table = {}
+        for field in self._schema:
+            name = field.name
+            if name == "id":
+                table[name] = np.arange(self.n, self.n + k, dtype=np.int64)
+            else:
+                value = columns.get("ts_start" if name == "start_time" else name)
+                if value is None:
+                    table[name] = [None] * k
+                elif isinstance(value, np.ndarray):
+                    table[name] = _arrow(value, field.type)
+                else:
+                    table[name] = value
+        self._chunks.append(pa.table(table, schema=self._schema))
+        kept_labels = [labels[i] for i in idx]
+        self._labels.extend(kept_labels)
+        for name, value in (("image", image[idx]), ("packets", packets[idx]), ("sequence", sequence), ("stats", stats)):
+            self._blocks[name].append(value)
+        self.n += k
+        for label in kept_labels:
+            key_label = "<unlabeled>" if label is None else str(label)
+            self.classes[key_label] = self.classes.get(key_label, 0) + 1
+        self._pending_batched += k
+        if self._pending_batched >= _BLOCK:
+            self._flush()
+        return k
+
+    def _rows_to_chunk(self) -> None:
+        """Rows added one by one so far become one table chunk (keeps the order of add/add_batch)."""
+        if self._rows:
+            columns = {field.name: [row.get(field.name) for row in self._rows] for field in self._schema}
+            self._chunks.append(pa.table(columns, schema=self._schema))
+            self._pending_batched += len(self._rows)
+            self._rows.clear()
+
     def _flush(self) -> None:
-        if not self._rows:
+        if not self._rows and not self._chunks:
             return
         for name, blocks in self._blocks.items():
-            self._npy[name].append(np.stack(blocks))
+            # `add` queues single rows, `add_batch` blocks of rows
+            rank = len(self.shapes[name]) + 1
+            self._npy[name].append(np.concatenate([b if b.ndim == rank else b[None] for b in blocks]))
             blocks.clear()
-        columns = {field.name: [row.get(field.name) for row in self._rows] for field in self._schema}
-        self._table.write_table(pa.table(columns, schema=self._schema))
-        self._rows.clear()
+        if self._keys:
+            self._npy["keys"].append(np.frombuffer(b"".join(self._keys), dtype=np.uint8).reshape(-1, 16))
+            self._keys.clear()
+        self._rows_to_chunk()
+        if self._chunks:  # one row group per flush, however the rows came
+            self._table.write_table(pa.concat_tables(self._chunks) if len(self._chunks) > 1 else self._chunks[0])
+        self._chunks.clear()
+        self._pending_batched = 0
 
     def limit_per_class(self, limit: int, seed: int = 0) -> None:
         """Keep at most `limit` sessions per label, a seeded random choice, rewriting the files.
@@ -174,14 +297,7 @@ class DatasetWriter:
         Rows are copied in blocks from the memory-mapped partial files, so memory stays bounded.
         """
         self._flush()
-        labels = np.array(["\0" if x is None else x for x in self._labels], dtype=object)
-        rng = np.random.default_rng(seed)
-        keep = np.zeros(self.n, dtype=bool)
-        for label in np.unique(labels):
-            rows = np.flatnonzero(labels == label)
-            if len(rows) > limit:
-                rows = rng.choice(rows, size=limit, replace=False)
-            keep[rows] = True
+        keep = per_class_keep(self._labels, limit, seed)
         if keep.all():
             return
         chosen = np.flatnonzero(keep)

@@ -4,7 +4,7 @@
     clf.fit(train_rows, ds.labels[train_rows])       # X: session row numbers into `dataset`
     clf.predict(test_rows)
 
-    metrics = train_baseline("ds/iot", "xgboost", "header", split="capture", min_class_sessions=50)
+    metrics = train_baseline("ds/iot", "xgboost", "header", split="capture", min_class_sessions=50, tune=True)
 
 Every baseline is a `Baseline`: a scikit-learn classifier that turns X into a feature matrix
 (`features.baseline_features`) and fits a registered scikit-learn estimator on it, with labels
@@ -19,7 +19,12 @@ encoded to 0..C-1 inside (XGBoost needs them) and `classes_` holding the origina
 | `svm` | signed log, standard scaling, RBF SVC (C=100), Platt-calibrated, <= 5000 training rows | stats |
 | `knn` | signed log, standard scaling, 5 neighbours weighted by distance | stats |
 | `xgboost` | gradient-boosted trees, hist, 300 rounds of depth 8, all cores | stats |
+| `lightgbm` | gradient-boosted trees, leaf-wise, 300 rounds of 31 leaves, all cores | stats |
 | `knn-seq` | 1 nearest neighbour, Euclidean on the signed packet lengths | sequence |
+
+`tune=True` (`--tune`) tries each baseline's small grid (`BaselineInfo.grid`): fit on the
+training side, macro-F1 on the validation side, the best refitted on train + validation; the
+test side is never looked at.
 
 The signed log (sign(x) log(1 + |x|)) tames the heavy tails of byte and time statistics before
 the distance- and gradient-based models; trees need no scaling. C, k and the smoothing were
@@ -58,14 +63,16 @@ class BaselineInfo:
     build: Callable[..., Any]  # (random_state=..., **params) -> unfitted scikit-learn estimator
     features: str = "stats"  # the feature set it is meant for
     max_train_rows: int | None = None  # training rows kept (stratified sample) above this
+    grid: dict[str, tuple] | None = None  # the small `--tune` search: build parameter -> values
 
 
 _REGISTRY: dict[str, BaselineInfo] = {}
 
 
-def register(name: str, description: str, features: str = "stats", max_train_rows: int | None = None):
+def register(name: str, description: str, features: str = "stats", max_train_rows: int | None = None,
+             grid: dict[str, tuple] | None = None):
     def decorate(build: Callable[..., Any]) -> Callable[..., Any]:
-        _REGISTRY[name] = BaselineInfo(name, description, build, features, max_train_rows)
+        _REGISTRY[name] = BaselineInfo(name, description, build, features, max_train_rows, grid)
         return build
 
     return decorate
@@ -89,35 +96,36 @@ def _scaled(classifier, log: bool = True, scale: bool = True):
     return make_pipeline(*steps, *([StandardScaler()] if scale else []), classifier)
 
 
-@register("dt", "decision tree, entropy splits (C4.5-like)")
+@register("dt", "decision tree, entropy splits (C4.5-like)", grid={"min_samples_leaf": (1, 2, 5), "max_depth": (None, 12)})
 def _dt(random_state=0, **params):
     from sklearn.tree import DecisionTreeClassifier
 
     return DecisionTreeClassifier(**{"criterion": "entropy", "min_samples_leaf": 2, "random_state": random_state, **params})
 
 
-@register("rf", "random forest, 300 trees")
+@register("rf", "random forest, 300 trees", grid={"max_features": ("sqrt", 0.3), "min_samples_leaf": (1, 2)})
 def _rf(random_state=0, **params):
     from sklearn.ensemble import RandomForestClassifier
 
     return RandomForestClassifier(**{"n_estimators": 300, "n_jobs": cores(), "random_state": random_state, **params})
 
 
-@register("lr", "logistic regression on scaled signed-log features")
+@register("lr", "logistic regression on scaled signed-log features", grid={"C": (1.0, 10.0, 100.0)})
 def _lr(random_state=0, **params):
     from sklearn.linear_model import LogisticRegression
 
     return _scaled(LogisticRegression(**{"C": 10.0, "max_iter": 3000, "random_state": random_state, **params}))
 
 
-@register("nb", "Gaussian naive Bayes on signed-log features")
+@register("nb", "Gaussian naive Bayes on signed-log features", grid={"var_smoothing": (1e-9, 1e-5, 1e-3, 1e-1)})
 def _nb(random_state=0, **params):
     from sklearn.naive_bayes import GaussianNB
 
     return _scaled(GaussianNB(**{"var_smoothing": 1e-3, **params}), scale=False)
 
 
-@register("svm", "RBF support vector machine on scaled signed-log features", max_train_rows=5000)
+@register("svm", "RBF support vector machine on scaled signed-log features", max_train_rows=5000,
+          grid={"C": (10.0, 100.0, 1000.0)})
 def _svm(random_state=0, **params):
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.svm import SVC
@@ -128,14 +136,14 @@ def _svm(random_state=0, **params):
     return _scaled(CalibratedClassifierCV(svc, method="sigmoid", ensemble=False))
 
 
-@register("knn", "k nearest neighbours on scaled signed-log features")
+@register("knn", "k nearest neighbours on scaled signed-log features", grid={"n_neighbors": (1, 3, 5, 10)})
 def _knn(random_state=0, **params):
     from sklearn.neighbors import KNeighborsClassifier
 
     return _scaled(KNeighborsClassifier(**{"n_neighbors": 5, "weights": "distance", "n_jobs": cores(), **params}))
 
 
-@register("xgboost", "gradient-boosted trees (XGBoost, hist)")
+@register("xgboost", "gradient-boosted trees (XGBoost, hist)", grid={"max_depth": (6, 10), "learning_rate": (0.05, 0.1)})
 def _xgboost(random_state=0, **params):
     from xgboost import XGBClassifier
 
@@ -144,7 +152,18 @@ def _xgboost(random_state=0, **params):
                             "random_state": random_state, **params})
 
 
-@register("knn-seq", "nearest neighbour on packet-length sequences (Euclidean)", features="sequence")
+@register("lightgbm", "gradient-boosted trees (LightGBM, leaf-wise)", grid={"num_leaves": (31, 63), "learning_rate": (0.05, 0.1)})
+def _lightgbm(random_state=0, **params):
+    from lightgbm import LGBMClassifier
+
+    # min_child_samples 5: the rarest device classes have a few dozen training sessions.
+    return LGBMClassifier(**{"n_estimators": 300, "num_leaves": 31, "learning_rate": 0.1, "min_child_samples": 5,
+                             "subsample": 0.9, "subsample_freq": 1, "colsample_bytree": 0.8, "n_jobs": cores(),
+                             "random_state": random_state, "verbose": -1, **params})
+
+
+@register("knn-seq", "nearest neighbour on packet-length sequences (Euclidean)", features="sequence",
+          grid={"n_neighbors": (1, 3, 5)})
 def _knn_seq(random_state=0, **params):
     from sklearn.neighbors import KNeighborsClassifier
 
@@ -259,87 +278,141 @@ def create_baseline(name: str, features: str | None = None, *, dataset=None, max
 
 
 # -- one run on a dataset -------------------------------------------------------------------------
-def _metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
-    """The deep runs' metrics.json fields (same macro-F1 definition), plus weighted-F1."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+def learned_parameters(estimator) -> int | None:
+    """How many numbers a fitted estimator learned or stores: tree nodes, coefficients, kept vectors."""
+    from sklearn.pipeline import Pipeline
 
-    ids = list(range(len(labels)))
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-        "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
-        "n": int(len(y_true)),
-        "per_class": {labels[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                      for i in ids},
-        "confusion_matrix": {"labels": labels, "rows": "true", "columns": "predicted",
-                             "matrix": confusion_matrix(y_true, y_pred, labels=ids).tolist()},
-    }
+    if isinstance(estimator, Pipeline):
+        estimator = estimator.steps[-1][1]
+    if hasattr(estimator, "calibrated_classifiers_"):  # the SVM: support vectors and their weights
+        svc = estimator.calibrated_classifiers_[0].estimator
+        return int(svc.support_vectors_.size + svc.dual_coef_.size + svc.intercept_.size)
+    if hasattr(estimator, "tree_"):
+        return int(estimator.tree_.node_count)
+    if hasattr(estimator, "estimators_") and hasattr(estimator.estimators_[0], "tree_"):
+        return int(sum(t.tree_.node_count for t in estimator.estimators_))
+    if hasattr(estimator, "get_booster"):  # XGBoost: one line per node in the text dump
+        return int(sum(tree.count("\n") for tree in estimator.get_booster().get_dump()))
+    if hasattr(estimator, "booster_"):  # LightGBM: 2 leaves - 1 nodes per tree
+        return int(sum(2 * t["num_leaves"] - 1 for t in estimator.booster_.dump_model()["tree_info"]))
+    if hasattr(estimator, "coef_"):
+        return int(estimator.coef_.size + estimator.intercept_.size)
+    if hasattr(estimator, "theta_"):
+        return int(estimator.theta_.size + estimator.var_.size + estimator.class_prior_.size)
+    if hasattr(estimator, "_fit_X"):  # nearest neighbours keep the training matrix
+        return int(estimator._fit_X.size)
+    return None
 
 
-def train_baseline(dataset_path, name: str, features: str | None = None, split: str = "capture", seed: int = 0,
-                   min_class_sessions: int = 0, include_val: bool = True, class_weight: str | None = None,
+def _grid(name: str, fixed: dict[str, Any]) -> list[dict[str, Any]]:
+    """The parameter combinations `--tune` tries (parameters set by hand are not searched)."""
+    import itertools
+
+    grid = {k: v for k, v in (baseline_info(name).grid or {}).items() if k not in fixed}
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))] or [{}]
+
+
+def score_baseline(ds, name: str, split, classes: list[str], label_of: np.ndarray, *, features: str | None = None,
+                   seed: int = 0, include_val: bool = True, class_weight: str | None = None, tune: bool = False,
                    log: Callable[[str], None] | None = None, **params) -> dict[str, Any]:
-    """Fit a baseline on the train (+ validation) side of the deep trainer's split, score the test side.
+    """Fit baseline `name` on a given split of an open dataset and score its test side.
 
-    The split comes from the same functions and settings as `trafficlens train` (same split,
-    seed and min_class_sessions give the same test sessions), so the numbers sit beside a run's
-    metrics.json. Returns accuracy, macro/weighted F1, per-class P/R/F1, confusion matrix,
-    seconds (features, fit, predict), the split, and the dataset's layer and mask.
+    `label_of[row]` is the class id of each dataset row (-1 outside the selection). With `tune`,
+    each grid point is fitted on train and scored on val (macro-F1); the best one is refitted.
+    Returns the metrics schema's scores and cost (see metrics.py), without the provenance.
     """
-    from pathlib import Path
+    from sklearn.metrics import f1_score
 
-    from trafficlens.datasets import Dataset
-    from trafficlens.training.config import TrainConfig
-    from trafficlens.training.run import make_split, select_classes
+    from trafficlens.evaluation.metrics import SCHEMA_VERSION, classification_report
 
     log = log or (lambda message: print(message, file=sys.stderr))
-    cfg = TrainConfig(split=split, seed=seed, min_class_sessions=min_class_sessions)  # checks split and minimum
     model = create_baseline(name, features, class_weight=class_weight, random_state=seed, **params)
-    ds = Dataset.open(dataset_path)
-    classes, rows, y_rows, dropped = select_classes(ds.labels, min_class_sessions)
-    if dropped:
-        log(f"dropped {len(dropped)} classes with < {min_class_sessions} sessions: {', '.join(sorted(dropped))}")
-    s = make_split(ds, rows, y_rows, cfg)
-    for side, absent in s.missing.items():
-        log(f"warning: {len(absent)} classes have no {side} sessions in this split: {', '.join(classes[i] for i in absent)}")
-    label_of = np.full(len(ds), -1, dtype=np.int64)
-    label_of[rows] = y_rows
-    fit_rows = np.sort(np.concatenate([s.train, s.val])) if include_val else s.train
+    features = model.features
     names = np.array(classes, dtype=object)
-
+    fit_rows = np.sort(np.concatenate([split.train, split.val])) if include_val else split.train
     t0 = time.perf_counter()
-    X_fit = baseline_features(ds, fit_rows, model.features)
-    X_test = baseline_features(ds, s.test, model.features)
+    X_fit = baseline_features(ds, fit_rows, features)
+    X_test = baseline_features(ds, split.test, features)
     feature_seconds = time.perf_counter() - t0
-    log(f"{name} on {model.features} ({X_fit.shape[1]} features): {len(classes)} classes, fit {len(fit_rows)} "
-        f"({'train+val' if include_val else 'train'}) / test {len(s.test)} sessions ({s.kind} split)")
+
+    tuning = None
+    if tune:
+        if not len(split.val):
+            raise ConfigError(f"--tune needs a validation side; this {split.kind} split has none")
+        X_tr, X_va = baseline_features(ds, split.train, features), baseline_features(ds, split.val, features)
+        y_va = label_of[split.val]
+        trials = []
+        for point in _grid(name, params):
+            t1 = time.perf_counter()
+            clf = create_baseline(name, features, class_weight=class_weight, random_state=seed, **params, **point)
+            clf.fit(X_tr, names[label_of[split.train]])
+            pred = np.searchsorted(names.astype(str), clf.predict(X_va).astype(str))
+            trials.append({"params": point, "val_macro_f1": float(f1_score(y_va, pred, average="macro", zero_division=0)),
+                           "seconds": time.perf_counter() - t1})
+            log(f"tune {name} {point}: validation macro-F1 {trials[-1]['val_macro_f1']:.4f}")
+        best = max(trials, key=lambda t: t["val_macro_f1"])  # first of equals: the grid's order
+        tuning = {"grid": {k: list(v) for k, v in (baseline_info(name).grid or {}).items() if k not in params},
+                  "trials": trials, "best": best["params"], "best_val_macro_f1": best["val_macro_f1"]}
+        params = {**params, **best["params"]}
+        model = create_baseline(name, features, class_weight=class_weight, random_state=seed, **params)
+
+    log(f"{name} on {features} ({X_fit.shape[1]} features): {len(classes)} classes, fit {len(fit_rows)} "
+        f"({'train+val' if include_val else 'train'}) / test {len(split.test)} sessions ({split.kind} split)")
     t0 = time.perf_counter()
     model.fit(X_fit, names[label_of[fit_rows]])
     fit_seconds = time.perf_counter() - t0
 
-    out: dict[str, Any] = {"model": name, "features": model.features, "n_features": int(X_fit.shape[1]),
-                           "params": params, "class_weight": class_weight, "max_train_rows": model.max_train_rows,
-                           "fit_on": "train+val" if include_val else "train", "fit_rows": int(model.n_train_rows_),
-                           "split": "test", "split_kind": s.kind}
+    out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "model": name, "kind": "baseline", "features": features,
+                           "n_features": int(X_fit.shape[1]), "params": params, "tuning": tuning,
+                           "class_weight": class_weight, "max_train_rows": model.max_train_rows,
+                           "fit_on": "train+val" if include_val else "train", "fit_rows": int(model.n_train_rows_)}
     predict_seconds = 0.0
-    if len(s.test):
+    if len(split.test):
         t0 = time.perf_counter()
-        pred = model.predict(X_test)
+        proba = model.predict_proba(X_test)  # columns follow classes_, the sorted names present in training
         predict_seconds = time.perf_counter() - t0
-        index = {c: i for i, c in enumerate(classes)}
-        out.update(_metrics(label_of[s.test], np.array([index[p] for p in pred]), classes))
-    captures = ds.column("capture")
+        full = np.zeros((len(split.test), len(classes)))
+        full[:, np.searchsorted(names.astype(str), model.classes_.astype(str))] = proba
+        out.update(classification_report(label_of[split.test], full, classes))
     out.update({
-        "fit_seconds": fit_seconds, "predict_seconds": predict_seconds, "feature_seconds": feature_seconds,
+        "parameters": learned_parameters(model.estimator_),
+        "train_seconds": fit_seconds, "fit_seconds": fit_seconds, "feature_seconds": feature_seconds,
+        "inference_seconds": predict_seconds, "predict_seconds": predict_seconds,
+        "inference_sessions_per_s": len(split.test) / predict_seconds if predict_seconds > 0 else None,
         "threads": cores(),
-        "layer": ds.config.get("layer"), "mask": ds.config.get("mask"), "unit": ds.config.get("unit"),
-        "split_info": {"kind": s.kind, "seed": seed, "min_class_sessions": min_class_sessions, "sizes": s.sizes(),
-                       "captures": {side: int(len(np.unique(captures[getattr(s, side)].astype(str))))
-                                    for side in ("train", "val", "test")},
-                       "missing": {side: [classes[i] for i in ids] for side, ids in s.missing.items()},
-                       "dropped_classes": dropped},
-        "dataset": {"path": str(Path(dataset_path).resolve()), "n_sessions": len(ds), "created": ds.manifest.get("created"),
-                    "config": ds.config},
     })
+    return out
+
+
+def train_baseline(dataset_path, name: str, features: str | None = None, split: str = "capture", seed: int = 0,
+                   min_class_sessions: int = 0, min_class_captures: int = 0, exclude_classes: tuple[str, ...] = (),
+                   include_val: bool = True, class_weight: str | None = None,
+                   tune: bool = False, log: Callable[[str], None] | None = None, **params) -> dict[str, Any]:
+    """Fit a baseline on the train (+ validation) side of the deep trainer's split, score the test side.
+
+    The split comes from the same functions and settings as `trafficlens train` (same split,
+    seed and min_class_sessions give the same test sessions), so the numbers sit beside a run's
+    metrics.json, in the same schema (evaluation/metrics.py; docs/metrics-format.md).
+    """
+    from trafficlens.datasets import Dataset
+    from trafficlens.evaluation.metrics import provenance
+    from trafficlens.training.config import TrainConfig
+    from trafficlens.training.run import log_split, make_split, select_dataset_classes
+
+    log = log or (lambda message: print(message, file=sys.stderr))
+    cfg = TrainConfig(split=split, seed=seed, min_class_sessions=min_class_sessions,  # checks split and minimums
+                      min_class_captures=min_class_captures, exclude_classes=exclude_classes)
+    create_baseline(name, features, class_weight=class_weight, random_state=seed, **params)  # bad names fail first
+    ds = Dataset.open(dataset_path)
+    classes, rows, y_rows, dropped = select_dataset_classes(ds, min_class_sessions, min_class_captures,
+                                                            exclude_classes, log)
+    s = make_split(ds, rows, y_rows, cfg)
+    log_split(s, classes, log)
+    label_of = np.full(len(ds), -1, dtype=np.int64)
+    label_of[rows] = y_rows
+    out = score_baseline(ds, name, s, classes, label_of, features=features, seed=seed, include_val=include_val,
+                         class_weight=class_weight, tune=tune, log=log, **params)
+    out.update(provenance(ds, s, classes=classes, seed=seed, min_class_sessions=min_class_sessions, dropped=dropped,
+                          min_class_captures=min_class_captures, exclude_classes=exclude_classes))
     return out

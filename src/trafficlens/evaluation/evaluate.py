@@ -20,10 +20,11 @@ def evaluate_run(run: str | os.PathLike, out: str | os.PathLike | None = None, d
     `evaluation/`).
     """
     from trafficlens.datasets import Dataset
-    from trafficlens.evaluation.metrics import classification_report
+    from trafficlens.evaluation.metrics import classification_report, provenance
     from trafficlens.evaluation.report import write_report
     from trafficlens.models import count_parameters
     from trafficlens.serving import Classifier
+    from trafficlens.training.splits import Split
 
     run = Path(run)
     clf = Classifier.load(run, device="auto")
@@ -44,20 +45,27 @@ def evaluate_run(run: str | os.PathLike, out: str | os.PathLike | None = None, d
     metrics = classification_report(y, proba, clf.labels)
     history_path = run / "history.json"
     history = json.loads(history_path.read_text()) if history_path.is_file() else {}
+    split_cfg = config["split"]
+    split = Split(split_cfg["kind"], *(np.flatnonzero(assignment == side) for side in range(3)),
+                  dedup=split_cfg.get("deduplication", {}))
+    metrics.update(model=clf.bundle.name, kind="deep", features="+".join(clf.inputs))
+    metrics.update(provenance(ds, split, classes=list(clf.labels), seed=split_cfg.get("seed"),
+                              min_class_sessions=split_cfg.get("min_class_sessions"), dropped=split_cfg.get("dropped_classes"),
+                              min_class_captures=split_cfg.get("min_class_captures", 0),
+                              exclude_classes=split_cfg.get("exclude_classes", ())))
+    metrics["split_info"]["missing"] = split_cfg.get("missing", {})
+    epochs = history.get("epochs", [])
     metrics.update(
-        model=clf.bundle.name,
-        dataset=str(ds.path),
-        split=config["split"]["kind"],
-        mask=ds.config.get("mask"),
-        layer=ds.config.get("layer"),
-        unit=ds.config.get("unit"),
         parameters=count_parameters(clf.bundle.model),
+        train_seconds=history.get("seconds", sum(e.get("seconds", 0) for e in epochs)),
+        epochs=len(epochs),
+        seconds_per_epoch=float(np.mean([e["train_seconds"] for e in epochs])) if epochs and "train_seconds" in epochs[0] else None,
         inference_seconds=seconds,
         inference_sessions_per_s=len(test) / seconds if seconds > 0 else None,
-        train_seconds=sum(e.get("seconds", 0) for e in history.get("epochs", [])),
+        run=str(run),
     )
     out = Path(out) if out else run / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_report(out / "report.html", f"{clf.bundle.name} on {ds.path.name} ({metrics['split']} split, {metrics['mask']} mask)", metrics, history)
     return metrics

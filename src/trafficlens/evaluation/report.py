@@ -2,7 +2,10 @@
 
 Figures: per-class precision/recall/F1 bars; the confusion matrix reordered by hierarchical
 clustering of its row-normalised rows (Euclidean distance, average linkage, as Chen 2023
-Figures 8-9) with its dendrogram; training curves from the run's history.
+Figures 8-9) with its dendrogram; training curves from the run's history. Comparisons add the
+score bars, a model x class F1 map and the cost of each model (Chen 2023 Table 9, Figure 13);
+cross-validations the per-fold spread (Figure 12). Comparison and cross-validation figures are
+also written as PNG and SVG files under `figures/`.
 """
 
 from __future__ import annotations
@@ -16,13 +19,27 @@ from typing import Any
 import numpy as np
 
 
-def _figure_png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+def _figure_png(fig, save_as: Path | None = None) -> str:
+    """The figure as a PNG data URI; with `save_as` (a path without suffix) also as .png and .svg files."""
     import matplotlib.pyplot as plt
 
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    if save_as is not None:
+        save_as.parent.mkdir(parents=True, exist_ok=True)
+        save_as.with_suffix(".png").write_bytes(buf.getvalue())
+        fig.savefig(save_as.with_suffix(".svg"), format="svg", bbox_inches="tight")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def clustered_order(matrix: np.ndarray) -> tuple[np.ndarray, Any]:
@@ -36,7 +53,7 @@ def clustered_order(matrix: np.ndarray) -> tuple[np.ndarray, Any]:
     return leaves_list(link), link
 
 
-def confusion_figure(labels: list[str], matrix: np.ndarray) -> str:
+def confusion_figure(labels: list[str], matrix: np.ndarray, save_as: Path | None = None) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,10 +78,10 @@ def confusion_figure(labels: list[str], matrix: np.ndarray) -> str:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true (clustered: average linkage)")
     fig.colorbar(image, cax=fig.add_axes([box[0] + box[2] + 0.02, box[1], 0.03, box[3]]), label="share of the true class")
-    return _figure_png(fig)
+    return _figure_png(fig, save_as)
 
 
-def per_class_figure(per_class: dict[str, dict[str, float]]) -> str:
+def per_class_figure(per_class: dict[str, dict[str, float]], save_as: Path | None = None) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,7 +95,7 @@ def per_class_figure(per_class: dict[str, dict[str, float]]) -> str:
     ax.set_xticks(x, labels, rotation=90, fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.legend(ncols=3, fontsize=8)
-    return _figure_png(fig)
+    return _figure_png(fig, save_as)
 
 
 def curves_figure(history: dict[str, Any]) -> str | None:
@@ -113,7 +130,9 @@ def write_report(path: Path, title: str, metrics: dict[str, Any], history: dict[
     curves = curves_figure(history or {})
     if curves:
         figures.append(("Training curves", curves))
-    provenance = ", ".join(f"{k}={html.escape(str(metrics.get(k)))}" for k in ("dataset", "split", "mask", "layer", "unit", "model"))
+    dataset = metrics.get("dataset")
+    named = {**metrics, "dataset": dataset.get("path") if isinstance(dataset, dict) else dataset}
+    provenance = ", ".join(f"{k}={html.escape(str(named.get(k)))}" for k in ("dataset", "split", "mask", "layer", "unit", "model"))
     rows = "".join(
         f"<tr><td>{html.escape(label)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td><td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>"
         for label, v in metrics["per_class"].items()
@@ -126,5 +145,173 @@ def write_report(path: Path, title: str, metrics: dict[str, Any], history: dict[
 td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}td:first-child{{text-align:left}}img{{max-width:100%}}</style>
 </head><body><h1>{html.escape(title)}</h1><p><b>{summary}</b></p><p>Produced by: {provenance}</p>
 <table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{rows}</table>{body}</body></html>"""
+    path.write_text(page)
+    return path
+
+
+# -- comparisons and cross-validations ----------------------------------------------------------
+_STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"""
+
+
+def _page(title: str, intro: str, table: str, figures: list[tuple[str, str]]) -> str:
+    body = "".join(f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='{src}'>" for caption, src in figures)
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_STYLE}</style>'
+            f"</head><body><h1>{html.escape(title)}</h1>{intro}{table}{body}</body></html>")
+
+
+def _html_table(rows: list[dict[str, Any]], keys: list[str], fmt) -> str:
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(r.get(k), k))}</td>" for k in keys) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _provenance_html(result: dict[str, Any]) -> str:
+    ds = result["dataset"]
+    bits = [f"dataset {ds['name']} ({ds['n_sessions']:,} sessions)", f"split {result['split']}", f"seed {result['seed']}",
+            f"mask {result['mask']}", f"layer {result['layer']}", f"unit {result['unit']}", f"{len(result['classes'])} classes"]
+    return "<p>Produced by: " + html.escape(", ".join(bits)) + "</p>"
+
+
+def scores_figure(rows: list[dict[str, Any]], save_as: Path | None = None) -> str:
+    plt = _pyplot()
+    names = [r["model"] for r in rows]
+    y = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
+    for i, (key, colour) in enumerate((("accuracy", "#9ecae1"), ("macro_f1", "#3182bd"))):
+        ax.barh(y + (i - 0.5) * 0.38, [r.get(key) or 0 for r in rows], height=0.38, color=colour, label=key.replace("_", "-"))
+    ax.set_yticks(y, [f"{n} ({r['kind']})" for n, r in zip(names, rows)], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("test score")
+    ax.legend(fontsize=8, loc="lower right")
+    return _figure_png(fig, save_as)
+
+
+def class_f1_figure(metrics: dict[str, dict[str, Any]], labels: list[str], save_as: Path | None = None) -> str:
+    plt = _pyplot()
+    models = list(metrics)
+    grid = np.array([[metrics[m]["per_class"][c]["f1"] for c in labels] for m in models])
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(labels) + 3), 0.4 * len(models) + 2))
+    image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(models)), models, fontsize=8)
+    fig.colorbar(image, ax=ax, label="test F1")
+    return _figure_png(fig, save_as)
+
+
+def cost_figure(rows: list[dict[str, Any]], save_as: Path | None = None) -> str:
+    """Training seconds and learned parameters per model (Chen 2023 Table 9, Figure 13)."""
+    plt = _pyplot()
+    names = [r["model"] for r in rows]
+    y = np.arange(len(rows))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.4 * len(rows) + 1.4), sharey=True)
+    colours = ["#e6550d" if r["kind"] == "deep" else "#31a354" for r in rows]
+    left.barh(y, [max(r.get("train_seconds") or 0, 1e-3) for r in rows], color=colours)
+    left.set_xscale("log")  # from milliseconds (naive Bayes) to minutes (deep models)
+    left.set_xlabel("training seconds, log scale (deep: whole fit; baselines: fit)")
+    left.set_yticks(y, names, fontsize=8)
+    left.invert_yaxis()
+    right.barh(y, [max(r.get("parameters") or 0, 1) for r in rows], color=colours)
+    right.set_xscale("log")
+    right.set_xlabel("learned parameters, log scale (weights; tree nodes; stored values)")
+    for r, yy in zip(rows, y):
+        if r.get("seconds_per_epoch"):
+            left.annotate(f"{r['seconds_per_epoch']:.1f} s/epoch", (r["train_seconds"], yy), fontsize=7,
+                          xytext=(3, -3), textcoords="offset points")
+    return _figure_png(fig, save_as)
+
+
+def deep_curves_figure(histories: dict[str, dict[str, Any]], save_as: Path | None = None) -> str | None:
+    histories = {k: h for k, h in histories.items() if h.get("epochs")}
+    if not histories:
+        return None
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for name, h in histories.items():
+        xs = range(1, len(h["epochs"]) + 1)
+        left.plot(xs, [e.get("train_loss") for e in h["epochs"]], label=name)
+        right.plot(xs, [e.get("val_macro_f1") for e in h["epochs"]], label=name)
+    left.set_xlabel("epoch")
+    left.set_ylabel("training loss")
+    right.set_xlabel("epoch")
+    right.set_ylabel("validation macro-F1")
+    right.set_ylim(0, 1.05)
+    right.legend(fontsize=7)
+    return _figure_png(fig, save_as)
+
+
+def spread_figure(rows: list[dict[str, Any]], keys: list[str], save_as: Path | None = None) -> str:
+    """Per-fold values of each metric, one line per fold, with the mean (Chen 2023 Figure 12)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(keys)), 3.6))
+    x = np.arange(len(keys))
+    for r in rows:
+        ax.plot(x, [r[k] for k in keys], marker="o", alpha=0.7, label=f"fold {r['fold']}")
+    means = [float(np.mean([r[k] for r in rows])) for k in keys]
+    ax.plot(x, means, "k_", markersize=30, mew=2, label="mean")
+    ax.set_xticks(x, [k.replace("_", " ") for k in keys], fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7, ncols=2)
+    return _figure_png(fig, save_as)
+
+
+def write_comparison_report(out: Path, result: dict[str, Any]) -> Path:
+    """report.html for a comparison, with its figures also under out/figures/."""
+    import json
+
+    from trafficlens.evaluation.compare import ROW_KEYS, _cell
+
+    figs = out / "figures"
+    rows, metrics, labels = result["rows"], result["metrics"], result["classes"]
+    scored = {k: m for k, m in metrics.items() if "per_class" in m}
+    figures = [("Test accuracy and macro-F1", scores_figure(rows, figs / "scores"))]
+    if scored:
+        figures.append(("Per-class F1 of every model", class_f1_figure(scored, labels, figs / "class_f1")))
+        best = max(scored, key=lambda k: scored[k]["macro_f1"])
+        figures.append((f"Per-class precision, recall and F1 of the best model ({best})",
+                        per_class_figure(scored[best]["per_class"], figs / "best_per_class")))
+        cm = scored[best]["confusion_matrix"]
+        figures.append((f"Confusion matrix of {best}, classes ordered by hierarchical clustering",
+                        confusion_figure(cm["labels"], np.array(cm["matrix"]), figs / "best_confusion")))
+    histories = {}
+    for key, m in metrics.items():
+        path = Path(m["run"]) / "history.json" if m.get("run") else None
+        if path is not None and path.is_file():
+            histories[key] = json.loads(path.read_text())
+    curves = deep_curves_figure(histories, figs / "curves")
+    if curves:
+        figures.append(("Training curves of the deep models", curves))
+    figures.append(("Training time and parameters", cost_figure(rows, figs / "cost")))
+    info = result["split_info"]
+    intro = _provenance_html(result) + html.escape(
+        f"Sessions train {info['sizes']['train']} / val {info['sizes']['val']} / test {info['sizes']['test']}; "
+        f"captures {info['captures']['train']} / {info['captures']['val']} / {info['captures']['test']}; "
+        f"identical tensors removed from later sides: {info['deduplication'].get('removed')}.")
+    page = _page(f"Comparison on {result['dataset']['name']} ({result['split']} split, {result['mask']} mask)",
+                 f"<p>{intro}</p>", _html_table(rows, list(ROW_KEYS), _cell), figures)
+    path = out / "report.html"
+    path.write_text(page)
+    return path
+
+
+def write_cv_report(out: Path, result: dict[str, Any]) -> Path:
+    from trafficlens.evaluation.compare import _cell
+
+    figs = out / "figures"
+    keys = [k for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1", "top3_accuracy")
+            if k in result["summary"]]
+    figures = [("Per-fold scores (spread over folds)", spread_figure(result["rows"], keys, figs / "spread"))]
+    scored = [m for m in result["metrics"] if "confusion_matrix" in m]
+    if scored:
+        total = np.sum([np.array(m["confusion_matrix"]["matrix"]) for m in scored], axis=0)
+        figures.append(("Confusion matrix summed over folds, classes ordered by hierarchical clustering",
+                        confusion_figure(result["classes"], total, figs / "confusion")))
+    summary_rows = [{"fold": "mean", **{k: v["mean"] for k, v in result["summary"].items()}},
+                    {"fold": "std", **{k: v["std"] for k, v in result["summary"].items()}}]
+    table = _html_table(result["rows"] + summary_rows, ["fold", *result["summary"]], _cell)
+    page = _page(f"{result['model']}: {result['folds']}-fold cross-validation on {result['dataset']['name']}",
+                 _provenance_html(result), table, figures)
+    path = out / "report.html"
     path.write_text(page)
     return path

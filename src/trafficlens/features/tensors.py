@@ -24,6 +24,45 @@ class Example:
     stats: np.ndarray | None = None
 
 
+class ExampleBatch:
+    """Many examples at once (what the compiled backend emits).
+
+    The model inputs (`image`, `packets`) and the labels are ready; the metadata columns,
+    sequences and statistics are built by `rows(idx)` only for the rows a consumer keeps (most
+    IoT sessions are duplicates the writer drops). `build(idx)` returns (columns with the keys
+    of `session_meta` plus "label", sequences, stats); `extra` holds constant columns (presets).
+    """
+
+    def __init__(self, image: np.ndarray, packets: np.ndarray, labels: list, build: Callable):
+        self.image = image
+        self.packets = packets
+        self.labels = labels
+        self.build = build
+        self.extra: dict[str, Any] = {}
+        self.both: np.ndarray | None = None  # (n, image + packets bytes) when the two are views of it
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    def rows(self, idx: np.ndarray) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+        columns, sequence, stats = self.build(np.asarray(idx, dtype=np.int64))
+        for key, value in self.extra.items():
+            columns[key] = [value] * len(idx)
+        return columns, sequence, stats
+
+    def meta(self, i: int) -> dict[str, Any]:
+        return _meta_at(self.rows([i])[0], 0)
+
+    def examples(self):
+        columns, sequence, stats = self.rows(np.arange(len(self)))
+        for i in range(len(self)):
+            yield Example(_meta_at(columns, i), self.image[i], self.packets[i], sequence[i], stats[i])
+
+
+def _meta_at(columns: dict[str, Any], i: int) -> dict[str, Any]:
+    return {k: (v[i].item() if isinstance(v, np.ndarray) else v[i]) for k, v in columns.items()}
+
+
 def address(raw: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
 

@@ -64,6 +64,13 @@ class Classifier:
             logits = model(*xs)
             return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
+    def explain(self, tensors: dict[str, np.ndarray], targets: np.ndarray | None = None, cam: str = "grad-cam"):
+        """Explanation maps (Grad-CAM, attention, gradient x input) for stacked tensors; see
+        `trafficlens.evaluation.explain.explain_tensors`. `targets`: class indices (default: predicted)."""
+        from trafficlens.evaluation.explain import explain_tensors
+
+        return explain_tensors(self.bundle.model, tensors, targets, self.device, cam)
+
     def _rows_for(self, examples: list[Example], top_k: int, min_confidence: float) -> list[dict[str, Any]]:
         tensors = {name: np.stack([getattr(e, name) for e in examples]) for name in self.inputs}
         probs = self.probabilities(tensors)

@@ -62,7 +62,11 @@ def serve(run, host, port, max_upload_mb, timeout_s, top_k, min_confidence, devi
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, top_k, min_confidence, device):
+@click.option("--max-batch", type=click.IntRange(1), default=256, show_default=True, help="Sessions decided together at most.")
+@click.option("--max-wait-ms", type=click.FloatRange(0), default=1.0, show_default=True, help="How long a ready session may wait for others to share its batch while the model is idle.")
+@click.option("--idle-exit", type=click.FloatRange(min=0, min_open=True), default=None, help="With -i: stop after this many seconds without packets.")
+def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, top_k, min_confidence, device, max_batch,
+         max_wait_ms, idle_exit):
     """Classify live traffic (or a replayed capture) session by session, as packets arrive."""
     import json
     import sys
@@ -73,8 +77,12 @@ def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, top_k, m
 
     if (iface is None) == (replay_path is None):
         raise ConfigError("live needs exactly one source: -i INTERFACE or -r CAPTURE")
-    source = live_mod.interface(iface, bpf=bpf) if iface else live_mod.replay(replay_path, speed or None)
+    source = live_mod.Interface(iface, bpf=bpf, idle_exit=idle_exit) if iface else live_mod.replay(replay_path, speed or None)
     clf = Classifier.load(run, device=device)
+    if clf.device.type == "cpu":
+        import torch
+
+        torch.set_num_threads(1)  # small batches: one intra-op thread is fastest, the other core reads packets
     fh = sys.stdout if out == "-" else open(out, "w")
 
     def sink(row):
@@ -83,8 +91,12 @@ def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, top_k, m
 
     try:
         stats = live_mod.LiveClassifier(clf, sink, after=after, max_sessions=max_sessions, top_k=top_k,
-                                        min_confidence=min_confidence, name=iface or replay_path).run(source)
+                                        min_confidence=min_confidence, name=iface or replay_path, max_batch=max_batch,
+                                        max_wait_ms=max_wait_ms, clock="capture" if iface else "arrival").run(source)
     finally:
         if fh is not sys.stdout:
             fh.close()
-    click.echo(json.dumps(stats.summary()), err=True)
+    summary = stats.summary()
+    if iface:
+        summary["capture"] = source.stats()  # libpcap: received, dropped (buffer full), if_dropped
+    click.echo(json.dumps(summary), err=True)

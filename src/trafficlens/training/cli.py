@@ -7,6 +7,25 @@ import click
 from trafficlens.training.config import BALANCES, DEVICES, LOSSES, SPLITS
 
 
+def class_options(min_sessions: int = 0):
+    """--min-class-sessions, --min-class-captures, --exclude-class: which classes a command keeps."""
+    options = [
+        click.option("--min-class-sessions", type=click.IntRange(0), default=min_sessions, show_default=True,
+                     help="Drop classes with fewer labelled sessions."),
+        click.option("--min-class-captures", type=click.IntRange(0), default=0, show_default=True,
+                     help="Drop classes seen in fewer capture files (a class in one file cannot be split by capture)."),
+        click.option("--exclude-class", "exclude_classes", multiple=True, metavar="LABEL",
+                     help="Never train or score on this label (repeatable), e.g. --exclude-class Unknown."),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @click.command()
 @click.option("--classes", type=click.IntRange(2), default=10, show_default=True, help="Classes for the parameter count.")
 def models(classes):
@@ -33,7 +52,7 @@ def models(classes):
 @click.option("--epochs", "--max-epochs", "max_epochs", type=click.IntRange(1), default=30, show_default=True, help="Most epochs; early stopping may end sooner.")
 @click.option("--patience", type=click.IntRange(1), default=5, show_default=True, help="Epochs without better validation macro-F1 before stopping.")
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None, help="Stop training after this many seconds.")
-@click.option("--split", type=click.Choice(SPLITS), default="capture", show_default=True, help="capture: grouped by capture file, no capture on two sides (honest default); random: stratified 60/20/20 by session (the papers, leaks); column: the dataset's split column.")
+@click.option("--split", type=click.Choice(SPLITS), default="capture", show_default=True, help="capture: grouped by capture file, no capture on two sides (honest default); random: stratified 60/20/20 by session (the papers, leaks); time: earlier sessions train, later test; packet-leak: random with identical tensors left on both sides (a demonstration of the papers' error); column: the dataset's split column.")
 @click.option("--balance", type=click.Choice(BALANCES), default="none", show_default=True, help="Class balancing of the training split only.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split, initialisation and batch order.")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
@@ -41,34 +60,44 @@ def models(classes):
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="auto: CUDA (mixed precision) when present, else CPU on all cores.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads [default: all cores].")
 @click.option("--from", "from_runs", default=None, help="chen-model-a: CNN_RUN,GRU_RUN, the two trained runs to fuse.")
-@click.option("--min-class-sessions", type=click.IntRange(0), default=0, show_default=True, help="Drop classes with fewer labelled sessions.")
+@class_options()
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Model setting, e.g. --set max_tokens=256 (JSON values).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--nproc", type=click.IntRange(1), default=1, show_default=True, help="Data-parallel processes on this machine (torchrun; one per GPU, or sharing the CPU cores).")
 def train(dataset, model_name, out, loss, focal_gamma, max_epochs, patience, time_budget, split, balance, seed,
-          batch_size, lr, device, threads, from_runs, min_class_sessions, settings, overwrite, quiet):
-    """Train a model on a dataset directory and write a run directory (model bundle)."""
-    import json
+          batch_size, lr, device, threads, from_runs, min_class_sessions, min_class_captures, exclude_classes, settings,
+          overwrite, quiet, nproc):
+    """Train a model on a dataset directory and write a run directory (model bundle).
 
-    from trafficlens.errors import ConfigError
-    from trafficlens.training.config import TrainConfig
+    Under torchrun (`torchrun --nproc-per-node N -m trafficlens train ...`) or with --nproc N,
+    the processes train one model with DistributedDataParallel.
+    """
+    import os
+    import sys
+
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from trafficlens.training.distributed import launch
+
+        argv = sys.argv[1:]
+        if "train" not in argv:
+            raise click.UsageError("--nproc: run as `trafficlens train ...` (or launch torchrun yourself)")
+        args = argv[argv.index("train"):]
+        args = [a for i, a in enumerate(args) if not (a == "--nproc" or a.startswith("--nproc=") or (i and args[i - 1] == "--nproc"))]
+        sys.exit(launch(nproc, args))
+    from trafficlens.training.config import TrainConfig, parse_settings
     from trafficlens.training.run import train_run
 
-    model_kwargs = {}
-    for item in settings:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set takes KEY=VALUE, got {item!r}")
-        try:
-            model_kwargs[key] = json.loads(value)
-        except ValueError:
-            model_kwargs[key] = value
+    model_kwargs = parse_settings(settings)
     cfg = TrainConfig(max_epochs=max_epochs, time_budget=time_budget, batch_size=batch_size, lr=lr, patience=patience,
                       loss=loss, focal_gamma=focal_gamma, balance=balance, split=split, seed=seed, device=device,
-                      min_class_sessions=min_class_sessions, num_threads=threads)
+                      min_class_sessions=min_class_sessions, min_class_captures=min_class_captures,
+                      exclude_classes=exclude_classes, num_threads=threads)
     runs = [p.strip() for p in from_runs.split(",") if p.strip()] if from_runs else []
     log = (lambda message: click.echo(message, err=True))
     s = train_run(dataset, out, model_name, cfg, model_kwargs, runs, progress=not quiet, overwrite=overwrite, log=log)
+    if os.environ.get("RANK", "0") != "0":
+        return
     test = "n/a" if s["test_accuracy"] is None else f"accuracy {s['test_accuracy']:.4f}, macro-F1 {s['test_macro_f1']:.4f}"
     click.echo(f"{s['model']}: best epoch {s['best_epoch']} of {s['epochs']} ({s['stopped']}, {s['seconds']:.1f} s); "
                f"test {test}; wrote {s['out']}")

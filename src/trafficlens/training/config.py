@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Iterable
 
 from trafficlens.errors import ConfigError
 
 LOSSES = ("ce", "weighted-ce", "focal")
 BALANCES = ("none", "undersample", "weights")
-SPLITS = ("random", "capture", "column")
+SPLITS = ("random", "capture", "time", "packet-leak", "column")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -21,7 +21,10 @@ class TrainConfig:
     `weights` samples batches with probability inversely proportional to class frequency
     (class-balanced sampling, same number of batches). Validation and test are never balanced.
     split: `random` (stratified 60/20/20 by session), `capture` (grouped by capture file,
-    stratified where possible), `column` (the dataset's `split` column: train/val/test).
+    stratified where possible), `time` (earliest sessions train, latest test), `packet-leak`
+    (random without cross-side deduplication: the papers' error, as a demonstration),
+    `column` (the dataset's `split` column: train/val/test). Identical tensors are removed
+    from the later side in all but `packet-leak` (training/splits.py).
     """
 
     max_epochs: int = 30
@@ -41,6 +44,8 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     min_class_sessions: int = 0  # drop classes with fewer labelled sessions
+    min_class_captures: int = 0  # drop classes seen in fewer capture files
+    exclude_classes: tuple[str, ...] = ()  # labels never trained on (e.g. "Unknown")
     num_threads: int | None = None  # CPU threads; default all available cores
 
     def __post_init__(self) -> None:
@@ -59,6 +64,8 @@ class TrainConfig:
         need(self.split in SPLITS, f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         need(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         need(self.min_class_sessions >= 0, f"min_class_sessions must be >= 0, got {self.min_class_sessions}")
+        need(self.min_class_captures >= 0, f"min_class_captures must be >= 0, got {self.min_class_captures}")
+        self.exclude_classes = tuple(self.exclude_classes)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -70,3 +77,19 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def parse_settings(items: Iterable[str], option: str = "--set") -> dict[str, Any]:
+    """`KEY=VALUE` strings (repeated `--set`) to a dict; values are JSON where they parse, else strings."""
+    import json
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{option} takes KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -17,29 +18,85 @@ from trafficlens.errors import ConfigError
 from trafficlens.training.config import TrainConfig
 
 
-def select_classes(labels: np.ndarray, min_sessions: int) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, int]]:
-    """Labelled rows of classes with >= min_sessions sessions: (classes, rows, class ids, dropped)."""
+def select_classes(labels: np.ndarray, min_sessions: int, captures: np.ndarray | None = None, min_captures: int = 0,
+                   exclude: tuple[str, ...] | list[str] = ()) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, int]]:
+    """Labelled rows of the classes kept: (classes, rows, class ids, dropped classes with their sessions).
+
+    A class is kept with >= `min_sessions` sessions, seen in >= `min_captures` capture files
+    (`captures`: the capture per row; a class found in one file cannot be split by capture
+    honestly: it lands on one side only) and not named in `exclude` (e.g. nDPI's `Unknown`).
+    """
     labelled = np.array([x is not None for x in labels], dtype=bool)
     names, counts = np.unique(labels[labelled].astype(str), return_counts=True)
     keep = counts >= max(min_sessions, 1)
+    if exclude:
+        keep &= ~np.isin(names, list(exclude))
+    if min_captures > 1:
+        if captures is None:
+            raise ConfigError("min_captures needs the capture of every row")
+        pairs = {(str(a), str(b)) for a, b in zip(labels[labelled], captures[labelled])}
+        files = {}
+        for name, _ in pairs:
+            files[name] = files.get(name, 0) + 1
+        keep &= np.array([files[str(n)] >= min_captures for n in names], dtype=bool)
     classes = [str(n) for n in names[keep]]
     dropped = {str(n): int(c) for n, c in zip(names[~keep], counts[~keep])}
     if len(classes) < 2:
-        raise ConfigError(f"need at least 2 classes with >= {min_sessions} sessions, found {len(classes)}; lower --min-class-sessions")
+        raise ConfigError(f"need at least 2 classes with >= {min_sessions} sessions"
+                          + (f" in >= {min_captures} captures" if min_captures > 1 else "")
+                          + f", found {len(classes)}; lower --min-class-sessions or --min-class-captures")
     index = {c: i for i, c in enumerate(classes)}
     rows = np.flatnonzero(labelled)
     ids = np.array([index.get(str(x), -1) for x in labels[rows]], dtype=np.int64)
     return classes, rows[ids >= 0], ids[ids >= 0], dropped
 
 
-def make_split(ds, rows: np.ndarray, y: np.ndarray, cfg: TrainConfig):
-    from trafficlens.training.splits import capture_split, column_split, random_split
+def select_dataset_classes(ds, min_sessions: int, min_captures: int = 0, exclude=(),
+                           log: Callable[[str], None] | None = None):
+    """`select_classes` on a dataset, logging what was dropped and why."""
+    captures = ds.column("capture").astype(str) if min_captures > 1 else None
+    out = select_classes(ds.labels, min_sessions, captures, min_captures, tuple(exclude))
+    dropped = out[3]
+    if dropped and log is not None:
+        why = [f"< {min_sessions} sessions"] if min_sessions > 1 else []
+        why += [f"< {min_captures} captures"] if min_captures > 1 else []
+        why += ["excluded"] if exclude else []
+        log(f"dropped {len(dropped)} classes ({' or '.join(why) or 'no sessions'}): {', '.join(sorted(dropped))}")
+    return out
 
-    if cfg.split == "random":
-        return random_split(rows, y, cfg.seed)
-    if cfg.split == "capture":
-        return capture_split(rows, y, ds.column("capture")[rows].astype(str), cfg.seed)
-    return column_split(rows, y, ds.column("split")[rows])
+
+def make_split(ds, rows: np.ndarray, y: np.ndarray, cfg: TrainConfig):
+    """The split `cfg.split` names, then identical tensors removed from the later side (not for packet-leak)."""
+    from trafficlens.training.splits import capture_split, column_split, deduplicate, random_split, tensor_keys, time_split
+
+    if cfg.split in ("random", "packet-leak"):
+        split = random_split(rows, y, cfg.seed)
+        split.kind = cfg.split
+    elif cfg.split == "capture":
+        split = capture_split(rows, y, ds.column("capture")[rows].astype(str), cfg.seed)
+    elif cfg.split == "time":
+        split = time_split(rows, y, ds.column("start_time")[rows])
+    else:
+        split = column_split(rows, y, ds.column("split")[rows])
+    return deduplicate(split, rows, y, tensor_keys(ds, rows), remove=cfg.split != "packet-leak")
+
+
+def log_split(split, classes: list[str], log: Callable[[str], None]) -> None:
+    """Warn about classes absent from a side and report identical tensors across sides."""
+    for side, absent in split.missing.items():
+        log(f"warning: {len(absent)} classes have no {side} sessions in this split: {', '.join(classes[i] for i in absent)}")
+    d = split.dedup
+    if not d:
+        return
+    cross = sum(d["cross_side"].values())
+    if d["duplicate_rows"] or d["conflict_rows"]:
+        log(f"{d['duplicate_rows']} sessions duplicate another's tensors; {d['conflict_groups']} groups of identical "
+            f"tensors ({d['conflict_rows']} sessions) carry conflicting labels")
+    if cross and sum(d["removed"].values()):
+        log(f"removed {cross} validation/test sessions identical to a session on an earlier side")
+    elif cross:
+        log(f"warning: {cross} validation/test sessions are identical to a training or validation session "
+            f"({split.kind} split keeps them: leakage on purpose)")
 
 
 def undersample(rows: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
@@ -49,21 +106,6 @@ def undersample(rows: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
     smallest = counts[counts > 0].min()
     keep = [rng.choice(np.flatnonzero(y == c), size=smallest, replace=False) for c in np.flatnonzero(counts)]
     return np.sort(np.concatenate(keep))
-
-
-def test_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
-    from trafficlens.training.trainer import classification_metrics
-
-    ids = list(range(len(labels)))
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
-    out = classification_metrics(y_true, y_pred)
-    out["n"] = int(len(y_true))
-    out["per_class"] = {labels[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])} for i in ids}
-    out["confusion_matrix"] = {"labels": labels, "rows": "true", "columns": "predicted",
-                               "matrix": confusion_matrix(y_true, y_pred, labels=ids).tolist()}
-    return out
 
 
 def _model_a(from_runs: Sequence[str], ds, num_classes: int, input_shapes: dict, split_assignment: np.ndarray):
@@ -97,15 +139,19 @@ def _model_a(from_runs: Sequence[str], ds, num_classes: int, input_shapes: dict,
 
 def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name: str, cfg: TrainConfig,
               model_kwargs: dict[str, Any] | None = None, from_runs: Sequence[str] = (), progress: bool = True,
-              overwrite: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              overwrite: bool = False, log: Callable[[str], None] | None = None, split=None) -> dict[str, Any]:
     """Train `model_name` on a dataset directory and write the bundle to `out_dir`.
 
+    `split` (a `training.splits.Split` over rows of the selected classes) replaces the one
+    `cfg.split` would make: cross-validation folds and comparisons pass theirs.
     Returns a summary: test accuracy and macro-F1, best epoch, why it stopped, seconds.
     """
     from trafficlens.datasets import Dataset
-    from trafficlens.models import create_model, model_info
+    from trafficlens.evaluation.metrics import SCHEMA_VERSION, classification_report, provenance, softmax
+    from trafficlens.models import count_parameters, create_model, model_info
     from trafficlens.training.bundle import CONFIG, SPLIT, save_bundle
-    from trafficlens.training.trainer import fit, predict_logits, setup
+    from trafficlens.training.distributed import init as init_distributed
+    from trafficlens.training.trainer import fit, predict_logits
 
     log = log or (lambda message: print(message, file=sys.stderr))
     out = Path(out_dir)
@@ -114,14 +160,18 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
     info = model_info(model_name)
     if from_runs and model_name != "chen-model-a":
         raise ConfigError(f"--from is only for chen-model-a, not {model_name}")
-    device = setup(cfg)
+    dist = init_distributed(cfg)  # one process, or one rank of a torchrun launch
+    device = dist.device
+    if not dist.main:
+        log = (lambda message: None)
     ds = Dataset.open(dataset)
-    classes, rows, y_rows, dropped = select_classes(ds.labels, cfg.min_class_sessions)
-    if dropped:
-        log(f"dropped {len(dropped)} classes with < {cfg.min_class_sessions} sessions: {', '.join(sorted(dropped))}")
-    split = make_split(ds, rows, y_rows, cfg)
-    for side, absent in split.missing.items():
-        log(f"warning: {len(absent)} classes have no {side} sessions in this split: {', '.join(classes[i] for i in absent)}")
+    classes, rows, y_rows, dropped = select_dataset_classes(ds, cfg.min_class_sessions, cfg.min_class_captures,
+                                                            cfg.exclude_classes, log)
+    if split is None:
+        split = make_split(ds, rows, y_rows, cfg)
+    elif not np.isin(np.concatenate([split.train, split.val, split.test]), rows).all():
+        raise ConfigError("the given split holds sessions outside the selected classes (check min_class_sessions)")
+    log_split(split, classes, log)
     label_of = np.full(len(ds), -1, dtype=np.int64)
     label_of[rows] = y_rows
     train_idx = split.train
@@ -138,29 +188,43 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
         model = create_model(model_name, len(classes), input_shapes, **(model_kwargs or {}))
     tensors = {t: ds.tensor(t) for t in info.inputs}
     log(f"{model_name}: {len(classes)} classes, train {len(train_idx)} / val {len(split.val)} / test {len(split.test)} "
-        f"sessions ({split.kind} split), device {device}")
+        f"sessions ({split.kind} split), device {device}" + (f", {dist.world} processes" if dist.enabled else ""))
 
     result = fit(model, tensors, train_idx, label_of[train_idx], split.val, label_of[split.val], cfg, len(classes),
-                 progress=progress, device=device)
+                 progress=progress, device=device, dist=dist)
 
-    metrics: dict[str, Any] = {"split": "test", "split_kind": split.kind}
-    if len(split.test):
-        logits = predict_logits(model, tensors, split.test, cfg.eval_batch_size, device, cfg.amp)
-        metrics.update(test_metrics(label_of[split.test], logits.argmax(1), classes))
-    metrics.update({"layer": ds.config.get("layer"), "mask": ds.config.get("mask"), "unit": ds.config.get("unit")})
+    metrics: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "model": model_name, "kind": "deep",
+                               "features": "+".join(info.inputs)}
+    t0 = time.perf_counter()
+    logits = predict_logits(model, tensors, split.test, cfg.eval_batch_size, device, cfg.amp, dist) if len(split.test) else None
+    inference_seconds = time.perf_counter() - t0
+    if logits is not None:
+        metrics.update(classification_report(label_of[split.test], softmax(logits), classes))
+    metrics.update(provenance(ds, split, classes=classes, seed=cfg.seed, min_class_sessions=cfg.min_class_sessions,
+                              min_class_captures=cfg.min_class_captures, exclude_classes=cfg.exclude_classes,
+                              dropped=dropped))
+    epochs = result.history
+    metrics.update({
+        "parameters": count_parameters(model), "train_seconds": result.seconds, "epochs": len(epochs),
+        "seconds_per_epoch": float(np.mean([e["train_seconds"] for e in epochs])) if epochs else None,
+        "inference_seconds": inference_seconds,
+        "inference_sessions_per_s": len(split.test) / inference_seconds if len(split.test) and inference_seconds > 0 else None,
+        "device": str(device), "balance": cfg.balance, "train_rows": int(len(train_idx)),
+        "processes": dist.world,
+    })
     history = {"epochs": result.history, "best_epoch": result.best_epoch, "best_val_macro_f1": result.best_val_macro_f1,
                "stopped": result.stopped, "seconds": result.seconds}
-    split_info = {"kind": split.kind, "seed": cfg.seed, "min_class_sessions": cfg.min_class_sessions,
-                  "sizes": split.sizes(), "train_after_balance": int(len(train_idx)), "file": SPLIT,
-                  "missing": {side: [classes[i] for i in ids] for side, ids in split.missing.items()},
-                  "dropped_classes": dropped}
+    split_info = {**metrics["split_info"], "train_after_balance": int(len(train_idx)), "file": SPLIT}
     dataset_info = {"path": str(Path(dataset).resolve()), "n_sessions": len(ds), "created": ds.manifest.get("created"),
                     "format_version": ds.manifest.get("format_version"), "input_shapes": {k: list(v) for k, v in input_shapes.items()}}
     model.cpu()
-    save_bundle(out, model, labels=classes, preprocessing=ds.config, train=cfg.to_dict(), split=split_info,
-                dataset=dataset_info, history=history, metrics=metrics,
-                extra={"from": [str(p) for p in from_runs]} if from_runs else None)
-    np.save(out / SPLIT, assignment, allow_pickle=False)
+    if dist.main:  # every rank holds the same weights and metrics; one writes them
+        save_bundle(out, model, labels=classes, preprocessing=ds.config, train=cfg.to_dict(), split=split_info,
+                    dataset=dataset_info, history=history, metrics=metrics,
+                    extra={"from": [str(p) for p in from_runs]} if from_runs else None)
+        np.save(out / SPLIT, assignment, allow_pickle=False)
+    dist.barrier()
+    dist.close()
     return {"out": str(out), "model": model_name, "best_epoch": result.best_epoch, "stopped": result.stopped,
             "epochs": len(result.history), "seconds": result.seconds, "val_macro_f1": result.best_val_macro_f1,
             "test_accuracy": metrics.get("accuracy"), "test_macro_f1": metrics.get("macro_f1")}

@@ -72,14 +72,21 @@ def _gather(tensors: Mapping[str, np.ndarray], names: tuple[str, ...], idx: np.n
 
 
 def batches(tensors, names, idx: np.ndarray, y: np.ndarray | None, batch_size: int, device: torch.device,
-            order: np.ndarray | None = None) -> Iterator[tuple[list[torch.Tensor], torch.Tensor | None]]:
+            order: np.ndarray | None = None, part: tuple[int, int] | None = None,
+            ) -> Iterator[tuple[list[torch.Tensor], torch.Tensor | None]]:
     """Yield (inputs, targets) on `device`; the next batch is read in a thread meanwhile.
 
     `order` permutes positions in idx (shuffling); rows inside a batch are sorted so reads from
-    the memory map go forward through the file.
+    the memory map go forward through the file. `part` = (rank, world): of every batch, only
+    this rank's contiguous share is read (data-parallel training); a rank whose share of a short
+    last batch is empty gets the batch's first row, which `fit` weighs 0.
     """
     positions = order if order is not None else np.arange(len(idx))
     chunks = [np.sort(positions[i:i + batch_size]) for i in range(0, len(positions), batch_size)]
+    if part is not None:
+        rank, world = part
+        chunks = [share if len(share) else chunk[:1]
+                  for chunk, share in ((c, np.array_split(c, world)[rank]) for c in chunks)]
     pin = device.type == "cuda"
 
     def load(chunk):
@@ -99,8 +106,15 @@ def batches(tensors, names, idx: np.ndarray, y: np.ndarray | None, batch_size: i
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, tensors, idx: np.ndarray, batch_size: int = 1024,
-                   device: torch.device | None = None, amp: bool = True) -> np.ndarray:
-    """Logits (len(idx), C) in the order of idx."""
+                   device: torch.device | None = None, amp: bool = True, dist=None) -> np.ndarray:
+    """Logits (len(idx), C) in the order of idx.
+
+    `dist` (a `training.distributed.DistContext` of several ranks): each rank predicts its share
+    of idx and every rank gets all the logits.
+    """
+    if dist is not None and dist.enabled:
+        share = predict_logits(model, tensors, np.asarray(idx)[dist.part(len(idx))], batch_size, device, amp)
+        return dist.gather(share)
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -128,16 +142,25 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
 
 def fit(model: nn.Module, tensors: Mapping[str, np.ndarray], train_idx: np.ndarray, train_y: np.ndarray,
         val_idx: np.ndarray, val_y: np.ndarray, cfg: TrainConfig, num_classes: int,
-        progress: bool = True, device: torch.device | None = None) -> FitResult:
+        progress: bool = True, device: torch.device | None = None, dist=None) -> FitResult:
     """Train `model` in place; on return it holds the weights of the best validation epoch.
 
     Expects `setup(cfg)` to have run (seeds, threads); `train`/`val` indices are dataset rows,
     `*_y` their class ids. With no validation rows the last epoch's weights are kept.
+    `dist`: a `training.distributed.DistContext`; with several ranks each trains on its share
+    of every batch under DistributedDataParallel (see training/distributed.py), and the
+    reported losses and accuracies are summed over ranks.
     """
     from tqdm.auto import tqdm
 
+    from trafficlens.training.distributed import DistContext, wrap
+
     device = device or resolve_device(cfg.device)
+    dist = dist or DistContext(device=device)
+    progress = progress and dist.main
     model.to(device)
+    net = wrap(model, dist)  # the module trained; `model` (the same weights) is evaluated and saved
+    part = (dist.rank, dist.world) if dist.enabled else None
     rng = np.random.default_rng(cfg.seed)
     counts = np.bincount(train_y, minlength=num_classes)
     criterion = make_loss(cfg.loss, counts, cfg.focal_gamma).to(device)
@@ -151,37 +174,46 @@ def fit(model: nn.Module, tensors: Mapping[str, np.ndarray], train_idx: np.ndarr
     best_f1, best_state, stale = -1.0, None, 0
     start = time.perf_counter()
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    # Rows this rank really trains on in each global batch (0: a placeholder row, weighed 0).
+    global_sizes = [min(cfg.batch_size, len(train_idx) - i) for i in range(0, len(train_idx), cfg.batch_size)]
+    local_sizes = [len(dist.part(g)) for g in global_sizes]
     for epoch in range(1, cfg.max_epochs + 1):
         t0 = time.perf_counter()
         order = _epoch_order(rng, train_y, cfg.balance, num_classes)
-        model.train()
+        net.train()
         seen = correct = 0
         loss_sum = 0.0
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.max_epochs}", unit="batch",
                    disable=not progress, leave=True, dynamic_ncols=True)
         out_of_time = False
-        for xs, ys in batches(tensors, model.inputs, train_idx, train_y, cfg.batch_size, device, order):
+        for step, (xs, ys) in enumerate(batches(tensors, model.inputs, train_idx, train_y, cfg.batch_size, device,
+                                                order, part)):
             with autocast(device, use_amp):
-                logits = model(*xs)
+                logits = net(*xs)
                 loss = criterion(logits.float(), ys)
+            n = local_sizes[step] if part else len(ys)
+            # Scaled so that DDP's average over ranks is the whole batch's mean loss gradient.
+            scaled = loss * (n * dist.world / global_sizes[step]) if part else loss
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(scaled).backward()
             scaler.step(optimizer)
             scaler.update()
-            n = len(ys)
-            seen += n
-            loss_sum += float(loss.detach()) * n
-            correct += int((logits.argmax(1) == ys).sum())
+            if n:
+                seen += n
+                loss_sum += float(loss.detach()) * n
+                correct += int((logits.argmax(1) == ys).sum())
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
-            if cfg.time_budget is not None and time.perf_counter() - start > cfg.time_budget:
+            bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}", acc=f"{correct / max(seen, 1):.3f}", refresh=False)
+            if cfg.time_budget is not None and dist.any(time.perf_counter() - start > cfg.time_budget):
                 out_of_time = True
                 break
         train_seconds = time.perf_counter() - t0
+        loss_sum, correct, seen = dist.all_sum([loss_sum, correct, seen])
+        seen = int(seen)
         row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                "train_samples": seen, "lr": optimizer.param_groups[0]["lr"]}
         if len(val_idx):
-            logits = predict_logits(model, tensors, val_idx, cfg.eval_batch_size, device, use_amp)
+            logits = predict_logits(model, tensors, val_idx, cfg.eval_batch_size, device, use_amp, dist)
             with torch.no_grad():
                 row["val_loss"] = float(criterion(torch.from_numpy(logits).to(device), torch.from_numpy(val_y.astype(np.int64)).to(device)))
             row.update({f"val_{k}": v for k, v in classification_metrics(val_y, logits.argmax(1)).items()})

@@ -1,0 +1,130 @@
+"""`trafficlens live` on a real interface: packets dropped and decision delay at a replay rate.
+
+    sudo python benchmarks/live_latency.py --rates 25000,50000,100000
+
+A veth pair (tlbench0 <-> tlbench1) is created; `tcpreplay` (Debian package `tcpreplay`)
+sends the iot-sentinel packets, repeated with rewritten client addresses (the prep
+benchmark's builder), into tlbench0 at each rate, and `trafficlens live -i tlbench1` decides
+every session at its 6th kept packet with a chen-cnn trained for one epoch (accuracy does not
+change the cost). Reported per rate: the rate tcpreplay achieved, packets the live process
+read, packets libpcap dropped (kernel buffer full), decisions, and the delay from the 6th
+packet's kernel timestamp to its decision written (median, p99). Baseline in the same run:
+`tcpdump -w /dev/null` on the same pair at the same rate, which shows what the replay and
+the kernel alone lose. Needs root (veth, raw capture); the pair is removed at exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from prep_throughput import SHARED, build_capture
+
+PAIR = ("tlbench0", "tlbench1")
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(args, check=check, capture_output=True, text=True)
+
+
+def make_pair() -> None:
+    sh("ip", "link", "del", PAIR[0], check=False)
+    sh("ip", "link", "add", PAIR[0], "type", "veth", "peer", "name", PAIR[1])
+    for name in PAIR:
+        sh("ip", "link", "set", name, "mtu", "9000", "up")
+
+
+def replay(capture: Path, pps: int) -> float:
+    """Send the capture into the pair at `pps`; returns the rate tcpreplay reports."""
+    proc = sh("tcpreplay", "-i", PAIR[0], f"--pps={pps}", str(capture))
+    match = re.search(r"Rated: [\d.]+ Bps, [\d.]+ Mbps, ([\d.]+) pps", proc.stdout)
+    return float(match.group(1)) if match else float("nan")
+
+
+def wait_capturing(proc: subprocess.Popen, seconds: float = 1.5) -> None:
+    time.sleep(seconds)  # the process opens the interface within its start-up time
+    if proc.poll() is not None:
+        sys.exit(f"capture process exited early: {proc.stderr.read() if proc.stderr else ''}")
+
+
+def live_run(run: Path, capture: Path, pps: int, out: Path) -> dict:
+    proc = subprocess.Popen([sys.executable, "-m", "trafficlens", "live", "--model", str(run), "-i", PAIR[1],
+                             "--idle-exit", "3", "-o", str(out), "--device", "cpu"],
+                            stderr=subprocess.PIPE, text=True)
+    wait_capturing(proc, 6.0)  # imports torch and loads the model first
+    achieved = replay(capture, pps)
+    _, err = proc.communicate(timeout=600)
+    summary = json.loads(err.strip().splitlines()[-1])
+    return {"achieved_pps": achieved, **summary}
+
+
+def tcpdump_run(capture: Path, pps: int) -> dict:
+    proc = subprocess.Popen(["tcpdump", "-i", PAIR[1], "-B", str(64 << 10), "-w", "/dev/null"],
+                            stderr=subprocess.PIPE, text=True)
+    wait_capturing(proc)
+    achieved = replay(capture, pps)
+    time.sleep(1.0)
+    proc.terminate()
+    _, err = proc.communicate(timeout=60)
+    got = re.search(r"(\d+) packets captured", err)
+    dropped = re.search(r"(\d+) packets dropped by kernel", err)
+    return {"achieved_pps": achieved, "packets": int(got.group(1)) if got else None,
+            "dropped": int(dropped.group(1)) if dropped else None}
+
+
+def train_model(work: Path) -> Path:
+    from trafficlens.datasets.config import PrepConfig
+    from trafficlens.datasets.prep import prep
+    from trafficlens.training.config import TrainConfig
+    from trafficlens.training.run import train_run
+
+    run = work / "run-chen-cnn"
+    if not (run / "config.json").exists():
+        ds = prep([SHARED / "iot-sentinel"], work / "ds", PrepConfig(labels="dir"), overwrite=True)
+        train_run(ds, run, "chen-cnn", TrainConfig(max_epochs=1, split="random"), progress=False, overwrite=True,
+                  log=lambda m: None)
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", default="25000,50000,100000", help="Replay rates in packets/s.")
+    parser.add_argument("--size-mb", type=int, default=200, help="Capture size to replay (about 1 M packets per 180 MB).")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "trafficlens-bench")
+    args = parser.parse_args()
+    for tool in ("ip", "tcpreplay", "tcpdump"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not found: apt-get install iproute2 tcpreplay tcpdump")
+    work = args.cache / "live"
+    work.mkdir(parents=True, exist_ok=True)
+    capture = build_capture(args.cache / f"iot-{args.size_mb}mb.pcap", args.size_mb)
+    run = train_model(work)
+    make_pair()
+    rows = []
+    try:
+        for pps in (int(r) for r in args.rates.split(",")):
+            base = tcpdump_run(capture, pps)
+            live = live_run(run, capture, pps, work / f"live-{pps}.jsonl")
+            rows.append((pps, base, live))
+            print(f"{pps}: tcpdump {base}; live {live}", file=sys.stderr)
+    finally:
+        sh("ip", "link", "del", PAIR[0], check=False)
+    print(f"\ncapture: {capture.name}, {capture.stat().st_size / 2**20:.0f} MB; model chen-cnn (1 epoch), --after 6, CPU")
+    print("| target pps | achieved pps | tcpdump dropped | live packets read | live dropped (libpcap) | decisions "
+          "| delay median ms | delay p99 ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for pps, base, live in rows:
+        cap = live.get("capture", {})
+        print(f"| {pps:,} | {live['achieved_pps']:,.0f} | {base['dropped']} | {live['packets']:,} | {cap.get('dropped')} "
+              f"| {live['decisions']:,} | {live['delay_ms_median']:.2f} | {live['delay_ms_p99']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

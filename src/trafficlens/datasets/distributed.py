@@ -1,0 +1,341 @@
+"""`prep --engine dask`: captures to a sharded dataset on a Dask cluster.
+
+    prep_dask(["captures/"], "ds/big", PrepConfig(labels="dir"))                  # a LocalCluster
+    prep_dask(["s3://bucket/captures"], "/nfs/ds/big", config, scheduler="tcp://host:8786")
+
+A task takes consecutive whole capture files (about `task_bytes`, 64 MiB by default, and at
+least 2 tasks per worker when there are enough files). A file is never split by byte ranges: a
+pcap record header carries no marker to resynchronise on (a guessed boundary can parse payload
+bytes as a header), and a session crossing a boundary would need its halves re-assembled, so the
+smallest unit of work is the file. Each task runs the same `prepare_capture` as the local engine
+and writes its own shard, a complete version-1 dataset directory, straight to the output
+storage; only small per-file reports go back through the scheduler. `merge` then removes
+duplicates across shards and sums the counts, reading keys and labels only, and the compaction
+of shards that lose rows runs as tasks again, next to the data. The result equals the local
+engine's on the same input: same sessions in the same order, same tensors, same counts.
+
+Failed tasks are resubmitted up to `retries` times and listed in the manifest
+(`engine.retried`); a task that still fails stops the run with an error naming its files,
+and nothing that looks like a finished dataset is left.
+
+Inputs may be fsspec URLs (`s3://`, `gcs://`, `file://`, ...; the filesystem's package must be
+installed): each task copies its file to local temporary storage first. The output must be a
+path that the client and every worker see (local disk for a LocalCluster; NFS or another shared
+mount for a real cluster), since shards are memory-mapped files.
+
+The core of trafficlens does not import this module; it needs `pip install trafficlens[dask]`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
+from typing import Any, Callable
+
+from trafficlens.datasets.config import PrepConfig, default_workers
+from trafficlens.datasets.schema import MANIFEST, PARTIAL_SUFFIX, SHARDS_DIR
+from trafficlens.errors import ConfigError, DatasetError
+
+
+def _require_dask():
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise ConfigError("--engine dask needs Dask: pip install 'trafficlens[dask]'") from None
+    return distributed
+
+
+def is_url(item: str | os.PathLike) -> bool:
+    return isinstance(item, str) and "://" in item
+
+
+# -- discovery ---------------------------------------------------------------------------------
+def discover_any(inputs: list[str | os.PathLike]) -> tuple[list[tuple[str, str, int]], list[str]]:
+    """Capture files as (local path or URL, name relative to its input root, bytes), and skipped names."""
+    from trafficlens.datasets.prep import CAPTURE_MAGICS, GZIP_MAGIC, discover
+
+    files: list[tuple[str, str, int]] = []
+    skipped: list[str] = []
+    for item in inputs:
+        if not is_url(item):
+            found, not_captures = discover([item])
+            files += [(str(path.resolve()), relative, path.stat().st_size) for path, relative in found]
+            skipped += not_captures
+            continue
+        try:
+            import fsspec
+        except ImportError:
+            raise ConfigError(f"{item}: URLs need fsspec (pip install 'trafficlens[dask]')") from None
+        try:
+            fs, root = fsspec.core.url_to_fs(item)
+            if fs.isfile(root):
+                files.append((item, PurePosixPath(root).name, int(fs.size(root))))
+                continue
+            if not fs.isdir(root):
+                raise ConfigError(f"{item}: no such file or directory")
+            for path, info in sorted(fs.find(root, detail=True).items()):
+                relative = path[len(root.rstrip("/")) + 1:]
+                if any(part.startswith(".") for part in PurePosixPath(relative).parts):
+                    continue
+                with fs.open(path, "rb") as fh:
+                    head = fh.read(4)
+                if head in CAPTURE_MAGICS or head[:2] == GZIP_MAGIC:
+                    files.append((fs.unstrip_protocol(path), relative, int(info.get("size") or 0)))
+                else:
+                    skipped.append(relative)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{item}: cannot list ({exc})") from None
+    return files, skipped
+
+
+# -- tasks -------------------------------------------------------------------------------------
+def group_files(sizes: list[int], task_bytes: int, workers: int) -> list[list[int]]:
+    """Consecutive files per task: about `task_bytes` each, but at least 2 tasks per worker
+    when there are enough files (load balance), and a file is never split."""
+    total = sum(sizes)
+    target = max(1, min(task_bytes, total // max(1, 2 * workers)))
+    groups: list[list[int]] = [[]]
+    size = 0
+    for i, n in enumerate(sizes):
+        if groups[-1] and size + n > target:
+            groups.append([])
+            size = 0
+        groups[-1].append(i)
+        size += n
+    return groups
+
+
+def _localize(source: str, tmp: str) -> Path:
+    """A local copy of a URL's file, under its parent folder's name (`--labels dir` reads it)."""
+    import fsspec
+
+    url_path = PurePosixPath(fsspec.core.url_to_fs(source)[1])
+    path = Path(tmp) / (url_path.parent.name or "_") / url_path.name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with fsspec.open(source, "rb") as src, open(path, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    return path
+
+
+def prepare_shard(jobs: list[tuple[str, str]], config: dict[str, Any], labeler, shard_dir: str) -> dict[str, Any]:
+    """Prep consecutive captures (path or URL, relative name) into one shard; returns the small reports.
+
+    Inside a shard the writer deduplicates across its files in order, as the local engine does;
+    duplicates across shards are the merge's job.
+    """
+    from trafficlens.datasets.merge import write_duplicates
+    from trafficlens.datasets.prep import _summary, prepare_capture
+    from trafficlens.datasets.writer import DatasetWriter
+    from trafficlens.features.stats import STATS_NAMES
+
+    cfg = PrepConfig.from_dict(config)
+    if labeler is not None:
+        # The scattered labeler is shared by a worker's threads and `bind` sets the current file:
+        # each task binds its own shallow copy (the label tables stay shared, read-only).
+        labeler = copy.copy(labeler)
+    writer = DatasetWriter(
+        shard_dir, cfg.to_dict(), image_bytes=cfg.image_bytes, packets=cfg.packets,
+        packet_bytes=cfg.packet_bytes, sequence_length=cfg.sequence_length, stats_names=STATS_NAMES,
+        extra_columns=labeler.extra_columns if labeler else (), deduplicate=cfg.deduplicate,
+        overwrite=True, record_keys=True,  # a retried task replaces what an earlier try left
+    )
+    extra_of = labeler.extra if labeler is not None and labeler.extra_columns else None
+
+    def write(example) -> None:
+        meta = example.meta
+        if extra_of is not None:
+            meta.update(extra_of(meta))
+        writer.add(meta, example.image, example.packets, example.sequence, example.stats)
+
+    reports = []
+    writer.open()
+    try:
+        for source, relative in jobs:
+            if not is_url(source):
+                reports.append(prepare_capture(Path(source), relative, cfg, labeler, write))
+                continue
+            tmp = tempfile.mkdtemp(prefix="trafficlens-")
+            try:
+                path = _localize(source, tmp)
+                report = prepare_capture(path, relative, cfg, labeler, write)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            report.path = source  # messages name the file as the user gave it
+            report.warnings = [w.replace(str(path), source) for w in report.warnings]
+            report.error = report.error.replace(str(path), source) if report.error else None
+            reports.append(report)
+        if writer.dropped_keys:
+            write_duplicates(writer.partial, writer.dropped_keys)
+        writer.finish(**_summary(reports, writer, []))
+    except BaseException:
+        writer.abort()
+        raise
+    return {"reports": [asdict(r) for r in reports], "rows": writer.n, "shard": shard_dir}
+
+
+def compact_task(shard: str, drop) -> int:
+    from trafficlens.datasets.merge import compact_shard
+
+    return compact_shard(shard, drop)
+
+
+# -- the whole run (the client) ----------------------------------------------------------------
+def prep_dask(
+    inputs: list[str | os.PathLike] | str | os.PathLike,
+    out: str | os.PathLike,
+    config: PrepConfig | None = None,
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    client=None,
+    retries: int = 2,
+    task_bytes: int = 64 << 20,
+    overwrite: bool = False,
+    progress: bool = False,
+    on_warning: Callable[[str], None] | None = None,
+) -> Path:
+    """Prep on a Dask cluster into a sharded dataset at `out`; returns its path.
+
+    `client`: an existing `distributed.Client`; else `scheduler` (an address) is connected to,
+    else a LocalCluster of `workers` single-threaded processes (default: all cores) is started
+    and shut down afterwards. `task_bytes`: capture bytes per task (consecutive whole files;
+    smaller when needed to give every worker at least 2 tasks), one shard per task.
+    """
+    _require_dask()
+    from distributed import Client, LocalCluster, as_completed
+
+    from trafficlens.datasets.labels import Labeler
+    from trafficlens.datasets.merge import plan_merge, write_manifest
+    from trafficlens.datasets.prep import FileReport, _progress, _summary
+
+    config = config or PrepConfig()
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    if retries < 0:
+        raise ConfigError(f"retries must be >= 0, got {retries}")
+    labeler = Labeler(config.labels, config.label_column) if config.labels else None
+    files, not_captures = discover_any(list(inputs))
+    if not files:
+        raise ConfigError(f"no capture files found in {', '.join(map(str, inputs))}")
+    if is_url(str(out)):
+        raise ConfigError(f"{out}: the output of --engine dask must be a path every worker sees (a shared mount), not a URL")
+    out = Path(out).resolve()
+    if out.exists() and not overwrite:
+        raise DatasetError(f"{out}: already exists (choose another -o or pass --overwrite)")
+    partial = out.with_name(out.name + PARTIAL_SUFFIX)
+    if partial.exists():
+        shutil.rmtree(partial)
+    (partial / SHARDS_DIR).mkdir(parents=True)
+
+    cluster = None
+    own_client = client is None
+    bar = _progress(sum(size for _, _, size in files), progress)
+    try:
+        if client is None:
+            if scheduler:
+                try:
+                    client = Client(scheduler, timeout="30s")
+                except (OSError, TimeoutError) as exc:
+                    raise ConfigError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
+            else:
+                import logging
+
+                # Our own cluster's shutdown chatter ("worker still alive, killing") is not the user's concern.
+                logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
+                cluster = LocalCluster(n_workers=workers or default_workers(), threads_per_worker=1,
+                                       processes=True, dashboard_address=None)
+                client = Client(cluster)
+        started = time.perf_counter()
+        n_workers = len(client.scheduler_info().get("workers", {}))
+        groups = group_files([size for _, _, size in files], task_bytes, n_workers or 1)
+        width = max(5, len(str(len(groups) - 1)))
+        shard_dirs = [partial / SHARDS_DIR / f"part-{i:0{width}d}" for i in range(len(groups))]
+        labeler_ref = client.scatter(labeler, broadcast=True) if labeler is not None else None
+        cfg = config.to_dict()
+        group_bytes = [sum(files[j][2] for j in group) for group in groups]
+        names = [files[g[0]][1] + (f" (+{len(g) - 1} more)" if len(g) > 1 else "") for g in groups]
+
+        def submit(i: int):
+            jobs = [(files[j][0], files[j][1]) for j in groups[i]]
+            # Largest tasks first: they bound the run's length.
+            return client.submit(prepare_shard, jobs, cfg, labeler_ref, str(shard_dirs[i]),
+                                 pure=False, priority=group_bytes[i], key=f"prep-shard-{i}-{os.urandom(4).hex()}")
+
+        futures = [submit(i) for i in range(len(groups))]
+        index_of = {future.key: i for i, future in enumerate(futures)}
+        attempts = [1] * len(groups)
+        results: list[dict[str, Any] | None] = [None] * len(groups)
+        retried: list[dict[str, Any]] = []
+        failed: list[str] = []
+        pending = as_completed(futures)
+        del futures  # as_completed holds them; finished ones are released as they are read
+        for future in pending:
+            i = index_of.pop(future.key)
+            if future.status == "finished":
+                results[i] = future.result()
+                for report in results[i]["reports"]:
+                    for message in report["warnings"] + ([report["error"]] if report["error"] else []):
+                        if on_warning:
+                            on_warning(message)
+                bar.update(group_bytes[i])
+                continue
+            error = _describe(future)
+            if attempts[i] <= retries:
+                attempts[i] += 1
+                if on_warning:
+                    on_warning(f"{names[i]}: task failed ({error}); retry {attempts[i] - 1} of {retries}")
+                retried.append({"files": [files[j][1] for j in groups[i]], "attempt": attempts[i] - 1, "error": error})
+                again = submit(i)
+                index_of[again.key] = i
+                pending.add(again)
+            else:
+                failed.append(f"{names[i]} ({error})")
+        if failed:
+            raise DatasetError(f"{len(failed)} of {len(groups)} prep task(s) failed after {retries} retries: "
+                               + "; ".join(failed[:5]) + (" ..." if len(failed) > 5 else ""))
+        task_seconds = time.perf_counter() - started
+
+        # Merge: keys and labels only come to this process; compaction runs on the workers.
+        plan = plan_merge(shard_dirs, config.deduplicate, config.max_per_class)
+        to_compact = [(str(shard_dirs[i]), drop) for i, drop in enumerate(plan.drops) if len(drop) and plan.kept(i)]
+        if to_compact:
+            futures = [client.submit(compact_task, shard, drop, pure=False, retries=retries) for shard, drop in to_compact]
+            client.gather(futures)
+        template = json.loads((shard_dirs[0] / MANIFEST).read_text())
+        reports = [FileReport(**r) for result in results for r in result["reports"]]
+        counts = SimpleNamespace(duplicates=plan.duplicates, sampled_out=plan.sampled_out)
+        extra = {"sources": [item if is_url(item) else str(Path(item).resolve()) for item in map(str, inputs)]}
+        extra.update(_summary(reports, counts, not_captures))
+        extra["engine"] = {"name": "dask", "scheduler": scheduler or "LocalCluster",
+                           "workers": n_workers, "tasks": len(groups), "task_bytes": task_bytes,
+                           "retried": retried,
+                           "task_seconds": round(task_seconds, 3)}
+        write_manifest(partial, plan, template, extra)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+        if own_client and client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    return out
+
+
+def _describe(future) -> str:
+    try:
+        exc = future.exception()
+    except Exception as other:  # the future itself is gone (cancelled, lost)
+        exc = other
+    return f"{type(exc).__name__}: {exc}".strip().rstrip(":")

@@ -1,0 +1,244 @@
+"""Leakage audit: how much of a score comes from the split and from identifying header fields?
+
+    result = audit("ds/iot", "reports/leak", AuditConfig(model="chen-cnn"))
+
+The same captures are scored under four settings (Zhao et al. 2025; Wickramasinghe et al. 2025):
+
+- (a) the papers' protocol: `random` split (sessions of one capture on both sides), `paper` mask
+  (addresses zeroed, everything else kept);
+- (b) `capture` split, `paper` mask: what the split leak was worth is (a) - (b);
+- (c) `capture` split, `strict` mask (also ports, IP id, checksums, sequence numbers, TCP
+  timestamps, flow label, TLS SNI): what those fields were worth is (b) - (c);
+- (d) header only: the baseline on the first packets' header bytes with nothing masked
+  (addresses, ports, TTL, window...) and no payload, under both splits: how far identity alone goes.
+
+In (a)-(c) three models run: the deep model, the baseline on header bytes (which see exactly
+the masked bytes the deep model sees) and the baseline on flow statistics (which no mask
+touches, so it isolates the split's effect). Datasets for the other masks are re-prepared from
+the captures named in the dataset's manifest (`sources`), with every other prep setting kept,
+and cached under `OUT/datasets/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from trafficlens.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    title: str
+    split: str
+    mask: str
+    header_only: bool = False
+
+
+SETTINGS = (
+    Setting("a", "papers' protocol: random split, paper mask", "random", "paper"),
+    Setting("b", "capture split, paper mask", "capture", "paper"),
+    Setting("c", "capture split, strict mask (our default)", "capture", "strict"),
+    Setting("d-random", "header bytes only, nothing masked, random split", "random", "none", header_only=True),
+    Setting("d-capture", "header bytes only, nothing masked, capture split", "capture", "none", header_only=True),
+)
+
+
+@dataclass
+class AuditConfig:
+    model: str = "chen-cnn"  # the deep model; "" or None skips it
+    baseline: str = "rf"  # a fast registered baseline, run on header bytes and on stats
+    min_class_sessions: int = 50
+    min_class_captures: int = 0
+    exclude_classes: tuple[str, ...] = ()
+    seed: int = 0
+    time_budget: float = 180.0  # seconds per deep training (three trainings per audit)
+    max_epochs: int = 30
+    batch_size: int = 256
+    workers: int | None = None  # prep workers for the re-prepared masks
+    captures: tuple[str, ...] = ()  # where the captures are when the manifest has no `sources`
+
+    def __post_init__(self) -> None:
+        if self.time_budget <= 0:
+            raise ConfigError(f"audit time budget must be > 0 seconds, got {self.time_budget}")
+        if self.min_class_sessions < 0:
+            raise ConfigError(f"min_class_sessions must be >= 0, got {self.min_class_sessions}")
+
+
+def dataset_for_mask(dataset: Path, mask: str, cache: Path, cfg: AuditConfig, log: Callable[[str], None]) -> Path:
+    """`dataset` itself when it was prepared with `mask`, else a re-prepared copy under `cache`."""
+    from trafficlens.datasets import Dataset
+    from trafficlens.datasets.config import PrepConfig
+    from trafficlens.datasets.prep import prep
+
+    ds = Dataset.open(dataset)
+    if ds.config.get("mask") == mask:
+        return dataset
+    config = dataclasses.replace(PrepConfig.from_dict(ds.config), mask=mask)
+    target = cache / f"mask-{mask}"
+    if (target / "manifest.json").exists():
+        cached = json.loads((target / "manifest.json").read_text())
+        if cached.get("config") == config.to_dict():
+            log(f"reusing {target} ({mask} mask)")
+            return target
+    sources = list(cfg.captures) or ds.manifest.get("sources") or []
+    if not sources:
+        raise ConfigError(f"{dataset}: its manifest does not say where its captures are (made by an older "
+                          f"trafficlens); pass --captures PATH to re-prepare them with the {mask} mask")
+    missing = [s for s in sources if not Path(s).exists()]
+    if missing:
+        raise ConfigError(f"{dataset}: the captures it was prepared from are gone ({', '.join(missing)}); "
+                          f"pass --captures PATH")
+    log(f"preparing {target} from {', '.join(sources)} with the {mask} mask (other settings as {dataset})")
+    t0 = time.perf_counter()
+    prep(sources, target, config, workers=cfg.workers, overwrite=True)
+    log(f"prepared {target} in {time.perf_counter() - t0:.0f} s")
+    return target
+
+
+def _row(setting: Setting, model: str, kind: str, features: str, m: dict[str, Any], seconds: float) -> dict[str, Any]:
+    return {"setting": setting.key, "title": setting.title, "split": setting.split, "mask": setting.mask,
+            "model": model, "kind": kind, "features": features,
+            "accuracy": m.get("accuracy"), "macro_f1": m.get("macro_f1"), "weighted_f1": m.get("weighted_f1"),
+            "n_test": m.get("n"), "seconds": round(seconds, 1)}
+
+
+def audit(dataset: str | os.PathLike, out: str | os.PathLike, cfg: AuditConfig | None = None,
+          progress: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run every setting, write `audit.json`, `audit.md`, `audit.csv` and `report.html` to `out`."""
+    from trafficlens.datasets import Dataset
+    from trafficlens.evaluation.baselines import baseline_info, train_baseline
+    from trafficlens.models import model_info
+    from trafficlens.training.config import TrainConfig
+    from trafficlens.training.run import train_run
+
+    cfg = cfg or AuditConfig()
+    log = log or (lambda message: print(message, file=sys.stderr))
+    if cfg.model:
+        model_info(cfg.model)  # unknown names fail before any work
+    baseline_info(cfg.baseline)
+    dataset, out = Path(dataset), Path(out)
+    source = Dataset.open(dataset)
+    out.mkdir(parents=True, exist_ok=True)
+    quiet = lambda message: None  # noqa: E731 - the per-model chatter of train_baseline
+    rows: list[dict[str, Any]] = []
+    datasets: dict[str, str] = {}
+    t_start = time.perf_counter()
+    for setting in SETTINGS:
+        if setting.mask not in datasets:
+            datasets[setting.mask] = str(dataset_for_mask(dataset, setting.mask, out / "datasets", cfg, log))
+        ds_path = datasets[setting.mask]
+        jobs: list[tuple[str, str | None]] = [(cfg.baseline, "header")]
+        if not setting.header_only:
+            jobs.append((cfg.baseline, "stats"))
+        for name, features in jobs:
+            t0 = time.perf_counter()
+            m = train_baseline(ds_path, name, features, split=setting.split, seed=cfg.seed,
+                               min_class_sessions=cfg.min_class_sessions, min_class_captures=cfg.min_class_captures,
+                               exclude_classes=cfg.exclude_classes, log=quiet)
+            rows.append(_row(setting, name, "baseline", features, m, time.perf_counter() - t0))
+            log(f"({setting.key}) {name} on {features}: macro-F1 {m.get('macro_f1', float('nan')):.3f}")
+        if cfg.model and not setting.header_only:
+            train = TrainConfig(split=setting.split, seed=cfg.seed, min_class_sessions=cfg.min_class_sessions,
+                                min_class_captures=cfg.min_class_captures, exclude_classes=cfg.exclude_classes,
+                                time_budget=cfg.time_budget, max_epochs=cfg.max_epochs, batch_size=cfg.batch_size)
+            t0 = time.perf_counter()
+            run_dir = out / "runs" / f"{setting.key}-{cfg.model}"
+            summary = train_run(ds_path, run_dir, cfg.model, train, progress=progress, overwrite=True, log=quiet)
+            m = json.loads((run_dir / "metrics.json").read_text())
+            rows.append(_row(setting, cfg.model, "deep", "+".join(model_info(cfg.model).inputs), m,
+                             time.perf_counter() - t0))
+            log(f"({setting.key}) {cfg.model}: macro-F1 {summary['test_macro_f1']:.3f} "
+                f"({summary['epochs']} epochs, stopped: {summary['stopped']})")
+    result = {
+        "dataset": str(dataset.resolve()), "n_sessions": len(source), "config": dataclasses.asdict(cfg),
+        "prep": {k: source.config.get(k) for k in ("unit", "layer", "image_bytes", "packets", "packet_bytes", "labels")},
+        "datasets": datasets, "settings": [dataclasses.asdict(s) for s in SETTINGS], "rows": rows,
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
+    write_outputs(out, result)
+    return result
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(model, features) pairs in first-seen order: the table's result columns."""
+    seen: list[tuple[str, str]] = []
+    for r in rows:
+        if (r["model"], r["features"]) not in seen:
+            seen.append((r["model"], r["features"]))
+    return seen
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    rows, columns = result["rows"], _columns(result["rows"])
+    head = "| setting | split | mask | " + " | ".join(f"{m} on {f}" for m, f in columns) + " |"
+    lines = [head, "|" + "---|" * (3 + len(columns))]
+    for s in result["settings"]:
+        cells = []
+        for model, features in columns:
+            hit = [r for r in rows if r["setting"] == s["key"] and r["model"] == model and r["features"] == features]
+            cells.append(f"{hit[0]['accuracy']:.3f} / {hit[0]['macro_f1']:.3f}"
+                         if hit and hit[0]["accuracy"] is not None else "—")
+        lines.append(f"| ({s['key']}) {s['title']} | {s['split']} | {s['mask']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\nCells: test accuracy / macro-F1.\n"
+
+
+def figure(result: dict[str, Any]) -> str:
+    """Grouped bars of macro-F1 per setting and model, as a data URI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from trafficlens.evaluation.report import _figure_png
+
+    keys = [s["key"] for s in result["settings"]]
+    columns = _columns(result["rows"])
+    fig, ax = plt.subplots(figsize=(1.6 * len(keys) + 2, 3.6))
+    width = 0.8 / max(len(columns), 1)
+    for i, (model, features) in enumerate(columns):
+        values = []
+        for key in keys:
+            hit = [r["macro_f1"] for r in result["rows"] if r["setting"] == key and r["model"] == model
+                   and r["features"] == features and r["macro_f1"] is not None]
+            values.append(hit[0] if hit else np.nan)
+        ax.bar(np.arange(len(keys)) + (i - (len(columns) - 1) / 2) * width, values, width, label=f"{model} on {features}")
+    ax.set_xticks(np.arange(len(keys)), [f"({k})" for k in keys])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("test macro-F1")
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
+    return _figure_png(fig)
+
+
+def write_outputs(out: Path, result: dict[str, Any]) -> None:
+    import csv
+    import html
+
+    (out / "audit.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown_table(result)
+    (out / "audit.md").write_text(table)
+    with open(out / "audit.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(result["rows"][0]) if result["rows"] else ["setting"])
+        writer.writeheader()
+        writer.writerows(result["rows"])
+    settings = "".join(f"<li><b>({s['key']})</b> {html.escape(s['title'])}</li>" for s in result["settings"])
+    cells = table.strip().splitlines()
+    head = "".join(f"<th>{html.escape(c.strip())}</th>" for c in cells[0].strip("|").split("|"))
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in line.strip("|").split("|")) + "</tr>"
+                   for line in cells[2:] if line.startswith("|"))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Leakage audit</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:2px 8px}}img{{max-width:100%}}</style></head><body>
+<h1>Leakage audit of {html.escape(result['dataset'])}</h1><ul>{settings}</ul>
+<table><tr>{head}</tr>{body}</table><p>Cells: test accuracy / macro-F1. Prep: {html.escape(json.dumps(result['prep']))}.</p>
+<h2>Test macro-F1 per setting</h2><img alt="Test macro-F1 per setting" src="{figure(result)}"></body></html>"""
+    (out / "report.html").write_text(page)

@@ -1,0 +1,904 @@
+"""numba kernels of the compiled prep backend: a line-for-line port of the Python reference.
+
+Every function here mirrors one in capture/reader.py, capture/decode.py, flows/assembler.py,
+flows/session.py, features/views.py, features/tls.py or features/tensors.py; keep them in step
+(the equivalence test fails otherwise). State lives in plain arrays so the kernels can be
+cached on disk (`cache=True`): no jitclass, no compile at every start.
+
+Session state: one row per slot of `SI` (int64 columns C_*) and `SF` (float64 columns F_*).
+Kept packets and stored views are nodes of two pools chained per session (PK_*, ST_*), with
+free lists, so memory is bounded by live sessions. View bytes go to an arena, compacted when
+full. A kernel that runs out of room returns a NEED_* code with the packet it stopped at; the
+driver grows the arrays and calls it again from there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+from numba.typed import List
+
+# decode skip reasons (index into REASONS)
+REASONS = ("", "non_ip", "other_protocol", "ip_fragment", "malformed", "truncated", "unsupported_link")
+_NON_IP, _OTHER, _FRAG, _MALFORMED, _TRUNC, _UNSUP = 1, 2, 3, 4, 5, 6
+
+# decoded packet columns
+D_CODE, D_L3, D_L4, D_L7, D_END, D_VER, D_PROTO = 0, 1, 2, 3, 4, 5, 6
+D_S0, D_D0 = 7, 11  # 4 words each: the address as big-endian 32-bit words (IPv4: last word)
+D_SPORT, D_DPORT, D_FLAGS, D_SEQ, D_ACK, D_PLEN, D_IPLEN, D_FRAGM = 15, 16, 17, 18, 19, 20, 21, 22
+ND = 23
+
+# session slot columns
+C_SERIAL, C_STATE, C_CLOSING, C_PROTO, C_VER = 0, 1, 2, 3, 4
+C_CL0, C_CLPORT, C_SV0, C_SVPORT = 5, 9, 10, 14
+C_BASE0, C_HASB0 = 15, 17  # per direction: 15, 16 and 17, 18
+C_OOO, C_RETR, C_PACKS, C_PAY, C_NPK, C_BYTES, C_FWD = 19, 20, 21, 22, 23, 24, 25
+C_STB, C_STNE, C_NST, C_PHEAD, C_PTAIL, C_SHEAD, C_STAIL = 26, 27, 28, 29, 30, 31, 32
+C_KEY = 33  # 12 columns
+NI = 45
+F_START, F_LAST, F_TMIN, F_TMAX = 0, 1, 2, 3
+NF = 4
+# packet pool columns; stored-view pool columns
+P_SIZE, P_DIRFLAGS, P_NEXT = 0, 1, 2
+E_DIR, E_REL, E_HASREL, E_OFF, E_LEN, E_NEXT = 0, 1, 2, 3, 4, 5
+# counters
+K_SERIAL, K_SINCE, K_RETR, K_PACK, K_STARTED, K_PFREE, K_EFREE, K_NSFREE, K_NEMIT, K_ARENA, K_FRAGKEPT, K_HTUSED = range(12)
+NK = 12
+HT_EMPTY, HT_DELETED = -1, -2  # entries of the session table besides slot numbers
+# return codes of `assemble`
+DONE, NEED_SLOT, NEED_PACKET, NEED_STORED, NEED_ARENA = 0, 1, 2, 3, 4
+
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+MAX_STORED = 256  # flows.assembler._MAX_STORED
+IDLE_SCAN_EVERY = 1 << 16  # flows.assembler._IDLE_SCAN_EVERY
+_MOD = 1 << 32
+_HALF = 1 << 31
+
+
+# -- reader ------------------------------------------------------------------------------------
+@njit(cache=True)
+def _u32(b, i, big):
+    if big:
+        return (np.int64(b[i]) << 24) | (np.int64(b[i + 1]) << 16) | (np.int64(b[i + 2]) << 8) | np.int64(b[i + 3])
+    return (np.int64(b[i + 3]) << 24) | (np.int64(b[i + 2]) << 16) | (np.int64(b[i + 1]) << 8) | np.int64(b[i])
+
+
+@njit(cache=True)
+def scan_pcap(data, pos, big, scale, limit, offs, caps, origs, times):
+    """Records wholly in `data` from `pos` (reader._read_pcap's inner loop); (count, stop position)."""
+    end = data.size
+    n = 0
+    while pos + 16 <= end:
+        sec = _u32(data, pos, big)
+        frac = _u32(data, pos + 4, big)
+        caplen = _u32(data, pos + 8, big)
+        orig = _u32(data, pos + 12, big)
+        start = pos + 16
+        stop = start + caplen
+        if caplen > limit or (caplen > orig and orig != 0) or stop > end:
+            break
+        times[n] = np.float64(sec) + np.float64(frac) * scale
+        offs[n] = start
+        caps[n] = caplen
+        origs[n] = orig
+        n += 1
+        pos = stop
+    return n, pos
+
+
+# -- decode ------------------------------------------------------------------------------------
+@njit(cache=True)
+def _be16(b, i):
+    return (np.int64(b[i]) << 8) | np.int64(b[i + 1])
+
+
+@njit(cache=True)
+def _ethertype(kind, off):
+    if kind == 0x0800:
+        return off, 4
+    if kind == 0x86DD:
+        return off, 6
+    return -_NON_IP, 0
+
+
+@njit(cache=True)
+def _ppp_protocol(proto, off):
+    if proto == 0x0021:
+        return off, 4
+    if proto == 0x0057:
+        return off, 6
+    return -_NON_IP, 0
+
+
+@njit(cache=True)
+def _link(d, f, n, linktype):
+    """(offset of the IP header, version or 0) or (-reason, 0); decode._link."""
+    if linktype == 1:
+        if n < 14:
+            return -_TRUNC, 0
+        kind = _be16(d, f + 12)
+        off = 14
+        depth = 0
+        while kind == 0x8100 or kind == 0x88A8 or kind == 0x9100:
+            if depth == 4:
+                return -_MALFORMED, 0
+            if n < off + 4:
+                return -_TRUNC, 0
+            kind = _be16(d, f + off + 2)
+            off += 4
+            depth += 1
+        if kind == 0x8864:
+            if n < off + 8:
+                return -_TRUNC, 0
+            return _ppp_protocol(_be16(d, f + off + 6), off + 8)
+        return _ethertype(kind, off)
+    if linktype == 12 or linktype == 14 or linktype == 101 or linktype == 228 or linktype == 229:
+        return 0, (4 if linktype == 228 else (6 if linktype == 229 else 0))
+    if linktype == 113:
+        if n < 16:
+            return -_TRUNC, 0
+        return _ethertype(_be16(d, f + 14), 16)
+    if linktype == 276:
+        if n < 20:
+            return -_TRUNC, 0
+        return _ethertype(_be16(d, f), 20)
+    if linktype == 0 or linktype == 108:
+        if n < 4:
+            return -_TRUNC, 0
+        family = _u32(d, f, False)
+        if family > 0xFFFF:
+            family = _u32(d, f, True)
+        if family == 2:
+            return 4, 4
+        if family == 10 or family == 23 or family == 24 or family == 28 or family == 30:
+            return 4, 6
+        return -_NON_IP, 0
+    if linktype == 9 or linktype == 50:
+        if n < 4:
+            return -_TRUNC, 0
+        if (d[f] == 0x0F or d[f] == 0x8F) and d[f + 1] == 0:
+            return _ethertype(_be16(d, f + 2), 4)
+        off = 2 if (d[f] == 0xFF and d[f + 1] == 0x03) else 0
+        if d[f + off] & 1:
+            return _ppp_protocol(np.int64(d[f + off]), off + 1)
+        return _ppp_protocol(_be16(d, f + off), off + 2)
+    if linktype == 104:
+        if n < 4:
+            return -_TRUNC, 0
+        return _ethertype(_be16(d, f + 2), 4)
+    return -_UNSUP, 0
+
+
+@njit(cache=True)
+def _decode_one(d, f, n, orig, linktype, out):
+    """decode.decode for the frame d[f:f+n]; fills `out` (D_* columns), returns the skip code."""
+    off, version = _link(d, f, n, linktype)
+    if off < 0:
+        return -off
+    if n <= off:
+        return _TRUNC
+    if version == 0:
+        version = np.int64(d[f + off]) >> 4
+    wire = (orig if orig > n else n) - off
+    fragmented = 0
+    if version == 4:
+        if n < off + 20:
+            return _TRUNC
+        vihl = np.int64(d[f + off])
+        total = _be16(d, f + off + 2)
+        frag = _be16(d, f + off + 6)
+        proto = np.int64(d[f + off + 9])
+        ihl = (vihl & 0x0F) << 2
+        if vihl >> 4 != 4 or ihl < 20:
+            return _MALFORMED
+        if total == 0:
+            total = wire
+        if total < ihl or total > wire:
+            return _MALFORMED
+        if frag & 0x1FFF:
+            return _FRAG
+        fragmented = 1 if frag & 0x2000 else 0
+        l4 = off + ihl
+        for w in range(3):
+            out[D_S0 + w] = 0
+            out[D_D0 + w] = 0
+        out[D_S0 + 3] = _u32(d, f + off + 12, True)
+        out[D_D0 + 3] = _u32(d, f + off + 16, True)
+    elif version == 6:
+        if n < off + 40:
+            return _TRUNC
+        plen = _be16(d, f + off + 4)
+        proto = np.int64(d[f + off + 6])
+        if d[f + off] >> 4 != 6:
+            return _MALFORMED
+        total = 40 + plen
+        if plen == 0 and wire > 40:
+            total = wire
+        if total > wire:
+            return _MALFORMED
+        l4 = off + 40
+        for _ in range(8):
+            if proto == 0 or proto == 43 or proto == 60:
+                if n < l4 + 2:
+                    return _TRUNC
+                proto, l4 = np.int64(d[f + l4]), l4 + ((np.int64(d[f + l4 + 1]) + 1) << 3)
+            elif proto == 44:
+                if n < l4 + 8:
+                    return _TRUNC
+                if _be16(d, f + l4 + 2) & 0xFFF8:
+                    return _FRAG
+                fragmented = 1 if d[f + l4 + 3] & 1 == 1 else 0
+                proto, l4 = np.int64(d[f + l4]), l4 + 8
+            elif proto == 51:
+                if n < l4 + 2:
+                    return _TRUNC
+                proto, l4 = np.int64(d[f + l4]), l4 + ((np.int64(d[f + l4 + 1]) + 2) << 2)
+            else:
+                break
+        if l4 > off + total:
+            return _MALFORMED
+        for w in range(4):
+            out[D_S0 + w] = _u32(d, f + off + 8 + 4 * w, True)
+            out[D_D0 + w] = _u32(d, f + off + 24 + 4 * w, True)
+    else:
+        return _MALFORMED
+
+    ip_end = off + total
+    end = ip_end if ip_end < n else n
+    if proto == 6:
+        if ip_end < l4 + 20:
+            return _MALFORMED
+        if n < l4 + 20:
+            return _TRUNC
+        sport = _be16(d, f + l4)
+        dport = _be16(d, f + l4 + 2)
+        seq = _u32(d, f + l4 + 4, True)
+        ack = _u32(d, f + l4 + 8, True)
+        l7 = l4 + ((np.int64(d[f + l4 + 12]) >> 4) << 2)
+        flags = np.int64(d[f + l4 + 13])
+        if l7 < l4 + 20 or l7 > ip_end:
+            return _MALFORMED
+        if l7 > n:
+            return _TRUNC
+        payload_len = ip_end - l7
+    elif proto == 17:
+        if ip_end < l4 + 8:
+            return _MALFORMED
+        if n < l4 + 8:
+            return _TRUNC
+        sport = _be16(d, f + l4)
+        dport = _be16(d, f + l4 + 2)
+        length = _be16(d, f + l4 + 4)
+        l7 = l4 + 8
+        payload_len = ip_end - l7
+        if length:
+            if length < 8 or (length - 8 > payload_len and not fragmented):
+                return _MALFORMED
+            payload_len = length - 8
+        flags = 0
+        seq = 0
+        ack = 0
+    else:
+        return _OTHER
+    out[D_L3] = off
+    out[D_L4] = l4
+    out[D_L7] = l7
+    out[D_END] = end
+    out[D_VER] = version
+    out[D_PROTO] = proto
+    out[D_SPORT] = sport
+    out[D_DPORT] = dport
+    out[D_FLAGS] = flags
+    out[D_SEQ] = seq
+    out[D_ACK] = ack
+    out[D_PLEN] = payload_len
+    out[D_IPLEN] = total
+    out[D_FRAGM] = fragmented
+    return 0
+
+
+@njit(cache=True)
+def decode_block(data, offs, caps, origs, linktypes, n, out):
+    """Decode packets 0..n-1 into `out` (n, ND); column D_CODE is 0 or the skip reason."""
+    for i in range(n):
+        out[i, D_CODE] = _decode_one(data, offs[i], caps[i], origs[i], linktypes[i], out[i])
+
+
+# -- views and masking -------------------------------------------------------------------------
+@njit(cache=True)
+def _mask_sni(src, base, start, n, dst):
+    """tls.sni_spans over src[base:base+n] from `start`, zeroing each name in dst (same offsets).
+
+    Spans are found on the unmasked source, as the reference collects them all before zeroing."""
+    p = start
+    if n - p < 9 or src[base + p] != 0x16 or src[base + p + 1] != 0x03 or src[base + p + 5] != 0x01:
+        return
+    p += 9
+    p += 2 + 32
+    if p >= n:
+        return
+    p += 1 + np.int64(src[base + p])
+    if p + 2 > n:
+        return
+    p += 2 + _be16(src, base + p)
+    if p >= n:
+        return
+    p += 1 + np.int64(src[base + p])
+    if p + 2 > n:
+        return
+    ext_end = min(n, p + 2 + _be16(src, base + p))
+    p += 2
+    while p + 4 <= ext_end:
+        ext_type = _be16(src, base + p)
+        ext_len = _be16(src, base + p + 2)
+        body = p + 4
+        if ext_type == 0:
+            q = body + 2
+            end = min(ext_end, body + ext_len)
+            while q + 3 <= end:
+                name_len = _be16(src, base + q + 1)
+                length = max(0, min(name_len, n - (q + 3)))
+                for k in range(q + 3, q + 3 + length):
+                    dst[k] = 0
+                q += 3 + name_len
+        p = body + ext_len
+
+
+@njit(cache=True)
+def _mask_tcp_timestamps(buf, p, end):
+    while p < end:
+        kind = buf[p]
+        if kind == 0:
+            break
+        if kind == 1:
+            p += 1
+            continue
+        if p + 1 >= end or buf[p + 1] < 2:
+            break
+        length = np.int64(buf[p + 1])
+        if kind == 8 and length == 10 and p + 10 <= end:
+            for k in range(p + 2, p + 10):
+                buf[k] = 0
+        p += length
+
+
+@njit(cache=True)
+def _view(d, f, row, layer, mask, scratch, out, at, limit):
+    """views.packet_view: writes the first `limit` bytes of the view to out[at:]; returns its full length."""
+    strict = mask == 2
+    l7 = row[D_L7]
+    end = row[D_END]
+    if layer == 3:  # payload
+        length = end - l7
+        take = min(length, limit)
+        if strict and l7 < end and d[f + l7] == 0x16:
+            for k in range(length):
+                scratch[k] = d[f + l7 + k]
+            _mask_sni(d, f + l7, 0, length, scratch)
+            out[at : at + take] = scratch[:take]
+        else:
+            out[at : at + take] = d[f + l7 : f + l7 + take]
+        return length
+    l3 = row[D_L3]
+    blen = end - l3
+    b4 = row[D_L4] - l3
+    b7 = l7 - l3
+    buf = scratch
+    buf[:blen] = d[f + l3 : f + end]
+    proto = row[D_PROTO]
+    if mask != 0:
+        if row[D_VER] == 4:
+            if strict:
+                buf[4] = 0
+                buf[5] = 0
+                buf[10:20] = 0
+            else:
+                buf[12:20] = 0
+        else:
+            buf[8:40] = 0
+            if strict:
+                buf[1] &= 0xF0
+                buf[2] = 0
+                buf[3] = 0
+        if strict:
+            if proto == 6:
+                buf[b4 : b4 + 12] = 0
+                buf[b4 + 16 : b4 + 18] = 0
+                if b7 > b4 + 20:
+                    _mask_tcp_timestamps(buf, b4 + 20, b7)
+            else:
+                buf[b4 : b4 + 4] = 0
+                buf[b4 + 6 : b4 + 8] = 0
+            if b7 < blen and buf[b7] == 0x16:
+                _mask_sni(d, f + l3, b7, blen, buf)
+    # Layout: [14-byte rebuilt Ethernet header] + buf[first:] with 12 zero bytes after a UDP header.
+    pad = 12 if proto == 17 else 0
+    prefix = 14 if layer == 0 else 0
+    first = b4 if layer == 2 else 0
+    full = prefix + (blen - first) + pad
+    w = 0  # bytes of the view written so far (at most limit)
+    if prefix:
+        for k in range(min(12, limit)):
+            out[at + k] = 0
+        if limit > 12:
+            out[at + 12] = 0x08 if row[D_VER] == 4 else 0x86
+        if limit > 13:
+            out[at + 13] = 0x00 if row[D_VER] == 4 else 0xDD
+        w = min(14, limit)
+    split = b4 + 8 if pad else blen  # buf[first:split], pad, buf[split:blen]
+    take = min(split - first, limit - w)
+    if take > 0:
+        out[at + w : at + w + take] = buf[first : first + take]
+        w += take
+    if pad:
+        take = min(pad, limit - w)
+        if take > 0:
+            out[at + w : at + w + take] = 0
+            w += take
+        take = min(blen - split, limit - w)
+        if take > 0:
+            out[at + w : at + w + take] = buf[split : split + take]
+            w += take
+    return full
+
+
+# -- sessions ----------------------------------------------------------------------------------
+@njit(cache=True)
+def _emit(slot, SI, EMIT, K):
+    SI[slot, C_STATE] = 2
+    EMIT[K[K_NEMIT]] = slot
+    K[K_NEMIT] += 1
+
+
+@njit(cache=True)
+def _tcp_segment(slot, direction, seq, length, SI, R, RN):
+    """Session.tcp_segment: (is_retransmission, relative sequence number)."""
+    if SI[slot, C_HASB0 + direction] == 0:
+        SI[slot, C_HASB0 + direction] = 1
+        SI[slot, C_BASE0 + direction] = seq
+    base = SI[slot, C_BASE0 + direction]
+    rel = (seq - base) % _MOD
+    if rel >= _HALF:
+        rel -= _MOD
+    end = rel + length
+    r = slot * 2 + direction
+    c = RN[r]
+    ranges = R[r]
+    if c == 0:
+        if ranges.shape[0] < 1:
+            ranges = np.empty((4, 2), np.int64)
+            R[r] = ranges
+        ranges[0, 0] = rel
+        ranges[0, 1] = end
+        RN[r] = 1
+        return False, rel
+    if rel == ranges[c - 1, 1]:
+        ranges[c - 1, 1] = end
+        return False, rel
+    for i in range(c):
+        if ranges[i, 0] <= rel and end <= ranges[i, 1]:
+            return True, rel
+    if rel < ranges[c - 1, 1]:
+        SI[slot, C_OOO] = 1
+    # Insert in order, then merge: the list is always sorted, disjoint and non-touching, so this
+    # gives what the reference's append + sort + merge gives.
+    pos = c
+    for i in range(c):
+        if rel < ranges[i, 0] or (rel == ranges[i, 0] and end < ranges[i, 1]):
+            pos = i
+            break
+    tmp = np.empty((c + 1, 2), np.int64)
+    tmp[:pos] = ranges[:pos]
+    tmp[pos, 0] = rel
+    tmp[pos, 1] = end
+    tmp[pos + 1 :] = ranges[pos:c]
+    merged = np.empty((c + 1, 2), np.int64)
+    merged[0] = tmp[0]
+    m = 1
+    for i in range(1, c + 1):
+        if tmp[i, 0] <= merged[m - 1, 1]:
+            if tmp[i, 1] > merged[m - 1, 1]:
+                merged[m - 1, 1] = tmp[i, 1]
+        else:
+            merged[m] = tmp[i]
+            m += 1
+    if ranges.shape[0] < m:
+        ranges = np.empty((2 * m, 2), np.int64)
+        R[r] = ranges
+    ranges[:m] = merged[:m]
+    RN[r] = m
+    return False, rel
+
+
+# The session table: open addressing over HT (4x the slots, a power of two), keys kept in the
+# slot rows. A Python dict iterates in insertion order, and every insertion takes a new serial
+# number, so "dict order" is serial order: the idle scan and close sort by it.
+@njit(cache=True)
+def _hash(key):
+    h = np.uint64(0x243F6A8885A308D3)
+    for k in range(12):
+        h = (h ^ np.uint64(key[k])) * np.uint64(0x9E3779B97F4A7C15)
+        h ^= h >> np.uint64(29)
+    return h
+
+
+@njit(cache=True)
+def _find(HT, SI, key):
+    """(slot or -1, table position of the key or of the first free entry on its probe path)."""
+    mask = HT.size - 1
+    i = np.int64(_hash(key) & np.uint64(mask))
+    free = -1
+    while True:
+        e = HT[i]
+        if e == HT_EMPTY:
+            return -1, (free if free >= 0 else i)
+        if e == HT_DELETED:
+            if free < 0:
+                free = i
+        else:
+            same = True
+            for k in range(12):
+                if SI[e, C_KEY + k] != key[k]:
+                    same = False
+                    break
+            if same:
+                return e, i
+        i = (i + 1) & mask
+
+
+@njit(cache=True)
+def rebuild_table(HT, SI, K):
+    """Put every live session (state 1) into an emptied HT: after growth, or to clear deletions."""
+    HT[:] = HT_EMPTY
+    mask = HT.size - 1
+    used = 0
+    for slot in range(SI.shape[0]):
+        if SI[slot, C_STATE] != 1:
+            continue
+        key = (SI[slot, C_KEY], SI[slot, C_KEY + 1], SI[slot, C_KEY + 2], SI[slot, C_KEY + 3], SI[slot, C_KEY + 4],
+               SI[slot, C_KEY + 5], SI[slot, C_KEY + 6], SI[slot, C_KEY + 7], SI[slot, C_KEY + 8], SI[slot, C_KEY + 9],
+               SI[slot, C_KEY + 10], SI[slot, C_KEY + 11])
+        i = np.int64(_hash(key) & np.uint64(mask))
+        while HT[i] != HT_EMPTY:
+            i = (i + 1) & mask
+        HT[i] = slot
+        used += 1
+    K[K_HTUSED] = used
+
+
+@njit(cache=True)
+def _live_in_order(SI, SF, horizon):
+    """Live slots (idle before `horizon` when it is finite), in serial (dict) order."""
+    count = 0
+    for slot in range(SI.shape[0]):
+        if SI[slot, C_STATE] == 1 and SF[slot, F_LAST] < horizon:
+            count += 1
+    slots = np.empty(count, np.int64)
+    serials = np.empty(count, np.int64)
+    j = 0
+    for slot in range(SI.shape[0]):
+        if SI[slot, C_STATE] == 1 and SF[slot, F_LAST] < horizon:
+            slots[j] = slot
+            serials[j] = SI[slot, C_SERIAL]
+            j += 1
+    return slots[np.argsort(serials)]
+
+
+@njit(cache=True)
+def _remove(HT, SI, slot):
+    key = (SI[slot, C_KEY], SI[slot, C_KEY + 1], SI[slot, C_KEY + 2], SI[slot, C_KEY + 3], SI[slot, C_KEY + 4],
+           SI[slot, C_KEY + 5], SI[slot, C_KEY + 6], SI[slot, C_KEY + 7], SI[slot, C_KEY + 8], SI[slot, C_KEY + 9],
+           SI[slot, C_KEY + 10], SI[slot, C_KEY + 11])
+    found, pos = _find(HT, SI, key)
+    HT[pos] = HT_DELETED
+
+
+@njit(cache=True)
+def _flush_idle(now, timeout, HT, SI, SF, EMIT, K):
+    for slot in _live_in_order(SI, SF, now - timeout):
+        _remove(HT, SI, slot)
+        _emit(slot, SI, EMIT, K)
+
+
+@njit(cache=True)
+def close_all(HT, SI, SF, EMIT, K):
+    """SessionAssembler.close: every live session, oldest first (stable: ties in dict order)."""
+    slots = _live_in_order(SI, SF, np.inf)
+    starts = np.empty(slots.size, np.float64)
+    for j in range(slots.size):
+        starts[j] = SF[slots[j], F_START]
+    order = np.argsort(starts, kind="mergesort")
+    for j in range(slots.size):
+        _emit(slots[order[j]], SI, EMIT, K)
+    HT[:] = HT_EMPTY
+    K[K_HTUSED] = 0
+
+
+@njit(cache=True)
+def assemble(data, offs, times, D, first, n, HT, SI, SF, SFREE, PK, PT, ST, STT, arena, R, RN, EMIT, K,
+             scratch, bidir, timeout, store_packets, store_bytes, view_limit, layer, mask):
+    """SessionAssembler.add for packets first..n-1 (skipped ones ignored); (code, next packet)."""
+    for i in range(first, n):
+        row = D[i]
+        if row[D_CODE] != 0:
+            continue
+        # room for the worst case of this packet: a new slot, a packet node, a stored view
+        if K[K_NSFREE] == 0:
+            return NEED_SLOT, i
+        if K[K_PFREE] < 0:
+            return NEED_PACKET, i
+        if K[K_EFREE] < 0:
+            return NEED_STORED, i
+        if K[K_ARENA] + view_limit > arena.size:
+            return NEED_ARENA, i
+        if row[D_FRAGM]:
+            K[K_FRAGKEPT] += 1
+        ts = times[i]
+        proto = row[D_PROTO]
+        flags = row[D_FLAGS]
+        sport = row[D_SPORT]
+        dport = row[D_DPORT]
+        a = (row[D_S0], row[D_S0 + 1], row[D_S0 + 2], row[D_S0 + 3], sport)
+        b = (row[D_D0], row[D_D0 + 1], row[D_D0 + 2], row[D_D0 + 3], dport)
+        if bidir and not a <= b:
+            a, b = b, a
+        key = (row[D_VER], proto, a[0], a[1], a[2], a[3], a[4], b[0], b[1], b[2], b[3], b[4])
+        slot, pos = _find(HT, SI, key)
+        if slot >= 0 and (ts - SF[slot, F_LAST] > timeout or (SI[slot, C_CLOSING] and flags & (SYN | ACK) == SYN)):
+            HT[pos] = HT_DELETED
+            _emit(slot, SI, EMIT, K)
+            slot = -1
+            pos = _find(HT, SI, key)[1]
+        if slot < 0:
+            K[K_NSFREE] -= 1
+            slot = SFREE[K[K_NSFREE]]
+            s = SI[slot]
+            s[:] = 0
+            s[C_SERIAL] = K[K_SERIAL]
+            K[K_SERIAL] += 1
+            s[C_STATE] = 1
+            s[C_PROTO] = proto
+            s[C_VER] = row[D_VER]
+            client_is_src = not (flags & (SYN | ACK) == (SYN | ACK))
+            src = D_S0 if client_is_src else D_D0
+            dst = D_D0 if client_is_src else D_S0
+            for w in range(4):
+                s[C_CL0 + w] = row[src + w]
+                s[C_SV0 + w] = row[dst + w]
+            s[C_CLPORT] = sport if client_is_src else dport
+            s[C_SVPORT] = dport if client_is_src else sport
+            s[C_PHEAD] = -1
+            s[C_PTAIL] = -1
+            s[C_SHEAD] = -1
+            s[C_STAIL] = -1
+            for k in range(12):
+                s[C_KEY + k] = key[k]
+            SF[slot, F_START] = ts
+            SF[slot, F_LAST] = ts
+            SF[slot, F_TMIN] = ts
+            SF[slot, F_TMAX] = ts
+            RN[2 * slot] = 0
+            RN[2 * slot + 1] = 0
+            if HT[pos] == HT_EMPTY:
+                K[K_HTUSED] += 1
+            HT[pos] = slot
+            K[K_STARTED] += 1
+            if 2 * K[K_HTUSED] > HT.size:  # too many deleted entries: slow probes
+                rebuild_table(HT, SI, K)
+        s = SI[slot]
+        if ts > SF[slot, F_LAST]:
+            SF[slot, F_LAST] = ts
+        direction = 0
+        if bidir and not (sport == s[C_CLPORT] and row[D_S0] == s[C_CL0] and row[D_S0 + 1] == s[C_CL0 + 1]
+                          and row[D_S0 + 2] == s[C_CL0 + 2] and row[D_S0 + 3] == s[C_CL0 + 3]):
+            direction = 1
+        plen = row[D_PLEN]
+        rel = 0
+        hasrel = 0
+        if proto == 6:
+            if plen:
+                retransmitted, rel = _tcp_segment(slot, direction, row[D_SEQ], plen, SI, R, RN)
+                hasrel = 1
+                if retransmitted:
+                    K[K_RETR] += 1
+                    s[C_RETR] += 1
+                    continue
+            elif not flags & (SYN | FIN | RST):
+                K[K_PACK] += 1
+                s[C_PACKS] += 1
+                continue
+            if flags & (FIN | RST):
+                s[C_CLOSING] = 1
+        # the packet is kept
+        node = K[K_PFREE]
+        K[K_PFREE] = PK[node, P_NEXT]
+        PK[node, P_SIZE] = row[D_IPLEN]
+        PK[node, P_DIRFLAGS] = (direction << 8) | flags
+        PK[node, P_NEXT] = -1
+        PT[node] = ts
+        if s[C_PTAIL] >= 0:
+            PK[s[C_PTAIL], P_NEXT] = node
+        else:
+            s[C_PHEAD] = node
+        s[C_PTAIL] = node
+        s[C_NPK] += 1
+        s[C_BYTES] += row[D_IPLEN]
+        if direction == 0:
+            s[C_FWD] += 1
+        if s[C_NPK] == 1 or ts < SF[slot, F_TMIN]:
+            SF[slot, F_TMIN] = ts
+        if s[C_NPK] == 1 or ts > SF[slot, F_TMAX]:
+            SF[slot, F_TMAX] = ts
+        s[C_PAY] += plen
+        if (s[C_STNE] < store_packets or s[C_STB] < store_bytes) and s[C_NST] < MAX_STORED:
+            at = K[K_ARENA]
+            full = _view(data, offs[i], row, layer, mask, scratch, arena, at, view_limit)
+            if full > 0:
+                e = K[K_EFREE]
+                K[K_EFREE] = ST[e, E_NEXT]
+                ST[e, E_DIR] = direction
+                ST[e, E_REL] = rel
+                ST[e, E_HASREL] = hasrel
+                ST[e, E_OFF] = at
+                ST[e, E_LEN] = min(full, view_limit)
+                ST[e, E_NEXT] = -1
+                STT[e] = ts
+                K[K_ARENA] = at + ST[e, E_LEN]
+                if s[C_STAIL] >= 0:
+                    ST[s[C_STAIL], E_NEXT] = e
+                else:
+                    s[C_SHEAD] = e
+                s[C_STAIL] = e
+                s[C_STB] += full
+                s[C_STNE] += 1
+                s[C_NST] += 1
+        K[K_SINCE] += 1
+        if K[K_SINCE] >= IDLE_SCAN_EVERY:
+            K[K_SINCE] = 0
+            _flush_idle(ts, timeout, HT, SI, SF, EMIT, K)
+    return DONE, n
+
+
+@njit(cache=True)
+def compact_arena(SI, ST, arena, new_arena, K):
+    """Copy the views of every session still holding slots into `new_arena` (arena is full)."""
+    top = 0
+    for slot in range(SI.shape[0]):
+        if SI[slot, C_STATE] == 0:
+            continue
+        e = SI[slot, C_SHEAD]
+        while e >= 0:
+            length = ST[e, E_LEN]
+            off = ST[e, E_OFF]
+            new_arena[top : top + length] = arena[off : off + length]
+            ST[e, E_OFF] = top
+            top += length
+            e = ST[e, E_NEXT]
+    K[K_ARENA] = top
+
+
+# -- finished sessions -> tensors ----------------------------------------------------------------
+@njit(cache=True)
+def _stable_order(keys_f, keys_i, idx, use_float):
+    """Insertion sort of idx by keys (stable, as Python's sorted); sessions store <= 256 views."""
+    for a in range(1, idx.size):
+        v = idx[a]
+        b = a - 1
+        while b >= 0 and ((keys_f[idx[b]] > keys_f[v]) if use_float else (keys_i[idx[b]] > keys_i[v])):
+            idx[b + 1] = idx[b]
+            b -= 1
+        idx[b + 1] = v
+
+
+@njit(cache=True)
+def build_tensors(slots, SI, PK, PT, ST, STT, arena, image_bytes, packets, packet_bytes,
+                  images, rows, times, sizes, dirs, flags, lengths):
+    """Tensors.Featurizer._byte_rows (after Session.ordered_views) and the packet arrays of each slot."""
+    p = 0
+    ts = np.empty(MAX_STORED, np.float64)
+    dr = np.empty(MAX_STORED, np.int64)
+    rel = np.empty(MAX_STORED, np.int64)
+    hasrel = np.empty(MAX_STORED, np.int64)
+    off = np.empty(MAX_STORED, np.int64)
+    ln = np.empty(MAX_STORED, np.int64)
+    order_all = np.empty(MAX_STORED, np.int64)
+    source = np.empty(MAX_STORED, np.int64)
+    slot_at = np.empty(MAX_STORED, np.int64)
+    by_seq_all = np.empty(MAX_STORED, np.int64)
+    for j in range(slots.size):
+        slot = slots[j]
+        s = SI[slot]
+        # kept packets, in arrival order
+        node = s[C_PHEAD]
+        count = 0
+        while node >= 0:
+            times[p] = PT[node]
+            sizes[p] = PK[node, P_SIZE]
+            dirs[p] = PK[node, P_DIRFLAGS] >> 8
+            flags[p] = PK[node, P_DIRFLAGS] & 0xFF
+            p += 1
+            count += 1
+            node = PK[node, P_NEXT]
+        lengths[j] = count
+        # stored views: by time, then TCP payload segments of each direction in sequence order
+        k = s[C_NST]
+        e = s[C_SHEAD]
+        for i in range(k):
+            ts[i] = STT[e]
+            dr[i] = ST[e, E_DIR]
+            rel[i] = ST[e, E_REL]
+            hasrel[i] = ST[e, E_HASREL]
+            off[i] = ST[e, E_OFF]
+            ln[i] = ST[e, E_LEN]
+            e = ST[e, E_NEXT]
+        order = order_all[:k]
+        for i in range(k):
+            order[i] = i
+        _stable_order(ts, rel, order, True)
+        source[:k] = order  # the entry whose view fills each time slot
+        if s[C_OOO] and s[C_PROTO] == 6:
+            for direction in range(2):
+                m = 0
+                for i in range(k):
+                    if dr[order[i]] == direction and hasrel[order[i]]:
+                        slot_at[m] = i
+                        m += 1
+                by_seq = by_seq_all[:m]
+                for i in range(m):
+                    by_seq[i] = order[slot_at[i]]
+                _stable_order(ts, rel, by_seq, False)
+                for i in range(m):
+                    source[slot_at[i]] = by_seq[i]
+        w = 0
+        for i in range(k):
+            e = source[i]
+            length = ln[e]
+            if i < packets:
+                take = min(length, packet_bytes)
+                rows[j, i, :take] = arena[off[e] : off[e] + take]
+            if w < image_bytes:
+                take = min(length, image_bytes - w)
+                images[j, w : w + take] = arena[off[e] : off[e] + take]
+                w += take
+    return p
+
+
+@njit(cache=True)
+def free_sessions(slots, SI, PK, ST, SFREE, K):
+    """Give the slots of harvested sessions and their pool nodes back to the free lists."""
+    for j in range(slots.size):
+        slot = slots[j]
+        s = SI[slot]
+        node = s[C_PHEAD]
+        while node >= 0:
+            nxt = PK[node, P_NEXT]
+            PK[node, P_NEXT] = K[K_PFREE]
+            K[K_PFREE] = node
+            node = nxt
+        e = s[C_SHEAD]
+        while e >= 0:
+            nxt = ST[e, E_NEXT]
+            ST[e, E_NEXT] = K[K_EFREE]
+            K[K_EFREE] = e
+            e = nxt
+        s[C_STATE] = 0
+        s[C_PHEAD] = -1
+        s[C_SHEAD] = -1
+        SFREE[K[K_NSFREE]] = slot
+        K[K_NSFREE] += 1
+
+
+@njit(cache=True)
+def extend_ranges(ranges, n):
+    for _ in range(n):
+        ranges.append(np.zeros((0, 2), np.int64))
+
+
+@njit(cache=True)
+def new_ranges(slots):
+    """The per-direction range lists, made in compiled code: building typed containers from
+    Python compiles helpers at every start, which the disk cache cannot keep."""
+    ranges = List()
+    for _ in range(2 * slots):
+        ranges.append(np.zeros((0, 2), np.int64))
+    return ranges

@@ -1,0 +1,79 @@
+"""`trafficlens audit` on captures whose classes differ only by server port (a planted shortcut)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from captures import tcp_session, write_pcap
+from trafficlens.cli import cli
+from trafficlens.datasets.config import PrepConfig
+from trafficlens.datasets.prep import prep
+from trafficlens.evaluation.audit import AuditConfig, audit
+
+PORTS = {"alpha": 443, "beta": 8443}
+
+
+@pytest.fixture(scope="module")
+def shortcut_dataset(tmp_path_factory):
+    """10 captures per class; a class is told apart by its server port and nothing else."""
+    tmp = tmp_path_factory.mktemp("audit")
+    rng = np.random.default_rng(3)
+    for label, port in PORTS.items():
+        for c in range(10):
+            frames = []
+            for s in range(10):
+                size = int(rng.integers(40, 300))
+                frames += tcp_session(sport=20000 + 10 * c + s, dport=port, t0=1000.0 * c + 5 * s,
+                                      isn_c=int(rng.integers(1, 2**31)), isn_s=int(rng.integers(1, 2**31)),
+                                      requests=(rng.bytes(size),), responses=(rng.bytes(size + 60),),
+                                      ident=int(rng.integers(1, 60000)))
+            write_pcap(tmp / "captures" / label / f"{label}-{c}.pcap", frames)
+    ds = prep([tmp / "captures"], tmp / "ds", PrepConfig(labels="dir"), workers=1)
+    return tmp, ds
+
+
+def test_audit_exposes_the_port_shortcut(shortcut_dataset):
+    tmp, ds = shortcut_dataset
+    out = tmp / "report"
+    result = audit(ds, out, AuditConfig(model="chen-cnn", max_epochs=2, time_budget=60, batch_size=32,
+                                        min_class_sessions=0, workers=1), log=lambda m: None)
+    f1 = {(r["setting"], r["model"], r["features"]): r["macro_f1"] for r in result["rows"]}
+    # ports are kept by the paper mask and by no mask: header bytes alone separate the classes
+    assert f1[("b", "rf", "header")] >= 0.95
+    assert f1[("d-capture", "rf", "header")] >= 0.95
+    # the strict mask zeroes ports: nothing is left to tell the classes apart
+    assert f1[("c", "rf", "header")] <= 0.8
+    assert ("c", "chen-cnn", "image") in f1 and ("a", "rf", "stats") in f1
+    assert set(result["datasets"]) == {"paper", "strict", "none"}
+    assert json.loads((out / "datasets" / "mask-paper" / "manifest.json").read_text())["config"]["mask"] == "paper"
+    table = (out / "audit.md").read_text()
+    assert table.count("\n| (") == 5 and "chen-cnn on image" in table
+    page = (out / "report.html").read_text()
+    assert "http://" not in page and "https://" not in page
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 1
+    assert len((out / "audit.csv").read_text().splitlines()) == len(result["rows"]) + 1
+
+
+def test_audit_cli_reuses_prepared_masks_and_names_missing_captures(shortcut_dataset, tmp_path):
+    tmp, ds = shortcut_dataset
+    runner = CliRunner()
+    result = runner.invoke(cli, ["audit", str(ds), "-o", str(tmp_path / "r"), "--model", "none",
+                                 "--min-class-sessions", "0", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "(d-capture)" in result.output and "rf on header" in result.output
+    # a manifest without `sources` (older datasets) and no --captures: one clear line
+    manifest = json.loads((ds / "manifest.json").read_text())
+    manifest.pop("sources")
+    (ds / "manifest.json").write_text(json.dumps(manifest))
+    proc = subprocess.run([sys.executable, "-m", "trafficlens", "audit", str(ds), "-o", str(tmp_path / "r2"),
+                           "--model", "none"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "pass --captures PATH" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

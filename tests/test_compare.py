@@ -1,0 +1,199 @@
+"""`compare` and `cv` on a tiny synthetic dataset: same split for every model, tables, reports."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from trafficlens.datasets import Dataset, DatasetWriter
+from trafficlens.errors import ConfigError
+
+CLASSES = ("alpha", "beta", "gamma")
+SIDE, PACKETS, PACKET_BYTES, SEQ = 20, 3, 64, 8
+FAST = dict(max_epochs=3, batch_size=16, min_class_sessions=0)
+
+
+def make_dataset(path, per_class=40, captures_per_class=6, seed=0) -> Dataset:
+    """Class c marks its own image block, the IP TTL and TCP window bytes of every packet, the
+    packet lengths and the statistics; noise elsewhere. Start times interleave the classes."""
+    rng = np.random.default_rng(seed)
+    k = SIDE * SIDE
+    with DatasetWriter(path, {"layer": "all", "mask": "strict", "image_bytes": k}, image_bytes=k, packets=PACKETS,
+                       packet_bytes=PACKET_BYTES, sequence_length=SEQ, stats_names=["a", "b", "c"]) as w:
+        for i in range(per_class):
+            for c, label in enumerate(CLASSES):
+                image = rng.integers(0, 60, k, dtype=np.uint8)
+                image[c * 60:(c + 1) * 60] = 220
+                packets = rng.integers(0, 30, (PACKETS, PACKET_BYTES), dtype=np.uint8)
+                packets[:, 22] = 64 + 50 * c
+                packets[:, 48] = 100 + 50 * c
+                lengths = (100 * (c + 1) + rng.integers(-20, 20, SEQ)) * np.where(np.arange(SEQ) % 2, -1, 1)
+                sequence = np.stack([lengths, rng.random(SEQ)], axis=1).astype(np.float32)
+                stats = (10 * (c + 1) + rng.normal(0, 1.5, 3)).astype(np.float32)
+                meta = {"capture": f"{label}/cap{i % captures_per_class}.pcap", "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2",
+                        "src_port": 0, "dst_port": 0, "protocol": "TCP", "ts_start": 1e9 + 3 * i + c, "ts_end": 1e9 + 3 * i + c + 1,
+                        "packets": SEQ, "bytes": 800, "payload_bytes": 400, "packets_fwd": 4, "packets_bwd": 4, "label": label}
+                w.add(meta, image, packets, sequence, stats)
+    return Dataset.open(path)
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("cmp") / "synth")
+
+
+@pytest.fixture(scope="module")
+def comparison(ds, tmp_path_factory):
+    from trafficlens.evaluation.compare import compare
+
+    out = tmp_path_factory.mktemp("cmp") / "report"
+    result = compare(ds.path, "chen-cnn,chen-model-a,rf,dt:header,knn-seq", out, split="capture", seed=0,
+                     log=lambda message: None, **FAST)
+    return result, out
+
+
+def test_every_model_scores_the_same_test_sessions(comparison, ds):
+    result, out = comparison
+    assert [r["model"] for r in result["rows"]] == ["chen-cnn", "chen-model-a", "rf", "dt:header", "knn-seq"]
+    tests = {key: m["n"] for key, m in result["metrics"].items()}
+    assert len(set(tests.values())) == 1 and tests["rf"] == result["split_info"]["sizes"]["test"] > 0
+    assignment = np.load(out / "runs" / "chen-cnn" / "split.npy")
+    for run in ("chen-cnn", "chen-gru", "chen-model-a"):  # chen-gru trained for model A though not listed
+        assert np.array_equal(np.load(out / "runs" / run / "split.npy"), assignment)
+    captures = ds.column("capture").astype(str)
+    sides = [set(captures[assignment == s]) for s in (0, 1, 2)]
+    assert not (sides[0] & sides[2] or sides[1] & sides[2] or sides[0] & sides[1])
+    for key in ("rf", "dt:header", "knn-seq"):  # the signal is plain in these features
+        assert result["metrics"][key]["accuracy"] >= 0.9, key
+    for r in result["rows"]:
+        assert r["parameters"] > 0 and r["train_seconds"] > 0 and r["inference_seconds"] > 0
+        assert 0 <= r["macro_f1"] <= 1 and r["top3_accuracy"] == pytest.approx(1.0)
+    deep = result["metrics"]["chen-cnn"]
+    assert deep["kind"] == "deep" and deep["seconds_per_epoch"] > 0 and deep["epochs"] >= 1
+    assert result["split"] == "capture" and result["mask"] == "strict" and result["layer"] == "all"
+
+
+def test_comparison_files(comparison):
+    from trafficlens.evaluation.compare import ROW_KEYS
+
+    result, out = comparison
+    table = (out / "comparison.md").read_text()
+    assert "| model | kind | features |" in table and sum(line.startswith("|") for line in table.splitlines()) == 2 + len(result["rows"])
+    with open(out / "comparison.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(ROW_KEYS) and [r["model"] for r in rows] == [r["model"] for r in result["rows"]]
+    assert float(rows[2]["macro_f1"]) == pytest.approx(result["rows"][2]["macro_f1"])
+    saved = json.loads((out / "comparison.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(result["rows"]))
+    for key in ("chen-cnn", "rf", "dt-header"):
+        m = json.loads((out / "models" / key / "metrics.json").read_text())
+        assert m["schema_version"] == 2 and m["side"] == "test" and m["split"] == "capture"
+    for stem in ("scores", "class_f1", "best_per_class", "best_confusion", "curves", "cost"):
+        assert (out / "figures" / f"{stem}.png").stat().st_size > 1000
+        assert (out / "figures" / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
+    page = (out / "report.html").read_text()
+    assert "http://" not in page.replace("http://www.w3.org", "") and "https://" not in page
+    assert len(re.findall(r"src='data:image/png;base64,", page)) == 6
+
+
+def test_compare_refuses_bad_input(ds):
+    from trafficlens.evaluation.compare import compare
+
+    with pytest.raises(ConfigError, match="unknown model 'forest'; deep models: .*baselines: dt, rf"):
+        compare(ds.path, "forest", None, log=lambda message: None)
+    with pytest.raises(ConfigError, match="listed twice"):
+        compare(ds.path, "rf,rf:stats", None, log=lambda message: None)
+    with pytest.raises(ConfigError, match="prepared with --mask strict, not paper"):
+        compare(ds.path, "rf", None, mask="paper", log=lambda message: None)
+    with pytest.raises(ConfigError, match="chen-cnn:header: deep models read their own tensors"):
+        compare(ds.path, "chen-cnn:header", None, log=lambda message: None)
+
+
+def test_compare_time_split_and_tune(ds):
+    from trafficlens.evaluation.compare import compare
+
+    result = compare(ds.path, ["knn", "lr"], None, split="time", tune=True, log=lambda message: None)
+    times = ds.column("start_time")
+    rows = result["metrics"]["knn"]
+    assert result["split"] == "time" and rows["tuning"]["best"] and rows["n"] == result["split_info"]["sizes"]["test"]
+    # the latest 20% of the sessions are the test side
+    assert result["split_info"]["sizes"]["test"] == int((times >= np.sort(times)[-rows["n"]]).sum())
+
+
+def test_cli_compare(ds, tmp_path):
+    from trafficlens.evaluation.cli import compare as compare_cmd
+
+    r = CliRunner().invoke(compare_cmd, [str(ds.path), "--models", "rf,nb", "--split", "random", "-o", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    assert "| rf | baseline | stats |" in r.output and (tmp_path / "c" / "report.html").is_file()
+    bad = CliRunner().invoke(compare_cmd, [str(ds.path), "--models", "nope", "-o", str(tmp_path / "d")])
+    assert isinstance(bad.exception, ConfigError)
+
+
+# -- cross-validation ---------------------------------------------------------------------------------
+def test_cv_tests_every_session_once_with_mean_and_spread(ds, tmp_path):
+    from trafficlens.evaluation.cv import cross_validate
+
+    result = cross_validate(ds.path, "rf", tmp_path / "cv", folds=3, split="capture", log=lambda message: None)
+    assert [r["fold"] for r in result["rows"]] == [1, 2, 3]
+    assert sum(r["n"] for r in result["rows"]) == len(ds)  # no duplicates here, so every session once
+    f1 = [r["macro_f1"] for r in result["rows"]]
+    s = result["summary"]["macro_f1"]
+    assert s["mean"] == pytest.approx(np.mean(f1)) and s["std"] == pytest.approx(np.std(f1, ddof=1))
+    assert s["min"] == min(f1) and s["max"] == max(f1) and s["mean"] >= 0.9
+    for name in ("cv.md", "cv.csv", "cv.json", "report.html", "figures/spread.png", "figures/spread.svg",
+                 "fold-1/metrics.json"):
+        assert (tmp_path / "cv" / name).is_file(), name
+    assert "mean ± std" in (tmp_path / "cv" / "cv.md").read_text()
+    page = (tmp_path / "cv" / "report.html").read_text()
+    assert "https://" not in page and len(re.findall(r"src='data:image/png;base64,", page)) == 2
+
+
+def test_cv_deep_model_and_refusals(ds):
+    from trafficlens.evaluation.cv import cross_validate
+
+    result = cross_validate(ds.path, "chen-cnn", None, folds=2, split="random", log=lambda message: None,
+                            max_epochs=1, batch_size=32)
+    assert len(result["rows"]) == 2 and result["summary"]["accuracy"]["std"] >= 0
+    assert sum(r["n"] for r in result["rows"]) == len(ds)
+    with pytest.raises(ConfigError, match="--split time has no k-fold form"):
+        cross_validate(ds.path, "rf", None, split="time", log=lambda message: None)
+    with pytest.raises(ConfigError, match="cv takes one model"):
+        cross_validate(ds.path, "rf,dt", None, log=lambda message: None)
+    with pytest.raises(ConfigError, match="at least 20 capture files"):
+        cross_validate(ds.path, "rf", None, folds=10, log=lambda message: None)
+
+
+def test_one_estimator_interface_for_deep_models_and_baselines(ds):
+    from sklearn.base import clone
+
+    from trafficlens.evaluation.compare import create_estimator
+    from trafficlens.evaluation.features import baseline_features
+
+    rows = np.arange(len(ds))
+    train, test = rows[rows % 4 != 0], rows[rows % 4 == 0]
+    for name, kw in (("dt:header", {}), ("chen-cnn", {"max_epochs": 3, "batch_size": 16, "lr": 3e-3})):
+        est = clone(create_estimator(name, ds, **kw))  # clonable: parameters only, nothing fitted
+        est.fit(train, ds.labels[train])
+        assert list(est.classes_) == list(CLASSES) and est.predict_proba(test).shape == (len(test), 3)
+        assert est.score(test, ds.labels[test]) >= (0.9 if name == "dt:header" else 0.0)
+    direct = create_estimator("dt:header").fit(baseline_features(ds, train, "header"), ds.labels[train])
+    assert np.array_equal(direct.predict(baseline_features(ds, test, "header")),
+                          create_estimator("dt:header", ds).fit(train, ds.labels[train]).predict(test))
+    with pytest.raises(ConfigError, match="unknown model 'svm2'"):
+        create_estimator("svm2")
+
+
+def test_cli_cv(ds, tmp_path):
+    from trafficlens.evaluation.cli import cv as cv_cmd
+
+    r = CliRunner().invoke(cv_cmd, [str(ds.path), "--model", "nb", "--folds", "3", "-o", str(tmp_path / "cv")])
+    assert r.exit_code == 0, r.output
+    assert "| mean ± std |" in r.output and (tmp_path / "cv" / "cv.json").is_file()
+    saved = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert saved["folds"] == 3 and len(saved["rows"]) == 3 and saved["split"] == "capture"

@@ -1,0 +1,34 @@
+"""`trafficlens quickstart` runs the whole pipeline on the bundled sample."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+from click.testing import CliRunner
+
+from trafficlens.cli import cli
+from trafficlens.quickstart import find_sample
+
+
+def test_quickstart_on_the_bundled_sample(tmp_path):
+    sample = find_sample()
+    result = CliRunner().invoke(cli, ["quickstart", "-o", str(tmp_path), "--time-budget", "8"])
+    assert result.exit_code == 0, result.output
+    for step in ("1/4 prep", "2/4 train", "3/4 evaluate", "4/4 predict", "Report:"):
+        assert step in result.output
+    manifest = json.loads((tmp_path / "dataset" / "manifest.json").read_text())
+    assert manifest["config"]["mask"] == "strict" and len(manifest["classes"]) >= 3
+    metrics = json.loads((tmp_path / "run" / "evaluation" / "metrics.json").read_text())
+    assert metrics["split"] == "capture" and metrics["n"] > 0
+    assert (tmp_path / "run" / "evaluation" / "report.html").stat().st_size > 10_000
+    flows = pd.read_csv(tmp_path / "flows.csv")
+    assert len(flows) > 0 and set(flows.label.dropna()) <= set(manifest["classes"]) | {"unknown"}
+    last = sorted(p.name for p in sample.iterdir() if ".pcap" in p.name)[-1]
+    assert set(flows.capture) == {last}  # predict ran on the sample's last capture
+
+
+def test_quickstart_names_a_missing_sample(tmp_path):
+    result = CliRunner().invoke(cli, ["quickstart", "-o", str(tmp_path / "o"), "--sample", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "not a sample folder" in str(result.exception)
