@@ -38,6 +38,8 @@ def make_pair() -> None:
     sh("ip", "link", "del", PAIR[0], check=False)
     sh("ip", "link", "add", PAIR[0], "type", "veth", "peer", "name", PAIR[1])
     for name in PAIR:
+        # no IPv6 on the pair: its router solicitations would be the only traffic before the replay
+        sh("sysctl", "-q", "-w", f"net.ipv6.conf.{name}.disable_ipv6=1", check=False)
         sh("ip", "link", "set", name, "mtu", "9000", "up")
 
 
@@ -56,7 +58,7 @@ def wait_capturing(proc: subprocess.Popen, seconds: float = 1.5) -> None:
 
 def live_run(run: Path, capture: Path, pps: int, out: Path) -> dict:
     proc = subprocess.Popen([sys.executable, "-m", "trafficlens", "live", "--model", str(run), "-i", PAIR[1],
-                             "--idle-exit", "3", "-o", str(out), "--device", "cpu"],
+                             "--idle-exit", "10", "-o", str(out), "--device", "cpu"],
                             stderr=subprocess.PIPE, text=True)
     wait_capturing(proc, 6.0)  # imports torch and loads the model first
     achieved = replay(capture, pps)

@@ -115,3 +115,20 @@ def test_limit_per_class_keeps_rows_aligned(tmp_path):
     assert (ds.column("ts_start").astype(int) == original).all()
     assert (ds.tensor("image")[:, :4].copy().view(np.uint32).ravel() == original).all()
     assert (ds.column("id") == np.arange(80)).all()
+
+
+@pytest.mark.parametrize("width", [1360, 37, 8])
+def test_duplicate_keys_tell_every_one_byte_change_apart(width):
+    from trafficlens.datasets.writer import blake2b_keys, multilinear_keys
+
+    rng = np.random.default_rng(width)
+    base = rng.integers(0, 256, width, dtype=np.uint8)
+    rows = np.repeat(base[None], 2 * width + 2, axis=0)
+    for j in range(width):  # every position changed twice: its lowest bit, then some higher bits
+        rows[2 * j, j] ^= 1
+        rows[2 * j + 1, j] ^= rng.integers(2, 256)
+    for keys_of in (multilinear_keys, blake2b_keys):
+        keys = keys_of(rows)
+        assert len(keys) == len(rows) and all(len(k) == 16 for k in keys)
+        assert len(set(keys)) == 2 * width + 1  # the last two rows are the unchanged base
+        assert keys[-1] == keys[-2] == keys_of(base[None])[0]

@@ -129,3 +129,29 @@ def test_focal_loss():
     assert FocalLoss(gamma=2.0)(easy, torch.tensor([0])) < F.cross_entropy(easy, torch.tensor([0])) / 100
     with pytest.raises(ConfigError, match="loss must be one of"):
         make_loss("hinge", np.ones(3))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_batch_norm_folding_keeps_every_model_s_outputs(name):
+    import copy
+
+    from trafficlens.models.inference import fold_batch_norm, folded_for_inference
+
+    model = create_model(name, num_classes=5, input_shapes=SHAPES)
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():  # trained-looking statistics, so folding has something to do
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    model.eval()
+    xs = batch(model, n=8)
+    folded = copy.deepcopy(model)
+    count = fold_batch_norm(folded)
+    with torch.inference_mode():
+        expect, got = model(*xs), folded(*xs)
+    if count:
+        assert torch.allclose(expect, got, atol=1e-4, rtol=1e-4)
+    chosen = folded_for_inference(model, xs)
+    assert (chosen is model) == (count == 0) and not model.training
+    if name == "chen-cnn":
+        assert count == 6  # four conv + BN, two linear + BN

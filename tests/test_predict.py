@@ -88,3 +88,28 @@ def test_broken_bundle_is_a_one_line_error(run, tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "model.safetensors" in proc.stderr
+
+
+def test_both_prep_backends_give_the_same_rows(run, monkeypatch):
+    """predict takes the compiled backend's batches whole; the Python reference gives the same rows."""
+    clf = Classifier.load(run[0])
+    monkeypatch.setenv("TRAFFICLENS_BACKEND", "python")
+    reference = clf.predict_pcap(SAMPLE, top_k=2)
+    monkeypatch.setenv("TRAFFICLENS_BACKEND", "numba")
+    fast = clf.predict_pcap(SAMPLE, top_k=2)
+    assert len(fast) == len(reference) > 50
+    key = ["capture", "src_ip", "src_port", "dst_port", "ts_start"]
+    a, b = (t.sort_values(key).reset_index(drop=True) for t in (reference, fast))
+    pd.testing.assert_frame_equal(a.drop(columns=["top_k", "confidence"]), b.drop(columns=["top_k", "confidence"]))
+    assert (a.confidence - b.confidence).abs().max() < 1e-5
+
+
+def test_stopping_early_stops_the_reading_thread(run):
+    import threading
+
+    clf = Classifier.load(run[0])
+    before = threading.active_count()
+    batches = clf.iter_predictions(SAMPLE)
+    next(batches)
+    batches.close()
+    assert threading.active_count() == before

@@ -32,3 +32,19 @@ def test_quickstart_names_a_missing_sample(tmp_path):
     result = CliRunner().invoke(cli, ["quickstart", "-o", str(tmp_path / "o"), "--sample", str(tmp_path)])
     assert result.exit_code != 0
     assert "not a sample folder" in str(result.exception)
+
+
+def test_bundled_model_labels_the_bundled_captures():
+    """The committed model (examples/lab/model) loads and rebuilds the tensors it was trained on:
+    on its own sample it must get most sessions right (a broken tensor rebuild gives chance)."""
+    from trafficlens.serving import Classifier
+
+    sample = find_sample()
+    clf = Classifier.load(sample / "model", device="cpu")
+    assert (sample / "model" / "model.safetensors").stat().st_size < 5 * 2**20
+    table = clf.predict_pcap(sample)
+    truth = pd.read_csv(sample / "labels.csv")
+    key = ["src_ip", "src_port", "dst_ip", "dst_port"]
+    merged = table.merge(truth[key + ["application"]], on=key, how="inner")
+    assert len(merged) == len(truth) == 210
+    assert (merged.label == merged.application).mean() > 0.85

@@ -51,15 +51,15 @@ class ExampleBatch:
         return columns, sequence, stats
 
     def meta(self, i: int) -> dict[str, Any]:
-        return _meta_at(self.rows([i])[0], 0)
+        return meta_at(self.rows([i])[0], 0)
 
     def examples(self):
         columns, sequence, stats = self.rows(np.arange(len(self)))
         for i in range(len(self)):
-            yield Example(_meta_at(columns, i), self.image[i], self.packets[i], sequence[i], stats[i])
+            yield Example(meta_at(columns, i), self.image[i], self.packets[i], sequence[i], stats[i])
 
 
-def _meta_at(columns: dict[str, Any], i: int) -> dict[str, Any]:
+def meta_at(columns: dict[str, Any], i: int) -> dict[str, Any]:
     return {k: (v[i].item() if isinstance(v, np.ndarray) else v[i]) for k, v in columns.items()}
 
 
