@@ -88,5 +88,13 @@ def test_slow_classification_times_out(server):
     try:
         status, body = _request(f"{base}/v1/classify", (SAMPLE / "capture-1.pcapng").read_bytes())
         assert status == 408 and "longer than" in body["error"]
+        # the abandoned work stops at its next batch instead of running on in the background
+        import threading
+        import time
+
+        deadline = time.monotonic() + 10
+        while any(t.name.startswith("predict ") for t in threading.enumerate()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(t.name.startswith("predict ") for t in threading.enumerate())
     finally:
         _stop(srv, thread)

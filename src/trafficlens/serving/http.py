@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,15 @@ def create_app(clf: Classifier, *, max_upload_bytes: int = 64 << 20, timeout_s: 
             if size == 0:
                 return error(400, "empty body: POST a pcap or pcapng capture")
 
+            cancelled = threading.Event()
+
             def work() -> list[dict[str, Any]]:
                 rows = []
-                for batch in clf.iter_predictions([name], top_k=top_k, min_confidence=min_confidence):
+                batches = clf.iter_predictions([name], top_k=top_k, min_confidence=min_confidence)
+                for batch in batches:
+                    if cancelled.is_set():  # the client already has its 408: stop reading and inferring
+                        batches.close()
+                        break
                     rows.extend(batch)
                 return rows
 
@@ -76,6 +83,7 @@ def create_app(clf: Classifier, *, max_upload_bytes: int = 64 << 20, timeout_s: 
                 try:
                     rows = await asyncio.wait_for(run_in_threadpool(work), timeout=timeout_s)
                 except asyncio.TimeoutError:
+                    cancelled.set()
                     return error(408, f"classification took longer than {timeout_s} s")
                 except (CaptureError, ConfigError) as exc:
                     return error(400, str(exc).replace(name, "upload"))
