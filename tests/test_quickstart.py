@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 from click.testing import CliRunner
 
@@ -24,8 +25,12 @@ def test_quickstart_on_the_bundled_sample(tmp_path):
     assert (tmp_path / "run" / "evaluation" / "report.html").stat().st_size > 10_000
     flows = pd.read_csv(tmp_path / "flows.csv")
     assert len(flows) > 0 and set(flows.label.dropna()) <= set(manifest["classes"]) | {"unknown"}
-    last = sorted(p.name for p in sample.iterdir() if ".pcap" in p.name)[-1]
-    assert set(flows.capture) == {last}  # predict ran on the sample's last capture
+    # predict ran on one capture of the test side, never seen in training or validation
+    split = np.load(tmp_path / "run" / "split.npy")
+    table = pd.read_parquet(tmp_path / "dataset" / "sessions.parquet")
+    (capture,) = set(flows.capture)
+    assert set(split[table.capture.to_numpy() == capture]) == {2}
+    assert f"{capture} is on the test side" in result.output
 
 
 def test_quickstart_names_a_missing_sample(tmp_path):

@@ -43,6 +43,18 @@ def find_sample(sample: str | os.PathLike | None = None) -> Path:
                       "install from a checkout with `pip install -e .`, or pass --sample DIR)")
 
 
+def held_out_capture(dataset, run_dir: Path, source: Path) -> Path:
+    """A capture file whose sessions are all on the run's test side (the first by name)."""
+    import numpy as np
+
+    side = np.load(run_dir / "split.npy")  # per dataset row: 0 train, 1 validation, 2 test, -1 unused
+    captures = dataset.column("capture").astype(str)
+    test = sorted(set(captures[side == 2]) - set(captures[(side == 0) | (side == 1)]))
+    if test:
+        return source / test[0]
+    return sorted(p for p in source.iterdir() if ".pcap" in p.name)[-1]
+
+
 def quickstart(out: str | os.PathLike, sample: str | os.PathLike | None = None, cfg: QuickstartConfig | None = None,
                log: Callable[[str], None] = print, progress: bool = False) -> dict:
     """Run prep -> train -> evaluate -> predict into `out`; returns where everything went."""
@@ -84,9 +96,9 @@ def quickstart(out: str | os.PathLike, sample: str | os.PathLike | None = None, 
     log(f"    test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro']['f1']:.3f} on {metrics['n']} sessions "
         f"({metrics['split']} split, {metrics['mask']} mask)")
 
-    captures = sorted(p for p in source.iterdir() if p.suffix in (".pcap", ".pcapng", ".gz"))
-    target = captures[-1]
+    target = held_out_capture(dataset, run_dir, source)
     log(f"4/4 predict   trafficlens predict {run_dir} {target} -o {flows}")
+    log(f"    ({target.name} is on the test side of the split: the model never saw it)")
     clf = Classifier.load(run_dir)
     rows = [row for batch in clf.iter_predictions(target) for row in batch]
     write_rows([rows], str(flows))
