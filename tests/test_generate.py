@@ -24,6 +24,7 @@ from trafficlens.errors import ConfigError
 from trafficlens.generate import GenerateConfig
 from trafficlens.generate import labels as lab
 from trafficlens.generate.apps import CLASSES, robot
+from trafficlens.generate.apps.imap import USERS as IMAP_USERS
 from trafficlens.generate.capture import check_frames
 from trafficlens.generate.cli import _range
 from trafficlens.generate.run import plan
@@ -331,6 +332,47 @@ def test_every_available_class_completes_sessions(tmp_path):
     assert {c: v["ok"] for c, v in manifest["sessions"].items()} == {c: 2 for c in ready}, manifest["errors"]
     with open(tmp_path / "lab" / "labels.csv") as fh:
         assert {r["application"] for r in csv.DictReader(fh)} == set(ready)
+
+
+# Plaintext that must not cross the wire in the classes that encrypt after a clear start.
+HIDDEN = {
+    "p2p": [b"BitTorrent protocol"],  # the handshake, hidden by forced RC4 stream encryption
+    "imap": [*(p.encode() for p in IMAP_USERS.values()), b" FETCH ", b"Subject:"],  # login and mail, after STARTTLS
+    "webrtc": [b"a=fingerprint:", b"a=ice-pwd:"],  # the SDP, signalled over HTTPS
+}
+
+
+@live
+@pytest.mark.slow
+def test_webrtc_p2p_imap_encrypt_and_label_every_flow(tmp_path):
+    ready = [c for c in HIDDEN if not CLASSES[c].missing()]
+    if not ready:
+        pytest.skip("none of webrtc, p2p, imap has its dependencies here (pip install aiortc libtorrent; "
+                    "apt-get install dovecot-imapd)")
+    out = tmp_path / "lab"
+    result = CliRunner().invoke(cli, ["generate", "-o", str(out), "--classes", ",".join(ready), "--sessions", "3",
+                                      "--seed", "11"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {c: v["ok"] for c, v in manifest["sessions"].items()} == {c: 3 for c in ready}, manifest["errors"]
+    assert manifest["totals"]["dropped"] == 0 and manifest["totals"]["l4_bad"] == 0
+    with open(out / "labels.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    pcaps = sorted(out.glob("*.pcap"))
+    for name in ready:
+        clients = {r["src_ip"] for r in rows if r["application"] == name}
+        assert len(clients) == 3
+        for pcap in pcaps:
+            assert _plaintext_hits(pcap, clients, HIDDEN[name]) == 0, f"{name}: plaintext in {pcap.name}"
+    if "webrtc" in ready:  # signalling (TCP) and media (UDP) both labelled, for every call
+        by_session: dict[str, set] = {}
+        for r in rows:
+            if r["application"] == "webrtc":
+                by_session.setdefault(r["session"], set()).add(r["protocol"])
+        assert all(protos == {"TCP", "UDP"} for protos in by_session.values()), by_session
+    if "imap" in ready:  # the conversation did start in clear, as STARTTLS does
+        imap_clients = {r["src_ip"] for r in rows if r["application"] == "imap"}
+        assert sum(_plaintext_hits(p, imap_clients, [b"STARTTLS"]) for p in pcaps) >= 3
 
 
 @live

@@ -66,7 +66,10 @@ def discover_any(inputs: list[str | os.PathLike]) -> tuple[list[tuple[str, str, 
     for item in inputs:
         if not is_url(item):
             found, not_captures = discover([item])
-            files += [(str(path.resolve()), relative, path.stat().st_size) for path, relative in found]
+            # Absolute for workers with another cwd, but symlinks kept: messages then name the
+            # file as the local engine does.
+            files += [(str(path) if path.is_absolute() else os.path.abspath(path), relative, path.stat().st_size)
+                      for path, relative in found]
             skipped += not_captures
             continue
         try:

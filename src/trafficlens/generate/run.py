@@ -124,12 +124,13 @@ def _versions() -> dict[str, str]:
 
     out = {"python": platform.python_version(), "kernel": platform.release()}
     for dist in ("trafficlens", "paho-mqtt", "hypercorn", "httpx", "h2", "websockets", "grpcio", "aioquic",
-                 "asyncssh", "dnspython", "cryptography", "trustme"):
+                 "asyncssh", "dnspython", "aiosmtpd", "pyftpdlib", "aiortc", "av", "libtorrent", "cryptography",
+                 "trustme"):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:
             pass
-    for prog, args in (("tcpdump", ["--version"]), ("mosquitto", ["-h"])):
+    for prog, args in (("tcpdump", ["--version"]), ("mosquitto", ["-h"]), ("dovecot", ["--version"])):
         path = shutil.which(prog) or shutil.which(prog, path="/usr/sbin")
         if path:
             text = subprocess.run([path, *args], capture_output=True, text=True).stdout.splitlines()

@@ -57,6 +57,13 @@ CLASSES: dict[str, AppClass] = {c.name: c for c in [
     AppClass("ftps", "ftps", "tcp", (21, 2121), ("download", "upload"), ("pyftpdlib", "OpenSSL"),
              install="pip install pyftpdlib pyopenssl"),
     AppClass("dns", "dns_app", "udp", (53,), ("udp-query", "dot-query"), ("dns",), install="pip install dnspython"),
+    # Listens for signalling over HTTPS on the web ports; the media goes between ephemeral UDP ports.
+    AppClass("webrtc", "webrtc", "tcp", (443, 8443), ("voice-call", "video-call"), ("aiortc", "av", "numpy"),
+             install="pip install aiortc"),
+    AppClass("p2p", "p2p", "tcp", (6881, 51413, 8443), ("download",), ("libtorrent",),
+             install="pip install libtorrent"),
+    AppClass("imap", "imap", "tcp", (143, 1143), ("sync", "fetch-attachment", "append-draft"), (), ("dovecot",),
+             "apt-get install dovecot-imapd"),
 ]}
 
 # Names and SNI values drawn for every class alike, so that no host name marks a class.
