@@ -134,63 +134,6 @@ def prep_in_fresh_process(path: Path, out: Path, backend: str) -> tuple[float, f
     return start, seconds, sessions
 
 
-def count_packets(path: Path) -> int:
-    from trafficlens.capture import CaptureReader
-
-    return sum(1 for _ in CaptureReader(path))
-
-
-def timed(fn):
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
-
-
-def raw_read(path: Path) -> int:
-    from trafficlens.capture import CaptureReader
-
-    n = 0
-    for _ in CaptureReader(path):
-        n += 1
-    return n
-
-
-def read_decode(path: Path) -> int:
-    from trafficlens.capture import CaptureReader, decode
-
-    n = 0
-    for raw in CaptureReader(path):
-        decode(raw)
-        n += 1
-    return n
-
-
-def trafficlens_prep(path: Path, out: Path, backend: str) -> int:
-    from trafficlens.datasets import Dataset
-    from trafficlens.datasets.config import PrepConfig
-    from trafficlens.datasets.prep import prep
-
-    prep([path], out, PrepConfig(), workers=1, overwrite=True, backend=backend)
-    return len(Dataset.open(out))
-
-
-def warm_up(out: Path) -> None:
-    """Compile (or load from numba's disk cache) the numba kernels once, outside the clock: a
-    one-off per install, not per run. Loading the cache and importing numba stay in the timing."""
-    from trafficlens.capture import PcapWriter, build
-    from trafficlens.datasets.config import PrepConfig
-    from trafficlens.datasets.prep import prep
-
-    tiny = out.with_name("warm-up.pcap")
-    with PcapWriter(tiny) as writer:
-        writer.write(build.ethernet(build.tcp_packet(b"warm", flags="PA")), 1.0)
-    import subprocess
-
-    subprocess.run([sys.executable, "-c", "import sys; from trafficlens.datasets.prep import prep; "
-                    "prep([sys.argv[1]], sys.argv[2], workers=1, overwrite=True, backend='numba')",
-                    str(tiny), str(out)], check=True)
-
-
 def nfstream_meter(path: Path) -> int | None:
     try:
         from nfstream import NFStreamer

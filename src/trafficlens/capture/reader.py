@@ -167,7 +167,9 @@ class _Buffer:
         return len(self.data) - self.pos
 
 
-def _read_pcap(buf: _Buffer) -> Iterator[RawPacket]:
+def _pcap_header(buf: _Buffer):
+    """A classic pcap's file header: (byte order, timestamp scale, snap length, link type,
+    largest plausible record, record header unpacker); leaves `buf` at the first record."""
     order, scale = PCAP_MAGICS[buf.data[:4]]
     if not buf.need(24):
         raise _Damage(0, "file header cut short")
@@ -175,7 +177,28 @@ def _read_pcap(buf: _Buffer) -> Iterator[RawPacket]:
     linktype &= 0xFFFF  # the upper bits carry FCS information
     limit = min(max(snaplen, MAX_RECORD), MAX_BLOCK)  # a garbage snap length must not let a record eat memory
     buf.pos = 24
-    record = struct.Struct(order + "IIII").unpack_from
+    return order, scale, snaplen, linktype, limit, struct.Struct(order + "IIII").unpack_from
+
+
+def _pcap_continue(buf: _Buffer, record, limit: int, snaplen: int) -> bool:
+    """Where a fast loop over whole records stopped: False at a clean end of file, True when the
+    next record is whole in the buffer now (loop again); a damaged record raises `_Damage`."""
+    if not buf.need(16):
+        if buf.left():
+            raise _Damage(buf.offset, "record header cut short by the end of file")
+        return False
+    caplen, orig = record(buf.data, buf.pos)[2:]
+    if caplen > limit:
+        raise _Damage(buf.offset, f"record length {caplen} beyond the snap length {snaplen}")
+    if caplen > orig != 0:
+        raise _Damage(buf.offset, f"record length {caplen} beyond its length on the wire {orig}")
+    if not buf.need(16 + caplen):
+        raise _Damage(buf.offset, f"record of {caplen} bytes cut short by the end of file")
+    return True
+
+
+def _read_pcap(buf: _Buffer) -> Iterator[RawPacket]:
+    order, scale, snaplen, linktype, limit, record = _pcap_header(buf)
     while True:
         data, pos = buf.data, buf.pos
         end = len(data)
@@ -190,17 +213,8 @@ def _read_pcap(buf: _Buffer) -> Iterator[RawPacket]:
             yield _new(RawPacket, (sec + frac * scale, data[start:stop], orig, linktype))
             pos = stop
         buf.pos = pos
-        if not buf.need(16):
-            if buf.left():
-                raise _Damage(buf.offset, "record header cut short by the end of file")
+        if not _pcap_continue(buf, record, limit, snaplen):
             return
-        caplen, orig = record(buf.data, buf.pos)[2:]
-        if caplen > limit:
-            raise _Damage(buf.offset, f"record length {caplen} beyond the snap length {snaplen}")
-        if caplen > orig != 0:
-            raise _Damage(buf.offset, f"record length {caplen} beyond its length on the wire {orig}")
-        if not buf.need(16 + caplen):
-            raise _Damage(buf.offset, f"record of {caplen} bytes cut short by the end of file")
 
 
 class _Interface(NamedTuple):

@@ -130,15 +130,7 @@ def prepare_capture(
         report.error = f"{path}: {exc.strerror or exc}"
     report.format = reader.format
     report.packets = reader.packets
-    bad = {k: skipped[k] for k in ("malformed", "truncated") if skipped.get(k)}
-    if bad:
-        # One line per damaged file: the reader's (record damage) with the packet-level count.
-        detail = " and ".join(f"{v} {k}" for k, v in bad.items()) + " packets skipped"
-        if reader.warnings:
-            reader.warnings[-1] += f"; {detail}"
-        else:
-            reader.warnings.append(f"{path}: {detail}")
-    report.warnings = list(reader.warnings)
+    report.warnings = file_warnings(path, reader.warnings, skipped)
     assembler.close()
     featurizer.flush()
     report.dropped = dict(featurizer.dropped)
@@ -149,6 +141,19 @@ def prepare_capture(
 
 
 # -- worker processes ------------------------------------------------------------------------
+def file_warnings(path: Path, warnings: list[str], skipped: dict[str, int]) -> list[str]:
+    """One line per damaged file: the reader's (record damage) with the packet-level count."""
+    warnings = list(warnings)
+    bad = {k: skipped[k] for k in ("malformed", "truncated") if skipped.get(k)}
+    if bad:
+        detail = " and ".join(f"{v} {k}" for k, v in bad.items()) + " packets skipped"
+        if warnings:
+            warnings[-1] += f"; {detail}"
+        else:
+            warnings.append(f"{path}: {detail}")
+    return warnings
+
+
 _worker_state: dict[str, Any] = {}
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import socket
-import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +19,12 @@ from typing import Any, Callable
 
 import numpy as np
 from trafficlens.capture.reader import (
-    MAX_BLOCK,
-    MAX_RECORD,
-    PCAP_MAGICS,
     CaptureReader,
     _Buffer,
     _close,
     _Damage,
+    _pcap_continue,
+    _pcap_header,
 )
 from trafficlens.datasets.config import LAYERS, MASKS, PrepConfig
 from trafficlens.errors import CaptureError
@@ -370,7 +368,7 @@ def warm_up() -> None:
 def prepare_capture_fast(path: Path, relative: str, config: PrepConfig, labeler, emit: Callable[[Example], None],
                          on_reject=None, emit_batch: Callable[[ExampleBatch], None] | None = None):
     """`datasets.prep.prepare_capture` on the compiled backend; the same report, the same examples."""
-    from trafficlens.datasets.prep import FileReport
+    from trafficlens.datasets.prep import FileReport, file_warnings
     from trafficlens.files import sha256_file
 
     report = FileReport(str(path), relative, path.stat().st_size)
@@ -393,14 +391,7 @@ def prepare_capture_fast(path: Path, relative: str, config: PrepConfig, labeler,
         skipped["ip_fragment_first_kept"] = engine.fragments_kept
     report.format = reader.format
     report.packets = reader.packets
-    bad = {k: skipped[k] for k in ("malformed", "truncated") if skipped.get(k)}
-    if bad:
-        detail = " and ".join(f"{v} {k}" for k, v in bad.items()) + " packets skipped"
-        if reader.warnings:
-            reader.warnings[-1] += f"; {detail}"
-        else:
-            reader.warnings.append(f"{path}: {detail}")
-    report.warnings = list(reader.warnings)
+    report.warnings = file_warnings(path, reader.warnings, skipped)
     engine.close()
     report.dropped = dict(engine.dropped)
     report.dropped["retransmission_packets"] = engine.retransmission_packets
@@ -490,14 +481,7 @@ def _read_pcap(reader: CaptureReader, engine: Engine) -> str | None:
 
 
 def _pcap_records(buf: _Buffer, reader: CaptureReader, engine: Engine) -> None:
-    order, scale = PCAP_MAGICS[buf.data[:4]]
-    if not buf.need(24):
-        raise _Damage(0, "file header cut short")
-    snaplen, linktype = struct.unpack_from(order + "II", buf.data, 16)
-    linktype &= 0xFFFF
-    limit = min(max(snaplen, MAX_RECORD), MAX_BLOCK)
-    buf.pos = 24
-    record = struct.Struct(order + "IIII").unpack_from
+    order, scale, snaplen, linktype, limit, record = _pcap_header(buf)
     big = order == ">"
     while True:
         data = np.frombuffer(buf.data, np.uint8)
@@ -511,14 +495,5 @@ def _pcap_records(buf: _Buffer, reader: CaptureReader, engine: Engine) -> None:
             engine.feed(data, offs[:n], caps[:n], origs[:n], times[:n], np.full(n, linktype, np.int64))
             reader.packets += n
         buf.pos = pos
-        if not buf.need(16):
-            if buf.left():
-                raise _Damage(buf.offset, "record header cut short by the end of file")
+        if not _pcap_continue(buf, record, limit, snaplen):
             return
-        caplen, orig = record(buf.data, buf.pos)[2:]
-        if caplen > limit:
-            raise _Damage(buf.offset, f"record length {caplen} beyond the snap length {snaplen}")
-        if caplen > orig != 0:
-            raise _Damage(buf.offset, f"record length {caplen} beyond its length on the wire {orig}")
-        if not buf.need(16 + caplen):
-            raise _Damage(buf.offset, f"record of {caplen} bytes cut short by the end of file")

@@ -7,12 +7,14 @@ needs no change to the models.
 
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 
-class TrafficModel(nn.Module):
+class TrafficModel(nn.Module, metaclass=abc.ABCMeta):
     """Base of every registered network: `forward = forward_head(forward_features(...))`.
 
     Inputs are the dataset tensors named in `inputs`, raw (uint8 bytes, float32 sequences), as
@@ -22,11 +24,13 @@ class TrafficModel(nn.Module):
     inputs: tuple[str, ...] = ()
     num_features: int = 0  # width of forward_head(..., pre_logits=True)
 
+    @abc.abstractmethod
     def forward_features(self, *xs: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The feature map or vector before the head (what fusion models and Grad-CAM take)."""
 
+    @abc.abstractmethod
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        raise NotImplementedError
+        """Logits, or with `pre_logits` the `num_features`-wide vector before the last layer."""
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(*xs))
