@@ -5,12 +5,13 @@
 A veth pair (tlbench0 <-> tlbench1) is created; `tcpreplay` (Debian package `tcpreplay`)
 sends the iot-sentinel packets, repeated with rewritten client addresses (the prep
 benchmark's builder), into tlbench0 at each rate, and `trafficlens live -i tlbench1` decides
-every session at its 6th kept packet with a chen-cnn trained for one epoch (accuracy does not
-change the cost). Reported per rate: the rate tcpreplay achieved, packets the live process
-read, packets libpcap dropped (kernel buffer full), decisions, and the delay from the 6th
-packet's kernel timestamp to its decision written (median, p99). Baseline in the same run:
-`tcpdump -w /dev/null` on the same pair at the same rate, which shows what the replay and
-the kernel alone lose. Needs root (veth, raw capture); the pair is removed at exit.
+every session at its 6th kept packet with each model (trained for one epoch: accuracy does
+not change the cost) and each session engine (`--backend numba`, compiled blocks, against
+`python`, the per-packet reference). Reported per rate: the rate tcpreplay achieved, packets
+the live process read, packets libpcap dropped (kernel buffer full), decisions, and the delay
+from the 6th packet's kernel timestamp to its decision written (median, p99). Baseline in the
+same run: `tcpdump -w /dev/null` on the same pair at the same rate, which shows what the
+replay and the kernel alone lose. Needs root (veth, raw capture); the pair is removed at exit.
 """
 
 from __future__ import annotations
@@ -56,9 +57,9 @@ def wait_capturing(proc: subprocess.Popen, seconds: float = 1.5) -> None:
         sys.exit(f"capture process exited early: {proc.stderr.read() if proc.stderr else ''}")
 
 
-def live_run(run: Path, capture: Path, pps: int, out: Path) -> dict:
+def live_run(run: Path, capture: Path, pps: int, out: Path, backend: str) -> dict:
     proc = subprocess.Popen([sys.executable, "-m", "trafficlens", "live", "--model", str(run), "-i", PAIR[1],
-                             "--idle-exit", "10", "-o", str(out), "--device", "cpu"],
+                             "--idle-exit", "10", "-o", str(out), "--device", "cpu", "--backend", backend],
                             stderr=subprocess.PIPE, text=True)
     wait_capturing(proc, 6.0)  # imports torch and loads the model first
     achieved = replay(capture, pps)
@@ -81,16 +82,18 @@ def tcpdump_run(capture: Path, pps: int) -> dict:
             "dropped": int(dropped.group(1)) if dropped else None}
 
 
-def train_model(work: Path) -> Path:
+def train_model(work: Path, model: str) -> Path:
     from trafficlens.datasets.config import PrepConfig
     from trafficlens.datasets.prep import prep
     from trafficlens.training.config import TrainConfig
     from trafficlens.training.run import train_run
 
-    run = work / "run-chen-cnn"
+    run = work / f"run-{model}"
     if not (run / "config.json").exists():
-        ds = prep([SHARED / "iot-sentinel"], work / "ds", PrepConfig(labels="dir"), overwrite=True)
-        train_run(ds, run, "chen-cnn", TrainConfig(max_epochs=1, split="random"), progress=False, overwrite=True,
+        ds = work / "ds"
+        if not (ds / "manifest.json").exists():
+            prep([SHARED / "iot-sentinel"], ds, PrepConfig(labels="dir"), overwrite=True)
+        train_run(ds, run, model, TrainConfig(max_epochs=1, split="random"), progress=False, overwrite=True,
                   log=lambda m: None)
     return run
 
@@ -99,6 +102,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", default="25000,50000,100000", help="Replay rates in packets/s.")
     parser.add_argument("--size-mb", type=int, default=200, help="Capture size to replay (about 1 M packets per 180 MB).")
+    parser.add_argument("--models", default="chen-cnn,ge-elmo-lstm-attention", help="Registered models to decide with.")
+    parser.add_argument("--backends", default="numba,python", help="Session engines to compare.")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "trafficlens-bench")
     args = parser.parse_args()
     for tool in ("ip", "tcpreplay", "tcpdump"):
@@ -107,26 +112,30 @@ def main() -> None:
     work = args.cache / "live"
     work.mkdir(parents=True, exist_ok=True)
     capture = build_capture(args.cache / f"iot-{args.size_mb}mb.pcap", args.size_mb)
-    run = train_model(work)
+    models = args.models.split(",")
+    runs = {model: train_model(work, model) for model in models}
+    backends = args.backends.split(",")
     make_pair()
     rows = []
     try:
         for pps in (int(r) for r in args.rates.split(",")):
             base = tcpdump_run(capture, pps)
-            live = live_run(run, capture, pps, work / f"live-{pps}.jsonl")
-            rows.append((pps, base, live))
-            print(f"{pps}: tcpdump {base}; live {live}", file=sys.stderr)
+            for model in models:
+                for backend in backends:
+                    live = live_run(runs[model], capture, pps, work / f"live-{pps}.jsonl", backend)
+                    rows.append((pps, model, backend, base, live))
+                    print(f"{pps} {model} {backend}: tcpdump {base}; live {live}", file=sys.stderr)
     finally:
         sh("ip", "link", "del", PAIR[0], check=False)
-    print(f"\ncapture: {capture.name}, {capture.stat().st_size / 2**20:.0f} MB; model chen-cnn (1 epoch), --after 6, CPU")
-    print("| target pps | achieved pps | tcpdump dropped | live packets read | live dropped (libpcap) | decisions "
-          "| delay median ms | delay p99 ms |")
-    print("|---|---|---|---|---|---|---|---|")
-    for pps, base, live in rows:
+    print(f"\ncapture: {capture.name}, {capture.stat().st_size / 2**20:.0f} MB; models trained 1 epoch, --after 6, CPU")
+    print("| target pps | model | engine | achieved pps | tcpdump dropped | live packets read | live dropped (libpcap) "
+          "| decisions | delay median ms | delay p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for pps, model, backend, base, live in rows:
         cap = live.get("capture", {})
-        print(f"| {pps:,} | {live['achieved_pps']:,.0f} | {base['dropped']} | {live['packets']:,} | {cap.get('dropped')} "
-              f"| {live['decisions']:,} | {live['delay_ms_median']:.2f} | {live['delay_ms_p99']:.2f} |")
-
+        print(f"| {pps:,} | {model} | {backend} | {live['achieved_pps']:,.0f} | {base['dropped']} | {live['packets']:,} "
+              f"| {cap.get('dropped')} | {live['decisions']:,} | {live['delay_ms_median']:.2f} "
+              f"| {live['delay_ms_p99']:.2f} |")
 
 if __name__ == "__main__":
     main()

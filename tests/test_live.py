@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
 
-from captures import tcp_frame, tcp_session, write_pcap
+from captures import tcp_frame, tcp_session, udp_frame, write_pcap
 from test_predict import SAMPLE, run  # noqa: F401  (the trained bundle fixture)
 from trafficlens.errors import CaptureError
+from trafficlens.fast import numba_available
 from trafficlens.serving import Classifier
 from trafficlens.serving.live import LiveClassifier, interface, replay
 
+# Every behaviour holds for both session engines: the Python reference and the compiled one.
+BACKENDS = ["python", pytest.param("numba", marks=pytest.mark.skipif(not numba_available(), reason="numba not installed"))]
 
-def test_replay_decides_every_session_at_the_mth_packet(run):  # noqa: F811
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_replay_decides_every_session_at_the_mth_packet(run, backend):  # noqa: F811
     clf = Classifier.load(run[0])
     rows = []
-    stats = LiveClassifier(clf, rows.append, after=6).run(replay(SAMPLE / "capture-2.pcapng", speed=None))
+    stats = LiveClassifier(clf, rows.append, after=6, backend=backend).run(replay(SAMPLE / "capture-2.pcapng", speed=None))
     assert stats.decisions == len(rows) == 28 == stats.decided_early
     assert {r["trigger"] for r in rows} == {"after"} and all(r["packets"] == 6 for r in rows)
     assert stats.summary()["delay_ms_median"] is not None
@@ -27,25 +33,99 @@ def test_replay_decides_every_session_at_the_mth_packet(run):  # noqa: F811
     assert agree >= 0.9 * len(rows)
 
 
-def test_short_sessions_decided_at_their_end_with_reasons(run, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_short_sessions_decided_at_their_end_with_reasons(run, tmp_path, backend):  # noqa: F811
     # 4 kept packets (SYN, SYN-ACK, request, response): never reaches M=6, under min_packets=5
     capture = write_pcap(tmp_path / "short.pcap", tcp_session(requests=(b"hi",), responses=(b"yo",), close=False))
     rows = []
-    LiveClassifier(Classifier.load(run[0]), rows.append, after=6).run(replay(capture, speed=None))
+    LiveClassifier(Classifier.load(run[0]), rows.append, after=6, backend=backend).run(replay(capture, speed=None))
     assert len(rows) == 1 and rows[0]["trigger"] == "end"
     assert rows[0]["status"] == "not_judged" and rows[0]["reason"] == "fewer packets than the model's min_packets"
 
 
-def test_state_is_bounded_by_eviction(run, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_state_is_bounded_by_eviction(run, tmp_path, backend):  # noqa: F811
     frames = []
     for i in range(50):  # 50 concurrent sessions, each one payload packet so far
         frames.append((i * 0.001, tcp_frame(b"x" * 40, sport=20000 + i, seq=1, flags="PA")))
     capture = write_pcap(tmp_path / "many.pcap", frames)
     rows = []
-    live = LiveClassifier(Classifier.load(run[0]), rows.append, after=6, max_sessions=10)
-    stats = live.run(replay(capture, speed=None))
-    assert stats.evicted >= 40 and len(live._assembler.sessions) == 0
+    live = LiveClassifier(Classifier.load(run[0]), rows.append, after=6, max_sessions=10, backend=backend)
+    held = []
+    stats = live.run(_watching(replay(capture, speed=None), lambda: held.append(live.tracked_sessions)))
+    assert stats.evicted >= 40 and live.tracked_sessions == 0
+    assert max(held) <= 10 + (50 if backend == "numba" else 0)  # the compiled engine evicts after each block
     assert len(rows) == 50  # evicted sessions are still decided, not lost
+    # the oldest sessions went first: their rows came before the last ten's
+    assert sorted(r["src_port"] for r in rows[:40]) == list(range(20000, 20040))
+
+
+def _watching(packets, look):
+    for packet in packets:
+        yield packet
+        look()
+
+
+def _mixed_capture(path):
+    """A session that reaches M=6 (with an out-of-order and a retransmitted segment before it)
+    and goes on in the same block, a short one, UDP flows and an empty UDP one: every kind of row."""
+    frames = []
+    long = tcp_session(sport=41000, requests=tuple(b"req %d " % i + b"a" * 90 for i in range(8)),
+                       responses=tuple(b"resp %d " % i + b"b" * 300 for i in range(8)))
+    long[3], long[6] = (long[3][0], long[6][1]), (long[6][0], long[3][1])  # 2nd request before the 1st
+    long.append((long[7][0] + 0.001, long[3][1]))  # and the 2nd again: a retransmission
+    short = tcp_session(sport=41001, t0=0.05, requests=(b"hi",), responses=(b"yo",), close=False)
+    frames += long + short
+    frames += [(0.2 + i * 0.01, udp_frame(b"q" * (30 + i), sport=5000 + (i % 3))) for i in range(24)]
+    frames += [(0.3, udp_frame(b"", sport=6000))]
+    frames.sort(key=lambda f: f[0])
+    return write_pcap(path, frames)
+
+
+def test_both_engines_give_the_same_rows(run, tmp_path):  # noqa: F811
+    if not numba_available():
+        pytest.skip("numba not installed")
+    clf = Classifier.load(run[0])
+    captures = [SAMPLE / "capture-2.pcapng", _mixed_capture(tmp_path / "mixed.pcap")]
+    results = {}
+    for backend in ("python", "numba"):
+        rows = []
+        for capture in captures:
+            LiveClassifier(clf, rows.append, after=6, backend=backend).run(replay(capture, speed=None))
+        for row in rows:
+            row.pop("delay_ms")
+        results[backend] = sorted(rows, key=lambda r: (r["capture"], r["ts_start"], r["src_port"], r["trigger"]))
+    python, numba = results["python"], results["numba"]
+    assert len(python) == len(numba) > 30
+    assert {r["trigger"] for r in python} == {"after", "end"} and {r["status"] for r in python} >= {"ok", "not_judged"}
+    for a, b in zip(python, numba):
+        assert {k: v for k, v in a.items() if k not in ("confidence", "top_k")} == \
+            {k: v for k, v in b.items() if k not in ("confidence", "top_k")}
+        assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-5)
+
+
+def test_quiet_line_ends_idle_sessions(run, tmp_path):  # noqa: F811
+    """With the compiled engine a quiet source (heartbeats only) still ends idle sessions: their
+    decision comes while the source is silent, not at its end."""
+    if not numba_available():
+        pytest.skip("numba not installed")
+    clf = Classifier.load(run[0])
+    clf.prep_config = dataclasses.replace(clf.prep_config, idle_timeout=0.5)
+    capture = write_pcap(tmp_path / "idle.pcap", tcp_session(requests=(b"x" * 80,), responses=(b"y" * 80,), close=False))
+    decided_at = []
+    ended = []
+
+    def source():
+        yield from replay(capture, speed=None)
+        start = time.monotonic()
+        while time.monotonic() - start < 2.5:
+            yield None
+            time.sleep(0.01)
+        ended.append(time.monotonic())
+
+    LiveClassifier(clf, lambda row: decided_at.append((time.monotonic(), row)), after=6, backend="numba").run(source())
+    assert len(decided_at) == 1 and decided_at[0][1]["trigger"] == "end"
+    assert decided_at[0][0] < ended[0] - 0.5
 
 
 def test_replay_keeps_the_recorded_pace(tmp_path):

@@ -76,6 +76,8 @@ class Engine:
         self.SFREE = np.arange(slots - 1, -1, -1, dtype=np.int64)
         self.RN = np.zeros(2 * slots, np.int64)
         self.EMIT = np.zeros(slots, np.int64)
+        self.TRIG = np.zeros(slots, np.int64)  # live: sessions whose `after`-th packet came (LiveEngine)
+        self.after = 0  # no trigger in prep
         self.K = np.zeros(kn.NK, np.int64)
         self.K[kn.K_NSFREE] = slots
         self.PK, self.PT = _pool(nodes, 3, kn.P_NEXT)
@@ -111,7 +113,7 @@ class Engine:
                 data, offs, times, D, i, n, self.HT, self.SI, self.SF, self.SFREE, self.PK, self.PT,
                 self.ST, self.STT, self.arena, self.R, self.RN, self.EMIT, self.K, self.scratch,
                 self.bidir, float(cfg.idle_timeout), self.store_packets, cfg.image_bytes, self.view_limit,
-                self.layer, self.mask,
+                self.layer, self.mask, self.TRIG, self.after,
             )
             if code == kn.DONE:
                 break
@@ -147,6 +149,7 @@ class Engine:
             self.RN = np.concatenate([self.RN, np.zeros(2 * old, np.int64)])
             kn.extend_ranges(self.R, 2 * old)
             self.EMIT = np.concatenate([self.EMIT, np.zeros(old, np.int64)])
+            self.TRIG = np.concatenate([self.TRIG, np.zeros(old, np.int64)])
             self.HT = np.full(4 * new, kn.HT_EMPTY, np.int64)
             kn.rebuild_table(self.HT, self.SI, K)
         elif code == kn.NEED_PACKET:
@@ -213,10 +216,21 @@ class Engine:
         kn.free_sessions(slots, SI, self.PK, self.ST, self.SFREE, self.K)
 
     def _tensors(self, chosen: np.ndarray, labels: list[str | None]) -> None:
+        batch = self._batch(chosen, labels)
+        if self.emit_batch is not None:
+            self.emit_batch(batch)
+        else:
+            for example in batch.examples():
+                self.emit(example)
+
+    def _batch(self, chosen: np.ndarray, labels: list[str | None], after: int = 0) -> ExampleBatch:
+        """The tensors of sessions `chosen`; `after` > 0: of each one's first `after` kept packets, as
+        it was at its live trigger (its metadata too: packets, bytes, payload, times)."""
         cfg = self.config
         n = len(chosen)
         SI = self.SI
-        total = int(SI[chosen, kn.C_NPK].sum())
+        npk = SI[chosen, kn.C_NPK]
+        total = int((np.minimum(npk, after) if after > 0 else npk).sum())
         # image and packets rows side by side in one buffer: the writer hashes each session's
         # image + packets bytes, and this spares it a copy of the whole batch
         both = np.zeros((n, cfg.image_bytes + cfg.packets * cfg.packet_bytes), np.uint8)
@@ -228,16 +242,20 @@ class Engine:
         flags = np.empty(total, np.uint8)
         lengths = np.empty(n, np.int64)
         kn.build_tensors(chosen, SI, self.PK, self.PT, self.ST, self.STT, self.arena, cfg.image_bytes,
-                         cfg.packets, cfg.packet_bytes, images, rows, times, sizes, dirs, flags, lengths)
-        details = _Details(self.capture, SI[chosen], self.SF[chosen], labels, times, sizes, dirs, flags, lengths,
-                           cfg.sequence_length)
+                         cfg.packets, cfg.packet_bytes, images, rows, times, sizes, dirs, flags, lengths, after)
+        si, sf = SI[chosen], self.SF[chosen]
+        if after > 0 and n:
+            starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+            si[:, kn.C_NPK] = lengths
+            si[:, kn.C_BYTES] = np.add.reduceat(sizes, starts)
+            si[:, kn.C_FWD] = np.add.reduceat((dirs == 0).astype(np.int64), starts)
+            si[:, kn.C_PAY] = si[:, kn.C_TPAY]
+            sf[:, kn.F_TMIN] = np.minimum.reduceat(times, starts)
+            sf[:, kn.F_TMAX] = np.maximum.reduceat(times, starts)
+        details = _Details(self.capture, si, sf, labels, times, sizes, dirs, flags, lengths, cfg.sequence_length)
         batch = ExampleBatch(images, rows, labels, details)
         batch.both = both
-        if self.emit_batch is not None:
-            self.emit_batch(batch)
-        else:
-            for example in batch.examples():
-                self.emit(example)
+        return batch
 
     def _meta(self, slot: int) -> dict[str, Any]:
         """tensors.session_meta for one session (labels that read the 5-tuple, rejects)."""

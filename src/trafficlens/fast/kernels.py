@@ -35,7 +35,8 @@ C_BASE0, C_HASB0 = 15, 17  # per direction: 15, 16 and 17, 18
 C_OOO, C_RETR, C_PACKS, C_PAY, C_NPK, C_BYTES, C_FWD = 19, 20, 21, 22, 23, 24, 25
 C_STB, C_STNE, C_NST, C_PHEAD, C_PTAIL, C_SHEAD, C_STAIL = 26, 27, 28, 29, 30, 31, 32
 C_KEY = 33  # 12 columns
-NI = 45
+C_TNST, C_TPAY = 45, 46  # stored views and payload bytes when the live trigger (M-th kept packet) fired
+NI = 47
 F_START, F_LAST, F_TMIN, F_TMAX = 0, 1, 2, 3
 NF = 4
 # packet pool columns; stored-view pool columns
@@ -43,7 +44,8 @@ P_SIZE, P_DIRFLAGS, P_NEXT = 0, 1, 2
 E_DIR, E_REL, E_HASREL, E_OFF, E_LEN, E_NEXT = 0, 1, 2, 3, 4, 5
 # counters
 K_SERIAL, K_SINCE, K_RETR, K_PACK, K_STARTED, K_PFREE, K_EFREE, K_NSFREE, K_NEMIT, K_ARENA, K_FRAGKEPT, K_HTUSED = range(12)
-NK = 12
+K_NTRIG = 12
+NK = 13
 HT_EMPTY, HT_DELETED = -1, -2  # entries of the session table besides slot numbers
 # return codes of `assemble`
 DONE, NEED_SLOT, NEED_PACKET, NEED_STORED, NEED_ARENA = 0, 1, 2, 3, 4
@@ -63,7 +65,7 @@ def _u32(b, i, big):
     return (np.int64(b[i + 3]) << 24) | (np.int64(b[i + 2]) << 16) | (np.int64(b[i + 1]) << 8) | np.int64(b[i])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def scan_pcap(data, pos, big, scale, limit, offs, caps, origs, times):
     """Records wholly in `data` from `pos` (reader._read_pcap's inner loop); (count, stop position)."""
     end = data.size
@@ -297,7 +299,7 @@ def _decode_one(d, f, n, orig, linktype, out):
     return 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def decode_block(data, offs, caps, origs, linktypes, n, out):
     """Decode packets 0..n-1 into `out` (n, ND); column D_CODE is 0 or the skip reason."""
     for i in range(n):
@@ -601,6 +603,28 @@ def _flush_idle(now, timeout, HT, SI, SF, EMIT, K):
 
 
 @njit(cache=True)
+def flush_idle(now, timeout, HT, SI, SF, EMIT, K):
+    """SessionAssembler.flush_idle: every session silent for longer than `timeout` at time `now`."""
+    _flush_idle(now, timeout, HT, SI, SF, EMIT, K)
+
+
+@njit(cache=True)
+def evict_oldest(count, HT, SI, SF, EMIT, K):
+    """SessionAssembler._evict: the `count` least recently active sessions end (bounded live state)."""
+    slots = _live_in_order(SI, SF, np.inf)
+    last = np.empty(slots.size, np.float64)
+    for j in range(slots.size):
+        last[j] = SF[slots[j], F_LAST]
+    order = np.argsort(last, kind="mergesort")
+    count = min(count, slots.size)
+    for j in range(count):
+        slot = slots[order[j]]
+        _remove(HT, SI, slot)
+        _emit(slot, SI, EMIT, K)
+    return count
+
+
+@njit(cache=True)
 def close_all(HT, SI, SF, EMIT, K):
     """SessionAssembler.close: every live session, oldest first (stable: ties in dict order)."""
     slots = _live_in_order(SI, SF, np.inf)
@@ -614,10 +638,14 @@ def close_all(HT, SI, SF, EMIT, K):
     K[K_HTUSED] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def assemble(data, offs, times, D, first, n, HT, SI, SF, SFREE, PK, PT, ST, STT, arena, R, RN, EMIT, K,
-             scratch, bidir, timeout, store_packets, store_bytes, view_limit, layer, mask):
-    """SessionAssembler.add for packets first..n-1 (skipped ones ignored); (code, next packet)."""
+             scratch, bidir, timeout, store_packets, store_bytes, view_limit, layer, mask, TRIG, after):
+    """SessionAssembler.add for packets first..n-1 (skipped ones ignored); (code, next packet).
+
+    `after` > 0 (live): a session whose `after`-th packet is kept goes into TRIG, with what it
+    had stored then, so that it can be decided on exactly those packets (LiveClassifier's
+    snapshot) however many more arrive in the same block. A slot triggers once per life."""
     for i in range(first, n):
         row = D[i]
         if row[D_CODE] != 0:
@@ -752,6 +780,11 @@ def assemble(data, offs, times, D, first, n, HT, SI, SF, SFREE, PK, PT, ST, STT,
                 s[C_STB] += full
                 s[C_STNE] += 1
                 s[C_NST] += 1
+        if s[C_NPK] == after:
+            s[C_TNST] = s[C_NST]
+            s[C_TPAY] = s[C_PAY]
+            TRIG[K[K_NTRIG]] = slot
+            K[K_NTRIG] += 1
         K[K_SINCE] += 1
         if K[K_SINCE] >= IDLE_SCAN_EVERY:
             K[K_SINCE] = 0
@@ -790,10 +823,11 @@ def _stable_order(keys_f, keys_i, idx, use_float):
         idx[b + 1] = v
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def build_tensors(slots, SI, PK, PT, ST, STT, arena, image_bytes, packets, packet_bytes,
-                  images, rows, times, sizes, dirs, flags, lengths):
-    """Tensors.Featurizer._byte_rows (after Session.ordered_views) and the packet arrays of each slot."""
+                  images, rows, times, sizes, dirs, flags, lengths, after):
+    """Tensors.Featurizer._byte_rows (after Session.ordered_views) and the packet arrays of each slot;
+    `after` > 0: of its first `after` kept packets only (a session as it was at its live trigger)."""
     p = 0
     ts = np.empty(MAX_STORED, np.float64)
     dr = np.empty(MAX_STORED, np.int64)
@@ -811,7 +845,8 @@ def build_tensors(slots, SI, PK, PT, ST, STT, arena, image_bytes, packets, packe
         # kept packets, in arrival order
         node = s[C_PHEAD]
         count = 0
-        while node >= 0:
+        limit = s[C_NPK] if after <= 0 else min(after, s[C_NPK])
+        while node >= 0 and count < limit:
             times[p] = PT[node]
             sizes[p] = PK[node, P_SIZE]
             dirs[p] = PK[node, P_DIRFLAGS] >> 8
@@ -821,7 +856,7 @@ def build_tensors(slots, SI, PK, PT, ST, STT, arena, image_bytes, packets, packe
             node = PK[node, P_NEXT]
         lengths[j] = count
         # stored views: by time, then TCP payload segments of each direction in sequence order
-        k = s[C_NST]
+        k = s[C_NST] if after <= 0 else s[C_TNST]
         e = s[C_SHEAD]
         for i in range(k):
             ts[i] = STT[e]

@@ -98,12 +98,22 @@ class Classifier:
 
     def _rows_for_batch(self, batch: ExampleBatch, top_k: int, min_confidence: float) -> list[dict[str, Any]]:
         """Rows for the compiled backend's batches: tensors as built, no per-session objects."""
-        columns, sequence, stats = batch.rows(np.arange(len(batch)))
-        built = {"image": batch.image, "packets": batch.packets, "sequence": sequence, "stats": stats}
-        metas = [meta_at(columns, i) for i in range(len(batch))]
+        return self._rows_for_batches([batch], top_k, min_confidence)
+
+    def _rows_for_batches(self, batches: list[ExampleBatch], top_k: int, min_confidence: float) -> list[dict[str, Any]]:
+        """Rows for several batches, inferred together (live hands over many small ones)."""
+        metas: list[dict[str, Any]] = []
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in self.inputs}
+        for batch in batches:
+            columns, sequence, stats = batch.rows(np.arange(len(batch)))
+            built = {"image": batch.image, "packets": batch.packets, "sequence": sequence, "stats": stats}
+            metas += [meta_at(columns, i) for i in range(len(batch))]
+            for name in self.inputs:
+                parts[name].append(built[name])
+        tensors = {name: np.concatenate(arrays) if len(arrays) > 1 else arrays[0] for name, arrays in parts.items()}
         rows: list[dict[str, Any]] = []
-        for i in range(0, len(batch), _BATCH):
-            part = {name: built[name][i : i + _BATCH] for name in self.inputs}
+        for i in range(0, len(metas), _BATCH):
+            part = {name: tensors[name][i : i + _BATCH] for name in self.inputs}
             rows += self._rows(metas[i : i + _BATCH], part, top_k, min_confidence)
         return rows
 

@@ -62,11 +62,13 @@ def serve(run, host, port, max_upload_mb, timeout_s, top_k, min_confidence, devi
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--max-batch", type=click.IntRange(1), default=256, show_default=True, help="Sessions decided together at most.")
+@click.option("--max-batch", type=click.IntRange(1), default=256, show_default=True, help="Hand ready sessions to the model once this many wait (more when it is behind).")
 @click.option("--max-wait-ms", type=click.FloatRange(0), default=1.0, show_default=True, help="How long a ready session may wait for others to share its batch while the model is idle.")
 @click.option("--idle-exit", type=click.FloatRange(min=0, min_open=True), default=None, help="With -i: stop after this many seconds without packets.")
+@click.option("--backend", type=click.Choice(["numba", "python"]), default=None,
+              help="Session engine: compiled blocks (numba, the default when installed) or the Python reference.")
 def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, top_k, min_confidence, device, max_batch,
-         max_wait_ms, idle_exit):
+         max_wait_ms, idle_exit, backend):
     """Classify live traffic (or a replayed capture) session by session, as packets arrive."""
     import json
     import sys
@@ -77,7 +79,10 @@ def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, top_k, m
 
     if (iface is None) == (replay_path is None):
         raise ConfigError("live needs exactly one source: -i INTERFACE or -r CAPTURE")
-    source = live_mod.Interface(iface, bpf=bpf, idle_exit=idle_exit) if iface else live_mod.replay(replay_path, speed or None)
+    if iface:
+        source = live_mod.Interface(iface, bpf=bpf, idle_exit=idle_exit)
+    else:
+        source = live_mod.replay(replay_path, speed or None, heartbeats=True)
     clf = Classifier.load(run, device=device)
     if clf.device.type == "cpu":
         import torch
@@ -87,12 +92,12 @@ def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, top_k, m
 
     def sink(row):
         fh.write(json.dumps(row) + "\n")
-        fh.flush()
 
     try:
         stats = live_mod.LiveClassifier(clf, sink, after=after, max_sessions=max_sessions, top_k=top_k,
                                         min_confidence=min_confidence, name=iface or replay_path, max_batch=max_batch,
-                                        max_wait_ms=max_wait_ms, clock="capture" if iface else "arrival").run(source)
+                                        max_wait_ms=max_wait_ms, clock="capture" if iface else "arrival",
+                                        backend=backend, flush=fh.flush).run(source)
     finally:
         if fh is not sys.stdout:
             fh.close()

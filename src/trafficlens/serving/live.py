@@ -4,7 +4,9 @@ Packets come from an interface (libpcap through pcapy-ng, whose wheel bundles li
 a capture replayed at its recorded pace. A session is decided when its `after`-th packet is
 kept (the papers classify on the first 6 packets), or when it ends or idles out if it never
 gets that far. State is bounded: sessions expire after the model's idle timeout, and past
-`max_sessions` the least recently active are evicted (and counted).
+`max_sessions` the least recently active are evicted (and counted). Sessions are assembled by
+prep's compiled engine in blocks of packets (`trafficlens.fast.live`), or packet by packet by
+the Python reference (`backend="python"`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
+
 from trafficlens.capture.decode import decode
 from trafficlens.capture.reader import CaptureReader, RawPacket
 from trafficlens.errors import CaptureError
@@ -28,8 +32,10 @@ from trafficlens.flows.session import Session
 from trafficlens.serving.classifier import _REASONS, Classifier
 
 
-def replay(path: str | os.PathLike, speed: float | None = 1.0) -> Iterator[RawPacket]:
-    """The packets of a capture, released at their recorded pace (`speed` x); None: at once."""
+def replay(path: str | os.PathLike, speed: float | None = 1.0, heartbeats: bool = False) -> Iterator[RawPacket | None]:
+    """The packets of a capture, released at their recorded pace (`speed` x); None: at once.
+    `heartbeats`: a `None` before each pause, as an interface's read timeout gives, so that a
+    consumer working in blocks hands over what it has instead of waiting for more."""
     start_wall = start_ts = None
     for packet in CaptureReader(path):
         if speed is not None:
@@ -37,6 +43,8 @@ def replay(path: str | os.PathLike, speed: float | None = 1.0) -> Iterator[RawPa
                 start_wall, start_ts = time.perf_counter(), packet.ts
             wait = (packet.ts - start_ts) / speed - (time.perf_counter() - start_wall)
             if wait > 0:
+                if heartbeats:
+                    yield None
                 time.sleep(wait)
         yield packet
 
@@ -90,6 +98,30 @@ class Interface:
         received, dropped, if_dropped = self._handle.stats()
         return {"received": int(received), "dropped": int(dropped), "if_dropped": int(if_dropped)}
 
+    def blocks(self) -> Iterator[tuple[np.ndarray, ...] | None]:
+        """libpcap's batches as arrays for the compiled engine (data, offsets, caplens, lengths,
+        times), without a Python object per packet; `None` when the line is quiet."""
+        from trafficlens.fast.live import block_from_pcapy
+
+        handle = self._handle
+        if not hasattr(handle, "next_batch"):  # an old pcapy: packet by packet
+            yield from packet_blocks(self, self.linktype)
+            return
+        handle.setnonblock(1)
+        fd = handle.getfd()
+        last = time.monotonic()
+        while True:
+            block = block_from_pcapy(*handle.next_batch(512), self.linktype)
+            if block is not None:
+                last = time.monotonic()
+                yield block
+                continue
+            if select.select([fd], [], [], 0.01)[0]:
+                continue
+            if self.idle_exit is not None and time.monotonic() - last > self.idle_exit:
+                return
+            yield None
+
     def __iter__(self) -> Iterator[RawPacket | None]:
         handle, linktype = self._handle, self.linktype
         batched = hasattr(handle, "next_batch")
@@ -131,6 +163,42 @@ def interface(name: str, snaplen: int = 65535, bpf: str | None = None) -> Iterat
     return iter(Interface(name, snaplen, bpf))
 
 
+def packet_blocks(packets: Iterable[RawPacket | None], linktype: int | None = None,
+                  size: int = 512) -> Iterator[tuple[np.ndarray, ...] | None]:
+    """Packets gathered into blocks for the compiled engine: a block ends at `size` packets, at a
+    heartbeat (`None`, passed on after it) and at the end. A change of link type ends one too."""
+    datas: list[bytes] = []
+    times: list[float] = []
+    origs: list[int] = []
+    kind = linktype
+
+    def block():
+        caps = np.fromiter(map(len, datas), np.int64, len(datas))
+        offs = np.zeros(len(datas), np.int64)
+        np.cumsum(caps[:-1], out=offs[1:])
+        out = (np.frombuffer(b"".join(datas), np.uint8), offs, caps, np.array(origs, np.int64),
+               np.array(times, np.float64), np.full(len(datas), kind, np.int64))
+        datas.clear(), times.clear(), origs.clear()
+        return out
+
+    for raw in packets:
+        if raw is None:
+            if datas:
+                yield block()
+            yield None
+            continue
+        if raw.linktype != kind and datas:
+            yield block()
+        kind = raw.linktype
+        datas.append(raw.data)
+        times.append(raw.ts)
+        origs.append(raw.orig_len)
+        if len(datas) >= size:
+            yield block()
+    if datas:
+        yield block()
+
+
 def _snapshot(s: Session) -> Session:
     """A copy of a session as it is now: deciding in batches must not see packets that came later."""
     snap = copy.copy(s)
@@ -154,27 +222,47 @@ class LiveStats:
                 "evicted_sessions": self.evicted, "delay_ms_median": pick(0.5), "delay_ms_p99": pick(0.99)}
 
 
+@dataclass
+class _Ready:
+    """Sessions waiting for the model: Examples (Python engine), an ExampleBatch (compiled
+    engine) or rejection metas; one trigger ("after" / "end") and one stamp per session."""
+
+    kind: str  # "examples", "batch" or "rejected"
+    items: Any
+    triggers: list[str]
+    stamps: list[float]
+
+
 class LiveClassifier:
     """Feed packets, get one decision row per session through `sink` as soon as possible.
 
     Two threads share the work: the caller's thread reads packets, assembles sessions and
     builds the tensors of sessions that are ready (M-th packet, end, idle-out, eviction); a
     worker thread runs inference and writes rows, so capture never waits for the model
-    (PyTorch releases the GIL while it computes). Ready sessions are handed over together:
-    at once when the worker is idle and the oldest has waited `max_wait_ms`, or as soon as
-    `max_batch` are waiting; at most two batches are queued, so memory stays bounded and a
-    model slower than the traffic shows up as capture drops, not as a growing backlog. A
-    session is frozen at its trigger, so a batch decides exactly the packets it had then.
+    (PyTorch and the compiled kernels release the GIL while they compute). Ready sessions are
+    handed over together: at once when the worker is idle and the oldest has waited
+    `max_wait_ms`, or as soon as `max_batch` are waiting. At most two jobs are queued; behind
+    them ready sessions gather (a burst is absorbed, and the model catches up with bigger
+    batches) up to `max_backlog`, past which capture waits for the model: memory stays bounded,
+    and a model slower than the traffic for long shows up as capture drops. A session is
+    decided on exactly the packets it had at its trigger.
     Delays are measured from the trigger packet's timestamp when `clock="capture"` (the
     kernel's, for an interface: time queued in the capture buffer counts) or from when it was
-    read (`"arrival"`, for replays) to its row handed to `sink` (called from the worker thread).
-    For small batches on CPU, one intra-op thread (`torch.set_num_threads(1)`) is fastest;
-    the `live` command sets it.
+    read (`"arrival"`, for replays) to its row handed to `sink` (called from the worker thread;
+    `flush`, when given, after each batch of rows).
+
+    `backend`: "numba" (the default when installed) decodes and assembles blocks of packets in
+    the compiled engine (`trafficlens.fast.live`), "python" packet by packet in the reference
+    assembler; both give the same rows. For small batches on CPU, one intra-op thread
+    (`torch.set_num_threads(1)`) is fastest; the `live` command sets it.
     """
 
     def __init__(self, clf: Classifier, sink: Callable[[dict[str, Any]], None], *, after: int = 6,
                  max_sessions: int = 100_000, top_k: int = 1, min_confidence: float = 0.0, name: str = "live",
-                 max_batch: int = 256, max_wait_ms: float = 1.0, clock: str = "arrival"):
+                 max_batch: int = 256, max_wait_ms: float = 1.0, clock: str = "arrival", backend: str | None = None,
+                 flush: Callable[[], None] | None = None, max_backlog: int = 50_000):
+        from trafficlens.fast import resolve_backend
+
         if clock not in ("arrival", "capture"):
             raise ValueError(f"clock must be 'arrival' or 'capture', got {clock!r}")
         self.clf = clf
@@ -183,59 +271,123 @@ class LiveClassifier:
         self.top_k = top_k
         self.min_confidence = min_confidence
         self.max_batch = max_batch
+        self.max_backlog = max_backlog
         self.max_wait = max_wait_ms / 1000
         self.clock = clock
+        self.backend = resolve_backend(backend)
+        self.flush = flush
         self.stats = LiveStats()
-        self._decided: set[int] = set()
-        self._ready: list[tuple[Session, str, float]] = []  # (frozen session, trigger, stamp)
-        self._stamp = 0.0  # wall time of the packet being added
-        self._examples: list[Example] = []
-        self._rejected: list[dict[str, Any]] = []
-        self._featurizer = Featurizer(clf.prep_config, name, None, self._examples.append, self._on_reject)
-        self._assembler = SessionAssembler(clf.prep_config, self._on_end, watch=self._on_packet, max_sessions=max_sessions)
+        self._ready: list[_Ready] = []
+        self._ready_count = 0
+        self._stamp = 0.0  # wall time of the packet (block) being added
         self._jobs: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
+        if self.backend == "numba":
+            from trafficlens.fast.live import LiveEngine
 
+            self._engine = LiveEngine(clf.prep_config, name, after, max_sessions, self._on_batch, self._on_reject_fast)
+        else:
+            self._decided: set[int] = set()
+            self._pending: list[tuple[Session, str, float]] = []  # (frozen session, trigger, stamp)
+            self._examples: list[Example] = []
+            self._rejected: list[dict[str, Any]] = []
+            self._featurizer = Featurizer(clf.prep_config, name, None, self._examples.append, self._on_reject)
+            self._assembler = SessionAssembler(clf.prep_config, self._on_end, watch=self._on_packet,
+                                               max_sessions=max_sessions)
+
+    @property
+    def tracked_sessions(self) -> int:
+        """Sessions held now (bounded by `max_sessions`)."""
+        return self._engine.tracked if self.backend == "numba" else len(self._assembler.sessions)
+
+    def _add(self, part: _Ready) -> None:
+        if part.triggers:
+            self._ready.append(part)
+            self._ready_count += len(part.triggers)
+
+    # -- the compiled engine's callbacks ---------------------------------------------------------
+    def _on_batch(self, batch, trigger: str, trigger_ts: np.ndarray) -> None:
+        if trigger == "after" and self.clock == "capture":
+            stamps = trigger_ts.tolist()
+        else:
+            stamps = [self._stamp if trigger == "after" else time.time()] * len(batch)
+        self._add(_Ready("batch", batch, [trigger] * len(batch), stamps))
+
+    def _on_reject_fast(self, meta: dict[str, Any], reason: str, trigger: str) -> None:
+        stamp = meta["ts_end"] if trigger == "after" and self.clock == "capture" else (
+            self._stamp if trigger == "after" else time.time())
+        self._add(_Ready("rejected", [meta | {"reason": reason}], [trigger], [stamp]))
+
+    # -- the Python engine's callbacks -----------------------------------------------------------
     def _on_reject(self, meta: dict[str, Any], reason: str) -> None:
         self._rejected.append(meta | {"reason": reason})
 
     def _on_packet(self, s) -> None:
         if len(s.times) == self.after and id(s) not in self._decided:
             self._decided.add(id(s))
-            self._ready.append((_snapshot(s), "after", self._stamp))
+            self._pending.append((_snapshot(s), "after", self._stamp))
+            self._ready_count += 1
 
     def _on_end(self, s) -> None:
         if id(s) in self._decided:
             self._decided.discard(id(s))
         elif s.times:
-            self._ready.append((s, "end", time.time()))
+            self._pending.append((s, "end", time.time()))
+            self._ready_count += 1
 
-    def _dispatch(self) -> None:
-        """Build the tensors of every ready session and queue them for the worker."""
-        ready, self._ready = self._ready, []
-        accepted, rejected = [], []  # (trigger, stamp) aligned with the examples / rejections
-        for s, trigger, stamp in ready:
+    def _featurize_pending(self) -> None:
+        """Build the tensors of the sessions the Python engine made ready."""
+        pending, self._pending = self._pending, []
+        accepted: list[tuple[str, float]] = []
+        rejected: list[tuple[str, float]] = []
+        for s, trigger, stamp in pending:
             before = len(self._rejected)
             self._featurizer(s)
             (rejected if len(self._rejected) > before else accepted).append((trigger, stamp))
         self._featurizer.flush()
-        job = (list(self._examples), accepted, list(self._rejected), rejected)
+        self._ready_count -= len(pending)
+        self._add(_Ready("examples", list(self._examples), [t for t, _ in accepted], [s for _, s in accepted]))
+        self._add(_Ready("rejected", list(self._rejected), [t for t, _ in rejected], [s for _, s in rejected]))
         self._examples.clear()
         self._rejected.clear()
-        self._jobs.put(job)  # blocks while two batches wait: backpressure
+
+    # -- hand-over and decisions -----------------------------------------------------------------
+    def _oldest_stamp(self) -> float:
+        if self.backend == "python" and self._pending:
+            return self._pending[0][2]
+        return min(part.stamps[0] for part in self._ready)
+
+    def _dispatch(self, final: bool = False) -> None:
+        """Queue every ready session for the worker. While two jobs already wait, ready sessions
+        keep gathering instead (the model takes them together, in bigger and cheaper batches),
+        so capture does not stop for a burst; only past `max_backlog` does it wait for the model."""
+        if self.backend == "python":
+            self._featurize_pending()
+        if not final and self._jobs.full() and self._ready_count < self.max_backlog:
+            return
+        job, self._ready, self._ready_count = self._ready, [], 0
+        if job:
+            self._jobs.put(job)  # blocks while two jobs wait: backpressure
         if self._error is not None:
             raise self._error
 
-    def _decide(self, examples: list[Example], accepted: list, rejected_meta: list[dict[str, Any]], rejected: list) -> None:
-        rows = self.clf._rows_for(examples, self.top_k, self.min_confidence) if examples else []
-        for meta in rejected_meta:
-            row = {k: meta.get(k) for k in ("capture", "src_ip", "src_port", "dst_ip", "dst_port", "protocol",
-                                             "ts_start", "ts_end", "packets", "bytes")}
-            row.update(label=None, confidence=None, top_k=[], status="not_judged",
-                       reason=_REASONS.get(meta["reason"], meta["reason"]))
-            rows.append(row)
+    def _decide(self, parts: list[_Ready]) -> None:
+        batches = [p.items for p in parts if p.kind == "batch"]
+        examples = [e for p in parts if p.kind == "examples" for e in p.items]
+        rows = self.clf._rows_for_batches(batches, self.top_k, self.min_confidence) if batches else []
+        rows += self.clf._rows_for(examples, self.top_k, self.min_confidence) if examples else []
+        for p in parts:
+            if p.kind == "rejected":
+                for meta in p.items:
+                    row = {k: meta.get(k) for k in ("capture", "src_ip", "src_port", "dst_ip", "dst_port", "protocol",
+                                                     "ts_start", "ts_end", "packets", "bytes")}
+                    row.update(label=None, confidence=None, top_k=[], status="not_judged",
+                               reason=_REASONS.get(meta["reason"], meta["reason"]))
+                    rows.append(row)
+        order = [p for kind in ("batch", "examples", "rejected") for p in parts if p.kind == kind]
+        marks = [(t, s) for p in order for t, s in zip(p.triggers, p.stamps)]
         now = time.time()
-        for row, (trigger, stamp) in zip(rows, accepted + rejected):
+        for row, (trigger, stamp) in zip(rows, marks):
             delay = (now - stamp) * 1000
             row.update(trigger=trigger, delay_ms=delay)
             row["top_k"] = [{"label": label, "probability": p} for label, p in row["top_k"]]
@@ -244,6 +396,8 @@ class LiveClassifier:
                 self.stats.decided_early += 1
                 self.stats.delays_ms.append(delay)
             self.sink(row)
+        if self.flush is not None:
+            self.flush()
 
     def _work(self) -> None:
         while True:
@@ -252,41 +406,82 @@ class LiveClassifier:
                 if job is None:
                     return
                 if self._error is None:
-                    self._decide(*job)
+                    self._decide(job)
             except BaseException as exc:  # handed to the reading thread, which raises it
                 self._error = exc
             finally:
                 self._jobs.task_done()
 
-    def run(self, packets: Iterable[RawPacket | None]) -> LiveStats:
+    def _due(self, heartbeat: bool) -> bool:
+        if not self._ready_count:
+            return False
+        return heartbeat or self._ready_count >= self.max_batch or (
+            self._jobs.unfinished_tasks == 0 and time.time() - self._oldest_stamp() >= self.max_wait)
+
+    def run(self, packets: Iterable[RawPacket | None] | Interface) -> LiveStats:
         """Consume packets until the source ends (or Ctrl-C), then decide what is left.
 
-        `None` items are heartbeats from a quiet source: they only hand over waiting sessions.
+        `None` items are heartbeats from a quiet source: they hand over waiting sessions (and,
+        with the compiled engine, end the sessions idle past the timeout).
         """
-        capture_clock = self.clock == "capture"
         worker = threading.Thread(target=self._work, name="trafficlens-live-inference", daemon=True)
         worker.start()
-        jobs = self._jobs
         try:
-            for raw in packets:
-                if raw is not None:
-                    self.stats.packets += 1
-                    self._stamp = raw.ts if capture_clock else time.time()
-                    packet = decode(raw)
-                    if type(packet) is not str:
-                        self._assembler.add(packet)
-                if self._ready and (raw is None or len(self._ready) >= self.max_batch or (
-                        jobs.unfinished_tasks == 0 and time.time() - self._ready[0][2] >= self.max_wait)):
-                    self._dispatch()
+            if self.backend == "numba":
+                self._run_blocks(packets)
+            else:
+                self._run_packets(packets)
         except KeyboardInterrupt:
             pass
         finally:
-            self._assembler.close()
-            self.stats.evicted = self._assembler.evicted
-            if self._ready and self._error is None:
-                self._dispatch()
-            jobs.put(None)
+            self._finish()
             worker.join()
         if self._error is not None:
             raise self._error
         return self.stats
+
+    def _run_packets(self, packets: Iterable[RawPacket | None]) -> None:
+        capture_clock = self.clock == "capture"
+        for raw in packets:
+            if raw is not None:
+                self.stats.packets += 1
+                self._stamp = raw.ts if capture_clock else time.time()
+                packet = decode(raw)
+                if type(packet) is not str:
+                    self._assembler.add(packet)
+            if self._due(raw is None):
+                self._dispatch()
+
+    def _run_blocks(self, source) -> None:
+        engine = self._engine
+        blocks = source.blocks() if isinstance(source, Interface) else packet_blocks(source)
+        quiet_since = flushed = None
+        for block in blocks:
+            if block is None:  # a quiet line: end what idled out (capture time goes on with the wall clock)
+                now = time.monotonic()
+                quiet_since = quiet_since or now
+                if engine.last_ts is not None and now - (flushed or quiet_since) >= 1.0:
+                    engine.flush_idle(engine.last_ts + (now - quiet_since))
+                    flushed = now
+            else:
+                quiet_since = flushed = None
+                self.stats.packets += len(block[1])
+                self._stamp = time.time()
+                engine.feed(*block)
+            if self._due(block is None):
+                self._dispatch()
+
+    def _finish(self) -> None:
+        """End of input: every session still held is decided, then the worker stops."""
+        if self.backend == "numba":
+            self._engine.close()
+            self.stats.evicted = self._engine.evicted
+        else:
+            self._assembler.close()
+            self.stats.evicted = self._assembler.evicted
+        if self._error is None and (self._ready_count or self._ready):
+            try:
+                self._dispatch(final=True)
+            except BaseException as exc:
+                self._error = self._error or exc
+        self._jobs.put(None)
