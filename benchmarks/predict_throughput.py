@@ -6,12 +6,17 @@ Every model is trained briefly (1 epoch: throughput does not depend on accuracy)
 ../shared/data/iot-sentinel prepared with default settings, then labels the same capture: the
 iot-sentinel packets repeated to --size-mb with rewritten client addresses (the prep
 benchmark's builder). The random forest runs the same path (capture -> sessions -> `stats`
-features -> predict_proba -> rows on disk), so the comparison is end to end for all.
+features -> predict_proba -> rows on disk), so the comparison is end to end for all, and on
+the same cores (torch and ONNX Runtime on 2 threads; the forest on `--rf-jobs`, 1 by default:
+its fastest here, joblib's hand-off per chunk of 1,024 costs more than the second core gives). Each deep
+model runs on each inference runtime asked for (`--runtimes`): ONNX Runtime, the default on a
+CPU when installed, against PyTorch in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -23,10 +28,10 @@ from prep_throughput import SHARED, build_capture
 MODELS = ("chen-cnn", "ge-cnn-lstm", "chen-model-b")
 
 
-def fit_rf(ds):
+def fit_rf(ds, jobs: int = 1):
     from sklearn.ensemble import RandomForestClassifier
 
-    return RandomForestClassifier(n_estimators=300, n_jobs=1, random_state=0).fit(
+    return RandomForestClassifier(n_estimators=300, n_jobs=jobs, random_state=0).fit(
         np.asarray(ds.tensor("stats")), ds.labels.astype(str))
 
 
@@ -70,6 +75,8 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "trafficlens-bench")
     parser.add_argument("--repeat", type=int, default=1, help="rounds; each row reports its best round")
     parser.add_argument("--models", default=",".join(MODELS), help="deep models to time, comma-separated")
+    parser.add_argument("--rf-jobs", type=int, default=1, help="the random forest's n_jobs at prediction")
+    parser.add_argument("--runtimes", default="onnxruntime,torch", help="inference runtimes to time each model on")
     args = parser.parse_args()
 
     import torch
@@ -94,10 +101,17 @@ def main() -> None:
         if not (run / "config.json").is_file():  # reuse a run of an earlier benchmark
             train_run(ds.path, run, name, TrainConfig(max_epochs=1, split="random"), progress=False, overwrite=True,
                       log=lambda m: None)
-        classifiers[name] = Classifier.load(run, device="cpu")
-    rf = fit_rf(ds)  # fitting is not part of the timed path
+        for runtime in args.runtimes.split(","):
+            os.environ["TRAFFICLENS_INFERENCE"] = "torch" if runtime == "torch" else "auto"
+            clf = Classifier.load(run, device="cpu")
+            clf._model_for_inference()  # built now, under this runtime's setting
+            if clf.runtime != runtime:
+                raise SystemExit(f"{name}: asked for {runtime}, got {clf.runtime} (is onnxruntime installed?)")
+            classifiers[f"{name} ({runtime})"] = clf
+    os.environ.pop("TRAFFICLENS_INFERENCE", None)
+    rf = fit_rf(ds, args.rf_jobs)  # fitting is not part of the timed path
     rounds: dict[str, list[tuple[float, int]]] = {}
-    label_rf = "random forest (stats, 300 trees)"
+    label_rf = f"random forest (stats, 300 trees, {args.rf_jobs} job{'s' if args.rf_jobs > 1 else ''})"
     for _ in range(args.repeat):  # models interleaved, so a slow spell of the machine hits all of them
         for name, clf in classifiers.items():
             start = time.perf_counter()

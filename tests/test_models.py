@@ -155,3 +155,28 @@ def test_batch_norm_folding_keeps_every_model_s_outputs(name):
     assert (chosen is model) == (count == 0) and not model.training
     if name == "chen-cnn":
         assert count == 6  # four conv + BN, two linear + BN
+
+
+# ONNX Runtime serves CPU inference where the export is exact; these fall back to PyTorch:
+# Ge's capsule stem pools 20x20 to 12x12, an adaptive average pooling ONNX cannot express.
+ONNX_FALLBACK = {"ge-inception-capsnet"}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_onnx_runtime_gives_the_models_probabilities(name):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from trafficlens.models.inference import onnx_for_inference, probe_inputs, softmax
+
+    shapes = {**SHAPES, "image": (784,)}
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5, input_shapes=shapes).eval()
+    compiled = onnx_for_inference(model, probe_inputs(model.inputs, shapes, n=16), threads=1)
+    if name in ONNX_FALLBACK:
+        assert compiled is None
+        return
+    assert compiled is not None
+    fresh = probe_inputs(model.inputs, shapes, n=7, seed=1)  # other inputs, another batch size
+    with torch.no_grad():
+        expect = torch.softmax(model(*fresh), dim=1).numpy()
+    np.testing.assert_allclose(softmax(compiled(*[x.numpy() for x in fresh])), expect, atol=1e-4, rtol=0)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -113,3 +114,16 @@ def test_stopping_early_stops_the_reading_thread(run):
     next(batches)
     batches.close()
     assert threading.active_count() == before
+
+
+def test_onnx_runtime_and_pytorch_give_the_same_rows(run, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    fast = Classifier.load(run[0])
+    table = fast.predict_pcap(SAMPLE / "capture-2.pcapng", top_k=2)
+    assert fast.runtime == "onnxruntime"
+    monkeypatch.setenv("TRAFFICLENS_INFERENCE", "torch")
+    plain = Classifier.load(run[0])
+    reference = plain.predict_pcap(SAMPLE / "capture-2.pcapng", top_k=2)
+    assert plain.runtime == "torch"
+    assert table.label.tolist() == reference.label.tolist()
+    assert np.allclose(table.confidence, reference.confidence, atol=1e-5)

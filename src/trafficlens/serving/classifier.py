@@ -42,6 +42,8 @@ class Classifier:
         except (TypeError, ConfigError) as exc:
             raise BundleError(f"{bundle.path}: preprocessing settings unusable ({exc})") from None
         self._inference_model = None  # batch norms folded, built on first use (explain keeps the bundle's)
+        self._onnx = None  # the same model on ONNX Runtime (CPU), when it is installed and agrees
+        self.runtime: str | None = None  # "onnxruntime" or "torch", once the model is built
 
     def _model_for_inference(self):
         if self._inference_model is None:
@@ -53,7 +55,23 @@ class Classifier:
                       "sequence": (c.sequence_length, 2), "stats": (len(STATS_NAMES),)}
             probe = probe_inputs(self.inputs, shapes, device=self.device)
             self._inference_model = folded_for_inference(self.bundle.model, probe)
+            self.runtime = "torch"
+            if self.device.type == "cpu" and os.environ.get("TRAFFICLENS_INFERENCE", "auto") != "torch":
+                import torch
+
+                from trafficlens.models.inference import onnx_for_inference
+
+                self._onnx = onnx_for_inference(self._inference_model, probe, torch.get_num_threads())
+                if self._onnx is not None:
+                    self.runtime = "onnxruntime"
         return self._inference_model
+
+    def warm_up(self) -> "Classifier":
+        """Build the inference model now (folded batch norms, the ONNX Runtime export: about a
+        second) instead of at the first batch; live capture and servers call it before traffic.
+        ONNX Runtime takes PyTorch's thread count at this moment."""
+        self._model_for_inference()
+        return self
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto") -> "Classifier":
@@ -78,6 +96,12 @@ class Classifier:
         # chunks of 1024 for chen-cnn on 2 cores (measured); a GPU takes the whole batch.
         step = n if str(self.device).startswith("cuda") else _CPU_CHUNK
         out = []
+        if self._onnx is not None:
+            from trafficlens.models.inference import softmax
+
+            for i in range(0, n, max(step, 1)):
+                out.append(softmax(self._onnx(*[np.ascontiguousarray(tensors[name][i : i + step]) for name in self.inputs])))
+            return np.concatenate(out) if out else np.zeros((0, len(self.labels)), dtype=np.float32)
         with torch.inference_mode():
             for i in range(0, n, max(step, 1)):
                 xs = [torch.from_numpy(np.ascontiguousarray(tensors[name][i : i + step])).to(self.device)

@@ -44,7 +44,7 @@ def serve(run, host, port, max_upload_mb, timeout_s, top_k, min_confidence, devi
     from trafficlens.serving.classifier import Classifier
     from trafficlens.serving.http import create_app
 
-    clf = Classifier.load(run, device=device)
+    clf = Classifier.load(run, device=device).warm_up()  # the first request does not pay for it
     app = create_app(clf, max_upload_bytes=int(max_upload_mb * (1 << 20)), timeout_s=timeout_s,
                      top_k=top_k, min_confidence=min_confidence)
     uvicorn.run(app, host=host, port=port, log_level="info")

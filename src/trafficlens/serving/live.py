@@ -424,6 +424,7 @@ class LiveClassifier:
         `None` items are heartbeats from a quiet source: they hand over waiting sessions (and,
         with the compiled engine, end the sessions idle past the timeout).
         """
+        self.clf.warm_up()  # not at the first decision: it would wait for the export
         worker = threading.Thread(target=self._work, name="trafficlens-live-inference", daemon=True)
         worker.start()
         try:
