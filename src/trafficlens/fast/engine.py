@@ -311,7 +311,9 @@ class _Details:
         self.starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
         self.sequence_length = sequence_length
 
-    def __call__(self, idx: np.ndarray) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    def __call__(self, idx: np.ndarray, tensors: bool = True) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
+        if not tensors:
+            return self._columns(idx), None, None
         lengths = self.lengths[idx]
         # positions of the chosen sessions' packets, session by session
         firsts = np.repeat(self.starts[idx] - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)

@@ -108,7 +108,7 @@ class LiveEngine(Engine):
             self.on_ready(batch, trigger, last)
         elif len(keep):
             part = ExampleBatch(batch.image[keep], batch.packets[keep], [None] * len(keep),
-                                lambda idx, keep=keep: details(keep[idx]))
+                                lambda idx, tensors=True, keep=keep: details(keep[idx], tensors))
             self.on_ready(part, trigger, last[keep])
 
 

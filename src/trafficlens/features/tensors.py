@@ -29,8 +29,8 @@ class ExampleBatch:
 
     The model inputs (`image`, `packets`) and the labels are ready; the metadata columns,
     sequences and statistics are built by `rows(idx)` only for the rows a consumer keeps (most
-    IoT sessions are duplicates the writer drops). `build(idx)` returns (columns with the keys
-    of `session_meta` plus "label", sequences, stats); `extra` holds constant columns (presets).
+    IoT sessions are duplicates the writer drops). `build(idx, tensors)` returns (columns with the
+    keys of `session_meta` plus "label", sequences, stats; None, None when `tensors` is false); `extra` holds constant columns (presets).
     """
 
     def __init__(self, image: np.ndarray, packets: np.ndarray, labels: list, build: Callable):
@@ -44,8 +44,10 @@ class ExampleBatch:
     def __len__(self) -> int:
         return len(self.image)
 
-    def rows(self, idx: np.ndarray) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-        columns, sequence, stats = self.build(np.asarray(idx, dtype=np.int64))
+    def rows(self, idx: np.ndarray, tensors: bool = True) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
+        """(columns, sequences, stats) of rows `idx`; `tensors=False`: the columns only (None, None),
+        for consumers whose model reads neither sequences nor statistics."""
+        columns, sequence, stats = self.build(np.asarray(idx, dtype=np.int64), tensors)
         for key, value in self.extra.items():
             columns[key] = [value] * len(idx)
         return columns, sequence, stats
@@ -61,6 +63,13 @@ class ExampleBatch:
 
 def meta_at(columns: dict[str, Any], i: int) -> dict[str, Any]:
     return {k: (v[i].item() if isinstance(v, np.ndarray) else v[i]) for k, v in columns.items()}
+
+
+def metas_of(columns: dict[str, Any]) -> list[dict[str, Any]]:
+    """`meta_at` for every row, converting each column once (Python ints and floats, as `.item()`)."""
+    keys = list(columns)
+    values = [v.tolist() if isinstance(v, np.ndarray) else list(v) for v in columns.values()]
+    return [dict(zip(keys, row)) for row in zip(*values)]
 
 
 def address(raw: bytes) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 
 from trafficlens.datasets.config import PrepConfig
 from trafficlens.errors import BundleError, ConfigError
-from trafficlens.features.tensors import Example, ExampleBatch, meta_at
+from trafficlens.features.tensors import Example, ExampleBatch, metas_of
 
 UNKNOWN = "unknown"
 # Output columns, named as Zeek / nfstream users know them (documented in the README).
@@ -128,10 +128,11 @@ class Classifier:
         """Rows for several batches, inferred together (live hands over many small ones)."""
         metas: list[dict[str, Any]] = []
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.inputs}
+        derived = bool({"sequence", "stats"} & set(self.inputs))  # else not built at all
         for batch in batches:
-            columns, sequence, stats = batch.rows(np.arange(len(batch)))
+            columns, sequence, stats = batch.rows(np.arange(len(batch)), tensors=derived)
             built = {"image": batch.image, "packets": batch.packets, "sequence": sequence, "stats": stats}
-            metas += [meta_at(columns, i) for i in range(len(batch))]
+            metas += metas_of(columns)
             for name in self.inputs:
                 parts[name].append(built[name])
         tensors = {name: np.concatenate(arrays) if len(arrays) > 1 else arrays[0] for name, arrays in parts.items()}
