@@ -189,3 +189,27 @@ def test_interface_capture_decides_a_loopback_session(run):  # noqa: F811
     assert rows[0]["dst_port"] == port and rows[0]["protocol"] == "UDP"
     # measured from the kernel's timestamp of the 6th packet: positive and small
     assert 0 < rows[0]["delay_ms"] < 2000
+
+
+def test_live_command_replays_a_capture(run, tmp_path):  # noqa: F811
+    """`trafficlens live -r` as a user runs it: JSON lines out, the summary on stderr."""
+    import json
+
+    from click.testing import CliRunner
+
+    from trafficlens.cli import cli
+
+    import torch
+
+    out = tmp_path / "live.jsonl"
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(cli, ["live", "--model", str(run[0]), "-r", str(SAMPLE / "capture-2.pcapng"),
+                                          "--speed", "0", "-o", str(out), "--device", "cpu"])
+    finally:
+        torch.set_num_threads(threads)  # the command sets one intra-op thread for itself
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    summary = json.loads(result.stderr.strip().splitlines()[-1])
+    assert len(rows) == summary["decisions"] == 28 and summary["packets"] > 28 * 6
+    assert all(r["trigger"] == "after" and r["status"] == "ok" and r["label"] for r in rows)
