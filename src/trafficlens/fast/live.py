@@ -45,6 +45,10 @@ class LiveEngine(Engine):
         self.decided = np.zeros(self.SI.shape[0], bool)
         self.evicted = 0
         self.last_ts: float | None = None
+        # Load (or compile, once per install) the kernels only live uses now, with nothing to do,
+        # rather than at the first eviction or quiet spell in the middle of a capture.
+        kn.evict_oldest(0, self.HT, self.SI, self.SF, self.EMIT, self.K)
+        kn.flush_idle(0.0, float(config.idle_timeout), self.HT, self.SI, self.SF, self.EMIT, self.K)
 
     @property
     def tracked(self) -> int:
