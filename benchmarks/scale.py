@@ -103,8 +103,8 @@ def main() -> None:
             cluster.close()
 
         print(f"\nprep of {total_mb:.1f} MB ({len(files)} files), fastest of {args.repeat}:")
-        print(f"| run | seconds | MB/s | sessions | vs local 2 processes |")
-        print(f"|---|---:|---:|---:|---:|")
+        print("| run | seconds | MB/s | sessions | vs local 2 processes |")
+        print("|---|---:|---:|---:|---:|")
         for name, seconds, n in rows:
             if n is None:
                 print(f"| {name} | {seconds:.1f} | | | |")

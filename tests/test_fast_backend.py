@@ -12,7 +12,6 @@ import random
 import struct
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 

@@ -13,7 +13,7 @@ from trafficlens.quickstart import find_sample
 
 
 def test_quickstart_on_the_bundled_sample(tmp_path):
-    sample = find_sample()
+    assert (find_sample() / "labels.csv").is_file()  # the bundled sample is found from a checkout
     result = CliRunner().invoke(cli, ["quickstart", "-o", str(tmp_path), "--time-budget", "8"])
     assert result.exit_code == 0, result.output
     for step in ("1/4 prep", "2/4 train", "3/4 evaluate", "4/4 predict", "Report:"):

@@ -18,7 +18,6 @@ import numpy as np
 
 from trafficlens.datasets.schema import (
     FORMAT,
-    FORMAT_VERSION,
     MANIFEST,
     PARTIAL_SUFFIX,
     READABLE_VERSIONS,

@@ -167,7 +167,7 @@ class Classifier:
                          min_confidence: float = 0.0,
                          on_warning: Callable[[str], None] | None = None) -> Iterator[list[dict[str, Any]]]:
         """Batches of result rows, capture by capture, with memory bounded by the batch size."""
-        from trafficlens.datasets.prep import discover, prepare_capture
+        from trafficlens.datasets.prep import discover
 
         if isinstance(captures, (str, os.PathLike)):
             captures = [captures]
