@@ -29,6 +29,7 @@ from trafficlens.capture.reader import (
 from trafficlens.datasets.config import LAYERS, MASKS, PrepConfig
 from trafficlens.errors import CaptureError
 from trafficlens.fast import kernels as kn
+from trafficlens.fast.blocks import packet_blocks
 from trafficlens.fast.statistics import flow_stats_fast
 from trafficlens.features.tensors import Example, ExampleBatch, _sequences, _time_order
 
@@ -177,13 +178,8 @@ class Engine:
         slots = self.EMIT[:m].copy()
         self.K[kn.K_NEMIT] = 0
         SI = self.SI
-        pay = SI[slots, kn.C_PAY]
-        npk = SI[slots, kn.C_NPK]
-        reason = np.zeros(m, np.int8)  # Featurizer.__call__'s filters, first match wins
-        reason[pay < cfg.min_bytes] = 3
-        reason[npk < cfg.min_packets] = 2
-        reason[pay == 0] = 1
-        names = ("", "empty_sessions", "min_packets", "min_bytes", "unlabeled")
+        reason = filter_reasons(SI[slots], cfg)
+        names = REJECT_NAMES
         if self.on_reject is not None:
             for j in np.flatnonzero(reason):
                 self.on_reject(self._meta(slots[j]), names[reason[j]])
@@ -279,6 +275,20 @@ class Engine:
             "packets_fwd": fwd,
             "packets_bwd": npk - fwd,
         }
+
+
+REJECT_NAMES = ("", "empty_sessions", "min_packets", "min_bytes", "unlabeled")
+
+
+def filter_reasons(si: np.ndarray, config: PrepConfig) -> np.ndarray:
+    """Featurizer.__call__'s filters over slot rows: an index into REJECT_NAMES per session
+    (0: kept), the first match winning."""
+    pay, npk = si[:, kn.C_PAY], si[:, kn.C_NPK]
+    reason = np.zeros(len(si), np.int8)
+    reason[pay < config.min_bytes] = 3
+    reason[npk < config.min_packets] = 2
+    reason[pay == 0] = 1
+    return reason
 
 
 _ADDRESSES: dict[tuple, str] = {}
@@ -422,28 +432,8 @@ def prepare_capture_fast(path: Path, relative: str, config: PrepConfig, labeler,
 
 def _read_pcapng(reader: CaptureReader, engine: Engine) -> None:
     """pcapng records from the reference reader (its warnings too), decoded in blocks."""
-    datas: list[bytes] = []
-    times: list[float] = []
-    origs: list[int] = []
-    links: list[int] = []
-
-    def flush() -> None:
-        caps = np.fromiter(map(len, datas), np.int64, len(datas))
-        offs = np.zeros(len(datas), np.int64)
-        np.cumsum(caps[:-1], out=offs[1:])
-        block = np.frombuffer(b"".join(datas), np.uint8)
-        engine.feed(block, offs, caps, np.array(origs, np.int64), np.array(times, np.float64), np.array(links, np.int64))
-        datas.clear(), times.clear(), origs.clear(), links.clear()
-
-    for ts, data, orig, linktype in reader:
-        datas.append(data)
-        times.append(ts)
-        origs.append(orig)
-        links.append(linktype)
-        if len(datas) >= _PCAPNG_BLOCK:
-            flush()
-    if datas:
-        flush()
+    for block in packet_blocks(reader, _PCAPNG_BLOCK):
+        engine.feed(*block)
 
 
 class _HashingFile:

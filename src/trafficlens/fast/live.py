@@ -16,10 +16,8 @@ import numpy as np
 
 from trafficlens.datasets.config import PrepConfig
 from trafficlens.fast import kernels as kn
-from trafficlens.fast.engine import Engine
+from trafficlens.fast.engine import REJECT_NAMES, Engine, filter_reasons
 from trafficlens.features.tensors import ExampleBatch, meta_at
-
-_REJECT_NAMES = ("", "empty_sessions", "min_packets", "min_bytes")
 
 
 class LiveEngine(Engine):
@@ -91,22 +89,16 @@ class LiveEngine(Engine):
             kn.free_sessions(slots, self.SI, self.PK, self.ST, self.SFREE, K)
 
     def _judge(self, slots: np.ndarray, trigger: str) -> None:
-        cfg = self.config
         after = self.after if trigger == "after" else 0
         batch = self._batch(slots, [None] * len(slots), after)
         details = batch.build
-        si = details.SI
-        pay, npk = si[:, kn.C_PAY], si[:, kn.C_NPK]
-        reason = np.zeros(len(slots), np.int8)  # Featurizer.__call__'s filters, first match wins
-        reason[pay < cfg.min_bytes] = 3
-        reason[npk < cfg.min_packets] = 2
-        reason[pay == 0] = 1
+        reason = filter_reasons(details.SI, self.config)  # on the session as it was at its trigger
         last = details.times[details.starts + details.lengths - 1]  # the trigger packet, in arrival order
         rejected = np.flatnonzero(reason)
         if len(rejected):
             columns = details._columns(rejected)
             for j, i in enumerate(rejected.tolist()):
-                self.on_reject_live(meta_at(columns, j), _REJECT_NAMES[reason[i]], trigger)
+                self.on_reject_live(meta_at(columns, j), REJECT_NAMES[reason[i]], trigger)
         keep = np.flatnonzero(reason == 0)
         if len(keep) == len(slots):
             self.on_ready(batch, trigger, last)

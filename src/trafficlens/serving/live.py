@@ -26,10 +26,11 @@ import numpy as np
 from trafficlens.capture.decode import decode
 from trafficlens.capture.reader import CaptureReader, RawPacket
 from trafficlens.errors import CaptureError
+from trafficlens.fast.blocks import packet_blocks
 from trafficlens.features.tensors import Example, Featurizer
 from trafficlens.flows.assembler import SessionAssembler
 from trafficlens.flows.session import Session
-from trafficlens.serving.classifier import _REASONS, Classifier
+from trafficlens.serving.classifier import _REASONS, Classifier, _meta_row
 
 
 def replay(path: str | os.PathLike, speed: float | None = 1.0, heartbeats: bool = False) -> Iterator[RawPacket | None]:
@@ -98,23 +99,19 @@ class Interface:
         received, dropped, if_dropped = self._handle.stats()
         return {"received": int(received), "dropped": int(dropped), "if_dropped": int(if_dropped)}
 
-    def blocks(self) -> Iterator[tuple[np.ndarray, ...] | None]:
-        """libpcap's batches as arrays for the compiled engine (data, offsets, caplens, lengths,
-        times), without a Python object per packet; `None` when the line is quiet."""
-        from trafficlens.fast.live import block_from_pcapy
-
+    def _batches(self) -> Iterator[tuple[bytes, bytes] | None]:
+        """pcapy-ng's batches (data, uint32 records); `None` when the line is quiet. Blocking
+        reads never time out while the line is silent (TPACKET_V3), so read non-blocking and
+        wait on the descriptor ourselves."""
         handle = self._handle
-        if not hasattr(handle, "next_batch"):  # an old pcapy: packet by packet
-            yield from packet_blocks(self, self.linktype)
-            return
         handle.setnonblock(1)
         fd = handle.getfd()
         last = time.monotonic()
         while True:
-            block = block_from_pcapy(*handle.next_batch(512), self.linktype)
-            if block is not None:
+            data, meta = handle.next_batch(512)
+            if len(meta):
                 last = time.monotonic()
-                yield block
+                yield data, meta
                 continue
             if select.select([fd], [], [], 0.01)[0]:
                 continue
@@ -122,38 +119,39 @@ class Interface:
                 return
             yield None
 
+    def blocks(self) -> Iterator[tuple[np.ndarray, ...] | None]:
+        """libpcap's batches as arrays for the compiled engine (data, offsets, caplens, lengths,
+        times, link types), without a Python object per packet; `None` when the line is quiet."""
+        from trafficlens.fast.live import block_from_pcapy
+
+        if not hasattr(self._handle, "next_batch"):  # an old pcapy: packet by packet
+            yield from packet_blocks(self)
+            return
+        for batch in self._batches():
+            yield None if batch is None else block_from_pcapy(*batch, self.linktype)
+
     def __iter__(self) -> Iterator[RawPacket | None]:
         handle, linktype = self._handle, self.linktype
-        batched = hasattr(handle, "next_batch")
-        if batched:
-            # Blocking reads never time out while the line is silent (TPACKET_V3), so read
-            # non-blocking and wait on the descriptor ourselves.
-            handle.setnonblock(1)
-            fd = handle.getfd()
-        last = time.monotonic()
-        while True:
-            if batched:
-                data, meta = handle.next_batch(512)
-                records = memoryview(meta).cast("I") if len(meta) else ()
+        if hasattr(handle, "next_batch"):
+            for batch in self._batches():
+                if batch is None:
+                    yield None
+                    continue
+                data, meta = batch
+                records = memoryview(meta).cast("I")
                 for i in range(0, len(records), 4):
                     sec, usec, offset, caplen = records[i:i + 4]
                     yield RawPacket(sec + usec * 1e-6, bytes(data[offset:offset + caplen]), caplen, linktype)
-                got = bool(records)
-                if not got:
-                    got = bool(select.select([fd], [], [], 0.01)[0])
-                    if got:
-                        continue
+            return
+        last = time.monotonic()
+        while True:
+            header, data = handle.next()
+            if header is not None:
+                last = time.monotonic()
+                sec, usec = header.getts()
+                yield RawPacket(sec + usec * 1e-6, bytes(data), header.getlen(), linktype)
             else:
-                header, data = handle.next()
-                got = header is not None
-                if got:
-                    sec, usec = header.getts()
-                    yield RawPacket(sec + usec * 1e-6, bytes(data), header.getlen(), linktype)
-            now = time.monotonic()
-            if got:
-                last = now
-            else:
-                if self.idle_exit is not None and now - last > self.idle_exit:
+                if self.idle_exit is not None and time.monotonic() - last > self.idle_exit:
                     return
                 yield None
 
@@ -161,42 +159,6 @@ class Interface:
 def interface(name: str, snaplen: int = 65535, bpf: str | None = None) -> Iterator[RawPacket | None]:
     """Packets captured on a network interface; see `Interface` for the counters and options."""
     return iter(Interface(name, snaplen, bpf))
-
-
-def packet_blocks(packets: Iterable[RawPacket | None], linktype: int | None = None,
-                  size: int = 512) -> Iterator[tuple[np.ndarray, ...] | None]:
-    """Packets gathered into blocks for the compiled engine: a block ends at `size` packets, at a
-    heartbeat (`None`, passed on after it) and at the end. A change of link type ends one too."""
-    datas: list[bytes] = []
-    times: list[float] = []
-    origs: list[int] = []
-    kind = linktype
-
-    def block():
-        caps = np.fromiter(map(len, datas), np.int64, len(datas))
-        offs = np.zeros(len(datas), np.int64)
-        np.cumsum(caps[:-1], out=offs[1:])
-        out = (np.frombuffer(b"".join(datas), np.uint8), offs, caps, np.array(origs, np.int64),
-               np.array(times, np.float64), np.full(len(datas), kind, np.int64))
-        datas.clear(), times.clear(), origs.clear()
-        return out
-
-    for raw in packets:
-        if raw is None:
-            if datas:
-                yield block()
-            yield None
-            continue
-        if raw.linktype != kind and datas:
-            yield block()
-        kind = raw.linktype
-        datas.append(raw.data)
-        times.append(raw.ts)
-        origs.append(raw.orig_len)
-        if len(datas) >= size:
-            yield block()
-    if datas:
-        yield block()
 
 
 def _snapshot(s: Session) -> Session:
@@ -306,17 +268,19 @@ class LiveClassifier:
             self._ready_count += len(part.triggers)
 
     # -- the compiled engine's callbacks ---------------------------------------------------------
+    def _stamps(self, trigger: str, trigger_ts: list[float]) -> list[float]:
+        """Where each session's delay counts from: its trigger packet's capture time, or when that
+        packet's block was read (arrival clock); a session's end counts from now, as in Python."""
+        if trigger == "after":
+            return trigger_ts if self.clock == "capture" else [self._stamp] * len(trigger_ts)
+        return [time.time()] * len(trigger_ts)
+
     def _on_batch(self, batch, trigger: str, trigger_ts: np.ndarray) -> None:
-        if trigger == "after" and self.clock == "capture":
-            stamps = trigger_ts.tolist()
-        else:
-            stamps = [self._stamp if trigger == "after" else time.time()] * len(batch)
-        self._add(_Ready("batch", batch, [trigger] * len(batch), stamps))
+        self._add(_Ready("batch", batch, [trigger] * len(batch), self._stamps(trigger, trigger_ts.tolist())))
 
     def _on_reject_fast(self, meta: dict[str, Any], reason: str, trigger: str) -> None:
-        stamp = meta["ts_end"] if trigger == "after" and self.clock == "capture" else (
-            self._stamp if trigger == "after" else time.time())
-        self._add(_Ready("rejected", [meta | {"reason": reason}], [trigger], [stamp]))
+        stamps = self._stamps(trigger, [meta["ts_end"]])  # ts_end: the trigger packet's time
+        self._add(_Ready("rejected", [meta | {"reason": reason}], [trigger], stamps))
 
     # -- the Python engine's callbacks -----------------------------------------------------------
     def _on_reject(self, meta: dict[str, Any], reason: str) -> None:
@@ -379,8 +343,7 @@ class LiveClassifier:
         for p in parts:
             if p.kind == "rejected":
                 for meta in p.items:
-                    row = {k: meta.get(k) for k in ("capture", "src_ip", "src_port", "dst_ip", "dst_port", "protocol",
-                                                     "ts_start", "ts_end", "packets", "bytes")}
+                    row = _meta_row(meta)
                     row.update(label=None, confidence=None, top_k=[], status="not_judged",
                                reason=_REASONS.get(meta["reason"], meta["reason"]))
                     rows.append(row)
