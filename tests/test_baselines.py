@@ -25,7 +25,8 @@ from trafficlens.evaluation.baselines import baseline_info, create_baseline, lis
 from trafficlens.evaluation.cli import baseline as baseline_cmd
 from trafficlens.evaluation.features import FEATURE_KINDS, HEADER_BYTES, baseline_features
 from trafficlens.training.config import TrainConfig
-from trafficlens.training.run import make_split, select_classes
+from trafficlens.training.run import make_split
+from trafficlens.training.selection import select_classes
 
 CLASSES = ("alpha", "beta", "gamma")
 PACKETS, PACKET_BYTES, SEQ, STATS = 3, 64, 8, ("duration", "bytes", "packets", "iat_mean")
@@ -129,7 +130,8 @@ def test_row_numbers_and_feature_matrix_agree(ds, split):
 def test_clone_pipeline_and_grid_search(ds, split):
     clf = create_baseline("svm", dataset=ds, class_weight="balanced", C=3.0)
     twin = clone(clf)
-    assert twin.get_params()["estimator__calibratedclassifiercv__estimator__C"] == 3.0 and twin.class_weight == "balanced" and twin.max_train_rows == 5000
+    assert twin.get_params()["estimator__calibratedclassifiercv__estimator__C"] == 3.0 and twin.class_weight == "balanced"
+    assert twin.max_train_rows is None  # no baseline samples its training rows unless asked: n_fit stays equal
     assert not hasattr(twin, "estimator_")
 
     X, y = baseline_features(ds, split.train, "stats"), ds.labels[split.train]
@@ -168,9 +170,10 @@ def test_bad_arguments_name_the_fix(ds):
 
 # -- one run on a dataset -------------------------------------------------------------------------
 def test_train_baseline_uses_the_deep_split_and_never_shares_a_capture(ds, split):
-    m = train_baseline(ds.path, "rf", "header", split="capture", seed=0, log=lambda message: None, n_jobs=1)
+    m = train_baseline(ds.path, "rf", "header", TrainConfig(split="capture", seed=0), log=lambda message: None, n_jobs=1)
     info = m["split_info"]
-    assert info["sizes"] == split.sizes() and m["fit_rows"] == len(split.train) + len(split.val)
+    # the one protocol: fit on the training side only, as deep models do (no refit on train + val)
+    assert info["sizes"] == split.sizes() and m["n_fit"] == len(split.train) and m["n_select"] == 0
     captures = ds.column("capture").astype(str)
     sides = [set(captures[p]) for p in (split.train, split.val, split.test)]
     assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
@@ -179,18 +182,26 @@ def test_train_baseline_uses_the_deep_split_and_never_shares_a_capture(ds, split
     assert m["accuracy"] >= 0.95 and m["macro_f1"] >= 0.95 and m["weighted_f1"] >= 0.95
     assert set(m["per_class"]) == set(CLASSES) and sum(r["support"] for r in m["per_class"].values()) == m["n"]
     assert m["layer"] == "all" and m["mask"] == "strict" and m["dataset"]["config"] == ds.config
-    assert m["split"] == "capture" and m["side"] == "test" and m["kind"] == "baseline" and m["schema_version"] == 2
+    assert m["split"] == "capture" and m["side"] == "test" and m["kind"] == "baseline" and m["schema_version"] == 3
+    assert m["protocol"].startswith("fit on the training side")
     assert m["fit_seconds"] > 0 and m["predict_seconds"] > 0 and m["parameters"] > 0
     assert m["top_k_accuracy"]["1"] == pytest.approx(m["accuracy"])
 
 
-def test_tune_picks_on_validation_and_refits(ds, split):
-    m = train_baseline(ds.path, "knn", "stats", split="capture", seed=0, tune=True, log=lambda message: None, n_jobs=1)
+def test_tune_picks_on_validation_and_keeps_the_model_fitted_on_train(ds, split, tmp_path):
+    m = train_baseline(ds.path, "knn", "stats", TrainConfig(split="capture", seed=0), tune=True, log=lambda message: None,
+                       n_jobs=1, out=tmp_path / "knn")
     t = m["tuning"]
     assert t["grid"] == {"n_neighbors": [1, 3, 5, 10]} and len(t["trials"]) == 4
     assert t["best_val_macro_f1"] == max(x["val_macro_f1"] for x in t["trials"])
-    assert m["params"]["n_neighbors"] == t["best"]["n_neighbors"] and m["fit_on"] == "train+val"
-    fixed = train_baseline(ds.path, "rf", split="capture", tune=True, log=lambda message: None, n_jobs=1, max_features="sqrt")
+    assert m["params"]["n_neighbors"] == t["best"]["n_neighbors"]
+    assert m["n_fit"] == len(split.train) and m["n_select"] == len(split.val) and m["selection"].startswith("grid")
+    # the kept model is the one fitted on the training rows: its stored matrix has exactly them
+    from safetensors.numpy import load_file
+
+    assert load_file(str(tmp_path / "knn" / "model.knn.safetensors"))["fit_X"].shape == (len(split.train), len(STATS))
+    fixed = train_baseline(ds.path, "rf", None, TrainConfig(split="capture"), tune=True, log=lambda message: None,
+                           n_jobs=1, max_features="sqrt")
     assert "max_features" not in fixed["tuning"]["grid"] and len(fixed["tuning"]["trials"]) == 2  # set by hand: not searched
 
 
@@ -208,22 +219,30 @@ def test_learned_parameters_are_counted(name, ds, split):
         assert n == len(split.train) * baseline_features(ds, split.train[:1], kind).shape[1]
 
 
-def test_min_class_sessions_drops_classes(tmp_path):
-    path = tmp_path / "uneven"
-    small = make_dataset(path, per_class=10)
+def test_min_class_sessions_drops_the_small_class(ds):
+    # 50 sessions per class: keep alpha and beta only through --include-class, then through the minimum
+    two = train_baseline(ds.path, "nb", None, TrainConfig(split="random", include_classes=("alpha", "beta")),
+                         log=lambda message: None)
+    assert list(two["per_class"]) == ["alpha", "beta"] and two["split_info"]["dropped_classes"] == {"gamma": 50}
+    assert two["n"] == 20 and two["split_info"]["include_classes"] == ["alpha", "beta"]
     with pytest.raises(ConfigError, match="need at least 2 classes"):
-        train_baseline(small.path, "nb", split="random", min_class_sessions=11, log=lambda message: None)
+        train_baseline(ds.path, "nb", None, TrainConfig(split="random", min_class_sessions=51), log=lambda message: None)
+    with pytest.raises(ConfigError, match="'gama': no such class in the dataset; did you mean gamma"):
+        train_baseline(ds.path, "nb", None, TrainConfig(exclude_classes=("gama",)), log=lambda message: None)
 
 
-def test_cli_writes_metrics_json(ds, tmp_path):
-    out = tmp_path / "m" / "metrics.json"
+def test_cli_writes_a_run_directory(ds, tmp_path):
+    out = tmp_path / "m"
     args = [str(ds.path), "--model", "lr", "--features", "stats", "--split", "capture", "--min-class-sessions", "10",
             "--set", "C=0.5", "-o", str(out)]
     r = CliRunner().invoke(baseline_cmd, args)
     assert r.exit_code == 0, r.output
     assert "lr on stats: test accuracy" in r.output
-    m = json.loads(out.read_text())
+    m = json.loads((out / "metrics.json").read_text())
     assert m["params"] == {"C": 0.5} and m["split"] == "capture" and m["split_info"]["min_class_sessions"] == 10
+    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.json", "split.npy", "model.onnx"}
+    again = CliRunner().invoke(baseline_cmd, args)
+    assert isinstance(again.exception, ConfigError) and "--overwrite" in str(again.exception)
     bad = CliRunner().invoke(baseline_cmd, [str(ds.path), "--model", "nope"])
     assert isinstance(bad.exception, ConfigError)
 

@@ -18,15 +18,18 @@ SIDE, PACKETS, PACKET_BYTES, SEQ = 20, 3, 64, 8
 FAST = dict(max_epochs=3, batch_size=16, min_class_sessions=0)
 
 
-def make_dataset(path, per_class=40, captures_per_class=6, seed=0) -> Dataset:
+def make_dataset(path, per_class=40, captures_per_class=6, seed=0, short_alpha=0) -> Dataset:
     """Class c marks its own image block, the IP TTL and TCP window bytes of every packet, the
-    packet lengths and the statistics; noise elsewhere. Start times interleave the classes."""
+    packet lengths and the statistics; noise elsewhere. Start times interleave the classes.
+    `short_alpha`: that many fewer sessions of the first class."""
     rng = np.random.default_rng(seed)
     k = SIDE * SIDE
     with DatasetWriter(path, {"layer": "all", "mask": "strict", "image_bytes": k}, image_bytes=k, packets=PACKETS,
                        packet_bytes=PACKET_BYTES, sequence_length=SEQ, stats_names=["a", "b", "c"]) as w:
         for i in range(per_class):
             for c, label in enumerate(CLASSES):
+                if c == 0 and i >= per_class - short_alpha:
+                    continue
                 image = rng.integers(0, 60, k, dtype=np.uint8)
                 image[c * 60:(c + 1) * 60] = 220
                 packets = rng.integers(0, 30, (PACKETS, PACKET_BYTES), dtype=np.uint8)
@@ -53,27 +56,34 @@ def comparison(ds, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("cmp") / "report"
     result = compare(ds.path, "chen-cnn,chen-model-a,rf,dt:header,knn-seq", out, split="capture", seed=0,
-                     log=lambda message: None, **FAST)
+                     save_models=True, log=lambda message: None, **FAST)
     return result, out
 
 
 def test_every_model_scores_the_same_test_sessions(comparison, ds):
     result, out = comparison
     assert [r["model"] for r in result["rows"]] == ["chen-cnn", "chen-model-a", "rf", "dt:header", "knn-seq"]
-    tests = {key: m["n"] for key, m in result["metrics"].items()}
+    tests = {key: m["0"]["n"] for key, m in result["metrics"].items()}
     assert len(set(tests.values())) == 1 and tests["rf"] == result["split_info"]["sizes"]["test"] > 0
-    assignment = np.load(out / "runs" / "chen-cnn" / "split.npy")
-    for run in ("chen-cnn", "chen-gru", "chen-model-a"):  # chen-gru trained for model A though not listed
-        assert np.array_equal(np.load(out / "runs" / run / "split.npy"), assignment)
+    # like-for-like: every model learned from the same training sessions, and says how many
+    fits = {r["model"]: r["n_fit"] for r in result["rows"]}
+    assert set(fits.values()) == {result["split_info"]["sizes"]["train"]}, fits
+    assert {r["model"]: r["n_select"] for r in result["rows"]} == {
+        "chen-cnn": result["split_info"]["sizes"]["val"], "chen-model-a": result["split_info"]["sizes"]["val"],
+        "rf": 0, "dt:header": 0, "knn-seq": 0}  # no --tune: the baselines select nothing
+    runs = out / "runs" / "seed-0"
+    assignment = np.load(runs / "chen-cnn" / "split.npy")
+    for run in ("chen-cnn", "chen-gru", "chen-model-a", "rf", "dt-header", "knn-seq"):  # chen-gru trained for model A
+        assert np.array_equal(np.load(runs / run / "split.npy"), assignment), run
     captures = ds.column("capture").astype(str)
     sides = [set(captures[assignment == s]) for s in (0, 1, 2)]
     assert not (sides[0] & sides[2] or sides[1] & sides[2] or sides[0] & sides[1])
     for key in ("rf", "dt:header", "knn-seq"):  # the signal is plain in these features
-        assert result["metrics"][key]["accuracy"] >= 0.9, key
+        assert result["metrics"][key]["0"]["accuracy"] >= 0.9, key
     for r in result["rows"]:
         assert r["parameters"] > 0 and r["train_seconds"] > 0 and r["inference_seconds"] > 0
         assert 0 <= r["macro_f1"] <= 1 and r["top3_accuracy"] == pytest.approx(1.0)
-    deep = result["metrics"]["chen-cnn"]
+    deep = result["metrics"]["chen-cnn"]["0"]
     assert deep["kind"] == "deep" and deep["seconds_per_epoch"] > 0 and deep["epochs"] >= 1
     assert result["split"] == "capture" and result["mask"] == "strict" and result["layer"] == "all"
 
@@ -83,7 +93,10 @@ def test_comparison_files(comparison):
 
     result, out = comparison
     table = (out / "comparison.md").read_text()
-    assert "| model | kind | features |" in table and sum(line.startswith("|") for line in table.splitlines()) == 2 + len(result["rows"])
+    # a summary table (one row per model) and the per-seed table (one row per model and seed)
+    assert "| model | kind | features | seeds | n_fit |" in table and "| model | kind | features | seed | n_fit |" in table
+    assert sum(line.startswith("|") for line in table.splitlines()) == 2 * 2 + len(result["summary"]) + len(result["rows"])
+    assert "Protocol: fit on the training side" in table
     with open(out / "comparison.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == list(ROW_KEYS) and [r["model"] for r in rows] == [r["model"] for r in result["rows"]]
@@ -91,8 +104,8 @@ def test_comparison_files(comparison):
     saved = json.loads((out / "comparison.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
     for key in ("chen-cnn", "rf", "dt-header"):
-        m = json.loads((out / "models" / key / "metrics.json").read_text())
-        assert m["schema_version"] == 2 and m["side"] == "test" and m["split"] == "capture"
+        m = json.loads((out / "models" / key / "seed-0" / "metrics.json").read_text())
+        assert m["schema_version"] == 3 and m["side"] == "test" and m["split"] == "capture" and m["n_fit"] > 0
     for stem in ("scores", "class_f1", "best_per_class", "best_confusion", "curves", "cost"):
         assert (out / "figures" / f"{stem}.png").stat().st_size > 1000
         assert (out / "figures" / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
@@ -119,8 +132,9 @@ def test_compare_time_split_and_tune(ds):
 
     result = compare(ds.path, ["knn", "lr"], None, split="time", tune=True, log=lambda message: None)
     times = ds.column("start_time")
-    rows = result["metrics"]["knn"]
+    rows = result["metrics"]["knn"]["0"]
     assert result["split"] == "time" and rows["tuning"]["best"] and rows["n"] == result["split_info"]["sizes"]["test"]
+    assert rows["n_fit"] == result["split_info"]["sizes"]["train"] and rows["n_select"] == result["split_info"]["sizes"]["val"]
     # the latest 20% of the sessions are the test side
     assert result["split_info"]["sizes"]["test"] == int((times >= np.sort(times)[-rows["n"]]).sum())
 
@@ -130,7 +144,8 @@ def test_cli_compare(ds, tmp_path):
 
     r = CliRunner().invoke(compare_cmd, [str(ds.path), "--models", "rf,nb", "--split", "random", "-o", str(tmp_path / "c")])
     assert r.exit_code == 0, r.output
-    assert "| rf | baseline | stats |" in r.output and (tmp_path / "c" / "report.html").is_file()
+    assert "| rf | baseline | stats | 1 |" in r.output and (tmp_path / "c" / "report.html").is_file()
+    assert not (tmp_path / "c" / "runs").exists()  # models are kept only with --save-models
     bad = CliRunner().invoke(compare_cmd, [str(ds.path), "--models", "nope", "-o", str(tmp_path / "d")])
     assert isinstance(bad.exception, ConfigError)
 
@@ -159,7 +174,8 @@ def test_cv_deep_model_and_refusals(ds):
 
     result = cross_validate(ds.path, "chen-cnn", None, folds=2, split="random", log=lambda message: None,
                             max_epochs=1, batch_size=32)
-    assert len(result["rows"]) == 2 and result["summary"]["accuracy"]["std"] >= 0
+    accuracies = [r["accuracy"] for r in result["rows"]]
+    assert len(result["rows"]) == 2 and result["summary"]["accuracy"]["std"] == pytest.approx(np.std(accuracies, ddof=1))
     assert sum(r["n"] for r in result["rows"]) == len(ds)
     with pytest.raises(ConfigError, match="--split time has no k-fold form"):
         cross_validate(ds.path, "rf", None, split="time", log=lambda message: None)
@@ -197,3 +213,63 @@ def test_cli_cv(ds, tmp_path):
     assert "| mean ± std |" in r.output and (tmp_path / "cv" / "cv.json").is_file()
     saved = json.loads((tmp_path / "cv" / "cv.json").read_text())
     assert saved["folds"] == 3 and len(saved["rows"]) == 3 and saved["split"] == "capture"
+
+
+def test_seeds_give_one_row_per_model_and_seed_and_a_summary(ds, tmp_path):
+    from trafficlens.evaluation.compare import compare
+
+    result = compare(ds.path, "rf,nb", tmp_path / "c", split="capture", seeds=(0, 1, 2), log=lambda message: None)
+    assert [(r["model"], r["seed"]) for r in result["rows"]] == [(m, s) for s in (0, 1, 2) for m in ("rf", "nb")]
+    assert set(result["splits"]) == {"0", "1", "2"}
+    for row in result["summary"]:
+        mine = [r["macro_f1"] for r in result["rows"] if r["model"] == row["model"]]
+        assert row["seeds"] == 3 and row["macro_f1"]["mean"] == pytest.approx(np.mean(mine))
+        assert row["macro_f1"]["std"] == pytest.approx(np.std(mine, ddof=1))
+    with open(tmp_path / "c" / "comparison.csv") as f:
+        assert [(r["model"], r["seed"]) for r in csv.DictReader(f)] == [(m, str(s)) for s in (0, 1, 2) for m in ("rf", "nb")]
+    assert " ± " in (tmp_path / "c" / "comparison.md").read_text()
+
+
+def test_seeds_draw_different_capture_splits(ds):
+    """A capture split that ignores its seed would give the same test captures every time."""
+    from trafficlens.training.config import TrainConfig
+    from trafficlens.training.run import make_split
+
+    cfg = TrainConfig()
+    classes, rows, y, _ = cfg.selection.apply(ds)
+    captures = ds.column("capture").astype(str)
+    tests = [frozenset(captures[make_split(ds, rows, y, TrainConfig(seed=s)).test]) for s in range(4)]
+    assert len(set(tests)) >= 3
+
+
+def test_a_mixed_protocol_is_refused():
+    from trafficlens.evaluation.compare import check_like_for_like
+
+    check_like_for_like([{"model": "a", "seed": 0, "n_fit": 10}, {"model": "b", "seed": 0, "n_fit": 10},
+                         {"model": "a", "seed": 1, "n_fit": 12}])
+    with pytest.raises(RuntimeError, match="not like-for-like"):
+        check_like_for_like([{"model": "a", "seed": 0, "n_fit": 10}, {"model": "b", "seed": 0, "n_fit": 13}])
+
+
+def test_balance_undersample_gives_every_model_the_same_rows(tmp_path):
+    from trafficlens.evaluation.compare import compare
+
+    uneven = make_dataset(tmp_path / "u", per_class=40, short_alpha=20)
+    result = compare(uneven.path, "chen-cnn,rf", None, split="random", balance="undersample",
+                     log=lambda message: None, **FAST)
+    fits = {r["model"]: r["n_fit"] for r in result["rows"]}
+    assert fits["chen-cnn"] == fits["rf"] == 3 * 12 < result["split_info"]["sizes"]["train"]  # 20 alpha: 12 train
+
+
+def test_cv_repeats_give_every_fold_of_every_repeat_and_an_interval(ds, tmp_path):
+    from trafficlens.evaluation.cv import cross_validate
+
+    result = cross_validate(ds.path, "nb", tmp_path / "cv", folds=3, repeats=2, split="capture",
+                            log=lambda message: None)
+    assert [(r["repeat"], r["fold"]) for r in result["rows"]] == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
+    assert result["seeds"] == [0, 1] and sum(r["n"] for r in result["rows"]) == 2 * len(ds)
+    s = result["summary"]["accuracy"]
+    low, high = s["ci95"]
+    assert low <= s["mean"] <= high and s["n"] == 6
+    assert (tmp_path / "cv" / "repeat-2-fold-3" / "metrics.json").is_file()
+    assert "95% interval" in (tmp_path / "cv" / "cv.md").read_text()

@@ -29,10 +29,12 @@ def test_metrics_match_sklearn(classes, n, seed, coarse):
     labels = [f"c{i}" for i in range(classes)]
     m = classification_report(y, proba, labels)
     assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
-    for average in ("macro", "weighted"):
-        assert m[average]["f1"] == pytest.approx(f1_score(y, pred, average=average, zero_division=0))
-        assert m[average]["precision"] == pytest.approx(precision_score(y, pred, average=average, zero_division=0))
-        assert m[average]["recall"] == pytest.approx(recall_score(y, pred, average=average, zero_division=0))
+    present = np.unique(y)  # macro averages leave out classes without test sessions
+    for average, labels_ in (("macro", present), ("weighted", None)):
+        assert m[average]["f1"] == pytest.approx(f1_score(y, pred, labels=labels_, average=average, zero_division=0))
+        assert m[average]["precision"] == pytest.approx(precision_score(y, pred, labels=labels_, average=average, zero_division=0))
+        assert m[average]["recall"] == pytest.approx(recall_score(y, pred, labels=labels_, average=average, zero_division=0))
+    assert m["classes_without_test_sessions"] == [c for i, c in enumerate(labels) if i not in set(present.tolist())]
     assert m["macro_f1"] == m["macro"]["f1"] and m["weighted_f1"] == m["weighted"]["f1"]
     per_class_f1 = f1_score(y, pred, labels=np.arange(classes), average=None, zero_division=0)
     assert [m["per_class"][c]["f1"] for c in labels] == pytest.approx(per_class_f1.tolist())

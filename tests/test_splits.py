@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from trafficlens.datasets import Dataset, DatasetWriter
 from trafficlens.errors import ConfigError
 from trafficlens.training.config import TrainConfig
-from trafficlens.training.run import make_split, select_classes
+from trafficlens.training.run import make_split
+from trafficlens.training.selection import select_classes
 from trafficlens.training.splits import capture_split, deduplicate, kfold_splits, random_split, time_split
 
 SIDES = ("train", "val", "test")

@@ -57,6 +57,7 @@ class AuditConfig:
     baseline: str = "rf"  # a fast registered baseline, run on header bytes and on stats
     min_class_sessions: int = 50
     min_class_captures: int = 0
+    include_classes: tuple[str, ...] = ()
     exclude_classes: tuple[str, ...] = ()
     seed: int = 0
     time_budget: float = 180.0  # seconds per deep training (three trainings per audit)
@@ -105,7 +106,7 @@ def dataset_for_mask(dataset: Path, mask: str, cache: Path, cfg: AuditConfig, lo
 
 def _row(setting: Setting, model: str, kind: str, features: str, m: dict[str, Any], seconds: float) -> dict[str, Any]:
     return {"setting": setting.key, "title": setting.title, "split": setting.split, "mask": setting.mask,
-            "model": model, "kind": kind, "features": features,
+            "model": model, "kind": kind, "features": features, "n_fit": m.get("n_fit"), "n_select": m.get("n_select"),
             "accuracy": m.get("accuracy"), "macro_f1": m.get("macro_f1"), "weighted_f1": m.get("weighted_f1"),
             "n_test": m.get("n"), "seconds": round(seconds, 1)}
 
@@ -138,17 +139,16 @@ def audit(dataset: str | os.PathLike, out: str | os.PathLike, cfg: AuditConfig |
         jobs: list[tuple[str, str | None]] = [(cfg.baseline, "header")]
         if not setting.header_only:
             jobs.append((cfg.baseline, "stats"))
+        train = TrainConfig(split=setting.split, seed=cfg.seed, min_class_sessions=cfg.min_class_sessions,
+                            min_class_captures=cfg.min_class_captures, include_classes=cfg.include_classes,
+                            exclude_classes=cfg.exclude_classes, time_budget=cfg.time_budget,
+                            max_epochs=cfg.max_epochs, batch_size=cfg.batch_size)
         for name, features in jobs:
             t0 = time.perf_counter()
-            m = train_baseline(ds_path, name, features, split=setting.split, seed=cfg.seed,
-                               min_class_sessions=cfg.min_class_sessions, min_class_captures=cfg.min_class_captures,
-                               exclude_classes=cfg.exclude_classes, log=quiet)
+            m = train_baseline(ds_path, name, features, train, log=quiet)
             rows.append(_row(setting, name, "baseline", features, m, time.perf_counter() - t0))
             log(f"({setting.key}) {name} on {features}: macro-F1 {m.get('macro_f1', float('nan')):.3f}")
         if cfg.model and not setting.header_only:
-            train = TrainConfig(split=setting.split, seed=cfg.seed, min_class_sessions=cfg.min_class_sessions,
-                                min_class_captures=cfg.min_class_captures, exclude_classes=cfg.exclude_classes,
-                                time_budget=cfg.time_budget, max_epochs=cfg.max_epochs, batch_size=cfg.batch_size)
             t0 = time.perf_counter()
             run_dir = out / "runs" / f"{setting.key}-{cfg.model}"
             summary = train_run(ds_path, run_dir, cfg.model, train, progress=progress, overwrite=True, log=quiet)

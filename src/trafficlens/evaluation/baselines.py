@@ -4,7 +4,8 @@
     clf.fit(train_rows, ds.labels[train_rows])       # X: session row numbers into `dataset`
     clf.predict(test_rows)
 
-    metrics = train_baseline("ds/iot", "xgboost", "header", split="capture", min_class_sessions=50, tune=True)
+    metrics = train_baseline("ds/iot", "xgboost", "header", TrainConfig(min_class_sessions=50), tune=True,
+                             out="runs/xgb")           # a bundle that predict/serve/evaluate take
 
 Every baseline is a `Baseline`: a scikit-learn classifier that turns X into a feature matrix
 (`features.baseline_features`) and fits a registered scikit-learn estimator on it, with labels
@@ -16,15 +17,16 @@ encoded to 0..C-1 inside (XGBoost needs them) and `classes_` holding the origina
 | `rf` | random forest, 300 trees, all cores | stats |
 | `lr` | signed log, standard scaling, multinomial logistic regression (C=10) | stats |
 | `nb` | signed log, Gaussian naive Bayes (variance smoothing 1e-3) | stats |
-| `svm` | signed log, standard scaling, RBF SVC (C=100), Platt-calibrated, <= 5000 training rows | stats |
+| `svm` | signed log, standard scaling, RBF SVC (C=100), Platt-calibrated (quadratic in training rows) | stats |
 | `knn` | signed log, standard scaling, 5 neighbours weighted by distance | stats |
 | `xgboost` | gradient-boosted trees, hist, 300 rounds of depth 8, all cores | stats |
 | `lightgbm` | gradient-boosted trees, leaf-wise, 300 rounds of 31 leaves, all cores | stats |
 | `knn-seq` | 1 nearest neighbour, Euclidean on the signed packet lengths | sequence |
 
 `tune=True` (`--tune`) tries each baseline's small grid (`BaselineInfo.grid`): fit on the
-training side, macro-F1 on the validation side, the best refitted on train + validation; the
-test side is never looked at.
+training side, macro-F1 on the validation side, the best kept as fitted (no refit on train +
+validation, exactly as deep models keep their best validation epoch: `training.splits.PROTOCOL`);
+the test side is never looked at.
 
 The signed log (sign(x) log(1 + |x|)) tames the heavy tails of byte and time statistics before
 the distance- and gradient-based models; trees need no scaling. C, k and the smoothing were
@@ -40,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from trafficlens.errors import ConfigError
@@ -62,17 +64,15 @@ class BaselineInfo:
     description: str
     build: Callable[..., Any]  # (random_state=..., **params) -> unfitted scikit-learn estimator
     features: str = "stats"  # the feature set it is meant for
-    max_train_rows: int | None = None  # training rows kept (stratified sample) above this
     grid: dict[str, tuple] | None = None  # the small `--tune` search: build parameter -> values
 
 
 _REGISTRY: dict[str, BaselineInfo] = {}
 
 
-def register(name: str, description: str, features: str = "stats", max_train_rows: int | None = None,
-             grid: dict[str, tuple] | None = None):
+def register(name: str, description: str, features: str = "stats", grid: dict[str, tuple] | None = None):
     def decorate(build: Callable[..., Any]) -> Callable[..., Any]:
-        _REGISTRY[name] = BaselineInfo(name, description, build, features, max_train_rows, grid)
+        _REGISTRY[name] = BaselineInfo(name, description, build, features, grid)
         return build
 
     return decorate
@@ -88,11 +88,22 @@ def baseline_info(name: str) -> BaselineInfo:
     return _REGISTRY[name]
 
 
+class SignedLog(TransformerMixin, BaseEstimator):
+    """sign(x) log(1 + |x|), as a named step so that bundles can export it (baseline_bundle.py)."""
+
+    def fit(self, X, y=None) -> "SignedLog":
+        self.n_features_in_ = np.asarray(X).shape[1]
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        return signed_log1p(np.asarray(X))
+
+
 def _scaled(classifier, log: bool = True, scale: bool = True):
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import FunctionTransformer, StandardScaler
+    from sklearn.preprocessing import StandardScaler
 
-    steps = [FunctionTransformer(signed_log1p)] if log else []
+    steps = [SignedLog()] if log else []
     return make_pipeline(*steps, *([StandardScaler()] if scale else []), classifier)
 
 
@@ -124,8 +135,7 @@ def _nb(random_state=0, **params):
     return _scaled(GaussianNB(**{"var_smoothing": 1e-3, **params}), scale=False)
 
 
-@register("svm", "RBF support vector machine on scaled signed-log features", max_train_rows=5000,
-          grid={"C": (10.0, 100.0, 1000.0)})
+@register("svm", "RBF support vector machine on scaled signed-log features", grid={"C": (10.0, 100.0, 1000.0)})
 def _svm(random_state=0, **params):
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.svm import SVC
@@ -254,12 +264,13 @@ class Baseline(ClassifierMixin, BaseEstimator):
         return self.estimator_.predict_proba(self._matrix(X))
 
 
-def create_baseline(name: str, features: str | None = None, *, dataset=None, max_train_rows: int | None = -1,
+def create_baseline(name: str, features: str | None = None, *, dataset=None, max_train_rows: int | None = None,
                     class_weight: str | None = None, random_state: int = 0, **params) -> Baseline:
     """Build a registered baseline; `params` override its estimator's defaults.
 
     features: `stats`, `header` or `sequence` (default: the baseline's own, `stats` but for
-    `knn-seq`). max_train_rows: -1 keeps the baseline's own cap (5000 for `svm`), None lifts it.
+    `knn-seq`). max_train_rows: fit a stratified sample of about this many rows (None: every row; the
+    commands never sample, so that every model of a comparison learns from the same sessions).
     None-valued params are dropped, so command-line defaults never override a baseline's own.
     """
     info = baseline_info(name)
@@ -273,7 +284,7 @@ def create_baseline(name: str, features: str | None = None, *, dataset=None, max
         estimator = info.build(random_state=random_state, **params)
     except TypeError as exc:
         raise ConfigError(f"{name}: bad parameter ({exc})") from None
-    return Baseline(estimator, features, dataset, info.max_train_rows if max_train_rows == -1 else max_train_rows,
+    return Baseline(estimator, features, dataset, max_train_rows,
                     class_weight, random_state)
 
 
@@ -313,68 +324,92 @@ def _grid(name: str, fixed: dict[str, Any]) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))] or [{}]
 
 
-def score_baseline(ds, name: str, split, classes: list[str], label_of: np.ndarray, *, features: str | None = None,
-                   seed: int = 0, include_val: bool = True, class_weight: str | None = None, tune: bool = False,
-                   log: Callable[[str], None] | None = None, **params) -> dict[str, Any]:
-    """Fit baseline `name` on a given split of an open dataset and score its test side.
+@dataclass
+class FittedBaseline:
+    """A baseline fitted on one split, with its test metrics (the metrics schema, no provenance)."""
 
-    `label_of[row]` is the class id of each dataset row (-1 outside the selection). With `tune`,
-    each grid point is fitted on train and scored on val (macro-F1); the best one is refitted.
-    Returns the metrics schema's scores and cost (see metrics.py), without the provenance.
+    model: Baseline
+    metrics: dict[str, Any]
+    classes: list[str]  # the selected classes; `model.classes_` holds those present in training
+
+
+def score_baseline(ds, name: str, split, classes: list[str], label_of: np.ndarray, *, features: str | None = None,
+                   seed: int = 0, balance: str = "none", tune: bool = False,
+                   log: Callable[[str], None] | None = None, **params) -> FittedBaseline:
+    """Fit baseline `name` on the training side of `split`, select on validation, score the test side.
+
+    The protocol every model follows (`training.splits.PROTOCOL`): the estimator learns from the
+    training rows only (`fit_rows`: the training side, drawn down per class under `balance=
+    "undersample"`; `"weights"` weighs classes inversely to their frequency); with `tune`, each
+    grid point is fitted on those rows and scored on validation (macro-F1), and the best fitted
+    model is kept as it is: nothing is refitted on training + validation, as no deep model is.
+    `label_of[row]` is the class id of each dataset row (-1 outside the selection).
     """
     from sklearn.metrics import f1_score
 
     from trafficlens.evaluation.metrics import SCHEMA_VERSION, classification_report
+    from trafficlens.training.config import BALANCES
+    from trafficlens.training.splits import fit_rows as training_rows
 
+    if balance not in BALANCES:
+        raise ConfigError(f"balance must be one of {', '.join(BALANCES)}, got {balance!r}")
     log = log or (lambda message: print(message, file=sys.stderr))
-    model = create_baseline(name, features, class_weight=class_weight, random_state=seed, **params)
-    features = model.features
+    class_weight = "balanced" if balance == "weights" else None
+    make = lambda **point: create_baseline(name, features, class_weight=class_weight,  # noqa: E731
+                                           random_state=seed, **params, **point)
+    features = make().features
     names = np.array(classes, dtype=object)
-    fit_rows = np.sort(np.concatenate([split.train, split.val])) if include_val else split.train
+    rows = training_rows(split, label_of, balance, seed)
+    if not len(rows):
+        raise ConfigError(f"{name}: the {split.kind} split has no training sessions")
     t0 = time.perf_counter()
-    X_fit = baseline_features(ds, fit_rows, features)
-    X_test = baseline_features(ds, split.test, features)
+    X_fit = baseline_features(ds, rows, features)
+    y_fit = names[label_of[rows]]
     feature_seconds = time.perf_counter() - t0
 
-    tuning = None
+    tuning, chosen = None, {}
     if tune:
         if not len(split.val):
             raise ConfigError(f"--tune needs a validation side; this {split.kind} split has none")
-        X_tr, X_va = baseline_features(ds, split.train, features), baseline_features(ds, split.val, features)
-        y_va = label_of[split.val]
-        trials = []
+        X_va, y_va = baseline_features(ds, split.val, features), label_of[split.val]
+        trials, fitted = [], []
         for point in _grid(name, params):
             t1 = time.perf_counter()
-            clf = create_baseline(name, features, class_weight=class_weight, random_state=seed, **params, **point)
-            clf.fit(X_tr, names[label_of[split.train]])
+            clf = make(**point).fit(X_fit, y_fit)
             pred = np.searchsorted(names.astype(str), clf.predict(X_va).astype(str))
             trials.append({"params": point, "val_macro_f1": float(f1_score(y_va, pred, average="macro", zero_division=0)),
                            "seconds": time.perf_counter() - t1})
+            fitted.append(clf)
             log(f"tune {name} {point}: validation macro-F1 {trials[-1]['val_macro_f1']:.4f}")
-        best = max(trials, key=lambda t: t["val_macro_f1"])  # first of equals: the grid's order
+        best = max(range(len(trials)), key=lambda i: trials[i]["val_macro_f1"])  # first of equals: the grid's order
         tuning = {"grid": {k: list(v) for k, v in (baseline_info(name).grid or {}).items() if k not in params},
-                  "trials": trials, "best": best["params"], "best_val_macro_f1": best["val_macro_f1"]}
-        params = {**params, **best["params"]}
-        model = create_baseline(name, features, class_weight=class_weight, random_state=seed, **params)
-
-    log(f"{name} on {features} ({X_fit.shape[1]} features): {len(classes)} classes, fit {len(fit_rows)} "
-        f"({'train+val' if include_val else 'train'}) / test {len(split.test)} sessions ({split.kind} split)")
-    t0 = time.perf_counter()
-    model.fit(X_fit, names[label_of[fit_rows]])
-    fit_seconds = time.perf_counter() - t0
+                  "trials": trials, "best": trials[best]["params"], "best_val_macro_f1": trials[best]["val_macro_f1"]}
+        chosen, model = trials[best]["params"], fitted[best]
+        fit_seconds = trials[best]["seconds"]
+        log(f"{name} on {features} ({X_fit.shape[1]} features): {len(classes)} classes, fit {len(rows)} training "
+            f"sessions, best of {len(trials)} grid points on {len(split.val)} validation sessions")
+    else:
+        log(f"{name} on {features} ({X_fit.shape[1]} features): {len(classes)} classes, fit {len(rows)} training "
+            f"sessions / test {len(split.test)} ({split.kind} split)")
+        t0 = time.perf_counter()
+        model = make().fit(X_fit, y_fit)
+        fit_seconds = time.perf_counter() - t0
 
     out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "model": name, "kind": "baseline", "features": features,
-                           "n_features": int(X_fit.shape[1]), "params": params, "tuning": tuning,
-                           "class_weight": class_weight, "max_train_rows": model.max_train_rows,
-                           "fit_on": "train+val" if include_val else "train", "fit_rows": int(model.n_train_rows_)}
+                           "n_features": int(X_fit.shape[1]), "params": {**params, **chosen}, "tuning": tuning,
+                           "balance": balance, "class_weight": class_weight, "max_train_rows": model.max_train_rows,
+                           "n_fit": int(model.n_train_rows_), "n_select": int(len(split.val)) if tune else 0,
+                           "selection": "grid on validation macro-F1" if tune else "none (registry defaults)"}
     predict_seconds = 0.0
     if len(split.test):
+        X_test = baseline_features(ds, split.test, features)
         t0 = time.perf_counter()
-        proba = model.predict_proba(X_test)  # columns follow classes_, the sorted names present in training
+        full = expand_proba(model, model.predict_proba(X_test), classes)
         predict_seconds = time.perf_counter() - t0
-        full = np.zeros((len(split.test), len(classes)))
-        full[:, np.searchsorted(names.astype(str), model.classes_.astype(str))] = proba
         out.update(classification_report(label_of[split.test], full, classes))
+    elif split.kind == "none":
+        out["no_test_score"] = ("fitted with --split none (a deployment model); score it with "
+                                "`trafficlens evaluate RUN --on DATASET`")
     out.update({
         "parameters": learned_parameters(model.estimator_),
         "train_seconds": fit_seconds, "fit_seconds": fit_seconds, "feature_seconds": feature_seconds,
@@ -382,37 +417,54 @@ def score_baseline(ds, name: str, split, classes: list[str], label_of: np.ndarra
         "inference_sessions_per_s": len(split.test) / predict_seconds if predict_seconds > 0 else None,
         "threads": cores(),
     })
-    return out
+    return FittedBaseline(model, out, list(classes))
 
 
-def train_baseline(dataset_path, name: str, features: str | None = None, split: str = "capture", seed: int = 0,
-                   min_class_sessions: int = 0, min_class_captures: int = 0, exclude_classes: tuple[str, ...] = (),
-                   include_val: bool = True, class_weight: str | None = None,
-                   tune: bool = False, log: Callable[[str], None] | None = None, **params) -> dict[str, Any]:
-    """Fit a baseline on the train (+ validation) side of the deep trainer's split, score the test side.
+def expand_proba(model: Baseline, proba: np.ndarray, classes: list[str]) -> np.ndarray:
+    """Probabilities over every selected class (columns of `classes`); a class the training
+    side lacked gets 0."""
+    names = np.array(classes, dtype=str)
+    full = np.zeros((len(proba), len(classes)))
+    full[:, np.searchsorted(names, model.classes_.astype(str))] = proba
+    return full
 
-    The split comes from the same functions and settings as `trafficlens train` (same split,
-    seed and min_class_sessions give the same test sessions), so the numbers sit beside a run's
-    metrics.json, in the same schema (evaluation/metrics.py; docs/metrics-format.md).
+
+def train_baseline(dataset_path, name: str, features: str | None = None, cfg=None, *, tune: bool = False,
+                   out=None, overwrite: bool = False, log: Callable[[str], None] | None = None,
+                   **params) -> dict[str, Any]:
+    """Fit a baseline on the training side of the deep trainer's split and score the test side.
+
+    `cfg` is a `TrainConfig` (split, seed, balance and the class options; its optimiser settings
+    are unused), so the same settings give the same split and training rows as `trafficlens
+    train`, and the metrics sit beside a run's metrics.json in the same schema. With `out`, the
+    fitted model is written there as a bundle (see `baseline_bundle.py`) that predict, serve,
+    live and evaluate take like a deep run.
     """
     from trafficlens.datasets import Dataset
     from trafficlens.evaluation.metrics import provenance
     from trafficlens.training.config import TrainConfig
-    from trafficlens.training.run import log_split, make_split, select_dataset_classes
+    from trafficlens.training.run import log_split, make_split
 
     log = log or (lambda message: print(message, file=sys.stderr))
-    cfg = TrainConfig(split=split, seed=seed, min_class_sessions=min_class_sessions,  # checks split and minimums
-                      min_class_captures=min_class_captures, exclude_classes=exclude_classes)
-    create_baseline(name, features, class_weight=class_weight, random_state=seed, **params)  # bad names fail first
+    cfg = cfg or TrainConfig()
+    create_baseline(name, features, random_state=cfg.seed, **params)  # bad names fail first
+    if out is not None:
+        from trafficlens.evaluation.baseline_bundle import check_output
+
+        check_output(out, overwrite)
     ds = Dataset.open(dataset_path)
-    classes, rows, y_rows, dropped = select_dataset_classes(ds, min_class_sessions, min_class_captures,
-                                                            exclude_classes, log)
+    classes, rows, y_rows, dropped = cfg.selection.apply(ds, log)
     s = make_split(ds, rows, y_rows, cfg)
     log_split(s, classes, log)
     label_of = np.full(len(ds), -1, dtype=np.int64)
     label_of[rows] = y_rows
-    out = score_baseline(ds, name, s, classes, label_of, features=features, seed=seed, include_val=include_val,
-                         class_weight=class_weight, tune=tune, log=log, **params)
-    out.update(provenance(ds, s, classes=classes, seed=seed, min_class_sessions=min_class_sessions, dropped=dropped,
-                          min_class_captures=min_class_captures, exclude_classes=exclude_classes))
-    return out
+    fitted = score_baseline(ds, name, s, classes, label_of, features=features, seed=cfg.seed, balance=cfg.balance,
+                            tune=tune, log=log, **params)
+    metrics = fitted.metrics
+    metrics.update(provenance(ds, s, classes=classes, seed=cfg.seed, selection=cfg.selection, dropped=dropped))
+    if out is not None:
+        from trafficlens.evaluation.baseline_bundle import save_baseline_bundle
+
+        save_baseline_bundle(out, fitted, ds, s, train=cfg.to_dict(), overwrite=overwrite)
+        metrics["run"] = str(out)
+    return metrics

@@ -1,18 +1,24 @@
-"""Deep models and baselines side by side on one split: what `trafficlens compare` does.
+"""Deep models and baselines side by side on the same splits: what `trafficlens compare` does.
 
     from trafficlens.evaluation.compare import compare
     result = compare("ds/iot", ["chen-cnn", "rf", "xgboost:header", "lightgbm"], "reports/iot",
-                     split="capture", seed=0, min_class_sessions=50)
-    result["rows"]            # one dict per model: accuracy, macro_f1, ..., parameters, seconds
+                     split="capture", seeds=(0, 1, 2), min_class_sessions=50)
+    result["summary"]         # one dict per model: mean and std over the seeds of every score
+    result["rows"]            # one dict per model and seed: accuracy, macro_f1, ..., n_fit, n_select
 
 A model is a registered deep model (`trafficlens models`) or a baseline, optionally with its
-feature set (`rf:header`; default `stats`, `sequence` for knn-seq). Every model sees the same
-split (made once, identical tensors removed from the later side), deep models train on its
-train side with early stopping on val, baselines fit train + val (`--tune`: grid on val
-first). `chen-model-a` is fused from this comparison's `chen-cnn` and `chen-gru` runs (trained
-for it when not listed). Writes, under `out`: `comparison.json`, `comparison.md`,
-`comparison.csv`, `report.html` (offline), `figures/*.png|svg`, `models/<model>/metrics.json`
-and the deep models' run directories under `runs/`.
+feature set (`rf:header`; default `stats`, `sequence` for knn-seq). For every seed one split is
+made (identical tensors removed from the later side) and every model follows one protocol
+(`training.splits.PROTOCOL`): it learns from the same training sessions (`n_fit`, equal in every
+row of a seed, checked), selects on the validation side (deep models: the early-stopping epoch;
+baselines with `--tune`: the grid point) and is scored on the test side; nothing is refitted on
+training + validation. `--balance` applies to every model alike: `undersample` draws the same
+training rows for all, `weights` weighs classes in deep training and baseline fits. `chen-model-a`
+is fused from the same seed's `chen-cnn` and `chen-gru` runs (trained for it when not listed).
+Writes, under `out`: `comparison.json`, `comparison.md`, `comparison.csv` (one row per model and
+seed), `report.html` (offline), `figures/*.png|svg`, `models/<model>/seed-<s>/metrics.json` and,
+with `save_models`, every fitted model as a bundle under `runs/seed-<s>/<model>/` (deep runs and
+baselines alike: `predict`, `serve` and `evaluate --on` take them).
 """
 
 from __future__ import annotations
@@ -41,11 +47,11 @@ class CompareConfig:
     seed: int = 0
     min_class_sessions: int = 0
     min_class_captures: int = 0  # classes seen in fewer capture files are dropped
+    include_classes: tuple[str, ...] = ()
     exclude_classes: tuple[str, ...] = ()
     mask: str | None = None  # the dataset's mask must be this one (None: whatever it has)
     tune: bool = False  # baselines: small grid search on the validation side
-    class_weight: str | None = None  # baselines: "balanced"
-    balance: str = "none"  # deep models: none | undersample | weights (training side only)
+    balance: str = "none"  # every model: none | undersample | weights (training side only)
     loss: str = "ce"
     max_epochs: int = 30
     patience: int = 5
@@ -53,17 +59,26 @@ class CompareConfig:
     batch_size: int = 256
     device: str = "auto"
     progress: bool = False
+    save_models: bool = False  # keep every fitted model as a bundle under OUT/runs/
 
     def __post_init__(self) -> None:
-        self.train_config()  # checks split, balance, loss, epochs, budget, device
-        if self.class_weight not in (None, "balanced"):
-            raise ConfigError(f"class_weight must be None or 'balanced', got {self.class_weight!r}")
+        self.include_classes, self.exclude_classes = tuple(self.include_classes), tuple(self.exclude_classes)
+        cfg = self.train_config()  # checks split, balance, loss, epochs, budget, device, classes
+        if cfg.split == "none":
+            raise ConfigError("--split none has no test side to compare on; use capture, random, time or column")
 
-    def train_config(self):
+    @property
+    def selection(self):
+        from trafficlens.training.selection import ClassSelection
+
+        return ClassSelection.from_config(self)
+
+    def train_config(self, seed: int | None = None):
         from trafficlens.training.config import TrainConfig
 
-        return TrainConfig(split=self.split, seed=self.seed, min_class_sessions=self.min_class_sessions,
-                           min_class_captures=self.min_class_captures, exclude_classes=self.exclude_classes,
+        return TrainConfig(split=self.split, seed=self.seed if seed is None else seed,
+                           min_class_sessions=self.min_class_sessions, min_class_captures=self.min_class_captures,
+                           include_classes=self.include_classes, exclude_classes=self.exclude_classes,
                            balance=self.balance, loss=self.loss, max_epochs=self.max_epochs, patience=self.patience,
                            time_budget=self.time_budget, batch_size=self.batch_size, device=self.device)
 
@@ -146,14 +161,12 @@ class Prepared:
 
 def prepare(dataset: str | os.PathLike, cfg: CompareConfig, log: Callable[[str], None]) -> Prepared:
     from trafficlens.datasets import Dataset
-    from trafficlens.training.run import select_dataset_classes
 
     ds = Dataset.open(dataset)
     if cfg.mask is not None and ds.config.get("mask") != cfg.mask:
         raise ConfigError(f"{ds.path} was prepared with --mask {ds.config.get('mask')}, not {cfg.mask}; "
                           f"prepare it with `trafficlens prep ... --mask {cfg.mask}`")
-    classes, rows, y, dropped = select_dataset_classes(ds, cfg.min_class_sessions, cfg.min_class_captures,
-                                                       cfg.exclude_classes, log)
+    classes, rows, y, dropped = cfg.selection.apply(ds, log)
     label_of = np.full(len(ds), -1, dtype=np.int64)
     label_of[rows] = y
     return Prepared(ds, classes, rows, label_of, dropped)
@@ -161,10 +174,12 @@ def prepare(dataset: str | os.PathLike, cfg: CompareConfig, log: Callable[[str],
 
 def run_model(p: Prepared, spec: ModelSpec, split, cfg: CompareConfig, runs: Path, log: Callable[[str], None],
               trained: dict[str, Path] | None = None) -> dict[str, Any]:
-    """Train or fit one model on `split`, score its test side; metrics in the metrics.json schema.
+    """Train or fit one model on `split` (seeded by `cfg.seed`), score its test side; metrics in
+    the metrics.json schema, with `n_fit` and `n_select`.
 
     Deep runs are written to `runs/<name>` and recorded in `trained`; `chen-model-a` reuses the
-    `chen-cnn` / `chen-gru` runs in `trained`, training them first when absent.
+    `chen-cnn` / `chen-gru` runs in `trained`, training them first when absent. Baselines are
+    written there as bundles when `cfg.save_models`.
     """
     from trafficlens.evaluation.baselines import score_baseline
     from trafficlens.evaluation.metrics import provenance
@@ -172,11 +187,16 @@ def run_model(p: Prepared, spec: ModelSpec, split, cfg: CompareConfig, runs: Pat
 
     trained = {} if trained is None else trained
     if spec.kind == "baseline":
-        m = score_baseline(p.ds, spec.name, split, p.classes, p.label_of, features=spec.features, seed=cfg.seed,
-                           class_weight=cfg.class_weight, tune=cfg.tune, log=log)
-        m.update(provenance(p.ds, split, classes=p.classes, seed=cfg.seed, min_class_sessions=cfg.min_class_sessions,
-                            min_class_captures=cfg.min_class_captures, exclude_classes=cfg.exclude_classes,
-                            dropped=p.dropped))
+        fitted = score_baseline(p.ds, spec.name, split, p.classes, p.label_of, features=spec.features, seed=cfg.seed,
+                                balance=cfg.balance, tune=cfg.tune, log=log)
+        m = fitted.metrics
+        m.update(provenance(p.ds, split, classes=p.classes, seed=cfg.seed, selection=cfg.selection, dropped=p.dropped))
+        if cfg.save_models:
+            from trafficlens.evaluation.baseline_bundle import save_baseline_bundle
+
+            target = runs / spec.key.replace(":", "-")
+            save_baseline_bundle(target, fitted, p.ds, split, train=cfg.train_config().to_dict(), overwrite=True)
+            m["run"] = str(target)
         return m
     from_runs: list[str] = []
     if spec.name == "chen-model-a":
@@ -194,14 +214,20 @@ def run_model(p: Prepared, spec: ModelSpec, split, cfg: CompareConfig, runs: Pat
     return m
 
 
-ROW_KEYS = ("model", "kind", "features", "n", "accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1",
-            "top3_accuracy", "parameters", "train_seconds", "seconds_per_epoch", "inference_seconds")
+ROW_KEYS = ("model", "kind", "features", "seed", "n_fit", "n_select", "n", "accuracy", "macro_precision",
+            "macro_recall", "macro_f1", "weighted_f1", "top3_accuracy", "parameters", "train_seconds",
+            "seconds_per_epoch", "inference_seconds")
+SCORE_KEYS = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1", "top3_accuracy",
+              "train_seconds", "inference_seconds")
+SUMMARY_KEYS = ("model", "kind", "features", "seeds", "n_fit", "n_select", "accuracy", "macro_f1", "weighted_f1",
+                "top3_accuracy", "parameters", "train_seconds")
 
 
 def table_row(m: dict[str, Any]) -> dict[str, Any]:
     """The comparison table's columns from one metrics dict."""
     macro = m.get("macro") or {}
-    return {"model": m["model"], "kind": m["kind"], "features": m.get("features"), "n": m.get("n"),
+    return {"model": m["model"], "kind": m["kind"], "features": m.get("features"), "seed": m.get("seed"),
+            "n_fit": m.get("n_fit"), "n_select": m.get("n_select"), "n": m.get("n"),
             "accuracy": m.get("accuracy"), "macro_precision": macro.get("precision"), "macro_recall": macro.get("recall"),
             "macro_f1": m.get("macro_f1"), "weighted_f1": m.get("weighted_f1"),
             "top3_accuracy": (m.get("top_k_accuracy") or {}).get("3"), "parameters": m.get("parameters"),
@@ -209,91 +235,129 @@ def table_row(m: dict[str, Any]) -> dict[str, Any]:
             "inference_seconds": m.get("inference_seconds")}
 
 
+def check_like_for_like(rows: list[dict[str, Any]]) -> None:
+    """Every model of one seed learned from the same number of sessions (the protocol's promise)."""
+    for seed in sorted({r["seed"] for r in rows}):
+        fits = {r["model"]: r["n_fit"] for r in rows if r["seed"] == seed}
+        if len(set(fits.values())) > 1:
+            raise RuntimeError(f"comparison is not like-for-like: seed {seed} fitted on {fits} sessions")
+
+
+def summarise(rows: list[dict[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per model: mean and std over its seeds for every score."""
+    from trafficlens.evaluation.tables import spread
+
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        row = {k: mine[0].get(k) for k in ("model", "kind", "features")}
+        row["seeds"] = len(mine)
+        for k in ("n_fit", "n_select", "parameters"):
+            values = [r.get(k) for r in mine if r.get(k) is not None]
+            row[k] = spread(values)["mean"] if values else None
+        for k in keys:
+            values = [r.get(k) for r in mine if r.get(k) is not None]
+            row[k] = spread(values) if values else None
+        out.append(row)
+    return out
+
+
 def compare(dataset: str | os.PathLike, models: str | Sequence[str], out: str | os.PathLike | None = None,
-            cfg: CompareConfig | None = None, *, log: Callable[[str], None] | None = None, **settings) -> dict[str, Any]:
-    """Every model on one split of `dataset`; returns {"rows", "metrics", "split", ...} and writes `out`.
+            cfg: CompareConfig | None = None, *, seeds: Sequence[int] | None = None,
+            log: Callable[[str], None] | None = None, **settings) -> dict[str, Any]:
+    """Every model on the same split of `dataset`, once per seed; returns {"summary", "rows",
+    "metrics", ...} and writes `out`.
 
     `settings` are CompareConfig fields (split, seed, mask, min_class_sessions, tune, time_budget...)
-    overriding `cfg`. Rows come in the order of `models`.
+    overriding `cfg`; `seeds` defaults to `(cfg.seed,)`. Each seed draws its own split and seeds
+    every model's training with it. Rows come per seed, in the order of `models`.
     """
     from trafficlens.evaluation.metrics import provenance
     from trafficlens.training.run import log_split, make_split
 
     cfg = dataclasses.replace(cfg or CompareConfig(), **settings) if settings else (cfg or CompareConfig())
+    seeds = list(dict.fromkeys(int(s) for s in (seeds if seeds is not None and len(seeds) else [cfg.seed])))
     log = log or (lambda message: print(message, file=sys.stderr))
     specs = parse_models(models)
+    if cfg.save_models and out is None:
+        raise ConfigError("save_models needs an output directory to keep the models in")
     p = prepare(dataset, cfg, log)
-    split = make_split(p.ds, p.rows, p.label_of[p.rows], cfg.train_config())
-    log_split(split, p.classes, log)
+    rows: list[dict[str, Any]] = []
+    metrics: dict[str, dict[str, Any]] = {s.key: {} for s in specs}
+    splits: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="trafficlens-compare-") as scratch:
         base = Path(out) if out is not None else Path(scratch)
         base.mkdir(parents=True, exist_ok=True)
-        trained: dict[str, Path] = {}
-        metrics: dict[str, dict[str, Any]] = {}
-        for spec in sorted(specs, key=lambda s: s.name == "chen-model-a"):  # fused model after its branches
-            log(f"-- {spec.key}")
-            m = run_model(p, spec, split, cfg, base / "runs", log, trained)
-            metrics[spec.key] = m
-            log(f"{spec.key}: accuracy {m.get('accuracy', float('nan')):.4f}, macro-F1 {m.get('macro_f1', float('nan')):.4f}")
-        info = provenance(p.ds, split, classes=p.classes, seed=cfg.seed, min_class_sessions=cfg.min_class_sessions,
-                          min_class_captures=cfg.min_class_captures, exclude_classes=cfg.exclude_classes,
-                          dropped=p.dropped)
-        result = {"kind": "comparison", "models": [s.key for s in specs], "config": dataclasses.asdict(cfg),
-                  "classes": p.classes, **info,
-                  "rows": [table_row(metrics[s.key]) | {"model": s.key} for s in specs],
-                  "metrics": {s.key: metrics[s.key] for s in specs}}
+        runs_root = base / "runs" if cfg.save_models else Path(scratch) / "runs"
+        info = None
+        for seed in seeds:
+            seed_cfg = dataclasses.replace(cfg, seed=seed)
+            split = make_split(p.ds, p.rows, p.label_of[p.rows], seed_cfg.train_config())
+            log(f"== seed {seed}: {split.kind} split, train {len(split.train)} / val {len(split.val)} / "
+                f"test {len(split.test)} sessions")
+            log_split(split, p.classes, log)
+            trained: dict[str, Path] = {}
+            for spec in sorted(specs, key=lambda s: s.name == "chen-model-a"):  # fused model after its branches
+                log(f"-- {spec.key} (seed {seed})")
+                m = run_model(p, spec, split, seed_cfg, runs_root / f"seed-{seed}", log, trained)
+                metrics[spec.key][str(seed)] = m
+                log(f"{spec.key}: accuracy {m.get('accuracy', float('nan')):.4f}, "
+                    f"macro-F1 {m.get('macro_f1', float('nan')):.4f} (fit on {m.get('n_fit')} sessions)")
+            rows += [table_row(metrics[s.key][str(seed)]) | {"model": s.key, "seed": seed} for s in specs]
+            seed_info = provenance(p.ds, split, classes=p.classes, seed=seed, selection=cfg.selection, dropped=p.dropped)
+            splits[str(seed)] = seed_info["split_info"]
+            info = info or seed_info
+        check_like_for_like(rows)
+        histories = {}  # the first seed's training curves, for the report
+        for key, per_seed in metrics.items():
+            history = Path(per_seed[str(seeds[0])].get("run") or "/nonexistent") / "history.json"
+            if history.is_file():
+                histories[key] = json.loads(history.read_text())
+            if not cfg.save_models:
+                for m in per_seed.values():
+                    m.pop("run", None)  # scratch runs, gone with this function
+        result = {"kind": "comparison", "models": [s.key for s in specs], "seeds": seeds,
+                  "config": dataclasses.asdict(cfg), "classes": p.classes, **info, "seed": seeds[0],
+                  "splits": splits, "summary": summarise(rows, SCORE_KEYS), "rows": rows, "metrics": metrics,
+                  "histories": histories}
         if out is not None:
             write_comparison(base, result)
     return result
 
 
-def _cell(value: Any, key: str) -> str:
-    if value is None:
-        return "-"
-    if key in ("parameters", "n"):
-        return f"{int(value):,}"
-    if key.endswith("seconds") or key == "seconds_per_epoch":
-        return f"{value:.1f}" if value >= 1 else f"{value:.3f}"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
+def summary_markdown(result: dict[str, Any]) -> str:
+    """Mean ± std per model over the seeds."""
+    from trafficlens.evaluation.tables import markdown_table
 
-
-def markdown_table(rows: list[dict[str, Any]], keys: Sequence[str] = ROW_KEYS) -> str:
-    best = max((r["macro_f1"] for r in rows if r.get("macro_f1") is not None), default=None)
-    lines = ["| " + " | ".join(keys) + " |", "|" + "|".join("---" if k in ("model", "kind", "features") else "---:" for k in keys) + "|"]
-    for r in rows:
-        cells = [_cell(r.get(k), k) for k in keys]
-        if best is not None and r.get("macro_f1") == best and "macro_f1" in keys:
-            i = list(keys).index("macro_f1")
-            cells[i] = f"**{cells[i]}**"
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
-    import csv
-
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(keys), extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    return markdown_table(result["summary"], SUMMARY_KEYS)
 
 
 def write_comparison(out: Path, result: dict[str, Any]) -> None:
-    """comparison.json / .md / .csv, models/<model>/metrics.json, figures/ and report.html."""
+    """comparison.json / .md / .csv, models/<model>/seed-<s>/metrics.json, figures/ and report.html."""
     from trafficlens.evaluation.report import write_comparison_report
+    from trafficlens.evaluation.tables import csv_text
+    from trafficlens.files import atomic_write_text
 
-    for key, m in result["metrics"].items():
-        target = out / "models" / key.replace(":", "-")
-        target.mkdir(parents=True, exist_ok=True)
-        (target / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
-    (out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_csv(out / "comparison.csv", result["rows"], ROW_KEYS)
+    for key, per_seed in result["metrics"].items():
+        for seed, m in per_seed.items():
+            target = out / "models" / key.replace(":", "-") / f"seed-{seed}"
+            target.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(target / "metrics.json", json.dumps(m, indent=2) + "\n")
+    atomic_write_text(out / "comparison.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / "comparison.csv", csv_text(result["rows"], ROW_KEYS))
+    atomic_write_text(out / "comparison.md", comparison_markdown(result))
+    write_comparison_report(out, result, SUMMARY_KEYS)
+
+
+def comparison_markdown(result: dict[str, Any]) -> str:
+    from trafficlens.evaluation.tables import markdown_table
+
     info = result["split_info"]
-    head = (f"# Comparison on {result['dataset']['name']}\n\n{result['split']} split (seed {result['seed']}), "
-            f"{result['mask']} mask, {result['layer']} layer; {len(result['classes'])} classes; sessions "
-            f"train {info['sizes']['train']} / val {info['sizes']['val']} / test {info['sizes']['test']}; "
-            f"captures {info['captures']['train']} / {info['captures']['val']} / {info['captures']['test']}.\n\n")
-    (out / "comparison.md").write_text(head + markdown_table(result["rows"]))
-    write_comparison_report(out, result)
+    seeds = ", ".join(map(str, result["seeds"]))
+    head = (f"# Comparison on {result['dataset']['name']}\n\n{result['split']} split, seeds {seeds}; "
+            f"{result['mask']} mask, {result['layer']} layer; {len(result['classes'])} classes; sessions of seed "
+            f"{result['seeds'][0]}: train {info['sizes']['train']} / val {info['sizes']['val']} / "
+            f"test {info['sizes']['test']}.\n\nProtocol: {result['protocol']}.\n\n"
+            f"## Mean ± std over {len(result['seeds'])} seed(s)\n\n")
+    return (head + summary_markdown(result) + "\n## Every model and seed\n\n"
+            + markdown_table(result["rows"], ROW_KEYS))

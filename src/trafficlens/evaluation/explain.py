@@ -290,6 +290,9 @@ def _open(run: str | os.PathLike, dataset: str | os.PathLike | None) -> _Context
 
     run = Path(run)
     clf = Classifier.load(run, device="auto")
+    if clf.kind == "baseline":
+        raise BundleError(f"{run}: explanations (Grad-CAM, attention, gradients) need a deep model; "
+                          f"{clf.bundle.name} is a baseline")
     path = dataset or (clf.bundle.config.get("dataset") or {}).get("path")
     if not path:
         raise BundleError(f"{run}: config.json names no dataset; pass --dataset")

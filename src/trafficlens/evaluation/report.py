@@ -14,7 +14,7 @@ import base64
 import html
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -139,6 +139,26 @@ def write_report(path: Path, title: str, metrics: dict[str, Any], history: dict[
     )
     summary = (f"accuracy {metrics['accuracy']:.4f} · macro-F1 {metrics['macro']['f1']:.4f} · "
                f"weighted-F1 {metrics['weighted']['f1']:.4f} · n={metrics['n']}")
+    notes = []
+    if metrics.get("trained_on"):
+        t = metrics["trained_on"]
+        notes.append(f"Trained on {t.get('name')} ({t.get('split')} split, {t.get('mask')} mask), tested on every "
+                     f"labelled session of {named['dataset']}.")
+        unseen = metrics.get("unseen") or {}
+        if unseen.get("sessions"):
+            notes.append(f"{unseen['sessions']} sessions carry labels the model never learned "
+                         f"({', '.join(unseen['labels'])}): " + ("scored as errors." if unseen["policy"] == "error"
+                                                                 else "left out of the scores."))
+        overlap = metrics.get("identical_to_training")
+        if overlap:
+            notes.append(f"{overlap['sessions']} sessions ({overlap['share']:.1%}) are byte-identical to a session the "
+                         "model learned from or was selected on.")
+    if metrics.get("classes_without_test_sessions"):
+        notes.append("Classes without test sessions, left out of the macro averages: "
+                     + ", ".join(metrics["classes_without_test_sessions"]) + ".")
+    if metrics.get("protocol"):
+        notes.append(f"Protocol: {metrics['protocol']}.")
+    provenance += "".join(f"</p><p>{html.escape(n)}" for n in notes)
     body = "".join(f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='{src}'>" for caption, src in figures)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
@@ -168,22 +188,30 @@ def _html_table(rows: list[dict[str, Any]], keys: list[str], fmt) -> str:
 
 def _provenance_html(result: dict[str, Any]) -> str:
     ds = result["dataset"]
-    bits = [f"dataset {ds['name']} ({ds['n_sessions']:,} sessions)", f"split {result['split']}", f"seed {result['seed']}",
+    seeds = result.get("seeds") or [result.get("seed")]
+    bits = [f"dataset {ds['name']} ({ds['n_sessions']:,} sessions)", f"split {result['split']}",
+            f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}",
             f"mask {result['mask']}", f"layer {result['layer']}", f"unit {result['unit']}", f"{len(result['classes'])} classes"]
     return "<p>Produced by: " + html.escape(", ".join(bits)) + "</p>"
 
 
 def scores_figure(rows: list[dict[str, Any]], save_as: Path | None = None) -> str:
+    """Accuracy and macro-F1 per model; {"mean", "std"} values get error bars (std over seeds)."""
     plt = _pyplot()
     names = [r["model"] for r in rows]
     y = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
     for i, (key, colour) in enumerate((("accuracy", "#9ecae1"), ("macro_f1", "#3182bd"))):
-        ax.barh(y + (i - 0.5) * 0.38, [r.get(key) or 0 for r in rows], height=0.38, color=colour, label=key.replace("_", "-"))
+        values = [r.get(key) for r in rows]
+        means = [(v["mean"] if isinstance(v, dict) else v) or 0 for v in values]
+        errors = [v["std"] if isinstance(v, dict) else 0 for v in values]
+        ax.barh(y + (i - 0.5) * 0.38, means, height=0.38, color=colour, label=key.replace("_", "-"),
+                xerr=errors if any(errors) else None, error_kw={"elinewidth": 1, "capsize": 2})
     ax.set_yticks(y, [f"{n} ({r['kind']})" for n, r in zip(names, rows)], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("test score")
+    ax.set_xlabel("test score (mean ± std over seeds)" if any(isinstance(r.get("macro_f1"), dict) for r in rows)
+                  else "test score")
     ax.legend(fontsize=8, loc="lower right")
     return _figure_png(fig, save_as)
 
@@ -247,7 +275,8 @@ def spread_figure(rows: list[dict[str, Any]], keys: list[str], save_as: Path | N
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(keys)), 3.6))
     x = np.arange(len(keys))
     for r in rows:
-        ax.plot(x, [r[k] for k in keys], marker="o", alpha=0.7, label=f"fold {r['fold']}")
+        name = f"fold {r['fold']}" if r.get("repeat", 1) == 1 else f"repeat {r['repeat']} fold {r['fold']}"
+        ax.plot(x, [r[k] for k in keys], marker="o", alpha=0.7, label=name)
     means = [float(np.mean([r[k] for r in rows])) for k in keys]
     ax.plot(x, means, "k_", markersize=30, mew=2, label="mean")
     ax.set_xticks(x, [k.replace("_", " ") for k in keys], fontsize=8)
@@ -256,47 +285,59 @@ def spread_figure(rows: list[dict[str, Any]], keys: list[str], save_as: Path | N
     return _figure_png(fig, save_as)
 
 
-def write_comparison_report(out: Path, result: dict[str, Any]) -> Path:
-    """report.html for a comparison, with its figures also under out/figures/."""
-    import json
+def pool_seeds(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One model's metrics over several seeds: per-class scores averaged, confusion matrices summed."""
+    scored = [m for m in per_seed.values() if "per_class" in m]
+    if not scored:
+        return {}
+    labels = scored[0]["confusion_matrix"]["labels"]
+    per_class = {c: {k: float(np.mean([m["per_class"][c][k] for m in scored])) for k in ("precision", "recall", "f1")}
+                 | {"support": int(sum(m["per_class"][c]["support"] for m in scored))} for c in labels}
+    matrix = np.sum([np.array(m["confusion_matrix"]["matrix"]) for m in scored], axis=0)
+    return {"per_class": per_class, "confusion_matrix": {"labels": labels, "matrix": matrix.tolist()},
+            "macro_f1": float(np.mean([m["macro_f1"] for m in scored]))}
 
-    from trafficlens.evaluation.compare import ROW_KEYS, _cell
+
+def write_comparison_report(out: Path, result: dict[str, Any], keys: Sequence[str]) -> Path:
+    """report.html for a comparison (the summary table over `keys`), figures also under out/figures/."""
+    from trafficlens.evaluation.tables import cell
 
     figs = out / "figures"
-    rows, metrics, labels = result["rows"], result["metrics"], result["classes"]
-    scored = {k: m for k, m in metrics.items() if "per_class" in m}
-    figures = [("Test accuracy and macro-F1", scores_figure(rows, figs / "scores"))]
+    summary, labels = result["summary"], result["classes"]
+    n_seeds = len(result.get("seeds") or [result.get("seed")])
+    pooled = {k: pool_seeds(per_seed) for k, per_seed in result["metrics"].items()}
+    scored = {k: m for k, m in pooled.items() if m}
+    over = f" (over {n_seeds} seeds)" if n_seeds > 1 else ""
+    figures = [("Test accuracy and macro-F1" + over, scores_figure(summary, figs / "scores"))]
     if scored:
-        figures.append(("Per-class F1 of every model", class_f1_figure(scored, labels, figs / "class_f1")))
+        figures.append(("Per-class F1 of every model" + over, class_f1_figure(scored, labels, figs / "class_f1")))
         best = max(scored, key=lambda k: scored[k]["macro_f1"])
-        figures.append((f"Per-class precision, recall and F1 of the best model ({best})",
+        figures.append((f"Per-class precision, recall and F1 of the best model ({best}){over}",
                         per_class_figure(scored[best]["per_class"], figs / "best_per_class")))
         cm = scored[best]["confusion_matrix"]
-        figures.append((f"Confusion matrix of {best}, classes ordered by hierarchical clustering",
+        figures.append((f"Confusion matrix of {best}" + (f", summed over {n_seeds} seeds" if n_seeds > 1 else "")
+                        + ", classes ordered by hierarchical clustering",
                         confusion_figure(cm["labels"], np.array(cm["matrix"]), figs / "best_confusion")))
-    histories = {}
-    for key, m in metrics.items():
-        path = Path(m["run"]) / "history.json" if m.get("run") else None
-        if path is not None and path.is_file():
-            histories[key] = json.loads(path.read_text())
-    curves = deep_curves_figure(histories, figs / "curves")
+    curves = deep_curves_figure(result.get("histories") or {}, figs / "curves")
     if curves:
-        figures.append(("Training curves of the deep models", curves))
-    figures.append(("Training time and parameters", cost_figure(rows, figs / "cost")))
+        figures.append(("Training curves of the deep models" + (" (first seed)" if n_seeds > 1 else ""), curves))
+    means = [{k: (v["mean"] if isinstance(v, dict) else v) for k, v in r.items()} for r in summary]
+    figures.append(("Training time and parameters" + (" (means)" if n_seeds > 1 else ""), cost_figure(means, figs / "cost")))
     info = result["split_info"]
     intro = _provenance_html(result) + html.escape(
-        f"Sessions train {info['sizes']['train']} / val {info['sizes']['val']} / test {info['sizes']['test']}; "
-        f"captures {info['captures']['train']} / {info['captures']['val']} / {info['captures']['test']}; "
-        f"identical tensors removed from later sides: {info['deduplication'].get('removed')}.")
+        f"Protocol: {result.get('protocol', '')}. Sessions of the first seed's split: train {info['sizes']['train']} / "
+        f"val {info['sizes']['val']} / test {info['sizes']['test']}; captures {info['captures']['train']} / "
+        f"{info['captures']['val']} / {info['captures']['test']}; identical tensors removed from later sides: "
+        f"{info['deduplication'].get('removed')}.")
     page = _page(f"Comparison on {result['dataset']['name']} ({result['split']} split, {result['mask']} mask)",
-                 f"<p>{intro}</p>", _html_table(rows, list(ROW_KEYS), _cell), figures)
+                 f"<p>{intro}</p>", _html_table(summary, list(keys), cell), figures)
     path = out / "report.html"
     path.write_text(page)
     return path
 
 
 def write_cv_report(out: Path, result: dict[str, Any]) -> Path:
-    from trafficlens.evaluation.compare import _cell
+    from trafficlens.evaluation.tables import cell as _cell
 
     figs = out / "figures"
     keys = [k for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1", "top3_accuracy")
@@ -308,10 +349,14 @@ def write_cv_report(out: Path, result: dict[str, Any]) -> Path:
         figures.append(("Confusion matrix summed over folds, classes ordered by hierarchical clustering",
                         confusion_figure(result["classes"], total, figs / "confusion")))
     summary_rows = [{"fold": "mean", **{k: v["mean"] for k, v in result["summary"].items()}},
-                    {"fold": "std", **{k: v["std"] for k, v in result["summary"].items()}}]
-    table = _html_table(result["rows"] + summary_rows, ["fold", *result["summary"]], _cell)
-    page = _page(f"{result['model']}: {result['folds']}-fold cross-validation on {result['dataset']['name']}",
-                 _provenance_html(result), table, figures)
+                    {"fold": "std", **{k: v["std"] for k, v in result["summary"].items()}},
+                    {"fold": "95% low", **{k: v["ci95"][0] for k, v in result["summary"].items() if "ci95" in v}},
+                    {"fold": "95% high", **{k: v["ci95"][1] for k, v in result["summary"].items() if "ci95" in v}}]
+    table = _html_table(result["rows"] + summary_rows, ["repeat", "fold", *result["summary"]], _cell)
+    repeats = result.get("repeats", 1)
+    title = f"{result['model']}: {result['folds']}-fold cross-validation" + (f" x {repeats}" if repeats > 1 else "")
+    intro = _provenance_html(result) + f"<p>{html.escape(result.get('interval', ''))}</p>"
+    page = _page(f"{title} on {result['dataset']['name']}", intro, table, figures)
     path = out / "report.html"
     path.write_text(page)
     return path

@@ -46,6 +46,9 @@ class Classifier:
         self.runtime: str | None = None  # "onnxruntime" or "torch", once the model is built
 
     def _model_for_inference(self):
+        if self.kind == "baseline":
+            self.runtime = self.bundle.config["model"]["runtime"]
+            return self.bundle.model
         if self._inference_model is None:
             from trafficlens.features.stats import STATS_NAMES
             from trafficlens.models.inference import folded_for_inference, probe_inputs
@@ -75,11 +78,22 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto") -> "Classifier":
-        from trafficlens.training.bundle import load_bundle
+        """A deep model's or a baseline's run directory (`train -o`, `baseline -o`)."""
+        from trafficlens.training.bundle import bundle_kind, load_bundle, read_config
         from trafficlens.training.trainer import resolve_device
 
         dev = resolve_device(device)
+        config = read_config(path)
+        if bundle_kind(config) == "baseline":
+            from trafficlens.evaluation.baseline_bundle import load_baseline_bundle
+
+            return cls(load_baseline_bundle(path, config), dev)
         return cls(load_bundle(path, device=str(dev)), dev)
+
+    @property
+    def kind(self) -> str:
+        """`deep` or `baseline`."""
+        return self.bundle.kind
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -91,6 +105,8 @@ class Classifier:
         import torch
 
         model = self._model_for_inference()
+        if self.kind == "baseline":
+            return model.predict_proba(tensors)
         n = len(tensors[self.inputs[0]])
         # On a CPU, chunks of 256 sessions keep activations in cache: 1.2-1.6x the sessions/s of
         # chunks of 1024 for chen-cnn on 2 cores (measured); a GPU takes the whole batch.
@@ -114,6 +130,9 @@ class Classifier:
         `trafficlens.evaluation.explain.explain_tensors`. `targets`: class indices (default: predicted)."""
         from trafficlens.evaluation.explain import explain_tensors
 
+        if self.kind == "baseline":
+            raise ConfigError(f"{self.bundle.path}: explanations (Grad-CAM, attention, gradients) need a deep model; "
+                              f"{self.bundle.name} is a baseline")
         return explain_tensors(self.bundle.model, tensors, targets, self.device, cam)
 
     def _rows_for(self, examples: list[Example], top_k: int, min_confidence: float) -> list[dict[str, Any]]:

@@ -26,7 +26,9 @@ from trafficlens.errors import BundleError, TrafficlensError
 from trafficlens.files import sha256_file
 
 FORMAT = "trafficlens-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: model.kind (deep | baseline); version 1 bundles (deep only) still load
+READABLE_VERSIONS = (1, 2)
+KINDS = ("deep", "baseline")
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 HISTORY = "history.json"
@@ -42,6 +44,7 @@ class Bundle:
     labels: list[str]
     preprocessing: dict[str, Any]
     config: dict[str, Any]  # the whole config.json
+    kind: str = "deep"  # or "baseline": `model` is then an evaluation.baseline_bundle.BaselinePredictor
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -71,9 +74,9 @@ def save_bundle(out_dir: str | os.PathLike, model, *, labels: list[str], preproc
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "trafficlens_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "model": {"name": model.model_name, "config": model_config_dict(model), "inputs": list(model.inputs),
-                  "parameters": count_parameters(model)},
+        "created": utc_now(),
+        "model": {"name": model.model_name, "kind": "deep", "config": model_config_dict(model),
+                  "inputs": list(model.inputs), "parameters": count_parameters(model)},
         "labels": list(labels),
         "preprocessing": preprocessing,
         "train": train or {},
@@ -84,11 +87,16 @@ def save_bundle(out_dir: str | os.PathLike, model, *, labels: list[str], preproc
     }
     for name, content in ((HISTORY, history), (METRICS, metrics), (CONFIG, config)):
         if content is not None:
-            _write_json(out / name, content)
+            write_json(out / name, content)
     return out
 
 
-def _write_json(path: Path, content: Any) -> None:
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_json(path: Path, content: Any) -> None:
+    """JSON through a temporary file and a rename: a reader never sees half a file."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(content, indent=2, default=_json_default) + "\n")
     os.replace(tmp, path)
@@ -119,12 +127,20 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         raise BundleError(f"{cfg_path}: unreadable ({exc})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise BundleError(f"{cfg_path}: not a trafficlens bundle config")
-    if config.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{cfg_path}: bundle format version {config.get('format_version')}, this trafficlens reads {FORMAT_VERSION}")
+    if config.get("format_version") not in READABLE_VERSIONS:
+        raise BundleError(f"{cfg_path}: bundle format version {config.get('format_version')}, this trafficlens reads "
+                          f"{', '.join(map(str, READABLE_VERSIONS))}")
     for key in ("model", "labels", "weights"):
         if key not in config:
             raise BundleError(f"{cfg_path}: missing {key!r}")
+    if not isinstance(config["model"], dict) or bundle_kind(config) not in KINDS:
+        raise BundleError(f"{cfg_path}: model.kind must be one of {', '.join(KINDS)}")
     return config
+
+
+def bundle_kind(config: dict[str, Any]) -> Any:
+    """`deep` or `baseline` (version 1 bundles are deep and do not say so)."""
+    return (config.get("model") or {}).get("kind", "deep")
 
 
 def load_bundle(path: str | os.PathLike, device: str = "cpu") -> Bundle:
@@ -136,6 +152,8 @@ def load_bundle(path: str | os.PathLike, device: str = "cpu") -> Bundle:
 
     path = Path(path)
     config = read_config(path)
+    if bundle_kind(config) != "deep":
+        raise BundleError(f"{path}: a {bundle_kind(config)} bundle, not a deep model's")
     weights = path / WEIGHTS
     if not weights.is_file():
         raise BundleError(f"{path}: missing {WEIGHTS}")

@@ -7,15 +7,27 @@ import click
 from trafficlens.training.config import BALANCES, DEVICES, LOSSES, SPLITS
 
 
+def _class_names(ctx, param, values):
+    from trafficlens.errors import ConfigError
+    from trafficlens.training.selection import expand_class_names
+
+    try:
+        return expand_class_names(values, "--" + param.name.replace("_classes", "-class"))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def class_options(min_sessions: int = 0):
-    """--min-class-sessions, --min-class-captures, --exclude-class: which classes a command keeps."""
+    """--min-class-sessions, --min-class-captures, --include-class, --exclude-class: which classes a command keeps."""
     options = [
         click.option("--min-class-sessions", type=click.IntRange(0), default=min_sessions, show_default=True,
                      help="Drop classes with fewer labelled sessions."),
         click.option("--min-class-captures", type=click.IntRange(0), default=0, show_default=True,
                      help="Drop classes seen in fewer capture files (a class in one file cannot be split by capture)."),
-        click.option("--exclude-class", "exclude_classes", multiple=True, metavar="LABEL",
-                     help="Never train or score on this label (repeatable), e.g. --exclude-class Unknown."),
+        click.option("--include-class", "include_classes", multiple=True, metavar="LABEL", callback=_class_names,
+                     help="Only these labels (repeatable, or @FILE with one per line); unknown names are an error."),
+        click.option("--exclude-class", "exclude_classes", multiple=True, metavar="LABEL", callback=_class_names,
+                     help="Never train or score on this label (repeatable, or @FILE), e.g. --exclude-class Unknown."),
     ]
 
     def decorate(command):
@@ -52,7 +64,7 @@ def models(classes):
 @click.option("--epochs", "--max-epochs", "max_epochs", type=click.IntRange(1), default=30, show_default=True, help="Most epochs; early stopping may end sooner.")
 @click.option("--patience", type=click.IntRange(1), default=5, show_default=True, help="Epochs without better validation macro-F1 before stopping.")
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None, help="Stop training after this many seconds.")
-@click.option("--split", type=click.Choice(SPLITS), default="capture", show_default=True, help="capture: grouped by capture file, no capture on two sides (honest default); random: stratified 60/20/20 by session (the papers, leaks); time: earlier sessions train, later test; packet-leak: random with identical tensors left on both sides (a demonstration of the papers' error); column: the dataset's split column.")
+@click.option("--split", type=click.Choice(SPLITS), default="capture", show_default=True, help="capture: grouped by capture file, no capture on two sides (honest default); random: stratified 60/20/20 by session (the papers, leaks); time: earlier sessions train, later test; packet-leak: random with identical tensors left on both sides (a demonstration of the papers' error); column: the dataset's split column; none: a deployment model fitted on every session (a 10% random slice for early stopping only, no test score).")
 @click.option("--balance", type=click.Choice(BALANCES), default="none", show_default=True, help="Class balancing of the training split only.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split, initialisation and batch order.")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
@@ -66,8 +78,8 @@ def models(classes):
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--nproc", type=click.IntRange(1), default=1, show_default=True, help="Data-parallel processes on this machine (torchrun; one per GPU, or sharing the CPU cores).")
 def train(dataset, model_name, out, loss, focal_gamma, max_epochs, patience, time_budget, split, balance, seed,
-          batch_size, lr, device, threads, from_runs, min_class_sessions, min_class_captures, exclude_classes, settings,
-          overwrite, quiet, nproc):
+          batch_size, lr, device, threads, from_runs, min_class_sessions, min_class_captures, include_classes,
+          exclude_classes, settings, overwrite, quiet, nproc):
     """Train a model on a dataset directory and write a run directory (model bundle).
 
     Under torchrun (`torchrun --nproc-per-node N -m trafficlens train ...`) or with --nproc N,
@@ -92,12 +104,15 @@ def train(dataset, model_name, out, loss, focal_gamma, max_epochs, patience, tim
     cfg = TrainConfig(max_epochs=max_epochs, time_budget=time_budget, batch_size=batch_size, lr=lr, patience=patience,
                       loss=loss, focal_gamma=focal_gamma, balance=balance, split=split, seed=seed, device=device,
                       min_class_sessions=min_class_sessions, min_class_captures=min_class_captures,
-                      exclude_classes=exclude_classes, num_threads=threads)
+                      include_classes=include_classes, exclude_classes=exclude_classes, num_threads=threads)
     runs = [p.strip() for p in from_runs.split(",") if p.strip()] if from_runs else []
     log = (lambda message: click.echo(message, err=True))
     s = train_run(dataset, out, model_name, cfg, model_kwargs, runs, progress=not quiet, overwrite=overwrite, log=log)
     if os.environ.get("RANK", "0") != "0":
         return
-    test = "n/a" if s["test_accuracy"] is None else f"accuracy {s['test_accuracy']:.4f}, macro-F1 {s['test_macro_f1']:.4f}"
+    if s["test_accuracy"] is not None:
+        test = f"accuracy {s['test_accuracy']:.4f}, macro-F1 {s['test_macro_f1']:.4f}"
+    else:
+        test = "none (--split none: score it with `trafficlens evaluate RUN --on DATASET`)" if split == "none" else "n/a"
     click.echo(f"{s['model']}: best epoch {s['best_epoch']} of {s['epochs']} ({s['stopped']}, {s['seconds']:.1f} s); "
                f"test {test}; wrote {s['out']}")

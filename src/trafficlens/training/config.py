@@ -9,7 +9,7 @@ from trafficlens.errors import ConfigError
 
 LOSSES = ("ce", "weighted-ce", "focal")
 BALANCES = ("none", "undersample", "weights")
-SPLITS = ("random", "capture", "time", "packet-leak", "column")
+SPLITS = ("random", "capture", "time", "packet-leak", "column", "none")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -23,8 +23,10 @@ class TrainConfig:
     split: `random` (stratified 60/20/20 by session), `capture` (grouped by capture file,
     stratified where possible), `time` (earliest sessions train, latest test), `packet-leak`
     (random without cross-side deduplication: the papers' error, as a demonstration),
-    `column` (the dataset's `split` column: train/val/test). Identical tensors are removed
-    from the later side in all but `packet-leak` (training/splits.py).
+    `column` (the dataset's `split` column: train/val/test), `none` (a deployment model: every
+    session trains but a 10% random slice for early stopping; no test side, no test score).
+    Identical tensors are removed from the later side in all but `packet-leak`
+    (training/splits.py).
     """
 
     max_epochs: int = 30
@@ -43,8 +45,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    bn_batches: int = 16  # training batches that re-estimate batch-norm statistics before each validation (0: off)
     min_class_sessions: int = 0  # drop classes with fewer labelled sessions
     min_class_captures: int = 0  # drop classes seen in fewer capture files
+    include_classes: tuple[str, ...] = ()  # only these labels (empty: all that pass the minimums)
     exclude_classes: tuple[str, ...] = ()  # labels never trained on (e.g. "Unknown")
     num_threads: int | None = None  # CPU threads; default all available cores
 
@@ -59,13 +63,22 @@ class TrainConfig:
         need(self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
+        need(self.bn_batches >= 0, f"bn_batches must be >= 0, got {self.bn_batches}")
         need(self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         need(self.balance in BALANCES, f"balance must be one of {', '.join(BALANCES)}, got {self.balance!r}")
         need(self.split in SPLITS, f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         need(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         need(self.min_class_sessions >= 0, f"min_class_sessions must be >= 0, got {self.min_class_sessions}")
         need(self.min_class_captures >= 0, f"min_class_captures must be >= 0, got {self.min_class_captures}")
+        self.include_classes = tuple(self.include_classes)
         self.exclude_classes = tuple(self.exclude_classes)
+        self.selection  # checks the class options
+
+    @property
+    def selection(self):
+        from trafficlens.training.selection import ClassSelection
+
+        return ClassSelection.from_config(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":

@@ -18,58 +18,14 @@ from trafficlens.errors import ConfigError
 from trafficlens.training.config import TrainConfig
 
 
-def select_classes(labels: np.ndarray, min_sessions: int, captures: np.ndarray | None = None, min_captures: int = 0,
-                   exclude: tuple[str, ...] | list[str] = ()) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, int]]:
-    """Labelled rows of the classes kept: (classes, rows, class ids, dropped classes with their sessions).
-
-    A class is kept with >= `min_sessions` sessions, seen in >= `min_captures` capture files
-    (`captures`: the capture per row; a class found in one file cannot be split by capture
-    honestly: it lands on one side only) and not named in `exclude` (e.g. nDPI's `Unknown`).
-    """
-    labelled = np.array([x is not None for x in labels], dtype=bool)
-    names, counts = np.unique(labels[labelled].astype(str), return_counts=True)
-    keep = counts >= max(min_sessions, 1)
-    if exclude:
-        keep &= ~np.isin(names, list(exclude))
-    if min_captures > 1:
-        if captures is None:
-            raise ConfigError("min_captures needs the capture of every row")
-        pairs = {(str(a), str(b)) for a, b in zip(labels[labelled], captures[labelled])}
-        files = {}
-        for name, _ in pairs:
-            files[name] = files.get(name, 0) + 1
-        keep &= np.array([files[str(n)] >= min_captures for n in names], dtype=bool)
-    classes = [str(n) for n in names[keep]]
-    dropped = {str(n): int(c) for n, c in zip(names[~keep], counts[~keep])}
-    if len(classes) < 2:
-        raise ConfigError(f"need at least 2 classes with >= {min_sessions} sessions"
-                          + (f" in >= {min_captures} captures" if min_captures > 1 else "")
-                          + f", found {len(classes)}; lower --min-class-sessions or --min-class-captures")
-    index = {c: i for i, c in enumerate(classes)}
-    rows = np.flatnonzero(labelled)
-    ids = np.array([index.get(str(x), -1) for x in labels[rows]], dtype=np.int64)
-    return classes, rows[ids >= 0], ids[ids >= 0], dropped
-
-
-def select_dataset_classes(ds, min_sessions: int, min_captures: int = 0, exclude=(),
-                           log: Callable[[str], None] | None = None):
-    """`select_classes` on a dataset, logging what was dropped and why."""
-    captures = ds.column("capture").astype(str) if min_captures > 1 else None
-    out = select_classes(ds.labels, min_sessions, captures, min_captures, tuple(exclude))
-    dropped = out[3]
-    if dropped and log is not None:
-        why = [f"< {min_sessions} sessions"] if min_sessions > 1 else []
-        why += [f"< {min_captures} captures"] if min_captures > 1 else []
-        why += ["excluded"] if exclude else []
-        log(f"dropped {len(dropped)} classes ({' or '.join(why) or 'no sessions'}): {', '.join(sorted(dropped))}")
-    return out
-
-
 def make_split(ds, rows: np.ndarray, y: np.ndarray, cfg: TrainConfig):
     """The split `cfg.split` names, then identical tensors removed from the later side (not for packet-leak)."""
-    from trafficlens.training.splits import capture_split, column_split, deduplicate, random_split, tensor_keys, time_split
+    from trafficlens.training.splits import (capture_split, column_split, deduplicate, none_split, random_split,
+                                             tensor_keys, time_split)
 
-    if cfg.split in ("random", "packet-leak"):
+    if cfg.split == "none":
+        split = none_split(rows, y, cfg.seed)
+    elif cfg.split in ("random", "packet-leak"):
         split = random_split(rows, y, cfg.seed)
         split.kind = cfg.split
     elif cfg.split == "capture":
@@ -84,7 +40,13 @@ def make_split(ds, rows: np.ndarray, y: np.ndarray, cfg: TrainConfig):
 def log_split(split, classes: list[str], log: Callable[[str], None]) -> None:
     """Warn about classes absent from a side and report identical tensors across sides."""
     for side, absent in split.missing.items():
+        if side == "test" and split.kind == "none":
+            continue
         log(f"warning: {len(absent)} classes have no {side} sessions in this split: {', '.join(classes[i] for i in absent)}")
+    from trafficlens.training.splits import coverage_warnings
+
+    for message in coverage_warnings(split, classes):
+        log(f"warning: {message}")
     d = split.dedup
     if not d:
         return
@@ -97,15 +59,6 @@ def log_split(split, classes: list[str], log: Callable[[str], None]) -> None:
     elif cross:
         log(f"warning: {cross} validation/test sessions are identical to a training or validation session "
             f"({split.kind} split keeps them: leakage on purpose)")
-
-
-def undersample(rows: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
-    """Positions keeping, per class, as many rows as the smallest class has (seeded)."""
-    rng = np.random.default_rng(seed)
-    counts = np.bincount(y)
-    smallest = counts[counts > 0].min()
-    keep = [rng.choice(np.flatnonzero(y == c), size=smallest, replace=False) for c in np.flatnonzero(counts)]
-    return np.sort(np.concatenate(keep))
 
 
 def _model_a(from_runs: Sequence[str], ds, num_classes: int, input_shapes: dict, split_assignment: np.ndarray):
@@ -143,7 +96,7 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
     """Train `model_name` on a dataset directory and write the bundle to `out_dir`.
 
     `split` (a `training.splits.Split` over rows of the selected classes) replaces the one
-    `cfg.split` would make: cross-validation folds and comparisons pass theirs.
+    `cfg.split` would make: cross-validation folds and comparisons pass theirs (and log it).
     Returns a summary: test accuracy and macro-F1, best epoch, why it stopped, seconds.
     """
     from trafficlens.datasets import Dataset
@@ -151,6 +104,7 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
     from trafficlens.models import count_parameters, create_model, model_info
     from trafficlens.training.bundle import CONFIG, SPLIT, save_bundle
     from trafficlens.training.distributed import init as init_distributed
+    from trafficlens.training.splits import fit_rows
     from trafficlens.training.trainer import fit, predict_logits
 
     log = log or (lambda message: print(message, file=sys.stderr))
@@ -165,18 +119,15 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
     if not dist.main:
         log = (lambda message: None)
     ds = Dataset.open(dataset)
-    classes, rows, y_rows, dropped = select_dataset_classes(ds, cfg.min_class_sessions, cfg.min_class_captures,
-                                                            cfg.exclude_classes, log)
+    classes, rows, y_rows, dropped = cfg.selection.apply(ds, log)
     if split is None:
         split = make_split(ds, rows, y_rows, cfg)
+        log_split(split, classes, log)
     elif not np.isin(np.concatenate([split.train, split.val, split.test]), rows).all():
-        raise ConfigError("the given split holds sessions outside the selected classes (check min_class_sessions)")
-    log_split(split, classes, log)
+        raise ConfigError("the given split holds sessions outside the selected classes (check the class options)")
     label_of = np.full(len(ds), -1, dtype=np.int64)
     label_of[rows] = y_rows
-    train_idx = split.train
-    if cfg.balance == "undersample":
-        train_idx = train_idx[undersample(train_idx, label_of[train_idx], cfg.seed)]
+    train_idx = fit_rows(split, label_of, cfg.balance, cfg.seed)
 
     input_shapes = {t: tuple(ds.tensor(t).shape[1:]) for t in info.inputs}
     assignment = split.assignment(len(ds))
@@ -192,6 +143,8 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
 
     result = fit(model, tensors, train_idx, label_of[train_idx], split.val, label_of[split.val], cfg, len(classes),
                  progress=progress, device=device, dist=dist)
+    for message in result.warnings:
+        log(f"warning: {message}")
 
     metrics: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "model": model_name, "kind": "deep",
                                "features": "+".join(info.inputs)}
@@ -200,9 +153,10 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
     inference_seconds = time.perf_counter() - t0
     if logits is not None:
         metrics.update(classification_report(label_of[split.test], softmax(logits), classes))
-    metrics.update(provenance(ds, split, classes=classes, seed=cfg.seed, min_class_sessions=cfg.min_class_sessions,
-                              min_class_captures=cfg.min_class_captures, exclude_classes=cfg.exclude_classes,
-                              dropped=dropped))
+    elif split.kind == "none":
+        metrics["no_test_score"] = ("trained with --split none (a deployment model: every session but a 10% "
+                                    "early-stopping slice trains); score it with `trafficlens evaluate RUN --on DATASET`")
+    metrics.update(provenance(ds, split, classes=classes, seed=cfg.seed, selection=cfg.selection, dropped=dropped))
     epochs = result.history
     metrics.update({
         "parameters": count_parameters(model), "train_seconds": result.seconds, "epochs": len(epochs),
@@ -210,7 +164,9 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
         "inference_seconds": inference_seconds,
         "inference_sessions_per_s": len(split.test) / inference_seconds if len(split.test) and inference_seconds > 0 else None,
         "device": str(device), "balance": cfg.balance, "train_rows": int(len(train_idx)),
-        "processes": dist.world,
+        "n_fit": int(len(train_idx)), "n_select": int(len(split.val)),
+        "selection": "early stopping on validation macro-F1", "processes": dist.world,
+        "warnings": result.warnings,
     })
     history = {"epochs": result.history, "best_epoch": result.best_epoch, "best_val_macro_f1": result.best_val_macro_f1,
                "stopped": result.stopped, "seconds": result.seconds}

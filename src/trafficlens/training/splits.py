@@ -3,9 +3,10 @@
 - `random_split`: stratified 60/20/20 by session (the papers' protocol). Sessions of one
   capture land on both sides, so it measures memorisation of captures as much as
   generalisation.
-- `capture_split`: whole capture files go to one side (StratifiedGroupKFold: 5 folds, one for
-  test; of the rest, 4 folds, one for validation), stratified by label where the groups allow.
-  Classes recorded in too few captures can be missing from a side; `Split.missing` says which.
+- `capture_split`: whole capture files go to one side (`assign_groups`: a random deal per
+  seed, stratified by label where whole captures allow). Classes recorded in too few captures
+  can be missing from a side (`Split.missing`) or judged on one test capture
+  (`Split.coverage`); both are logged and recorded.
 - `time_split`: the earliest 60% of the sessions (by start time) train, the next 20% validate,
   the latest 20% test; sessions with equal start times stay on one side, so every training
   session starts strictly before every validation and test session.
@@ -22,13 +23,18 @@ removing never moves a capture, so the capture split stays grouped.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from trafficlens.errors import ConfigError
 
 SIDES = ("train", "val", "test")
+# How every model of trafficlens uses the sides (train, baseline, compare, cv, audit): one protocol,
+# so that two numbers side by side were produced alike. `n_fit` and `n_select` in metrics.json count
+# the sessions of the first two steps.
+PROTOCOL = ("fit on the training side; select on the validation side (deep models: the early-stopping epoch; "
+            "baselines: the --tune grid point); score on the test side; nothing is refitted on training + validation")
 
 
 @dataclass
@@ -39,6 +45,7 @@ class Split:
     test: np.ndarray
     missing: dict[str, list[int]] = field(default_factory=dict)  # side -> class ids absent there
     dedup: dict[str, Any] = field(default_factory=dict)  # what `deduplicate` found and removed
+    coverage: dict[str, Any] = field(default_factory=dict)  # capture splits: see `group_coverage`
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
@@ -82,19 +89,135 @@ def random_split(rows: np.ndarray, y: np.ndarray, seed: int = 0, fractions=(0.6,
     return _missing(split, y, rows)
 
 
-def capture_split(rows: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int = 0) -> Split:
-    """Group by capture: about 60/20/20 of the sessions, no capture on two sides."""
-    from sklearn.model_selection import StratifiedGroupKFold
+def assign_groups(counts: np.ndarray, fractions: Sequence[float], rng: np.random.Generator) -> np.ndarray:
+    """Side (index into `fractions`) per group, drawn anew for every seed, stratified by class
+    as far as whole groups allow.
 
-    n_groups = len(np.unique(groups))
-    if n_groups < 5:
-        raise ConfigError(f"--split capture needs at least 5 capture files, the dataset has {n_groups}; use --split random")
-    outer = StratifiedGroupKFold(n_splits=5, shuffle=True, random_state=seed)
-    rest, test = next(outer.split(rows, y, groups))
-    inner = StratifiedGroupKFold(n_splits=4, shuffle=True, random_state=seed)
-    tr, va = next(inner.split(rest, y[rest], groups[rest]))
-    split = Split("capture", *_sorted(rows[rest[tr]], rows[rest[va]], rows[test]))
+    `counts` is (groups, classes): sessions of each class in each group. Groups are visited in
+    a random order and each joins the side where it most reduces the squared relative error
+    between the side's class counts and its target share (`fractions` of each class); ties are
+    drawn at random. Unlike StratifiedGroupKFold, which sorts groups by the spread of their class
+    distribution and so keeps the same test captures across seeds wherever captures are few or
+    unequal, the order itself is random. Every side with a positive fraction gets a group.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    fractions = np.asarray(fractions, dtype=np.float64)
+    n_groups, n_sides = len(counts), len(fractions)
+    active = np.flatnonzero(fractions > 0)
+    if n_groups < len(active):
+        raise ConfigError(f"{len(active)} sides need at least {len(active)} groups, got {n_groups}")
+    target = np.maximum(fractions[:, None] * counts.sum(0)[None, :], 1e-9)  # (sides, classes)
+    current = np.zeros_like(target)
+    side = np.full(n_groups, -1, dtype=np.int64)
+    for g in rng.permutation(n_groups):
+        c = counts[g]
+        before = ((current - target) / target) ** 2
+        after = ((current + c - target) / target) ** 2
+        delta = (after - before).sum(1)
+        delta[fractions <= 0] = np.inf
+        best = np.flatnonzero(delta <= delta.min() + 1e-12)
+        s = int(rng.choice(best))
+        side[g] = s
+        current[s] += c
+    for s in active:  # a side left empty takes the group whose move costs least
+        if (side == s).any():
+            continue
+        donors = [d for d in active if (side == d).sum() > 1]
+        cost = np.full(n_groups, np.inf)
+        for g in np.flatnonzero(np.isin(side, donors)):
+            d = side[g]
+            moved = current.copy()
+            moved[d] -= counts[g]
+            moved[s] += counts[g]
+            cost[g] = (((moved - target) / target) ** 2).sum()
+        g = int(np.argmin(cost))
+        current[side[g]] -= counts[g]
+        current[s] += counts[g]
+        side[g] = s
+    return side
+
+
+def group_counts(y: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(group of each row as 0..G-1, (G, classes) session counts)."""
+    _, gid = np.unique(np.asarray(groups), return_inverse=True)
+    gid = gid.reshape(-1)
+    _, yid = np.unique(np.asarray(y), return_inverse=True)
+    counts = np.zeros((int(gid.max()) + 1 if len(gid) else 0, int(yid.max()) + 1 if len(yid) else 0), dtype=np.int64)
+    np.add.at(counts, (gid, yid.reshape(-1)), 1)
+    return gid, counts
+
+
+def capture_split(rows: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int = 0,
+                  fractions=(0.6, 0.2, 0.2)) -> Split:
+    """Group by capture: about 60/20/20 of every class's sessions, no capture on two sides."""
+    gid, counts = group_counts(y, groups)
+    if len(counts) < 3:
+        raise ConfigError(f"--split capture needs at least 3 capture files (one per side), the dataset has "
+                          f"{len(counts)}; use --split random")
+    side = assign_groups(counts, fractions, np.random.default_rng(seed))[gid]
+    split = Split("capture", *_sorted(rows[side == 0], rows[side == 1], rows[side == 2]))
+    split.coverage = group_coverage(split, rows, y, groups)
     return _missing(split, y, rows)
+
+
+def group_coverage(split: Split, rows: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
+    """Classes a capture split cannot judge well, by class id: those with a single test capture
+    (their test score is one capture's) and those whose captures all fall on one side."""
+    where = np.full(int(rows.max()) + 1 if len(rows) else 0, -1)
+    for s, side in enumerate(SIDES):
+        where[getattr(split, side)] = s
+    side_of = where[rows]
+    groups = np.asarray(groups)
+    single, one_side = [], {}
+    for c in np.unique(y).tolist():
+        mine = y == c
+        per_side = [len(np.unique(groups[mine & (side_of == s)])) for s in range(3)]
+        used = [SIDES[s] for s in range(3) if per_side[s]]
+        if len(used) == 1:
+            one_side[int(c)] = used[0]
+        elif per_side[2] == 1:
+            single.append(int(c))
+    return {"single_test_capture": single, "one_side": one_side}
+
+
+def none_split(rows: np.ndarray, y: np.ndarray, seed: int = 0, val_fraction: float = 0.1) -> Split:
+    """A deployment model's split: every session trains but a small stratified random slice,
+    which only decides when to stop (early stopping); there is no test side, so no test score."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(y):
+        members = rows[y == c][rng.permutation(int((y == c).sum()))]
+        n_val = max(1, int(round(val_fraction * len(members)))) if len(members) >= 2 else 0
+        val.append(members[:n_val])
+        train.append(members[n_val:])
+    split = Split("none", *_sorted(np.concatenate(train), np.concatenate(val), np.zeros(0, dtype=np.int64)))
+    return _missing(split, y, rows)
+
+
+def coverage_warnings(split, classes: list[str]) -> list[str]:
+    """Capture splits: classes judged on one test capture, or with every capture on one side."""
+    single = [classes[i] for i in split.coverage.get("single_test_capture", [])]
+    one_side = [f"{classes[int(i)]} ({side})" for i, side in split.coverage.get("one_side", {}).items()]
+    out = []
+    if single:
+        out.append(f"{len(single)} classes have a single test capture (their test score is that capture's): "
+                   + ", ".join(single))
+    if one_side:
+        out.append(f"{len(one_side)} classes have all their captures on one side: " + ", ".join(one_side))
+    return out
+
+
+def fit_rows(split: Split, y_of_row: np.ndarray, balance: str, seed: int) -> np.ndarray:
+    """The training rows a model learns from: the training side, drawn down to the smallest
+    class when `balance` is `undersample` (seeded; the same rows for every model of a seed)."""
+    if balance != "undersample" or not len(split.train):
+        return split.train
+    rng = np.random.default_rng(seed)
+    y = y_of_row[split.train]
+    counts = np.bincount(y)
+    smallest = counts[counts > 0].min()
+    keep = [rng.choice(np.flatnonzero(y == c), size=smallest, replace=False) for c in np.flatnonzero(counts)]
+    return split.train[np.sort(np.concatenate(keep))]
 
 
 def _tie_cut(times_sorted: np.ndarray, k: int) -> int:
@@ -135,30 +258,40 @@ def kfold_splits(rows: np.ndarray, y: np.ndarray, k: int, groups: np.ndarray | N
                  kind: str = "capture") -> list[Split]:
     """k folds, each the test side once; of the other folds, a quarter (by group) validates.
 
-    With `groups` (captures) the folds are StratifiedGroupKFold: no capture in two folds, nor on
-    two sides of one fold; without, StratifiedKFold by session.
+    With `groups` (captures) whole captures are dealt to folds by `assign_groups` (random per
+    seed, stratified where captures allow): no capture in two folds, nor on two sides of one
+    fold. Without, StratifiedKFold by session.
     """
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+    from sklearn.model_selection import StratifiedKFold
 
     if k < 2:
         raise ConfigError(f"--folds must be >= 2, got {k}")
-    if groups is not None:
-        n_groups = len(np.unique(groups))
-        if n_groups < 2 * k:
-            raise ConfigError(f"{k} folds by capture need at least {2 * k} capture files (a test and a validation "
-                              f"share per fold), the dataset has {n_groups}; use fewer --folds or --split random")
-        outer, inner = StratifiedGroupKFold(k, shuffle=True, random_state=seed), StratifiedGroupKFold(4, shuffle=True, random_state=seed)
-    else:
-        smallest = int(np.bincount(np.unique(y, return_inverse=True)[1]).min())
-        if smallest < k:
-            raise ConfigError(f"{k} stratified folds need at least {k} sessions per class, the smallest class has {smallest}; "
-                              "use fewer --folds or raise --min-class-sessions")
-        outer, inner = StratifiedKFold(k, shuffle=True, random_state=seed), StratifiedKFold(4, shuffle=True, random_state=seed)
     folds = []
-    for rest, test in outer.split(rows, y, groups):
-        inner_groups = None if groups is None else groups[rest]
+    if groups is not None:
+        groups = np.asarray(groups)
+        gid, counts = group_counts(y, groups)
+        if len(counts) < 2 * k:
+            raise ConfigError(f"{k} folds by capture need at least {2 * k} capture files (a test and a validation "
+                              f"share per fold), the dataset has {len(counts)}; use fewer --folds or --split random")
+        fold_of_group = assign_groups(counts, [1.0 / k] * k, np.random.default_rng(seed))
+        for f in range(k):
+            rest_groups = np.flatnonzero(fold_of_group != f)
+            inner = assign_groups(counts[rest_groups], (0.75, 0.25), np.random.default_rng([seed, f]))
+            side_of_group = np.full(len(counts), 2)
+            side_of_group[rest_groups] = inner
+            side = side_of_group[gid]
+            split = Split(kind, *_sorted(rows[side == 0], rows[side == 1], rows[side == 2]))
+            split.coverage = group_coverage(split, rows, y, groups)
+            folds.append(_missing(split, y, rows))
+        return folds
+    smallest = int(np.bincount(np.unique(y, return_inverse=True)[1]).min())
+    if smallest < k:
+        raise ConfigError(f"{k} stratified folds need at least {k} sessions per class, the smallest class has {smallest}; "
+                          "use fewer --folds or raise --min-class-sessions")
+    outer, inner = StratifiedKFold(k, shuffle=True, random_state=seed), StratifiedKFold(4, shuffle=True, random_state=seed)
+    for rest, test in outer.split(rows, y):
         try:
-            tr, va = next(inner.split(rest, y[rest], inner_groups))
+            tr, va = next(inner.split(rest, y[rest]))
         except ValueError as exc:  # StratifiedKFold on classes smaller than 4 in one fold's rest
             raise ConfigError(f"fold validation split: {exc}") from None
         folds.append(_missing(Split(kind, *_sorted(rows[rest[tr]], rows[rest[va]], rows[test])), y, rows))
