@@ -19,15 +19,19 @@ IMAGE_SIDE, PACKETS, PACKET_BYTES = 20, 6, 32
 STATS = ("duration", "packets", "bytes")
 
 
-def make_dataset(path, classes=("alpha", "beta", "gamma"), per_class=60, captures_per_class=5, seed=0, config=None):
+def make_dataset(path, classes=("alpha", "beta", "gamma"), per_class=60, captures_per_class=5, seed=0, config=None,
+                 counts=None):
     """A separable dataset: class c writes bytes 200 into its own block of the image and of one
-    packet, on top of low noise; sessions are spread over `captures_per_class` captures."""
+    packet, on top of low noise; sessions are spread over `captures_per_class` captures.
+    `counts` {label: n}: fewer sessions of some classes."""
     rng = np.random.default_rng(seed)
     k = IMAGE_SIDE * IMAGE_SIDE
     with DatasetWriter(path, config or {"layer": "all", "mask": "strict", "image_bytes": k}, image_bytes=k,
                        packets=PACKETS, packet_bytes=PACKET_BYTES, sequence_length=8, stats_names=list(STATS)) as w:
         for i in range(per_class):
             for c, label in enumerate(classes):
+                if counts and i >= counts.get(label, per_class):
+                    continue
                 image = rng.integers(0, 60, k, dtype=np.uint8)
                 image[c * 40:(c + 1) * 40] = 200
                 packets = rng.integers(0, 60, (PACKETS, PACKET_BYTES), dtype=np.uint8)
@@ -72,7 +76,7 @@ def test_capture_split_never_shares_a_capture(dataset):
     assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
     assert len(s.train) + len(s.val) + len(s.test) == len(rows)
     assert set(y[s.test]) == {0, 1, 2}  # 5 captures per class: every class reaches the test side
-    with pytest.raises(ConfigError, match="at least 5 capture"):
+    with pytest.raises(ConfigError, match="at least 3 capture files"):
         capture_split(rows, y, np.array(["a", "b"] * (len(rows) // 2)), seed=0)
 
 
@@ -113,14 +117,25 @@ def test_same_seed_same_weights_on_cpu(dataset, tmp_path):
     assert sha[0] == sha[1]
 
 
-def test_capture_split_balance_and_focal_loss(dataset, tmp_path):
+def test_undersampling_touches_the_training_side_only(tmp_path):
+    ds = make_dataset(tmp_path / "uneven", per_class=60, counts={"alpha": 30})
     cfg = TrainConfig(max_epochs=2, balance="undersample", loss="focal", **{**FAST, "split": "capture"})
-    s = train_run(dataset.path, tmp_path / "r", "wang-1dcnn", cfg, progress=False, log=lambda m: None)
+    train_run(ds.path, tmp_path / "r", "wang-1dcnn", cfg, progress=False, log=lambda m: None)
     config = json.loads((tmp_path / "r" / "config.json").read_text())
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert config["split"]["kind"] == "capture" and config["train"]["loss"] == "focal"
-    assert s["test_accuracy"] is not None
+    sizes = config["split"]["sizes"]
+    split = np.load(tmp_path / "r" / "split.npy")
+    labels = ds.labels.astype(str)
+    smallest = min(int(((split == 0) & (labels == c)).sum()) for c in ("alpha", "beta", "gamma"))
+    assert metrics["n_fit"] == config["split"]["train_after_balance"] == 3 * smallest < sizes["train"]
+    # validation and test keep every session of their side: alpha stays the minority there
+    test_counts = {c: int(((split == 2) & (labels == c)).sum()) for c in ("alpha", "beta", "gamma")}
+    assert metrics["n"] == sizes["test"] == sum(test_counts.values()) and test_counts["alpha"] < test_counts["beta"]
     cfg = TrainConfig(max_epochs=1, balance="weights", loss="weighted-ce", **FAST)
-    train_run(dataset.path, tmp_path / "w", "wang-1dcnn", cfg, progress=False, log=lambda m: None)
+    train_run(ds.path, tmp_path / "w", "wang-1dcnn", cfg, progress=False, log=lambda m: None)
+    weighted = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    assert weighted["n_fit"] == weighted["split_info"]["sizes"]["train"]  # weights draw from every training row
 
 
 def test_time_budget_stops_training(dataset, tmp_path):
@@ -130,14 +145,103 @@ def test_time_budget_stops_training(dataset, tmp_path):
 
 
 def test_min_class_sessions_drops_small_classes(tmp_path):
-    ds = make_dataset(tmp_path / "ds", classes=("a", "b", "c"), per_class=20)
-    # keep only 2 classes by asking for more sessions than... every class has 20: none dropped
-    s = train_run(ds.path, tmp_path / "r", "wang-1dcnn", TrainConfig(max_epochs=1, min_class_sessions=20, **FAST),
-                  progress=False, log=lambda m: None)
-    assert json.loads((tmp_path / "r" / "config.json").read_text())["labels"] == ["a", "b", "c"]
+    ds = make_dataset(tmp_path / "ds", classes=("a", "b", "c"), per_class=20, counts={"c": 12})
+    logged = []
+    train_run(ds.path, tmp_path / "r", "wang-1dcnn", TrainConfig(max_epochs=1, min_class_sessions=13, **FAST),
+              progress=False, log=logged.append)
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["labels"] == ["a", "b"]
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["split_info"]["dropped_classes"] == {"c": 12} and set(metrics["per_class"]) == {"a", "b"}
+    assert any("dropped 1 classes (< 13 sessions): c" in line for line in logged)
     with pytest.raises(ConfigError, match="at least 2 classes"):
         train_run(ds.path, tmp_path / "r2", "wang-1dcnn", TrainConfig(max_epochs=1, min_class_sessions=21), progress=False)
-    assert s["epochs"] == 1
+
+
+def test_include_class_keeps_only_the_named_classes(dataset, tmp_path):
+    train_run(dataset.path, tmp_path / "r", "wang-1dcnn",
+              TrainConfig(max_epochs=1, include_classes=("alpha", "gamma"), **FAST), progress=False, log=lambda m: None)
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["labels"] == ["alpha", "gamma"]
+    with pytest.raises(ConfigError, match="--include-class 'betta': no such class in the dataset; did you mean beta"):
+        train_run(dataset.path, tmp_path / "r2", "wang-1dcnn", TrainConfig(include_classes=("alpha", "betta")), progress=False)
+    with pytest.raises(ConfigError, match="both included and excluded"):
+        TrainConfig(include_classes=("alpha",), exclude_classes=("alpha",))
+
+
+def test_include_class_from_a_file_through_the_cli(dataset, tmp_path):
+    from trafficlens.training.cli import train
+
+    listing = tmp_path / "classes.txt"
+    listing.write_text("# two of three\nalpha\n\nbeta\n")
+    result = CliRunner().invoke(train, [str(dataset.path), "--model", "wang-1dcnn", "-o", str(tmp_path / "r"), "--epochs", "1",
+                                        "--batch-size", "16", "--split", "random", "--include-class", f"@{listing}", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["labels"] == ["alpha", "beta"]
+    missing = CliRunner().invoke(train, [str(dataset.path), "--model", "wang-1dcnn", "-o", str(tmp_path / "r2"),
+                                         "--include-class", f"@{tmp_path / 'nope.txt'}"])
+    assert missing.exit_code == 2 and "cannot read" in missing.output
+
+
+def test_split_none_fits_on_every_session_and_has_no_test_score(dataset, tmp_path):
+    from trafficlens.evaluation.evaluate import evaluate_run
+    from trafficlens.training.cli import train
+
+    result = CliRunner().invoke(train, [str(dataset.path), "--model", "wang-1dcnn", "-o", str(tmp_path / "r"), "--epochs", "2",
+                                        "--batch-size", "16", "--split", "none", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "test none (--split none" in result.output
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    sizes = metrics["split_info"]["sizes"]
+    assert sizes["test"] == 0 and sizes["val"] == 3 * 6 and sizes["train"] == len(dataset) - 18  # 10% of 60 per class
+    assert "accuracy" not in metrics and "no_test_score" in metrics and metrics["n_fit"] == sizes["train"]
+    with pytest.raises(ConfigError, match="--split none: it has no test side"):
+        evaluate_run(tmp_path / "r", tmp_path / "e")
+
+
+def test_batch_norm_statistics_are_recomputed_from_training_batches():
+    """The running mean and variance after recalibration are those of the current weights'
+    activations on the training rows (here one batch holding them all)."""
+    from trafficlens.training.trainer import recalibrate_batch_norm
+
+    class Tiny(torch.nn.Module):
+        inputs = ("stats",)
+
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 4)
+            self.norm = torch.nn.BatchNorm1d(4)
+
+        def forward(self, x):
+            return self.norm(self.linear(x))
+
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    x = np.random.default_rng(0).normal(3.0, 2.0, (40, 3)).astype(np.float32)
+    assert recalibrate_batch_norm(model, {"stats": x}, np.arange(40), 1, 64, torch.device("cpu"), seed=0)
+    with torch.no_grad():
+        h = model.linear(torch.from_numpy(x))
+    assert torch.allclose(model.norm.running_mean, h.mean(0), atol=1e-5)
+    assert torch.allclose(model.norm.running_var, h.var(0, unbiased=True), atol=1e-4)
+    assert model.norm.momentum == 0.1 and not model.training  # settings and mode restored
+
+
+def test_a_model_that_predicts_one_class_is_reported():
+    from trafficlens.training.trainer import fit
+
+    class Constant(torch.nn.Module):  # every input gives the same logits: one class for everything
+        inputs = ("stats",)
+
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.head(torch.zeros_like(x))
+
+    stats = np.random.default_rng(0).random((60, 3), dtype=np.float32)
+    y = np.tile(np.arange(3), 20)  # every class on both sides
+    result = fit(Constant(), {"stats": stats}, np.arange(45), y[:45], np.arange(45, 60), y[45:],
+                 TrainConfig(max_epochs=2, batch_size=16), 3, progress=False, device=torch.device("cpu"))
+    assert any("predicts one class for every validation session" in w for w in result.warnings)
 
 
 def test_run_directory_is_not_overwritten(dataset, tmp_path):

@@ -136,7 +136,8 @@ def predict_logits(model: nn.Module, tensors, idx: np.ndarray, batch_size: int =
 def recalibrate_batch_norm(model: nn.Module, tensors, train_idx: np.ndarray, batches_: int, batch_size: int,
                            device: torch.device, seed: int) -> bool:
     """Re-estimate every batch norm's running mean and variance from `batches_` training batches
-    under the current weights (precise BN, Wu & Johnson 2021). Returns whether the model has any.
+    under the current weights (precise BN, Wu & Johnson 2021). Returns whether the model has any
+    that train (batch norms a model keeps in eval mode, as frozen branches, are left alone).
 
     Running statistics are an exponential average (momentum 0.1) over the batches of training, so
     after a few dozen optimiser steps they still carry the initial 0/1 and the early weights'
@@ -144,15 +145,17 @@ def recalibrate_batch_norm(model: nn.Module, tensors, train_idx: np.ndarray, bat
     model predicted one class on validation for 5 epochs while training loss fell. Exact statistics
     of the weights being evaluated cost `batches_` forward passes, no backward.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not norms or batches_ <= 0 or not len(train_idx):
-        return bool(norms)
     was_training = model.training
+    model.train()  # a frozen part (chen-model-a's branches) keeps itself in eval mode: its statistics stay
+    norms = [m for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training]
+    if not norms or batches_ <= 0 or not len(train_idx):
+        model.train(was_training)
+        return bool(norms)
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the batches below
-    model.train()
     rng = np.random.default_rng(seed)
     size = min(batch_size, len(train_idx))
     count = min(batches_, max(1, len(train_idx) // size))
