@@ -154,6 +154,22 @@ def test_truncated_capture_keeps_packets_before_damage(tmp_path):
     assert ds.manifest["errors"][0]["kind"] == "damaged"
 
 
+@pytest.mark.parametrize("backend", ["python", "numba"])
+@pytest.mark.parametrize("bad", [b"\x1f\x8b", b"\x1f\x8b\x08\x00garbage"])
+def test_an_unreadable_gzip_is_one_warning_and_the_run_goes_on(tmp_path, backend, bad):
+    for name in ("a", "b"):
+        write_pcap(tmp_path / "caps" / "app" / f"{name}.pcap", tcp_session(sport=40000 + ord(name)))
+    (tmp_path / "caps" / "app" / "zz.pcap.gz").write_bytes(bad)  # last, after the good ones
+    warnings = []
+    ds = Dataset.open(prep([tmp_path / "caps"], tmp_path / "ds", PrepConfig(labels="dir"), workers=1,
+                           backend=backend, on_warning=warnings.append))
+    assert len(ds) == 1 and ds.manifest["duplicates"]["dropped"] == 1  # a and b make the same tensors
+    assert [i["path"] for i in ds.manifest["inputs"]] == ["app/a.pcap", "app/b.pcap", "app/zz.pcap.gz"]
+    assert len(warnings) == 1 and "zz.pcap.gz: cannot read" in warnings[0]
+    [error] = ds.manifest["errors"]
+    assert error["file"] == "app/zz.pcap.gz" and error["kind"] == "unreadable" and error["message"] == warnings[0]
+
+
 def test_cli_prep_info_and_one_line_errors(tmp_path):
     write_pcap(tmp_path / "caps" / "web" / "a.pcap", tcp_session())
     (tmp_path / "caps" / "web" / "README.txt").write_text("not a capture")
