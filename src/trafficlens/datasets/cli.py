@@ -12,7 +12,7 @@ from trafficlens.datasets.config import LAYERS, MASKS, UNITS
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--out", required=True, type=click.Path(), help="Dataset directory to create.")
-@click.option("--labels", default=None, help="dir | file:REGEX | csv:PATH | ndpi:PATH | preset:iscx-vpn2016 | preset:ustc-tfc2016")
+@click.option("--labels", default=None, help="dir | file:REGEX (its first group, or the whole match, in the file name) | csv:PATH | ndpi:PATH | preset:iscx-vpn2016 | preset:ustc-tfc2016")
 @click.option("--label-column", default=None, help="Column of a csv/ndpi label table to use (ndpi: app or master).")
 @click.option("--unlabeled", default="drop", show_default=True, help="drop | keep | as:NAME for sessions without a label.")
 @click.option("--unit", type=click.Choice(UNITS), default="session", show_default=True, help="session: both directions; flow: one direction.")

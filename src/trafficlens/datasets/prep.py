@@ -200,6 +200,10 @@ def prep(
     files, not_captures = discover(inputs)
     if not files:
         raise ConfigError(f"no capture files found in {', '.join(map(str, inputs))}")
+    label_warnings = labeler.check(files, inputs) if labeler is not None else []
+    for message in label_warnings:
+        if on_warning:
+            on_warning(message)
     workers = workers or default_workers()
     backend = resolve_backend(backend)  # a bad name or a missing numba fails here, before any work
     writer = DatasetWriter(
@@ -264,6 +268,10 @@ def prep(
         if pool is not None:
             pool.close()
             pool.join()
+        unlabeled = sum(r.dropped.get("unlabeled", 0) for r in reports)
+        if unlabeled and not writer.n and not label_warnings and on_warning:
+            on_warning(f"--labels {config.labels} gave no label to any session: all {unlabeled} were dropped "
+                       "as unlabeled, and the dataset is empty")
         if config.max_per_class:
             writer.limit_per_class(config.max_per_class)
         # Absolute input roots: what `audit` re-prepares from under another mask.
