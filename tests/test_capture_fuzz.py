@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
+import tempfile
+import zlib
+
+import pytest
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -100,6 +105,89 @@ def test_truncated_gzip_streams(tmp_path, body):
     path = tmp_path / "cut.pcap.gz"
     path.write_bytes(data[: max(10, len(data) * 2 // 3)])
     read_all(path)
+
+
+# -- gzip: every record whole in what decompressed before the damage is kept --------------------------
+GZ_FRAMES = [build.ethernet(build.tcp_packet(bytes([i]) * (20 + 7 * i), flags="PA")) for i in range(24)]
+GZ_RAW = valid_capture("pcap", GZ_FRAMES)
+GZ_ENDS = []  # uncompressed offset where each record ends
+for _frame in GZ_FRAMES:
+    GZ_ENDS.append((GZ_ENDS[-1] if GZ_ENDS else 24) + 16 + len(_frame))
+
+
+def whole_records(inflated: int) -> int:
+    """Records lying whole in the first `inflated` bytes of GZ_RAW."""
+    return sum(end <= inflated for end in GZ_ENDS)
+
+
+def inflatable(member: bytes) -> int:
+    """Bytes that zlib inflates from (a prefix of) one gzip member in a single call, error or not."""
+    z = zlib.decompressobj(31)
+    try:
+        return len(z.decompress(member))
+    except zlib.error:
+        return -1
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.integers(1, len(GZ_RAW) - 1), max_size=3, unique=True),  # where members split the data
+       st.integers(0, 3),  # zero padding after each member, as gzip allows
+       st.sampled_from(["cut", "junk", "crc", "length", "garbage", "none"]),
+       st.integers(0, 10_000), st.binary(min_size=1, max_size=8),
+       st.sampled_from([1, 7, 64, 1 << 15]), st.sampled_from([1, 13, 1 << 20]), CHUNKS)
+def test_damaged_gzip_keeps_the_records_before_the_damage(splits, padding, damage, where, garbage, slice_, limit, chunk):
+    """Cuts at any offset, junk after the stream, bad CRCs and lengths, garbage inside, over
+    concatenated members: exactly the records whole in what inflated before the damage are kept
+    (at least them where garbage may inflate into more), and one warning says where."""
+    from trafficlens.capture.reader import _Gunzip
+
+    bounds = [0, *sorted(splits), len(GZ_RAW)]
+    members = [gzip.compress(GZ_RAW[a:b]) + bytes(padding) for a, b in zip(bounds, bounds[1:])]
+    starts = [sum(map(len, members[:j])) for j in range(len(members))]
+    data = b"".join(members)
+    j = max(k for k in range(len(members)) if starts[k] <= where % len(data))  # the member hit
+    offset = where % len(data) - starts[j]
+    exact = True  # False: garbage may inflate into more records after the damage
+    if damage == "cut":
+        data = data[: starts[j] + offset]
+        inflated = bounds[j] + max(inflatable(members[j][:offset]), 0)
+        clean = offset == 0 or (offset >= len(members[j]) - padding)  # a cut between members
+    elif damage == "junk":
+        junk = garbage if garbage.strip(b"\0") else b"x"
+        data += junk
+        inflated, clean = len(GZ_RAW), False
+    elif damage in ("crc", "length"):  # the trailer of member j
+        trailer = starts[j] + len(members[j]) - padding - (8 if damage == "crc" else 4)
+        data = data[:trailer] + bytes([data[trailer] ^ 0xA5]) + data[trailer + 1 :]
+        inflated, clean = bounds[j + 1], False
+    elif damage == "garbage":
+        data = data[: starts[j] + offset] + garbage + data[starts[j] + offset + len(garbage) :]
+        inflated = bounds[j] + max(inflatable(members[j][:offset]), 0)
+        exact = clean = False
+    else:
+        inflated, clean = len(GZ_RAW), True
+    whole = whole_records(inflated)
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_Gunzip, "SLICE", slice_)  # small slices and limits reach every refill path
+        mp.setattr(_Gunzip, "LIMIT", limit)
+        path = os.path.join(tmp, "x.pcap.gz")
+        with open(path, "wb") as fh:
+            fh.write(data)
+        try:
+            reader = CaptureReader(path, chunk_size=chunk)
+        except CaptureError:
+            assert inflated < 4 or not exact  # not even the format could be told
+            return
+        packets = [p.data for p in reader]
+    assert packets[:whole] == GZ_FRAMES[:whole]
+    if exact:
+        assert len(packets) == whole
+        ends_between_records = inflated == 24 + sum(16 + len(f) for f in GZ_FRAMES[:whole])
+        assert len(reader.warnings) == (0 if clean and ends_between_records and whole else 1), reader.warnings
+    else:
+        assert len(reader.warnings) <= 1
+        if not reader.warnings:  # garbage where nothing checks it (the gzip header's time stamp)
+            assert packets == GZ_FRAMES
 
 
 @SETTINGS

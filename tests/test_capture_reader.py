@@ -6,6 +6,8 @@ import gzip
 import io
 import re
 import struct
+import zlib
+from pathlib import Path
 
 import pytest
 
@@ -93,6 +95,29 @@ def test_pcap_linktype_upper_bits_are_fcs_information(tmp_path):
     struct.pack_into("<I", data, 20, 0x14000001)  # FCS present, 4 bytes; LINKTYPE_ETHERNET
     (packet,), _ = read(tmp_path, bytes(data))
     assert packet.linktype == 1
+
+
+def modified_pcap(frames=FRAMES, order: str = "<") -> bytes:
+    """A "modified" pcap (Kuznetzov's patched libpcap) by hand, as libpcap's sf-pcap.c lays it out:
+    the classic record header, then ifindex (i32), protocol (u16), pkt_type (u8) and a pad byte."""
+    out = struct.pack(order + "IHHiIII", 0xA1B2CD34, 2, 4, 0, 0, 65535, 1)
+    for i, frame in enumerate(frames):
+        out += struct.pack(order + "IIIIiHBx", 1_600_000_000 + i, 250_000, len(frame), len(frame) + 4, 2, 0x0800, 4)
+        out += frame
+    return out
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_modified_pcap_reads_like_classic_pcap(tmp_path, order):
+    data = modified_pcap(order=order)
+    packets, reader = read(tmp_path, data)
+    assert reader.format == "pcap" and not reader.warnings
+    assert [p.data for p in packets] == FRAMES
+    assert [p.ts for p in packets] == [T0 + i for i in range(5)]  # microseconds
+    assert [p.orig_len for p in packets] == [len(f) + 4 for f in FRAMES] and {p.linktype for p in packets} == {1}
+    packets, reader = read(tmp_path, data[:-3])
+    assert [p.data for p in packets] == FRAMES[:4]
+    assert_one_warning(reader, len(data) - 24 - len(FRAMES[4]), "cut short by the end of file")
 
 
 @pytest.mark.parametrize("order", ["<", ">"])
@@ -307,10 +332,84 @@ def test_pcapng_section_with_an_unknown_byte_order(tmp_path):
 
 
 def test_damaged_gzip_stream_warns(tmp_path):
-    data = gzip.compress(pcap([bytes(200)] * 50))
+    frames = [bytes([i]) * 200 for i in range(50)]
+    data = gzip.compress(pcap(frames))
+    before = zlib.decompressobj(31).decompress(data[: len(data) // 2])  # what inflates before the damage
     packets, reader = read(tmp_path, data[: len(data) // 2] + bytes(64))
-    assert len(packets) < 50
-    assert_one_warning(reader, text="read error")
+    whole = whole_records(before)
+    assert whole >= 1 and [p.data for p in packets[:whole]] == frames[:whole]
+    assert_one_warning(reader)
+
+
+# -- gzip: everything that decompressed is kept -----------------------------------------------------
+LAB = Path(__file__).resolve().parents[1] / "examples" / "lab" / "capture-002.pcap.gz"  # 4,729 packets
+
+
+def whole_records(data: bytes) -> int:
+    """How many records of a little-endian classic pcap lie whole in `data`."""
+    count, pos = 0, 24
+    while pos + 16 <= len(data) and pos + 16 + struct.unpack_from("<I", data, pos + 8)[0] <= len(data):
+        count, pos = count + 1, pos + 16 + struct.unpack_from("<I", data, pos + 8)[0]
+    return count
+
+
+@pytest.fixture(scope="module")
+def lab():
+    """(uncompressed bytes, gzip of them, packets) of a real capture."""
+    raw = gzip.decompress(LAB.read_bytes())
+    return raw, gzip.compress(raw), [p.data for p in CaptureReader(LAB)]
+
+
+def test_gzip_with_trailing_junk_keeps_every_packet(tmp_path, lab):
+    raw, data, frames = lab
+    packets, reader = read(tmp_path, data + b"junk", "x.pcap.gz")
+    assert len(frames) == 4729 and [p.data for p in packets] == frames
+    assert_one_warning(reader, len(raw), f"data after the end of the gzip stream is not gzip (compressed byte {len(data)})")
+    packets, reader = read(tmp_path, data + bytes(100), "x.pcap.gz")  # zero padding, as gzip allows
+    assert len(packets) == 4729 and not reader.warnings
+
+
+@pytest.mark.parametrize("cut", [200, 1000, 100_000, 200_001, -9, -1])
+def test_cut_gzip_keeps_every_record_that_decompressed(tmp_path, lab, cut):
+    raw, data, frames = lab
+    cut = cut % len(data)
+    inflated = zlib.decompressobj(31).decompress(data[:cut])
+    packets, reader = read(tmp_path, data[:cut], "x.pcap.gz")
+    whole = whole_records(inflated)
+    assert [p.data for p in packets] == frames[:whole]
+    assert whole > 0 and (whole == 4729 or cut < len(data) - 8)  # a cut in the trailer loses no data
+    assert_one_warning(reader, len(inflated), f"gzip stream cut short (compressed byte {cut})")
+
+
+@pytest.mark.parametrize(("field", "problem"), [(-8, "CRC-32 mismatch"), (-4, "length mismatch")])
+def test_gzip_with_a_bad_trailer_keeps_every_packet(tmp_path, lab, field, problem):
+    raw, data, frames = lab
+    bad = bytearray(data)
+    bad[field] ^= 0x55
+    packets, reader = read(tmp_path, bytes(bad), "x.pcap.gz")
+    assert [p.data for p in packets] == frames
+    assert_one_warning(reader, len(raw), f"damaged gzip stream ({problem}, compressed byte")
+
+
+def test_concatenated_gzip_members_read_as_one_stream(tmp_path, lab):
+    raw, _, frames = lab
+    members = [gzip.compress(raw[i : i + 100_000]) for i in range(0, len(raw), 100_000)]
+    packets, reader = read(tmp_path, b"".join(members), "x.pcap.gz")
+    assert [p.data for p in packets] == frames and not reader.warnings
+    # damage in the third member keeps the first two members' records, and what inflated of the third
+    third = bytearray(members[2])
+    third[len(third) // 2 :] = bytes(len(third) - len(third) // 2)
+    packets, reader = read(tmp_path, b"".join(members[:2]) + bytes(third) + b"".join(members[3:]), "x.pcap.gz")
+    whole = whole_records(raw[:200_000])
+    assert len(packets) >= whole and [p.data for p in packets[:whole]] == frames[:whole]
+    assert_one_warning(reader)  # the records' own damage, or the gzip stream's: whichever shows first
+
+
+def test_a_gzip_broken_before_the_format_shows_is_unreadable(tmp_path):
+    for data in (b"\x1f\x8b", gzip.compress(pcap())[:12]):
+        (tmp_path / "x.pcap.gz").write_bytes(data)
+        with pytest.raises(CaptureError, match=r"x\.pcap\.gz: cannot read \(gzip stream cut short \(compressed byte"):
+            CaptureReader(tmp_path / "x.pcap.gz")
 
 
 def test_a_garbage_snap_length_does_not_let_a_record_eat_memory(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import pytest
 
@@ -39,6 +40,28 @@ def test_pcap_round_trip(tmp_path, gzip, big_endian, nanosecond, to_fileobj):
     resolution = 1e-9 if nanosecond else 1e-6
     for p, (_, ts) in zip(packets, PACKETS):
         assert p.ts == pytest.approx(ts, abs=resolution)
+
+
+@pytest.mark.parametrize("gzip", [False, True])
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_modified_pcap_round_trip(tmp_path, gzip, big_endian):
+    """The "modified" form: magic a1b2cd34 and 24-byte record headers; the same packets read back."""
+    classic, modified = tmp_path / "classic.pcap", tmp_path / "modified.pcap"
+    for path, is_modified in ((classic, False), (modified, True)):
+        with PcapWriter(path, linktype=101, snaplen=200, big_endian=big_endian, gzip=gzip, modified=is_modified) as w:
+            for data, ts in PACKETS:
+                w.write(data, ts, ifindex=7, protocol=0x86DD, pkt_type=4)
+    packets, reader = read_back(modified)
+    assert reader.format == "pcap" and reader.compressed is gzip and not reader.warnings
+    assert packets == read_back(classic)[0]
+    if not gzip:
+        order = ">" if big_endian else "<"
+        raw = modified.read_bytes()
+        assert struct.unpack_from(order + "I", raw)[0] == 0xA1B2CD34
+        # first record: seconds, microseconds, lengths, then ifindex, protocol, packet type, pad
+        assert struct.unpack_from(order + "IIIIiHBB", raw, 24)[2:] == (1, 1, 7, 0x86DD, 4, 0)
+        assert raw[48:49] == PACKETS[0][0]
+        assert len(raw) == len(classic.read_bytes()) + 8 * len(PACKETS)
 
 
 @pytest.mark.parametrize("gzip", [False, True])
@@ -95,6 +118,7 @@ def test_pcapng_writers_in_turn_make_sections(tmp_path):
 @pytest.mark.parametrize(("make", "message"), [
     (lambda f: PcapWriter(f, linktype=-1), "linktype must be"),
     (lambda f: PcapWriter(f, snaplen=0), "snaplen must be"),
+    (lambda f: PcapWriter(f, modified=True, nanosecond=True), "microsecond timestamps only"),
     (lambda f: PcapWriter(f).write(b"ab", T0, orig_len=1), "orig_len 1 is shorter"),
     (lambda f: PcapWriter(f).write(b"ab", -1.0), "ts must be"),
     (lambda f: PcapngWriter(f).write(b"ab", T0), "interface 0 was never added"),

@@ -98,6 +98,67 @@ def test_existing_output_needs_overwrite(tmp_path):
     assert len(Dataset.open(tmp_path / "ds")) == 4
 
 
+def test_overwrite_deletes_only_what_trafficlens_wrote(tmp_path):
+    """--overwrite replaces a dataset or an empty folder, never anything else; a stale .partial is
+    removed only when trafficlens left it (the marker the writer drops in at creation)."""
+    precious = tmp_path / "photos"
+    precious.mkdir()
+    (precious / "cat.jpg").write_bytes(b"meow")
+    (tmp_path / "notes.txt").write_text("mine")
+    for target, what in ((precious, "is a directory"), (tmp_path / "notes.txt", "is a file")):
+        with pytest.raises(DatasetError, match=f"{what} but not a trafficlens dataset; --overwrite replaces only datasets"):
+            DatasetWriter(target, {}, overwrite=True)
+    assert (precious / "cat.jpg").read_bytes() == b"meow" and (tmp_path / "notes.txt").read_text() == "mine"
+    # someone else's folder where the writer would put its .partial: refused, untouched
+    (tmp_path / "ds.partial").mkdir()
+    (tmp_path / "ds.partial" / "draft.txt").write_text("mine too")
+    with pytest.raises(DatasetError, match="ds.partial: is in the way and was not left by trafficlens prep"):
+        DatasetWriter(tmp_path / "ds", {})
+    assert (tmp_path / "ds.partial" / "draft.txt").read_text() == "mine too"
+    (tmp_path / "ds.partial" / "draft.txt").unlink()
+    # an interrupted run's .partial is trafficlens' own: removed without --overwrite
+    writer = DatasetWriter(tmp_path / "ds", {}, stats_names=["x", "y"]).open()
+    writer._table.close()  # a crash: the partial stays
+    assert (tmp_path / "ds.partial" / ".trafficlens-partial").is_file()
+    _write(tmp_path / "ds", 3)
+    assert len(Dataset.open(tmp_path / "ds")) == 3 and not (tmp_path / "ds.partial").exists()
+    assert not (tmp_path / "ds" / ".trafficlens-partial").exists()
+    # an empty folder holds nothing to lose
+    (tmp_path / "empty").mkdir()
+    _write(tmp_path / "empty", 2, overwrite=True)
+    assert len(Dataset.open(tmp_path / "empty")) == 2
+
+
+def test_open_checks_every_file_against_the_manifest(tmp_path):
+    """Shapes, row counts and readability from headers, sizes and the Parquet footer."""
+    _write(tmp_path / "ds", 10)
+    Dataset.open(tmp_path / "ds")
+    image = (tmp_path / "ds" / "image.npy").read_bytes()
+    for damaged, message in ((image[:-1], "image.npy: 7967 bytes where its header promises 7968"),
+                             (image + b"\0", "image.npy: 7969 bytes where its header promises 7968"),
+                             (image.replace(b"(10, 784)", b"(10, 783)"), "holds 10x783 uint8 values, the manifest says 10x784"),
+                             (image.replace(b"|u1", b"<f4"), "holds 10x784 float32 values"),
+                             (b"\x93NUMPY\x01\x00" + b"\xff" * 40, "image.npy: not a readable .npy file"),
+                             (b"", "image.npy: not a readable .npy file")):
+        (tmp_path / "ds" / "image.npy").write_bytes(damaged)
+        with pytest.raises(DatasetError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            Dataset.open(tmp_path / "ds")
+    (tmp_path / "ds" / "image.npy").write_bytes(image)
+    table = (tmp_path / "ds" / "sessions.parquet").read_bytes()
+    (tmp_path / "ds" / "sessions.parquet").write_bytes(table[:-10])
+    with pytest.raises(DatasetError, match="sessions.parquet: unreadable"):
+        Dataset.open(tmp_path / "ds")
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    (tmp_path / "ds" / "sessions.parquet").write_bytes(table)
+    (tmp_path / "ds" / "manifest.json").write_text(json.dumps(dict(manifest, n_sessions=11)))
+    with pytest.raises(DatasetError, match="image.npy: holds 10x784 uint8 values, the manifest says 11x784"):
+        Dataset.open(tmp_path / "ds")
+    del manifest["tensors"]
+    (tmp_path / "ds" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DatasetError, match="incomplete manifest"):
+        Dataset.open(tmp_path / "ds")
+
+
 def test_limit_per_class_keeps_rows_aligned(tmp_path):
     writer = DatasetWriter(tmp_path / "ds", {}, stats_names=["i"])
     writer.open()

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from captures import CLIENT, SERVER, tcp_frame, tcp_session, udp_frame, write_pcap
-from trafficlens.capture import PcapngWriter, PcapWriter, build
+from trafficlens.capture import CaptureReader, PcapngWriter, PcapWriter, build
 from trafficlens.datasets.config import PrepConfig
 from trafficlens.datasets.prep import prep
 from trafficlens.errors import ConfigError
@@ -271,6 +271,71 @@ def test_backend_choice(monkeypatch):
     assert resolve_backend() == "numba"
     with pytest.raises(ConfigError, match="backend must be one of"):
         resolve_backend("fortran")
+
+
+def test_modified_pcap_gives_the_datasets_of_classic_pcap(tmp_path):
+    """The "modified" pcap format (a1b2cd34, 24-byte record headers), both byte orders and gzip:
+    the same packets, sessions and datasets as the classic form, on both backends."""
+    packets = list(CaptureReader(_mixed_ethernet(tmp_path / "source.pcap")))
+    manifests = []
+    for name, kw in (("classic", {}), ("modified", dict(modified=True)),
+                     ("modified-be", dict(modified=True, big_endian=True, gzip=True))):
+        folder = tmp_path / name / "app"
+        folder.mkdir(parents=True)
+        with PcapWriter(folder / "x.pcap", **kw) as w:
+            for p in packets:
+                w.write(p.data, p.ts, orig_len=p.orig_len)
+        assert [(p.data, p.ts, p.orig_len) for p in CaptureReader(folder / "x.pcap")] == \
+            [(p.data, p.ts, p.orig_len) for p in packets]
+        manifest = compare([folder.parent], tmp_path / f"out-{name}", PrepConfig(labels="dir"))
+        assert manifest["packets_read"] == len(packets)
+        manifests.append(manifest)
+    tables = [pq.read_table(tmp_path / f"out-{name}" / "python" / "sessions.parquet")
+              for name in ("classic", "modified", "modified-be")]
+    assert tables[0].num_rows > 3 and tables[0].equals(tables[1]) and tables[0].equals(tables[2])
+    for name in ("image", "packets", "sequence", "stats"):
+        first = (tmp_path / "out-classic" / "numba" / f"{name}.npy").read_bytes()
+        assert first == (tmp_path / "out-modified" / "numba" / f"{name}.npy").read_bytes()
+        assert first == (tmp_path / "out-modified-be" / "numba" / f"{name}.npy").read_bytes()
+    for key in ("classes", "dropped", "skipped_packets"):
+        assert manifests[0][key] == manifests[1][key] == manifests[2][key]
+    assert [[e["message"].rpartition(": ")[2] for e in m["errors"]] for m in manifests] == [["1 malformed packets skipped"]] * 3
+
+
+LAB = Path(__file__).resolve().parents[1] / "examples" / "lab" / "capture-002.pcap.gz"  # 4,729 packets
+
+
+@pytest.mark.parametrize("damage", ["junk", "cut", "crc", "unreadable"])
+def test_damaged_gzip_identical(tmp_path, damage):
+    """What a damaged gzip stream decompressed before the damage, on both backends; an unreadable
+    gzip file is one error and the run goes on."""
+    import gzip
+
+    raw = gzip.decompress(LAB.read_bytes())
+    data = gzip.compress(raw)
+    folder = tmp_path / "caps" / "app"
+    folder.mkdir(parents=True)
+    if damage == "junk":
+        bad = data + b"junk"
+    elif damage == "cut":
+        bad = data[: len(data) // 2]
+    elif damage == "crc":
+        bad = data[:-8] + bytes([data[-8] ^ 1]) + data[-7:]
+    else:
+        bad = b"\x1f\x8b"
+    (folder / "a.pcap.gz").write_bytes(bad)
+    write_pcap(folder / "b.pcap", tcp_session())  # a good capture after it
+    a, b, wa, wb = _run_both([tmp_path / "caps"], tmp_path / "out", PrepConfig(labels="dir"))
+    assert wa == wb and len(wa) == 1 and "a.pcap.gz" in wa[0]
+    manifest = assert_same_dataset(a, b)
+    packets = {i["path"]: i["packets"] for i in manifest["inputs"]}
+    expected = {"junk": 4729, "crc": 4729, "unreadable": 0, "cut": None}[damage]
+    if expected is not None:
+        assert packets["app/a.pcap.gz"] == expected
+    else:
+        assert 1000 < packets["app/a.pcap.gz"] < 4729
+    assert packets["app/b.pcap"] == 8
+    assert [e["kind"] for e in manifest["errors"]] == ["unreadable" if damage == "unreadable" else "damaged"]
 
 
 # -- real captures --------------------------------------------------------------------------------------

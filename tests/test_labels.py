@@ -85,3 +85,48 @@ def test_ustc_preset(tmp_path):
     assert lab.extra(_meta()) == {"kind": "benign"}
     with pytest.raises(ConfigError, match="unknown preset"):
         Labeler("preset:nope")
+
+
+def test_specs_that_can_never_work_are_errors():
+    with pytest.raises(ConfigError, match="file:REGEX needs a regular expression"):
+        Labeler("file:")
+    for spec in ("dir:extra", "dir:"):
+        with pytest.raises(ConfigError, match="--labels dir takes nothing after it"):
+            Labeler(spec)
+
+
+def test_an_empty_match_is_no_label(tmp_path):
+    lab = Labeler("file:^([a-z]*)")
+    assert lab.bind(tmp_path / "9lives.pcap", "9lives.pcap")(_meta()) is None
+    assert lab.bind(tmp_path / "web9.pcap", "web9.pcap")(_meta()) == "web"
+
+
+def test_check_warns_where_a_spec_labels_nothing_or_one_folder(tmp_path):
+    files = [(tmp_path / "caps" / name, name) for name in ("web-1.pcap", "mail-1.pcap", "x.pcap")]
+    assert Labeler("file:^([a-z]+)-").check(files, [tmp_path / "caps"]) == [
+        "--labels file:^([a-z]+)- gives no label to 1 of 3 capture names (e.g. x.pcap): their sessions are "
+        "unlabeled (dropped, unless --unlabeled keep or as:NAME)"]
+    assert "any of the 3 capture names" in Labeler("file:nogroup").check(files, [tmp_path / "caps"])[0]
+    assert "gives no label to 1 of 3" in Labeler("preset:ustc-tfc2016").check(
+        [(tmp_path / n, n) for n in ("SMB-1.pcap", "Zeus.pcap", "nope.pcap")], [tmp_path])[0]
+    # dir: captures straight in an input folder all get that folder's name
+    [warning] = Labeler("dir").check(files, [tmp_path / "caps"])
+    assert warning == (f"--labels dir: 3 capture(s) lie directly in {tmp_path / 'caps'}, not in a folder per class, "
+                       "so all their sessions are labelled 'caps' (e.g. web-1.pcap)")
+    nested = [(tmp_path / "caps" / "web" / "a.pcap", "web/a.pcap"), (tmp_path / "caps" / "mail" / "b.pcap", "mail/b.pcap")]
+    assert Labeler("dir").check(nested, [tmp_path / "caps"]) == []
+    named = tmp_path / "caps" / "web" / "a.pcap"  # a file given by name keeps its folder's label, silently
+    assert Labeler("dir").check([(named, "a.pcap")], [named]) == []
+    assert Labeler("file:^([a-z]+)-").check(nested[:0], []) == []
+
+
+def test_label_tables_must_be_utf8_and_well_formed(tmp_path):
+    table = tmp_path / "labels.csv"
+    table.write_bytes("file,label\na.pcap,web\nb.pcap,caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"labels.csv: not UTF-8 text \(byte 0xe9 on line 3\); save the label table as UTF-8"):
+        Labeler(f"csv:{table}")
+    table.write_bytes("\ufefffile,label\na.pcap,caf\u00e9\n".encode("utf-8"))  # a byte-order mark is fine
+    assert Labeler(f"csv:{table}").bind(tmp_path / "a.pcap", "a.pcap")(_meta()) == "caf\u00e9"
+    table.write_text("src_ip,src_port,dst_ip,dst_port,protocol,label\n10.0.0.1,http,10.0.0.2,443,TCP,web\n")
+    with pytest.raises(ConfigError, match="labels.csv: a row that is not a label row"):
+        Labeler(f"csv:{table}")

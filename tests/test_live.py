@@ -213,3 +213,25 @@ def test_live_command_replays_a_capture(run, tmp_path):  # noqa: F811
     summary = json.loads(result.stderr.strip().splitlines()[-1])
     assert len(rows) == summary["decisions"] == 28 and summary["packets"] > 28 * 6
     assert all(r["trigger"] == "after" and r["status"] == "ok" and r["label"] for r in rows)
+
+
+def test_live_output_replaces_a_file_only_when_live_stops(run, tmp_path):  # noqa: F811
+    """-o is written beside its name: a run that fails leaves an earlier file as it was."""
+    import torch
+    from click.testing import CliRunner
+
+    from trafficlens.cli import cli
+
+    out = tmp_path / "live.jsonl"
+    out.write_text("earlier\n")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a capture")
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(cli, ["live", "--model", str(run[0]), "-r", str(notes), "--speed", "0",
+                                          "-o", str(out), "--device", "cpu"])
+    finally:
+        torch.set_num_threads(threads)  # the command sets one intra-op thread for itself
+    assert result.exit_code != 0 and "not a pcap or pcapng file" in str(result.exception)
+    assert out.read_text() == "earlier\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.jsonl", "notes.txt"]

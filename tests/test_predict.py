@@ -127,3 +127,42 @@ def test_onnx_runtime_and_pytorch_give_the_same_rows(run, monkeypatch):
     assert plain.runtime == "torch"
     assert table.label.tolist() == reference.label.tolist()
     assert np.allclose(table.confidence, reference.confidence, atol=1e-5)
+
+
+def test_an_unreadable_gzip_is_one_warning_and_the_run_goes_on(run, tmp_path):
+    folder = tmp_path / "caps"
+    folder.mkdir()
+    (folder / "a.pcapng").write_bytes((SAMPLE / "capture-3.pcapng").read_bytes())
+    (folder / "zz.pcap.gz").write_bytes(b"\x1f\x8b")  # last: nothing may depend on the order
+    out = tmp_path / "flows.csv"
+    result = CliRunner().invoke(cli, ["predict", str(run[0]), str(folder), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(out)) == 28
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "zz.pcap.gz: cannot read (gzip stream cut short" in warnings[0]
+
+
+def test_an_existing_output_is_replaced_only_by_a_complete_one(run, tmp_path):
+    from trafficlens.serving.output import write_rows
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for suffix in ("csv", "jsonl", "parquet"):
+        out = tmp_path / f"flows.{suffix}"
+        out.write_text("earlier\n")
+        result = CliRunner().invoke(cli, ["predict", str(run[0]), str(empty), "-o", str(out)])
+        assert result.exit_code != 0 and "no capture files" in str(result.exception)
+        assert out.read_text() == "earlier\n"
+
+        def failing():
+            yield Classifier.load(run[0]).predict_pcap(SAMPLE / "capture-3.pcapng").to_dict("records")
+            raise RuntimeError("stopped half-way")
+
+        with pytest.raises(RuntimeError, match="half-way"):
+            write_rows(failing(), str(out))
+        assert out.read_text() == "earlier\n"
+        result = CliRunner().invoke(cli, ["predict", str(run[0]), str(SAMPLE / "capture-3.pcapng"), "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        assert len(pd.read_parquet(out) if suffix == "parquet" else pd.read_csv(out) if suffix == "csv"
+                   else out.read_text().splitlines()) == 28
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "flows.csv", "flows.jsonl", "flows.parquet"]

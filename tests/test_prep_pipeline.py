@@ -154,6 +154,44 @@ def test_truncated_capture_keeps_packets_before_damage(tmp_path):
     assert ds.manifest["errors"][0]["kind"] == "damaged"
 
 
+@pytest.mark.parametrize("backend", ["python", "numba"])
+@pytest.mark.parametrize("bad", [b"\x1f\x8b", b"\x1f\x8b\x08\x00garbage"])
+def test_an_unreadable_gzip_is_one_warning_and_the_run_goes_on(tmp_path, backend, bad):
+    for name in ("a", "b"):
+        write_pcap(tmp_path / "caps" / "app" / f"{name}.pcap", tcp_session(sport=40000 + ord(name)))
+    (tmp_path / "caps" / "app" / "zz.pcap.gz").write_bytes(bad)  # last, after the good ones
+    warnings = []
+    ds = Dataset.open(prep([tmp_path / "caps"], tmp_path / "ds", PrepConfig(labels="dir"), workers=1,
+                           backend=backend, on_warning=warnings.append))
+    assert len(ds) == 1 and ds.manifest["duplicates"]["dropped"] == 1  # a and b make the same tensors
+    assert [i["path"] for i in ds.manifest["inputs"]] == ["app/a.pcap", "app/b.pcap", "app/zz.pcap.gz"]
+    assert len(warnings) == 1 and "zz.pcap.gz: cannot read" in warnings[0]
+    [error] = ds.manifest["errors"]
+    assert error["file"] == "app/zz.pcap.gz" and error["kind"] == "unreadable" and error["message"] == warnings[0]
+
+
+def test_label_specs_that_label_nothing_or_one_folder_warn(tmp_path):
+    write_pcap(tmp_path / "flat" / "web-1.pcap", tcp_session())
+    write_pcap(tmp_path / "flat" / "mail-1.pcap", tcp_session(sport=40001, requests=(b"HELO",)))
+    warnings = []
+    ds = Dataset.open(prep([tmp_path / "flat"], tmp_path / "a", PrepConfig(labels="file:nogroup"), workers=1,
+                           on_warning=warnings.append))
+    assert len(ds) == 0 and ds.manifest["dropped"]["unlabeled"] == 2
+    assert warnings == ["--labels file:nogroup gives no label to any of the 2 capture names (e.g. mail-1.pcap): "
+                        "their sessions are unlabeled (dropped, unless --unlabeled keep or as:NAME)"]
+    warnings.clear()
+    ds = Dataset.open(prep([tmp_path / "flat"], tmp_path / "b", PrepConfig(labels="dir"), workers=1,
+                           on_warning=warnings.append))
+    assert ds.manifest["classes"] == {"flat": 2}
+    assert len(warnings) == 1 and "--labels dir: 2 capture(s) lie directly in" in warnings[0]
+    table = tmp_path / "labels.csv"
+    table.write_text("file,label\nother.pcap,web\n")
+    warnings.clear()
+    prep([tmp_path / "flat"], tmp_path / "c", PrepConfig(labels=f"csv:{table}"), workers=1, on_warning=warnings.append)
+    assert warnings == [f"--labels csv:{table} gave no label to any session: all 2 were dropped as unlabeled, "
+                        "and the dataset is empty"]
+
+
 def test_cli_prep_info_and_one_line_errors(tmp_path):
     write_pcap(tmp_path / "caps" / "web" / "a.pcap", tcp_session())
     (tmp_path / "caps" / "web" / "README.txt").write_text("not a capture")

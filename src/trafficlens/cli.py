@@ -57,6 +57,7 @@ def cli() -> None:
 
 def fail(message: str) -> None:
     """Print one red line to stderr and exit 2: the one way commands report user errors."""
+    message = " ".join(str(message).split())  # a library's message may run over lines
     click.secho(f"error: {message}", fg="red", err=True)
     sys.exit(2)
 
@@ -68,3 +69,11 @@ def main() -> None:
         cli(standalone_mode=True)
     except TrafficlensError as exc:
         fail(str(exc))
+    except OSError as exc:
+        # A file or folder the system refused (an -o that cannot be written, a missing input):
+        # the user's to fix, so one line naming it. An OSError about no path is a bug or the
+        # system's, and keeps its traceback.
+        if exc.filename is None:
+            raise
+        where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else str(exc.filename)
+        fail(f"{where or repr(where)}: {exc.strerror or exc}")

@@ -1,9 +1,12 @@
-"""Small file helpers shared by datasets and bundles."""
+"""Small file helpers shared by datasets, bundles and the commands' outputs."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+from contextlib import contextmanager
+from typing import IO, Iterator
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -15,20 +18,63 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`: an existing
-    file is replaced only by a complete new one, never truncated first."""
-    import tempfile
+@contextmanager
+def atomic_output(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator[IO]:
+    """Write the file `path` all at once, or not at all.
 
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
+    Yields a file object (`open(..., mode, **open_kwargs)`; mode "w" or "wb") on a new temporary
+    file beside `path`; when the block ends without an exception it is flushed, synced and renamed
+    over `path` (atomic on one file system), else it is removed and `path` is left as it was. An
+    existing file at `path` is therefore untouched until the new one is complete. Errors about
+    the place (a missing or unwritable folder, a folder named `path`) come at entry, before any
+    work, as `OSError`s naming `path`. The new file has the usual permissions (0666 less umask).
+
+        with atomic_output("flows.csv", newline="") as fh:
+            csv.writer(fh).writerows(rows)
+        with atomic_output("flows.parquet", "wb") as fh:   # libraries that take a file object
+            pq.write_table(table, fh)
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_output writes a new file: mode must be 'w' or 'wb', got {mode!r}")
+    target = os.fspath(path)
+    if not target:
+        raise FileNotFoundError(errno.ENOENT, "empty file name", target)
+    if os.path.isdir(target):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", target)
+    folder, name = os.path.split(target)
+    while True:
+        temporary = os.path.join(folder, f".{name}.{os.urandom(4).hex()}.tmp")
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
+        except OSError as exc:  # named for the file asked for, not our temporary one
+            raise OSError(exc.errno, exc.strerror, target) from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
+        with open(fd, mode, **open_kwargs) as fh:
+            yield fh
+            if not fh.closed:  # a library may close the file it was given
+                fh.flush()
+                _sync(fh.fileno())
+        os.replace(temporary, target)
     except BaseException:
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
+            os.unlink(temporary)
+        except OSError:
             pass
         raise
+
+
+def _sync(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # file systems that cannot sync
+            raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """`atomic_output` for a whole text at once (JSON, Markdown, CSV written as one string)."""
+    with atomic_output(path, "w", encoding="utf-8") as fh:
+        fh.write(text)

@@ -3,11 +3,14 @@
 This is the hot path of every command, so it is our own struct-based loop over large buffered
 chunks rather than dpkt or scapy: 4-5x faster here, and a damaged record must stop the file with
 a warning instead of yielding garbage. The format is taken from the first bytes, never the name
-(the data has `.pcap` files that are pcapng and the reverse).
+(the data has `.pcap` files that are pcapng and the reverse). Classic pcap includes the
+"modified" pcap of Kuznetzov's patched libpcap (magic a1b2cd34, 24-byte record headers).
 
 A damaged file yields every packet before the damage and one warning naming the file and the
-byte offset (in the uncompressed stream); only a file that is not a capture at all raises
-`CaptureError`, and it does so before the first packet.
+byte offset (in the uncompressed stream). A damaged gzip stream (cut short, corrupt deflate
+data, a bad CRC or length, bytes after it that are not gzip) yields every packet whole in what
+decompressed before the damage. Only a file that is not a capture at all, or whose gzip stream
+breaks before its first four bytes, raises `CaptureError`, and it does so before the first packet.
 
     >>> reader = CaptureReader("x.pcap")
     >>> for raw in reader: ...
@@ -17,22 +20,25 @@ byte offset (in the uncompressed stream); only a file that is not a capture at a
 
 from __future__ import annotations
 
-import gzip
 import os
 import struct
 import zlib
-from typing import BinaryIO, Iterator, NamedTuple
+from typing import BinaryIO, Callable, Iterator, NamedTuple
 
 from trafficlens.errors import CaptureError
 
 MAX_RECORD = 262144  # largest snap length libpcap writes; a record beyond max(snaplen, this) is damage
 MAX_BLOCK = 16 << 20  # a pcapng block (or pcap record, whatever the snap length) beyond this is damage
 
-PCAP_MAGICS = {  # magic -> (byte order, seconds per fraction tick)
-    b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
-    b"\xa1\xb2\xc3\xd4": (">", 1e-6),
-    b"\x4d\x3c\xb2\xa1": ("<", 1e-9),
-    b"\xa1\xb2\x3c\x4d": (">", 1e-9),
+PCAP_MAGICS = {  # magic -> (byte order, seconds per fraction tick, record header bytes)
+    b"\xd4\xc3\xb2\xa1": ("<", 1e-6, 16),
+    b"\xa1\xb2\xc3\xd4": (">", 1e-6, 16),
+    b"\x4d\x3c\xb2\xa1": ("<", 1e-9, 16),
+    b"\xa1\xb2\x3c\x4d": (">", 1e-9, 16),
+    # "modified" pcap (Kuznetzov's patched libpcap): each record header adds a 4-byte interface
+    # index, a 2-byte protocol, a 1-byte packet type and a pad byte; microseconds
+    b"\x34\xcd\xb2\xa1": ("<", 1e-6, 24),
+    b"\xa1\xb2\xcd\x34": (">", 1e-6, 24),
 }
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -49,12 +55,14 @@ class RawPacket(NamedTuple):
 
 
 class _Damage(Exception):
-    """Raised inside the format loops; `CaptureReader` turns it into one warning."""
+    """Raised inside the format loops; `CaptureReader` turns it into one warning. `cut`: the
+    data ran out (a damaged gzip stream, when there is one, is then the cause to report)."""
 
-    def __init__(self, offset: int, problem: str):
+    def __init__(self, offset: int, problem: str, cut: bool = False):
         super().__init__(problem)
         self.offset = offset
         self.problem = problem
+        self.cut = cut
 
 
 class CaptureReader:
@@ -85,12 +93,15 @@ class CaptureReader:
             head = fh.read(4)
             if head[:2] == GZIP_MAGIC:
                 fh.seek(0)
-                fh = gzip.GzipFile(fileobj=fh, mode="rb")
+                fh = _Gunzip(fh)
                 self.compressed = True
                 head = fh.read(4)
-        except (OSError, EOFError, zlib.error) as exc:
+                if len(head) < 4 and fh.damage is not None:  # not even the format can be told
+                    _close(fh)
+                    raise CaptureError(f"{self.path}: cannot read ({fh.damage.problem})")
+        except OSError as exc:
             _close(fh)
-            raise CaptureError(f"{self.path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+            raise CaptureError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
         if head in PCAP_MAGICS:
             self.format = "pcap"
         elif head == PCAPNG_MAGIC:
@@ -105,20 +116,31 @@ class CaptureReader:
         self.warnings = []
         fh, head = self._open()
         buf = _Buffer(fh, head, self.chunk_size)
+        failure: Exception | None = None
         try:
             if len(head) < 4:  # empty, or a magic cut short
-                raise _Damage(0, "empty file" if not head else "file header cut short")
+                raise _Damage(0, "empty file" if not head else "file header cut short", cut=True)
             for packet in (_read_pcap if self.format == "pcap" else _read_pcapng)(buf):
                 self.packets += 1
                 yield packet
             if not self.packets:
-                raise _Damage(buf.offset, "no packets after the headers")
-        except _Damage as damage:
-            self._warn(damage.problem, damage.offset)
-        except (OSError, EOFError, zlib.error) as exc:  # damaged compression, I/O error
-            self._warn(f"read error ({exc})", buf.offset)
+                raise _Damage(buf.offset, "no packets after the headers", cut=True)
+        except (_Damage, OSError) as exc:
+            failure = exc
         finally:
             _close(fh)
+        self._settle(fh, failure, buf.offset)
+
+    def _settle(self, fh, failure: Exception | None, offset: int) -> None:
+        """The pass's one warning, if any: what stopped the records, or, when they merely ran
+        out where a damaged gzip stream ended (or ended cleanly before it), the gzip damage."""
+        if isinstance(failure, OSError):  # an I/O error
+            failure = _Damage(offset, f"read error ({failure.strerror or failure})")
+        broken = getattr(fh, "damage", None)
+        if broken is not None and (failure is None or failure.cut):
+            failure = broken
+        if failure is not None:
+            self._warn(failure.problem, failure.offset)
 
     def _warn(self, problem: str, offset: int) -> None:
         self.warnings.append(f"{self.path}: {problem} at offset {offset}; kept {self.packets} packets before it")
@@ -130,10 +152,119 @@ def read_packets(path: str | os.PathLike) -> Iterator[RawPacket]:
 
 
 def _close(fh: BinaryIO) -> None:
-    inner = getattr(fh, "fileobj", None)  # GzipFile leaves the file it wraps open
+    inner = getattr(fh, "fileobj", None)  # the file a _Gunzip reads from
     fh.close()
     if inner is not None:
         inner.close()
+
+
+_ZLIB_WORDS = {"incorrect data check": "CRC-32 mismatch", "incorrect length check": "length mismatch"}
+
+
+class _Gunzip:
+    """A gzip file decompressed incrementally, read like a file (`read(n)`).
+
+    Concatenated members are read in turn and zero padding after a member is skipped, as gzip
+    does. Damage (a cut, a bad header, deflate data, CRC or length, or bytes after the stream
+    that are not gzip) ends the stream after the last byte that decompressed, and is kept in
+    `damage` (offset: uncompressed bytes before it) for the reader's one warning. `gzip.GzipFile`
+    raises instead, losing the whole read that hit the damage.
+    """
+
+    SLICE = 1 << 15  # compressed bytes per inflate call; a call that fails is redone byte by byte
+    LIMIT = 1 << 20  # uncompressed bytes per inflate call at most (a small input may inflate 1000x)
+
+    def __init__(self, fileobj: BinaryIO):
+        self.fileobj = fileobj
+        self.damage: _Damage | None = None
+        self._member = None  # the current member's decompressor; None between members
+        self._input = b""  # compressed bytes read and not yet inflated
+        self._at = 0  # compressed offset of _input[0]
+        self._pending = b""  # inflated bytes not yet returned
+        self._inflated = 0  # uncompressed bytes inflated so far
+        self._ended = False
+
+    def read(self, n: int = -1) -> bytes:
+        parts, size = [self._pending], len(self._pending)
+        while (n < 0 or size < n) and not self._ended:
+            piece = self._inflate()
+            parts.append(piece)
+            size += len(piece)
+        data = b"".join(parts)
+        self._pending = b""
+        if 0 <= n < len(data):
+            data, self._pending = data[:n], data[n:]
+        return data
+
+    def close(self) -> None:
+        self._ended = True
+
+    def _fill(self, n: int) -> bool:
+        """At least n compressed bytes in `_input`; False when the file ends first."""
+        while len(self._input) < n:
+            more = self.fileobj.read(self.SLICE)
+            if not more:
+                return False
+            self._input += more
+        return True
+
+    def _inflate(self) -> bytes:
+        """Inflate the next slice of input: some bytes, maybe none; at the end, sets `_ended`."""
+        if self._member is None:  # between members: zero padding, then a member or the end
+            while True:
+                if not self._fill(1):
+                    self._ended = True
+                    return b""
+                stripped = self._input.lstrip(b"\0")
+                self._at += len(self._input) - len(stripped)
+                self._input = stripped
+                if stripped:
+                    break
+            if not self._fill(2) or self._input[:2] != GZIP_MAGIC:
+                return self._stop(f"data after the end of the gzip stream is not gzip (compressed byte {self._at})")
+            self._member = zlib.decompressobj(31)  # 16 + 15: a gzip header and trailer, checked
+        member = self._member
+        if not self._fill(1):
+            tail = member.flush()  # output that a size limit held back
+            if member.eof:
+                self._member = None
+                self._inflated += len(tail)
+                return tail
+            return self._stop(f"gzip stream cut short (compressed byte {self._at})", tail)
+        piece = self._input[: self.SLICE]
+        before = member.copy()
+        try:
+            out = member.decompress(piece, self.LIMIT)
+        except zlib.error:
+            out, at, why = _salvage(before, piece)
+            return self._stop(f"damaged gzip stream ({why}, compressed byte {self._at + at})", out)
+        left = member.unused_data if member.eof else member.unconsumed_tail
+        self._at += len(piece) - len(left)
+        self._input = left + self._input[len(piece) :]
+        if member.eof:
+            self._member = None
+        self._inflated += len(out)
+        return out
+
+    def _stop(self, problem: str, out: bytes = b"") -> bytes:
+        self._inflated += len(out)
+        self.damage = _Damage(self._inflated, problem)
+        self._ended = True
+        self._member = None
+        return out
+
+
+def _salvage(member, piece: bytes) -> tuple[bytes, int, str]:
+    """A failed inflate call redone byte by byte from the decompressor's state before it: what
+    inflated before the bad byte, the bad byte's index in `piece`, and zlib's words for it."""
+    out = []
+    for i in range(len(piece)):
+        try:
+            out.append(member.decompress(piece[i : i + 1]))
+        except zlib.error as exc:
+            why = str(exc).rpartition(": ")[2]
+            return b"".join(out), i, _ZLIB_WORDS.get(why, why)
+    return b"".join(out), len(piece), "inflate failed"  # the same bytes fail the same way: not reached
 
 
 class _Buffer:
@@ -167,45 +298,57 @@ class _Buffer:
         return len(self.data) - self.pos
 
 
-def _pcap_header(buf: _Buffer):
-    """A classic pcap's file header: (byte order, timestamp scale, snap length, link type,
-    largest plausible record, record header unpacker); leaves `buf` at the first record."""
-    order, scale = PCAP_MAGICS[buf.data[:4]]
+class _PcapFile(NamedTuple):
+    """What a classic pcap's file header says, for the record loops."""
+
+    order: str  # "<" or ">"
+    scale: float  # seconds per tick of a record's fraction field
+    snaplen: int
+    linktype: int
+    limit: int  # largest plausible captured length
+    header: int  # record header bytes: 16, or 24 in the "modified" format
+    record: Callable  # unpacks (seconds, fraction, captured length, length) at an offset
+
+
+def _pcap_header(buf: _Buffer) -> _PcapFile:
+    """A classic pcap's file header; leaves `buf` at the first record."""
+    order, scale, header = PCAP_MAGICS[buf.data[:4]]
     if not buf.need(24):
-        raise _Damage(0, "file header cut short")
+        raise _Damage(0, "file header cut short", cut=True)
     snaplen, linktype = struct.unpack_from(order + "II", buf.data, 16)
     linktype &= 0xFFFF  # the upper bits carry FCS information
     limit = min(max(snaplen, MAX_RECORD), MAX_BLOCK)  # a garbage snap length must not let a record eat memory
     buf.pos = 24
-    return order, scale, snaplen, linktype, limit, struct.Struct(order + "IIII").unpack_from
+    return _PcapFile(order, scale, snaplen, linktype, limit, header, struct.Struct(order + "IIII").unpack_from)
 
 
-def _pcap_continue(buf: _Buffer, record, limit: int, snaplen: int) -> bool:
+def _pcap_continue(buf: _Buffer, f: _PcapFile) -> bool:
     """Where a fast loop over whole records stopped: False at a clean end of file, True when the
     next record is whole in the buffer now (loop again); a damaged record raises `_Damage`."""
-    if not buf.need(16):
+    if not buf.need(f.header):
         if buf.left():
-            raise _Damage(buf.offset, "record header cut short by the end of file")
+            raise _Damage(buf.offset, "record header cut short by the end of file", cut=True)
         return False
-    caplen, orig = record(buf.data, buf.pos)[2:]
-    if caplen > limit:
-        raise _Damage(buf.offset, f"record length {caplen} beyond the snap length {snaplen}")
+    caplen, orig = f.record(buf.data, buf.pos)[2:]
+    if caplen > f.limit:
+        raise _Damage(buf.offset, f"record length {caplen} beyond the snap length {f.snaplen}")
     if caplen > orig != 0:
         raise _Damage(buf.offset, f"record length {caplen} beyond its length on the wire {orig}")
-    if not buf.need(16 + caplen):
-        raise _Damage(buf.offset, f"record of {caplen} bytes cut short by the end of file")
+    if not buf.need(f.header + caplen):
+        raise _Damage(buf.offset, f"record of {caplen} bytes cut short by the end of file", cut=True)
     return True
 
 
 def _read_pcap(buf: _Buffer) -> Iterator[RawPacket]:
-    order, scale, snaplen, linktype, limit, record = _pcap_header(buf)
+    f = _pcap_header(buf)
+    scale, linktype, limit, header, record = f.scale, f.linktype, f.limit, f.header, f.record
     while True:
         data, pos = buf.data, buf.pos
         end = len(data)
         # Tight loop over the records already in the buffer; the checks are redone below.
-        while pos + 16 <= end:
+        while pos + header <= end:
             sec, frac, caplen, orig = record(data, pos)
-            start = pos + 16
+            start = pos + header
             stop = start + caplen
             # caplen > orig: out of sync, unless orig is 0 (never filled in by some writers)
             if caplen > limit or caplen > orig != 0 or stop > end:
@@ -213,7 +356,7 @@ def _read_pcap(buf: _Buffer) -> Iterator[RawPacket]:
             yield _new(RawPacket, (sec + frac * scale, data[start:stop], orig, linktype))
             pos = stop
         buf.pos = pos
-        if not _pcap_continue(buf, record, limit, snaplen):
+        if not _pcap_continue(buf, f):
             return
 
 
@@ -307,7 +450,7 @@ def _read_pcapng(buf: _Buffer) -> Iterator[RawPacket]:
         buf.pos = pos
         if not buf.need(12):
             if buf.left():
-                raise _Damage(buf.offset, "block header cut short by the end of file")
+                raise _Damage(buf.offset, "block header cut short by the end of file", cut=True)
             return
         data, pos = buf.data, buf.pos
         if data[pos : pos + 4] == PCAPNG_MAGIC:  # a new section may change the byte order
@@ -319,4 +462,4 @@ def _read_pcapng(buf: _Buffer) -> Iterator[RawPacket]:
         if length < 12 or length & 3 or length > MAX_BLOCK:
             raise _Damage(buf.offset, f"block length {length} invalid")
         if not buf.need(length):
-            raise _Damage(buf.offset, f"block of {length} bytes cut short by the end of file")
+            raise _Damage(buf.offset, f"block of {length} bytes cut short by the end of file", cut=True)

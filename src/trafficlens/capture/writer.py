@@ -61,27 +61,38 @@ class _Writer:
 
 
 class PcapWriter(_Writer):
-    """Classic pcap. `nanosecond` selects the a1b23c4d magic; `big_endian` the byte order."""
+    """Classic pcap. `nanosecond` selects the a1b23c4d magic; `big_endian` the byte order;
+    `modified` the "modified" pcap of Kuznetzov's patched libpcap (magic a1b2cd34, microseconds),
+    whose 24-byte record headers add an interface index, a protocol and a packet type (written
+    as 0 unless `write` is given them) and a pad byte."""
 
     def __init__(self, path_or_fileobj: str | os.PathLike | BinaryIO, linktype: int = 1, snaplen: int = 262144,
-                 nanosecond: bool = False, big_endian: bool = False, gzip: bool = False):
+                 nanosecond: bool = False, big_endian: bool = False, gzip: bool = False, modified: bool = False):
         if not 0 <= linktype <= 0xFFFF:
             raise ValueError(f"linktype must be a LINKTYPE_* value in 0..65535, got {linktype}")
         if not 0 < snaplen < 2**32:
             raise ValueError(f"snaplen must be a positive byte count, got {snaplen}")
+        if modified and nanosecond:
+            raise ValueError("the modified pcap format has microsecond timestamps only: pass nanosecond=False")
         super().__init__(path_or_fileobj, gzip)
         self.linktype = linktype
         self.snaplen = snaplen
+        self.modified = modified
         self._order = ">" if big_endian else "<"
         self._per_second = 1_000_000_000 if nanosecond else 1_000_000
-        magic = 0xA1B23C4D if nanosecond else 0xA1B2C3D4
+        magic = 0xA1B2CD34 if modified else 0xA1B23C4D if nanosecond else 0xA1B2C3D4
         self._fh.write(struct.pack(self._order + "IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype))
 
-    def write(self, data: bytes, ts: float, orig_len: int | None = None) -> None:
-        """One record; `data` is cut to the snap length, `orig_len` defaults to its full length."""
+    def write(self, data: bytes, ts: float, orig_len: int | None = None, ifindex: int = 0, protocol: int = 0,
+              pkt_type: int = 0) -> None:
+        """One record; `data` is cut to the snap length, `orig_len` defaults to its full length.
+        `ifindex`, `protocol` and `pkt_type` go into a modified pcap's record header only."""
         data, orig = self._snap(data, self.snaplen, orig_len)
         seconds, fraction = _ticks(ts, self._per_second)
-        self._fh.write(struct.pack(self._order + "IIII", seconds, fraction, len(data), orig) + data)
+        header = struct.pack(self._order + "IIII", seconds, fraction, len(data), orig)
+        if self.modified:
+            header += struct.pack(self._order + "iHBx", ifindex, protocol, pkt_type)
+        self._fh.write(header + data)
 
 
 class PcapngWriter(_Writer):

@@ -12,7 +12,7 @@ from trafficlens.datasets.config import LAYERS, MASKS, UNITS
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--out", required=True, type=click.Path(), help="Dataset directory to create.")
-@click.option("--labels", default=None, help="dir | file:REGEX | csv:PATH | ndpi:PATH | preset:iscx-vpn2016 | preset:ustc-tfc2016")
+@click.option("--labels", default=None, help="dir | file:REGEX (its first group, or the whole match, in the file name) | csv:PATH | ndpi:PATH | preset:iscx-vpn2016 | preset:ustc-tfc2016")
 @click.option("--label-column", default=None, help="Column of a csv/ndpi label table to use (ndpi: app or master).")
 @click.option("--unlabeled", default="drop", show_default=True, help="drop | keep | as:NAME for sessions without a label.")
 @click.option("--unit", type=click.Choice(UNITS), default="session", show_default=True, help="session: both directions; flow: one direction.")
@@ -33,7 +33,7 @@ from trafficlens.datasets.config import LAYERS, MASKS, UNITS
 @click.option("--retries", type=click.IntRange(0), default=2, show_default=True, help="--engine dask: resubmissions of a failed task before the run fails.")
 @click.option("--task-mb", type=click.FloatRange(0, min_open=True), default=64, show_default=True, help="--engine dask: capture megabytes per task (whole files; one shard per task).")
 @click.option("--backend", type=click.Choice(("python", "numba")), default=None, help="Per-packet code: numba (compiled, the default when installed) or python (the reference); same datasets. Also $TRAFFICLENS_BACKEND.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing dataset directory.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset directory (never anything but a trafficlens dataset or an empty directory).")
 @click.option("--quiet", is_flag=True, help="No progress bar or summary.")
 def prep(inputs, out, labels, label_column, unlabeled, unit, layer, mask, image_bytes, packets, packet_bytes,
          sequence_length, idle_timeout, min_packets, min_bytes, max_per_class, keep_duplicates, workers, engine,

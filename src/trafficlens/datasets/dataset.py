@@ -60,14 +60,19 @@ class Dataset:
                 f"{path}: dataset format version {version}, this trafficlens reads "
                 f"{' and '.join(map(str, READABLE_VERSIONS))}; re-run prep"
             )
-        if "shards" in manifest:
-            for shard in manifest["shards"]:
-                where = path / shard["path"]
-                if not (where / MANIFEST).is_file():
-                    raise DatasetError(f"{path}: shard {shard['path']} is missing")
-                _check_files(where)
-        else:
-            _check_files(path)
+        try:
+            rows = int(manifest["n_sessions"])
+            shapes = {name: tuple(int(n) for n in manifest["tensors"][name]["shape"]) for name in TENSORS}
+            parts = [(path / shard["path"], int(shard["n_sessions"])) for shard in manifest["shards"]] \
+                if "shards" in manifest else [(path, rows)]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DatasetError(f"{manifest_path}: incomplete manifest ({type(exc).__name__}: {exc}); re-run prep") from None
+        if sum(n for _, n in parts) != rows:
+            raise DatasetError(f"{path}: the shards hold {sum(n for _, n in parts)} sessions, the manifest says {rows}")
+        for where, n in parts:
+            if where != path and not (where / MANIFEST).is_file():
+                raise DatasetError(f"{path}: shard {where.relative_to(path)} is missing")
+            _check_files(where, n, shapes)
         return cls(path, manifest)
 
     def __len__(self) -> int:
@@ -106,14 +111,20 @@ class Dataset:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        def read(directory: Path):
+            try:
+                return pq.read_table(directory / TABLE)
+            except (pa.ArrowException, OSError) as exc:
+                raise DatasetError(f"{directory / TABLE}: unreadable ({exc}); re-run prep") from None
+
         if not self.sharded:
-            return pq.read_table(self.path / TABLE)
+            return read(self.path)
         if not self.shards:
             from trafficlens.datasets.schema import session_schema
 
             extra = tuple(self.manifest.get("table", {}).get("extra_columns", ()))
             return session_schema(extra).empty_table()
-        table = pa.concat_tables([pq.read_table(shard / TABLE) for shard in self.shards])
+        table = pa.concat_tables([read(shard) for shard in self.shards])
         if table.num_rows != len(self):
             raise DatasetError(f"{self.path}: shard tables hold {table.num_rows} rows, manifest says {len(self)}")
         return table.set_column(0, "id", pa.array(np.arange(table.num_rows, dtype=np.int64)))
@@ -164,12 +175,44 @@ class Dataset:
         return cache[name]
 
 
-def _check_files(path: Path) -> None:
-    for fname, _ in TENSORS.values():
-        if not (path / fname).is_file():
-            raise DatasetError(f"{path}: missing {fname}")
-    if not (path / TABLE).is_file():
+def _check_files(path: Path, rows: int, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Every tensor and the table of one directory are there, readable, and hold `rows` rows of
+    the manifest's shapes: checked from the .npy headers, file sizes and the Parquet footer,
+    without reading the data, so that a damaged dataset is refused at open, in one line."""
+    for name, (fname, dtype) in TENSORS.items():
+        _check_npy(path / fname, np.dtype(dtype), (rows, *shapes[name]))
+    table = path / TABLE
+    if not table.is_file():
         raise DatasetError(f"{path}: missing {TABLE}")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        found = pq.read_metadata(table).num_rows
+    except (pa.ArrowException, OSError) as exc:
+        raise DatasetError(f"{table}: unreadable ({exc}); re-run prep") from None
+    if found != rows:
+        raise DatasetError(f"{table}: {found} rows, the manifest says {rows}; re-run prep")
+
+
+def _check_npy(file: Path, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    if not file.is_file():
+        raise DatasetError(f"{file.parent}: missing {file.name}")
+    fmt = np.lib.format
+    try:
+        with open(file, "rb") as fh:
+            version = fmt.read_magic(fh)
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            found, fortran, found_dtype = read_header(fh)
+            data_start, size = fh.tell(), os.fstat(fh.fileno()).st_size
+    except Exception as exc:  # NumPy's header parser fails in many ways (ValueError, SyntaxError, TokenError...)
+        raise DatasetError(f"{file}: not a readable .npy file ({exc}); re-run prep") from None
+    if found_dtype != dtype or fortran or tuple(found) != shape:
+        raise DatasetError(f"{file}: holds {'x'.join(map(str, found))} {found_dtype} values, the manifest says "
+                           f"{'x'.join(map(str, shape))} {dtype}; re-run prep")
+    expected = data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size != expected:
+        raise DatasetError(f"{file}: {size} bytes where its header promises {expected} (cut short or damaged); re-run prep")
 
 
 class ShardedTensor:

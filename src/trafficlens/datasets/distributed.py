@@ -40,7 +40,7 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from trafficlens.datasets.config import PrepConfig, default_workers
-from trafficlens.datasets.schema import MANIFEST, PARTIAL_SUFFIX, SHARDS_DIR
+from trafficlens.datasets.schema import MANIFEST, SHARDS_DIR
 from trafficlens.errors import ConfigError, DatasetError
 
 
@@ -217,6 +217,7 @@ def prep_dask(
     from trafficlens.datasets.labels import Labeler
     from trafficlens.datasets.merge import plan_merge, write_manifest
     from trafficlens.datasets.prep import FileReport, _progress, _summary
+    from trafficlens.datasets.writer import output_paths, publish, remove_partial, start_partial
 
     config = config or PrepConfig()
     if isinstance(inputs, (str, os.PathLike)):
@@ -227,15 +228,14 @@ def prep_dask(
     files, not_captures = discover_any(list(inputs))
     if not files:
         raise ConfigError(f"no capture files found in {', '.join(map(str, inputs))}")
+    if labeler is not None and on_warning:
+        for message in labeler.check([(source, relative) for source, relative, _ in files], list(inputs)):
+            on_warning(message)
     if is_url(str(out)):
         raise ConfigError(f"{out}: the output of --engine dask must be a path every worker sees (a shared mount), not a URL")
-    out = Path(out).resolve()
-    if out.exists() and not overwrite:
-        raise DatasetError(f"{out}: already exists (choose another -o or pass --overwrite)")
-    partial = out.with_name(out.name + PARTIAL_SUFFIX)
-    if partial.exists():
-        shutil.rmtree(partial)
-    (partial / SHARDS_DIR).mkdir(parents=True)
+    out, partial = output_paths(Path(out).resolve(), overwrite)
+    start_partial(out, partial)
+    (partial / SHARDS_DIR).mkdir()
 
     cluster = None
     own_client = client is None
@@ -321,11 +321,9 @@ def prep_dask(
                            "retried": retried,
                            "task_seconds": round(task_seconds, 3)}
         write_manifest(partial, plan, template, extra)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(partial, out)
+        publish(partial, out)
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        remove_partial(partial)
         raise
     finally:
         bar.close()

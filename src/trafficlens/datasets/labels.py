@@ -7,10 +7,11 @@ metadata (capture, 5-tuple, start time) to a label, or None when it has none.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, Sequence
 
 from trafficlens.errors import ConfigError
 
@@ -79,12 +80,17 @@ class Labeler:
     def __init__(self, spec: str, column: str | None = None):
         self.spec = spec
         self.column = column
-        kind, _, arg = spec.partition(":")
+        kind, colon, arg = spec.partition(":")
         self.kind = kind
         self._file: Path | None = None
         if kind == "dir":
-            pass
+            if colon:
+                raise ConfigError(f"--labels dir takes nothing after it (got {spec!r}): the label is the folder "
+                                  "each capture lies in")
         elif kind == "file":
+            if not arg:
+                raise ConfigError("--labels file:REGEX needs a regular expression, e.g. 'file:^([a-z]+)_': a "
+                                  "capture's label is its first group (or the whole match) in the file name")
             try:
                 self._regex = re.compile(arg)
             except re.error as exc:
@@ -105,8 +111,17 @@ class Labeler:
         if not os.path.isfile(path):
             raise ConfigError(f"--labels {kind}:PATH: no such file {path!r}")
         delimiter = "\t" if kind == "ndpi" or path.endswith(".tsv") else ","
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh, delimiter=delimiter))
+        raw = Path(path).read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); "
+                              "save the label table as UTF-8") from None
+        try:
+            rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter))
+        except csv.Error as exc:
+            raise ConfigError(f"{path}: not a readable label table ({exc})") from None
         if not rows:
             raise ConfigError(f"{path}: no label rows")
         fields = set(rows[0])
@@ -116,6 +131,12 @@ class Labeler:
         self.column = column
         self._by_file: dict[str, str] = {}
         self._by_flow: dict[tuple, list[tuple[float, float, str]]] = {}
+        try:
+            self._index(kind, path, rows, fields, column)
+        except (ValueError, TypeError, AttributeError) as exc:  # a short row, a port or time that is no number
+            raise ConfigError(f"{path}: a row that is not a label row ({type(exc).__name__}: {exc})") from None
+
+    def _index(self, kind: str, path: str, rows: list[dict[str, str]], fields: set[str], column: str) -> None:
         if kind == "ndpi":
             for row in rows:
                 key = (os.path.basename(row["file"]), _endpoints_key(row["l4"], (row["addr_a"], row["port_a"]), (row["addr_b"], row["port_b"])))
@@ -143,17 +164,42 @@ class Labeler:
         self._relative = relative
         return self
 
+    def check(self, files: Sequence[tuple[str | os.PathLike, str]], inputs: Sequence[str | os.PathLike]) -> list[str]:
+        """Warnings about what this spec makes of these captures ((path, name relative to its input)
+        as `prep.discover` gives them), before any is read: for `dir`, captures lying directly in
+        an input folder (labelled after that folder); for `file:` and presets, names that get no label."""
+        if self.kind == "dir":
+            named = {os.path.abspath(item) for item in inputs}  # files given by name keep their folder's label
+            flat: dict[str, list[str]] = {}
+            for path, relative in files:
+                if "/" not in relative and os.path.abspath(path) not in named:
+                    flat.setdefault(os.fspath(Path(path).parent), []).append(relative)
+            return [f"--labels dir: {len(names)} capture(s) lie directly in {folder}, not in a folder per class, so "
+                    f"all their sessions are labelled {Path(folder).name!r} (e.g. {names[0]})"
+                    for folder, names in flat.items()]
+        if self.kind in ("file", "preset"):
+            missed = [relative for _, relative in files if self._by_name(PurePosixPath(relative).name) is None]
+            if missed:
+                share = f"any of the {len(files)}" if len(missed) == len(files) else f"{len(missed)} of {len(files)}"
+                return [f"--labels {self.spec} gives no label to {share} capture names (e.g. {missed[0]}): their "
+                        "sessions are unlabeled (dropped, unless --unlabeled keep or as:NAME)"]
+        return []
+
+    def _by_name(self, name: str) -> str | None:
+        """The label of a `file:` or preset spec for a file name; None for none (an empty match too)."""
+        if self.kind == "preset":
+            return self._preset(name)[0]
+        match = self._regex.search(name)
+        if not match:
+            return None
+        return (match.group(1) if match.groups() else match.group(0)) or None
+
     def __call__(self, meta: dict[str, Any]) -> str | None:
         name = self._file.name
         if self.kind == "dir":
             return self._file.parent.name or None
-        if self.kind == "file":
-            match = self._regex.search(name)
-            if not match:
-                return None
-            return match.group(1) if match.groups() else match.group(0)
-        if self.kind == "preset":
-            return self._preset(name)[0]
+        if self.kind in ("file", "preset"):
+            return self._by_name(name)
         if self._by_file:
             return self._by_file.get(self._relative, self._by_file.get(name))
         key = _endpoints_key(meta["protocol"], (meta["src_ip"], meta["src_port"]), (meta["dst_ip"], meta["dst_port"]))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from trafficlens.capture.reader import GZIP_MAGIC, PCAP_MAGICS, PCAPNG_MAGIC
 from trafficlens.datasets.config import PrepConfig, default_workers
 from trafficlens.datasets.labels import Labeler
 from trafficlens.datasets.writer import DatasetWriter
@@ -24,12 +25,7 @@ from trafficlens.files import sha256_file
 from trafficlens.fast import resolve_backend
 from trafficlens.features.tensors import Example, ExampleBatch, Featurizer
 
-CAPTURE_MAGICS = (
-    b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4",  # pcap, microseconds
-    b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d",  # pcap, nanoseconds
-    b"\x0a\x0d\x0d\x0a",  # pcapng section header
-)
-GZIP_MAGIC = b"\x1f\x8b"
+CAPTURE_MAGICS = (*PCAP_MAGICS, PCAPNG_MAGIC)  # a gzip file is taken too (GZIP_MAGIC)
 STREAM_INLINE_BYTES = 256 << 20  # larger files are streamed by the main process
 
 
@@ -114,8 +110,9 @@ def prepare_capture(
     assembler = SessionAssembler(config, featurizer)
     skipped = report.skipped_packets
     add = assembler.add
-    reader = CaptureReader(path)
+    reader = None
     try:
+        reader = CaptureReader(path)  # an unreadable file is this file's error, not the run's
         for raw in reader:
             packet = decode(raw)
             if type(packet) is str:
@@ -128,16 +125,25 @@ def prepare_capture(
         report.error = str(exc)
     except OSError as exc:
         report.error = f"{path}: {exc.strerror or exc}"
-    report.format = reader.format
-    report.packets = reader.packets
-    report.warnings = file_warnings(path, reader.warnings, skipped)
+    if reader is not None:
+        report.format = reader.format
+        report.packets = reader.packets
+    report.warnings = file_warnings(path, reader.warnings if reader is not None else [], skipped)
     assembler.close()
     featurizer.flush()
     report.dropped = dict(featurizer.dropped)
     report.dropped["retransmission_packets"] = assembler.retransmission_packets
     report.dropped["pure_ack_packets"] = assembler.pure_ack_packets
-    report.sha256 = sha256_file(path)
+    report.sha256 = file_digest(path)
     return report
+
+
+def file_digest(path: Path) -> str:
+    """The manifest's SHA-256 of an input; "" when it cannot be read (its error says why)."""
+    try:
+        return sha256_file(path)
+    except OSError:
+        return ""
 
 
 # -- worker processes ------------------------------------------------------------------------
@@ -194,6 +200,10 @@ def prep(
     files, not_captures = discover(inputs)
     if not files:
         raise ConfigError(f"no capture files found in {', '.join(map(str, inputs))}")
+    label_warnings = labeler.check(files, inputs) if labeler is not None else []
+    for message in label_warnings:
+        if on_warning:
+            on_warning(message)
     workers = workers or default_workers()
     backend = resolve_backend(backend)  # a bad name or a missing numba fails here, before any work
     writer = DatasetWriter(
@@ -258,6 +268,10 @@ def prep(
         if pool is not None:
             pool.close()
             pool.join()
+        unlabeled = sum(r.dropped.get("unlabeled", 0) for r in reports)
+        if unlabeled and not writer.n and not label_warnings and on_warning:
+            on_warning(f"--labels {config.labels} gave no label to any session: all {unlabeled} were dropped "
+                       "as unlabeled, and the dataset is empty")
         if config.max_per_class:
             writer.limit_per_class(config.max_per_class)
         # Absolute input roots: what `audit` re-prepares from under another mask.

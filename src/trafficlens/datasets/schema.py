@@ -13,6 +13,7 @@ READABLE_VERSIONS = (FORMAT_VERSION, FORMAT_VERSION_SHARDED)
 MANIFEST = "manifest.json"
 TABLE = "sessions.parquet"
 PARTIAL_SUFFIX = ".partial"
+PARTIAL_MARKER = ".trafficlens-partial"  # dropped into <out>.partial at creation: ours to delete
 KEYS = "keys.npy"  # per-row duplicate key (16 bytes) kept in shards for the cross-shard merge
 SHARDS_DIR = "shards"
 

@@ -26,6 +26,7 @@ from trafficlens.datasets.schema import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
+    PARTIAL_MARKER,
     PARTIAL_SUFFIX,
     KEYS,
     TABLE,
@@ -105,6 +106,81 @@ def per_class_keep(labels, limit: int, seed: int = 0) -> np.ndarray:
     return keep
 
 
+# -- where a dataset goes: trafficlens deletes only what it wrote ----------------------------------
+def output_paths(out_dir: str | os.PathLike, overwrite: bool) -> tuple[Path, Path]:
+    """(dataset directory, its `.partial`) for a new dataset at `out_dir`, checked before any work.
+
+    An existing `out_dir` is an error without `overwrite`, and with it unless it is a dataset
+    (or an empty directory); an existing `.partial` that trafficlens did not make is an error.
+    """
+    text = os.fspath(out_dir)
+    if not text.strip():
+        raise DatasetError("-o is empty: name the dataset directory to create")
+    out = Path(text)
+    if out.name in ("", ".."):  # ".", "ds/..": the folder itself
+        out = Path(os.path.abspath(text))
+        if not out.name:
+            raise DatasetError(f"{text}: cannot be a dataset directory; name a new folder")
+    partial = out.with_name(out.name + PARTIAL_SUFFIX)
+    if out.is_symlink() or out.exists():
+        if not overwrite:
+            raise DatasetError(f"{out}: already exists (choose another -o or pass --overwrite)")
+        if not _replaceable(out):
+            what = "a file" if out.is_file() and not out.is_symlink() else "a directory" if out.is_dir() else "there"
+            raise DatasetError(f"{out}: is {what} but not a trafficlens dataset; --overwrite replaces only datasets "
+                               "(remove it yourself or choose another -o)")
+    if (partial.is_symlink() or partial.exists()) and not _replaceable(partial):
+        raise DatasetError(f"{partial}: is in the way and was not left by trafficlens prep "
+                           "(remove it yourself or choose another -o)")
+    return out, partial
+
+
+def _replaceable(path: Path) -> bool:
+    """Whether trafficlens wrote the directory `path` (a dataset's manifest, or the partial marker),
+    or it is empty: only such directories are ever deleted."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    if (path / PARTIAL_MARKER).is_file():
+        return True
+    try:
+        return json.loads((path / MANIFEST).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        return not any(path.iterdir())
+    except OSError:
+        return False
+
+
+def start_partial(out: Path, partial: Path) -> None:
+    """A fresh `partial` directory holding the marker (an earlier run's is removed: it is ours)."""
+    if partial.is_symlink() or partial.exists():
+        if not _replaceable(partial):  # checked by output_paths; checked again just before deleting
+            raise DatasetError(f"{partial}: is in the way and was not left by trafficlens prep")
+        shutil.rmtree(partial)
+    try:
+        partial.mkdir(parents=True)
+        (partial / PARTIAL_MARKER).write_text("an unfinished dataset of trafficlens prep; safe to delete\n")
+    except OSError as exc:
+        raise DatasetError(f"{out}: cannot create the dataset there ({exc.strerror or exc})") from None
+
+
+def publish(partial: Path, out: Path) -> None:
+    """Move a finished `partial` into place, replacing a dataset at `out`."""
+    (partial / PARTIAL_MARKER).unlink(missing_ok=True)
+    if out.is_symlink() or out.exists():
+        if not _replaceable(out):  # appeared since output_paths checked it
+            raise DatasetError(f"{out}: is not a trafficlens dataset; not replaced (the new one is in {partial})")
+        shutil.rmtree(out)
+    os.replace(partial, out)
+
+
+def remove_partial(partial: Path) -> None:
+    """Delete an unfinished dataset, if it is ours."""
+    if _replaceable(partial):
+        shutil.rmtree(partial, ignore_errors=True)
+
+
 class DatasetWriter:
     """Append sessions (metadata + tensors) to a new dataset directory.
 
@@ -127,10 +203,7 @@ class DatasetWriter:
         overwrite: bool = False,
         record_keys: bool = False,
     ):
-        self.out_dir = Path(out_dir)
-        self.partial = self.out_dir.with_name(self.out_dir.name + PARTIAL_SUFFIX)
-        if self.out_dir.exists() and not overwrite:
-            raise DatasetError(f"{self.out_dir}: already exists (choose another -o or pass --overwrite)")
+        self.out_dir, self.partial = output_paths(out_dir, overwrite)
         self.config = dict(config)
         self.stats_names = list(stats_names)
         self.extra_columns = tuple(extra_columns)
@@ -162,9 +235,7 @@ class DatasetWriter:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def open(self) -> "DatasetWriter":
-        if self.partial.exists():
-            shutil.rmtree(self.partial)
-        self.partial.mkdir(parents=True)
+        start_partial(self.out_dir, self.partial)
         self._npy = {
             name: NpyAppender(self.partial / fname, dtype, self.shapes[name])
             for name, (fname, dtype) in TENSORS.items()
@@ -192,7 +263,7 @@ class DatasetWriter:
                 appender.close()
             self._table.close()
             self._opened = False
-        shutil.rmtree(self.partial, ignore_errors=True)
+        remove_partial(self.partial)
 
     # -- rows --------------------------------------------------------------------------------
     def add(
@@ -391,7 +462,5 @@ class DatasetWriter:
         manifest.update(manifest_extra)
         with open(self.partial / MANIFEST, "w") as fh:
             json.dump(manifest, fh, indent=2)
-        if self.out_dir.exists():
-            shutil.rmtree(self.out_dir)
-        os.replace(self.partial, self.out_dir)
+        publish(self.partial, self.out_dir)
         return self.out_dir

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import socket
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -398,15 +397,15 @@ def warm_up() -> None:
 def prepare_capture_fast(path: Path, relative: str, config: PrepConfig, labeler, emit: Callable[[Example], None],
                          on_reject=None, emit_batch: Callable[[ExampleBatch], None] | None = None):
     """`datasets.prep.prepare_capture` on the compiled backend; the same report, the same examples."""
-    from trafficlens.datasets.prep import FileReport, file_warnings
-    from trafficlens.files import sha256_file
+    from trafficlens.datasets.prep import FileReport, file_digest, file_warnings
 
     report = FileReport(str(path), relative, path.stat().st_size)
     label_of = labeler.bind(path, relative) if labeler is not None else None
     engine = Engine(config, relative, label_of, emit, emit_batch, on_reject)
-    reader = CaptureReader(path)
+    reader = None
     digest = None
     try:
+        reader = CaptureReader(path)  # an unreadable file is this file's error, not the run's
         if reader.format == "pcapng":
             _read_pcapng(reader, engine)
         else:
@@ -419,14 +418,15 @@ def prepare_capture_fast(path: Path, relative: str, config: PrepConfig, labeler,
     skipped.update(engine.skipped)
     if engine.fragments_kept:
         skipped["ip_fragment_first_kept"] = engine.fragments_kept
-    report.format = reader.format
-    report.packets = reader.packets
-    report.warnings = file_warnings(path, reader.warnings, skipped)
+    if reader is not None:
+        report.format = reader.format
+        report.packets = reader.packets
+    report.warnings = file_warnings(path, reader.warnings if reader is not None else [], skipped)
     engine.close()
     report.dropped = dict(engine.dropped)
     report.dropped["retransmission_packets"] = engine.retransmission_packets
     report.dropped["pure_ack_packets"] = engine.pure_ack_packets
-    report.sha256 = digest or sha256_file(path)
+    report.sha256 = digest or file_digest(path)
     return report
 
 
@@ -468,42 +468,41 @@ def _read_pcap(reader: CaptureReader, engine: Engine) -> str | None:
     if not reader.compressed:
         fh = hashing = _HashingFile(fh, head)
     digest = None
-    # Bigger windows than the reader's mean fewer, larger blocks; a gzip stream keeps the reader's
-    # size so that a read error is reported at the same offset.
+    # Bigger windows than the reader's mean fewer, larger blocks (damage offsets do not depend on them).
     buf = _Buffer(fh, head, reader.chunk_size if reader.compressed else max(reader.chunk_size, 4 << 20))
+    failure: Exception | None = None
     try:
         if len(head) < 4:
-            raise _Damage(0, "empty file" if not head else "file header cut short")
+            raise _Damage(0, "empty file" if not head else "file header cut short", cut=True)
         _pcap_records(buf, reader, engine)
         if not reader.packets:
-            raise _Damage(buf.offset, "no packets after the headers")
-    except _Damage as damage:
-        reader._warn(damage.problem, damage.offset)
-    except (OSError, EOFError, zlib.error) as exc:
-        reader._warn(f"read error ({exc})", buf.offset)
+            raise _Damage(buf.offset, "no packets after the headers", cut=True)
+    except (_Damage, OSError) as exc:
+        failure = exc
     finally:
         try:
             digest = hashing.finish() if hashing is not None else None
         except OSError:
             digest = None
         _close(fh)
+    reader._settle(fh, failure, buf.offset)
     return digest
 
 
 def _pcap_records(buf: _Buffer, reader: CaptureReader, engine: Engine) -> None:
-    order, scale, snaplen, linktype, limit, record = _pcap_header(buf)
-    big = order == ">"
+    f = _pcap_header(buf)
+    big = f.order == ">"
     while True:
         data = np.frombuffer(buf.data, np.uint8)
-        room = (len(data) - buf.pos) // 16 + 1
+        room = (len(data) - buf.pos) // f.header + 1
         offs = np.empty(room, np.int64)
         caps = np.empty(room, np.int64)
         origs = np.empty(room, np.int64)
         times = np.empty(room, np.float64)
-        n, pos = kn.scan_pcap(data, buf.pos, big, scale, limit, offs, caps, origs, times)
+        n, pos = kn.scan_pcap(data, buf.pos, big, f.scale, f.limit, f.header, offs, caps, origs, times)
         if n:
-            engine.feed(data, offs[:n], caps[:n], origs[:n], times[:n], np.full(n, linktype, np.int64))
+            engine.feed(data, offs[:n], caps[:n], origs[:n], times[:n], np.full(n, f.linktype, np.int64))
             reader.packets += n
         buf.pos = pos
-        if not _pcap_continue(buf, record, limit, snaplen):
+        if not _pcap_continue(buf, f):
             return

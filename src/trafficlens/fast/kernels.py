@@ -66,16 +66,17 @@ def _u32(b, i, big):
 
 
 @njit(cache=True, nogil=True)
-def scan_pcap(data, pos, big, scale, limit, offs, caps, origs, times):
-    """Records wholly in `data` from `pos` (reader._read_pcap's inner loop); (count, stop position)."""
+def scan_pcap(data, pos, big, scale, limit, header, offs, caps, origs, times):
+    """Records wholly in `data` from `pos` (reader._read_pcap's inner loop); (count, stop position).
+    `header`: record header bytes (16; 24 in the "modified" format, whose extra fields are skipped)."""
     end = data.size
     n = 0
-    while pos + 16 <= end:
+    while pos + header <= end:
         sec = _u32(data, pos, big)
         frac = _u32(data, pos + 4, big)
         caplen = _u32(data, pos + 8, big)
         orig = _u32(data, pos + 12, big)
-        start = pos + 16
+        start = pos + header
         stop = start + caplen
         if caplen > limit or (caplen > orig and orig != 0) or stop > end:
             break

@@ -15,8 +15,9 @@ import click
 def predict(run, captures, out, top_k, min_confidence, device):
     """Label every session of new captures with a trained run (model bundle)."""
     from trafficlens.serving.classifier import Classifier
-    from trafficlens.serving.output import write_rows
+    from trafficlens.serving.output import output_format, write_rows
 
+    output_format(out)  # a bad -o fails before the model loads
     clf = Classifier.load(run, device=device)
     warn = (lambda message: click.secho(f"warning: {message}", fg="yellow", err=True))
     rows = write_rows(clf.iter_predictions(list(captures), top_k=top_k, min_confidence=min_confidence, on_warning=warn), out)
@@ -58,7 +59,7 @@ def serve(run, host, port, max_upload_mb, timeout_s, top_k, min_confidence, devi
 @click.option("--after", type=click.IntRange(1), default=6, show_default=True, help="Decide a session at its M-th kept packet.")
 @click.option("--max-sessions", type=click.IntRange(1), default=100_000, show_default=True, help="Sessions tracked at once; the least recently active are evicted past it.")
 @click.option("--filter", "bpf", default=None, help="BPF filter for -i, e.g. 'tcp or udp'.")
-@click.option("-o", "--out", default="-", show_default=True, help="JSON lines file, or '-' for stdout.")
+@click.option("-o", "--out", default="-", show_default=True, help="JSON lines file (in place when live stops), or '-' for stdout.")
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -69,38 +70,48 @@ def serve(run, host, port, max_upload_mb, timeout_s, top_k, min_confidence, devi
               help="Session engine: compiled blocks (numba, the default when installed) or the Python reference.")
 def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, top_k, min_confidence, device, max_batch,
          max_wait_ms, idle_exit, backend):
-    """Classify live traffic (or a replayed capture) session by session, as packets arrive."""
+    """Classify live traffic (or a replayed capture) session by session, as packets arrive.
+
+    A file given with -o is written beside its name and takes it when live stops (at the end of
+    a replay, on Ctrl-C or SIGTERM): until then an earlier file of that name stays as it was."""
+    import contextlib
     import json
+    import signal
     import sys
 
     from trafficlens.errors import ConfigError
+    from trafficlens.files import atomic_output
     from trafficlens.serving import live as live_mod
     from trafficlens.serving.classifier import Classifier
 
     if (iface is None) == (replay_path is None):
         raise ConfigError("live needs exactly one source: -i INTERFACE or -r CAPTURE")
-    if iface:
-        source = live_mod.Interface(iface, bpf=bpf, idle_exit=idle_exit)
-    else:
-        source = live_mod.replay(replay_path, speed or None, heartbeats=True)
-    clf = Classifier.load(run, device=device)
-    if clf.device.type == "cpu":
-        import torch
+    with contextlib.nullcontext(sys.stdout) if out == "-" else atomic_output(out) as fh:
+        if iface:
+            source = live_mod.Interface(iface, bpf=bpf, idle_exit=idle_exit)
+        else:
+            source = live_mod.replay(replay_path, speed or None, heartbeats=True)
+        clf = Classifier.load(run, device=device)
+        if clf.device.type == "cpu":
+            import torch
 
-        torch.set_num_threads(1)  # small batches: one intra-op thread is fastest, the other core reads packets
-    fh = sys.stdout if out == "-" else open(out, "w")
+            torch.set_num_threads(1)  # small batches: one intra-op thread is fastest, the other core reads packets
 
-    def sink(row):
-        fh.write(json.dumps(row) + "\n")
+        def sink(row):
+            fh.write(json.dumps(row) + "\n")
 
-    try:
-        stats = live_mod.LiveClassifier(clf, sink, after=after, max_sessions=max_sessions, top_k=top_k,
-                                        min_confidence=min_confidence, name=iface or replay_path, max_batch=max_batch,
-                                        max_wait_ms=max_wait_ms, clock="capture" if iface else "arrival",
-                                        backend=backend, flush=fh.flush).run(source)
-    finally:
-        if fh is not sys.stdout:
-            fh.close()
+        def stop(signum, frame):  # SIGTERM ends live as Ctrl-C does: what was decided is kept
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, stop)
+        try:
+            stats = live_mod.LiveClassifier(clf, sink, after=after, max_sessions=max_sessions, top_k=top_k,
+                                            min_confidence=min_confidence, name=iface or replay_path,
+                                            max_batch=max_batch, max_wait_ms=max_wait_ms,
+                                            clock="capture" if iface else "arrival", backend=backend,
+                                            flush=fh.flush).run(source)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     summary = stats.summary()
     if iface:
         summary["capture"] = source.stats()  # libpcap: received, dropped (buffer full), if_dropped

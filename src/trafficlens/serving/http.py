@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from trafficlens.capture import CaptureReader
 from trafficlens.errors import CaptureError, ConfigError
 from trafficlens.serving.classifier import Classifier
 
@@ -70,6 +71,9 @@ def create_app(clf: Classifier, *, max_upload_bytes: int = 64 << 20, timeout_s: 
             cancelled = threading.Event()
 
             def work() -> list[dict[str, Any]]:
+                # One upload: one that is no capture at all is a bad request (CaptureError), where
+                # predict over many files warns and goes on.
+                CaptureReader(name)
                 rows = []
                 batches = clf.iter_predictions([name], top_k=top_k, min_confidence=min_confidence)
                 for batch in batches:

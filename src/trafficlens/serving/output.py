@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from trafficlens.errors import ConfigError
+from trafficlens.files import atomic_output
 from trafficlens.serving.classifier import COLUMNS
 
 FORMATS = (".csv", ".jsonl", ".parquet")
@@ -21,11 +22,29 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_rows(batches: Iterable[list[dict[str, Any]]], target: str) -> int:
-    """Stream batches of rows to `target` ('-' is CSV on stdout); returns the row count."""
+def output_format(target: str) -> str:
+    """The format `write_rows` picks for `target`: ".csv", ".jsonl" or ".parquet" ('-': CSV)."""
+    if not target:
+        raise ConfigError("-o is empty: name the output file (.csv, .jsonl or .parquet), or - for stdout")
     suffix = ".csv" if target == "-" else Path(target).suffix.lower()
     if suffix not in FORMATS:
         raise ConfigError(f"-o {target}: unknown output format {suffix!r}; use .csv, .jsonl, .parquet or -")
+    return suffix
+
+
+def write_rows(batches: Iterable[list[dict[str, Any]]], target: str) -> int:
+    """Stream batches of rows to `target` ('-' is CSV on stdout); returns the row count.
+
+    A file is written beside `target` and renamed over it at the end: an error on the way
+    (a bad input, Ctrl-C) leaves an existing `target` as it was."""
+    suffix = output_format(target)
+    if target == "-":
+        return _write(batches, sys.stdout, suffix)
+    with atomic_output(target, "wb" if suffix == ".parquet" else "w", **({} if suffix == ".parquet" else {"newline": ""})) as fh:
+        return _write(batches, fh, suffix)
+
+
+def _write(batches: Iterable[list[dict[str, Any]]], fh, suffix: str) -> int:
     count = 0
     if suffix == ".parquet":
         import pyarrow as pa
@@ -38,26 +57,21 @@ def write_rows(batches: Iterable[list[dict[str, Any]]], target: str) -> int:
             ("top_k", pa.list_(pa.struct([("label", pa.string()), ("probability", pa.float64())]))),
             ("status", pa.string()), ("reason", pa.string()),
         ])
-        with pq.ParquetWriter(target, schema) as writer:
+        with pq.ParquetWriter(fh, schema) as writer:
             for batch in batches:
                 rows = [dict(r, top_k=[{"label": l, "probability": p} for l, p in r["top_k"]]) for r in batch]
                 writer.write_table(pa.Table.from_pylist(rows, schema=schema))
                 count += len(rows)
         return count
-    fh = sys.stdout if target == "-" else open(target, "w", newline="")
-    try:
-        if suffix == ".jsonl":
-            for batch in batches:
-                for row in batch:
-                    fh.write(json.dumps(dict(row, top_k=[{"label": l, "probability": p} for l, p in row["top_k"]])) + "\n")
-                    count += 1
-        else:
-            writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
-            writer.writeheader()
-            for batch in batches:
-                writer.writerows(_flat(row) for row in batch)
-                count += len(batch)
-    finally:
-        if fh is not sys.stdout:
-            fh.close()
+    if suffix == ".jsonl":
+        for batch in batches:
+            for row in batch:
+                fh.write(json.dumps(dict(row, top_k=[{"label": l, "probability": p} for l, p in row["top_k"]])) + "\n")
+                count += 1
+    else:
+        writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        for batch in batches:
+            writer.writerows(_flat(row) for row in batch)
+            count += len(batch)
     return count
