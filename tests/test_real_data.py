@@ -68,3 +68,18 @@ def test_malformed_captures_never_crash_or_hang(tmp_path):
         assert len(warnings) <= 1, (path.name, warnings)
         assert all(path.name in w for w in warnings)
         assert ds.manifest["inputs"][0]["path"] == path.name
+
+
+def test_iot_sentinel_capture_splits_vary_with_the_seed(iot):
+    """Seeds 0 and 1 of the capture split put under 70% of their test sessions in common."""
+    import numpy as np
+
+    from trafficlens.training.config import TrainConfig
+    from trafficlens.training.run import make_split
+
+    classes, rows, y, _ = TrainConfig().selection.apply(iot)
+    tests = [set(make_split(iot, rows, y, TrainConfig(seed=s)).test.tolist()) for s in (0, 1)]
+    assert len(tests[0] & tests[1]) / len(tests[0]) < 0.7
+    captures = iot.column("capture").astype(str)
+    assert len(set(captures[list(tests[0])])) >= 80  # about 20% of 550 captures, whole files
+

@@ -179,3 +179,39 @@ def test_select_classes_by_sessions_captures_and_exclusion():
     assert select_classes(labels, 6)[0] == ["Unknown", "a", "b", "c"]  # no filter but the minimum
     with pytest.raises(ConfigError, match="captures"):
         select_classes(labels, 6, captures, min_captures=3, exclude=("a", "Unknown"))
+
+
+def test_bundled_sample_capture_splits_vary_with_the_seed(tmp_path):
+    """On the 7 captures of examples/lab, seeds 0-3 test on at least 3 different captures."""
+    from pathlib import Path
+
+    from trafficlens.datasets.config import PrepConfig
+    from trafficlens.datasets.prep import prep
+
+    lab = Path(__file__).resolve().parents[1] / "examples" / "lab"
+    ds = Dataset.open(prep([lab], tmp_path / "lab", PrepConfig(labels=f"csv:{lab / 'labels.csv'}"), workers=1))
+    classes, rows, y, _ = TrainConfig().selection.apply(ds)
+    captures = ds.column("capture").astype(str)
+    tests = {frozenset(captures[make_split(ds, rows, y, TrainConfig(seed=s)).test]) for s in range(4)}
+    assert len(tests) >= 3
+
+
+def test_capture_split_is_stratified_and_warns_about_thin_classes():
+    """Single-class captures of unequal sizes (as IoT set-ups are): every class gets about its
+    share on every side, and classes the split cannot judge well are named."""
+    rng = np.random.default_rng(3)
+    sizes = {0: rng.integers(5, 60, 20), 1: rng.integers(5, 60, 20), 2: np.array([30, 40]), 3: np.array([25])}
+    y, groups = [], []
+    for c, caps in sizes.items():
+        for g, n in enumerate(caps):
+            y += [c] * int(n)
+            groups += [f"{c}/{g}"] * int(n)
+    y, groups, rows = np.array(y), np.array(groups), np.arange(len(y))
+    s = capture_split(rows, y, groups, seed=0)
+    for c in (0, 1):
+        share = np.isin(s.test, rows[y == c]).sum() / (y == c).sum()
+        assert 0.1 <= share <= 0.3, (c, share)
+    assert 3 in s.coverage["one_side"]  # one capture: on one side whatever the deal
+    test_captures_of_2 = len(set(groups[np.isin(rows, s.test) & (y == 2)]))
+    assert (2 in s.coverage["single_test_capture"]) == (test_captures_of_2 == 1)
+    assert 0 not in s.coverage["single_test_capture"] and 0 not in s.coverage["one_side"]

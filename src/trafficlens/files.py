@@ -78,3 +78,28 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """`atomic_output` for a whole text at once (JSON, Markdown, CSV written as one string)."""
     with atomic_output(path, "w", encoding="utf-8") as fh:
         fh.write(text)
+
+
+def check_writable_dir(path: str | os.PathLike) -> None:
+    """Fail now, with an `OSError` naming `path`, if the directory cannot be made there (a long
+    job checks its output place before it starts, not after). It is made and, when it did not
+    exist, removed again: permissions alone do not say (root may write anywhere, /proc refuses)."""
+    target = os.fspath(path)
+    if not target:
+        raise FileNotFoundError(errno.ENOENT, "empty directory name", target)
+    if os.path.isdir(target):
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable", target)
+        return
+    first_missing = os.path.abspath(target)
+    while not os.path.exists(os.path.dirname(first_missing)):
+        first_missing = os.path.dirname(first_missing)
+    try:
+        os.makedirs(target)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, target) from None
+    stop = os.path.dirname(first_missing)
+    here = os.path.abspath(target)
+    while here != stop:
+        os.rmdir(here)
+        here = os.path.dirname(here)

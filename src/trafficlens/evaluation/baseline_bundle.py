@@ -39,10 +39,12 @@ _NEIGHBOR_KEYS = ("fit_X", "y")
 
 def check_output(out: str | os.PathLike, overwrite: bool) -> None:
     """Refuse to write over an existing bundle without `overwrite` (before any work is done)."""
+    from trafficlens.files import check_writable_dir
     from trafficlens.training.bundle import CONFIG
 
     if (Path(out) / CONFIG).exists() and not overwrite:
         raise ConfigError(f"{out}: already holds a trained model (choose another -o or pass --overwrite)")
+    check_writable_dir(out)
 
 
 def _runtime_of(name: str) -> str:

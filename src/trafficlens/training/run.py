@@ -101,6 +101,7 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
     """
     from trafficlens.datasets import Dataset
     from trafficlens.evaluation.metrics import SCHEMA_VERSION, classification_report, provenance, softmax
+    from trafficlens.files import check_writable_dir
     from trafficlens.models import count_parameters, create_model, model_info
     from trafficlens.training.bundle import CONFIG, SPLIT, save_bundle
     from trafficlens.training.distributed import init as init_distributed
@@ -111,6 +112,7 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
     out = Path(out_dir)
     if (out / CONFIG).exists() and not overwrite:
         raise ConfigError(f"{out}: already holds a trained model (choose another -o or pass --overwrite)")
+    check_writable_dir(out)
     info = model_info(model_name)
     if from_runs and model_name != "chen-model-a":
         raise ConfigError(f"--from is only for chen-model-a, not {model_name}")
