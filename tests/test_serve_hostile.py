@@ -313,7 +313,9 @@ def test_timeout_kills_the_work(clf, pool):
         assert time.monotonic() - start < 3
         spent = cpu_seconds()
         time.sleep(2)
-        assert cpu_seconds() - spent < 0.5  # nothing of the request runs on
+        # nothing of the request runs on (0.01 s measured; the thread that main left running took
+        # 0.5 s of these 2 s on the loaded 2-core VM, and 2 s on an idle one)
+        assert cpu_seconds() - spent < 0.2
         assert len(before - set(pool.pids)) == 1  # its worker was killed
         # the other worker still answers
         status, body, _ = request(f"{base}/v1/classify", CAPTURE.read_bytes())
