@@ -208,7 +208,8 @@ def slow(server: Server, headers: int, trickles: int, window: float) -> dict:
         socks[s] = (kind, time.monotonic())
         sel.register(s, selectors.EVENT_READ)
     valid_result: list[tuple[int, float]] = []
-    probe = threading.Timer(2.0, lambda: valid_result.append(post(f"{server.base}/v1/classify", CAPTURES[3].read_bytes())))
+    capture = CAPTURES[3].read_bytes()
+    probe = threading.Timer(2.0, lambda: valid_result.append(post(f"{server.base}/v1/classify", capture)))
     probe.start()
     next_byte = time.monotonic()
     while time.monotonic() - start < window and socks:
@@ -312,7 +313,8 @@ def main() -> None:
 
     if "valid" in only:
         mine, theirs = both([], [], valid, args.concurrent)
-        for key, label in (("p50", "latency p50, s"), ("p99", "latency p99, s" + (" (the slowest)" if round(0.99 * (args.concurrent - 1)) == args.concurrent - 1 else ""))):
+        slowest = round(0.99 * (args.concurrent - 1)) == args.concurrent - 1
+        for key, label in (("p50", "latency p50, s"), ("p99", "latency p99, s" + (" (the slowest)" if slowest else ""))):
             rows.append((f"{args.concurrent} concurrent valid requests", label, f"{mine[key]:.2f}",
                          f"{theirs[key]:.2f} ({theirs[key] / mine[key]:.2f}x)" if theirs else "-"))
         rows.append((f"{args.concurrent} concurrent valid requests", "answered 200", f"{mine['ok']}/{mine['n']}",
@@ -332,7 +334,8 @@ def main() -> None:
                      f"{theirs['busy_for']:.1f}" if theirs else "-"))
         with Server(here) as server:
             limited = bomb(server, data)
-        rows.append((f"same bomb, default limits", "answer, after s", f"{limited['status']}, {limited['seconds']:.2f}", "-"))
+        rows.append(("same bomb, default limits", "answer, after s", f"{limited['status']}, {limited['seconds']:.2f}",
+                     "-"))
     if "slow" in only:
         mine, theirs = both(["--header-timeout", "5", "--body-timeout", "10"], [], slow, args.slow_headers,
                             args.trickles, args.window)
@@ -348,8 +351,8 @@ def main() -> None:
     if "cap" in only:
         with Server(here, "--max-uploads", "8") as server:
             result = cap(server, 12)
-        rows.append(("12 uploads, --max-uploads 8", "503 answers, slowest ms", f"{result['refused']}, {result['max_ms']:.0f}",
-                     "-"))
+        rows.append(("12 uploads, --max-uploads 8", "503 answers, slowest ms",
+                     f"{result['refused']}, {result['max_ms']:.0f}", "-"))
     print()
     print("| scenario | measure | this tree | main (main / this tree) |")
     print("|---|---|---|---|")

@@ -242,7 +242,8 @@ def test_tls(clf, pool, tmp_path):
     cert.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
     context = ssl.create_default_context()
     ca.configure_trust(context)
-    with serving(clf, pool, token=TOKEN, certfile=str(tmp_path / "cert.pem"), keyfile=str(tmp_path / "key.pem")) as base:
+    files = {"certfile": str(tmp_path / "cert.pem"), "keyfile": str(tmp_path / "key.pem")}
+    with serving(clf, pool, token=TOKEN, **files) as base:
         assert base.startswith("https://")
         status, body, _ = request(f"{base}/v1/classify", CAPTURE.read_bytes(), context=context,
                                   headers={"Authorization": f"Bearer {TOKEN}"})

@@ -31,17 +31,21 @@ def predict(run, captures, out, top_k, min_confidence, device):
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="File holding a bearer token: requests need 'Authorization: Bearer <token>' (not /healthz).")
-@click.option("--certfile", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS certificate (PEM): serve HTTPS.")
-@click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS private key (PEM), if not in --certfile.")
+@click.option("--certfile", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="TLS certificate (PEM): serve HTTPS.")
+@click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="TLS private key (PEM), if not in --certfile.")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without --token-file.")
 @click.option("--docs", is_flag=True, help="Serve the interactive API docs at /docs and the schema at /openapi.json.")
 @click.option("--max-upload-mb", type=click.FloatRange(0, min_open=True), default=64.0, show_default=True,
               help="Largest body, as sent (gzip counts compressed).")
 @click.option("--max-capture-mb", type=click.FloatRange(0, min_open=True), default=512.0, show_default=True,
               help="Largest capture once decompressed.")
-@click.option("--max-packets", type=click.IntRange(1), default=2_000_000, show_default=True, help="Most packets in one upload.")
+@click.option("--max-packets", type=click.IntRange(1), default=2_000_000, show_default=True,
+              help="Most packets in one upload.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
-              help="Seconds of classification per upload (its worker is killed past it); also the longest wait for a free worker.")
+              help="Seconds of classification per upload (its worker is killed past it); "
+                   "also the longest wait for a free worker.")
 @click.option("--header-timeout", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
               help="Seconds a client has to send its request headers.")
 @click.option("--body-timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
