@@ -76,6 +76,13 @@ class Server:
                                        "--port", str(self.port), *options],
                                       cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.proc = psutil.Process(self.popen.pid)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
@@ -93,10 +100,9 @@ class Server:
         for _ in range(10):
             status, _ = post(f"{self.base}/v1/classify", CAPTURES[0].read_bytes())
             if status == 200:
-                break
+                return
             time.sleep(2)
-        else:
-            raise RuntimeError(f"warm-up request answered {status}: {self.text()}")
+        raise RuntimeError(f"warm-up request answered {status}: {self.text()}")
 
     def text(self) -> str:
         self.log.flush()
