@@ -53,3 +53,17 @@ def write_pcap(path: Path, frames, linktype: int = 1) -> Path:
         for ts, frame in sorted(frames, key=lambda item: item[0]):
             writer.write(frame, ts)
     return path
+
+
+def inflating_pcap_gz(mib: int, frame: bytes | None = None) -> bytes:
+    """A gzip pcap of one small frame repeated, `mib` MiB once inflated, a few hundred times
+    smaller on the wire: the decompression bomb of the serve tests and benchmark."""
+    import gzip
+    import struct
+
+    frame = frame or udp_frame(b"x" * 8)
+    record = struct.pack("<IIII", 1_700_000_000, 0, len(frame), len(frame)) + frame
+    block = record * ((1 << 20) // len(record))
+    header = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    # gzip members concatenate: one compressed block repeated inflates to the blocks in sequence
+    return gzip.compress(header + block, 9, mtime=0) + gzip.compress(block, 9, mtime=0) * (mib - 1)

@@ -7,22 +7,26 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 
-from test_predict import SAMPLE, run  # noqa: E402,F401  (the trained bundle fixture)
 from trafficlens.serving import Classifier  # noqa: E402
-from trafficlens.serving.http import create_app  # noqa: E402
+from trafficlens.serving.http import create_app, server_config  # noqa: E402
+from trafficlens.serving.workers import WorkerPool  # noqa: E402
+
+LAB = Path(__file__).resolve().parents[1] / "examples" / "lab"
+MODEL = LAB / "model"  # chen-cnn trained on the lab captures, strict mask
 
 
 def _start(app):
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    srv = uvicorn.Server(server_config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
-    for _ in range(200):
+    for _ in range(1200):  # an app that starts its own workers takes seconds
         if srv.started:
             break
         time.sleep(0.05)
@@ -36,11 +40,12 @@ def _stop(srv, thread):
 
 
 @pytest.fixture(scope="module")
-def server(run):  # noqa: F811
-    clf = Classifier.load(run[0])
-    base, srv, thread = _start(create_app(clf, max_upload_bytes=400_000, timeout_s=30))
-    yield base, clf
-    _stop(srv, thread)
+def server():
+    clf = Classifier.load(MODEL)
+    with WorkerPool(MODEL, workers=1) as pool:
+        base, srv, thread = _start(create_app(clf, max_upload_bytes=600_000, timeout_s=30, pool=pool))
+        yield base, clf, pool
+        _stop(srv, thread)
 
 
 def _request(url, data=None):
@@ -54,7 +59,7 @@ def _request(url, data=None):
 
 
 def test_health_and_model(server):
-    base, clf = server
+    base, clf, _ = server
     assert _request(f"{base}/healthz") == (200, {"status": "ok"})
     status, body = _request(f"{base}/v1/model")
     assert status == 200 and body["labels"] == clf.labels and body["model"] == "chen-cnn"
@@ -62,38 +67,42 @@ def test_health_and_model(server):
 
 
 def test_classify_matches_predict(server):
-    base, clf = server
-    capture = SAMPLE / "capture-4.pcapng"
+    base, clf, _ = server
+    capture = LAB / "capture-002.pcap.gz"
     status, body = _request(f"{base}/v1/classify", capture.read_bytes())
     assert status == 200
     expected = clf.predict_pcap(capture)
+    assert len(body["sessions"]) == len(expected) == 30
     assert [s["label"] for s in body["sessions"]] == expected.label.tolist()
+    assert [s["confidence"] for s in body["sessions"]] == pytest.approx(expected.confidence.tolist(), abs=1e-5)
     assert {s["capture"] for s in body["sessions"]} == {"upload"}
 
 
 def test_bad_and_oversized_uploads(server):
-    base, _ = server
+    base, _, _ = server
     status, body = _request(f"{base}/v1/classify", b"<html>no capture</html>")
     assert status == 400 and "not a pcap or pcapng file" in body["error"] and "/tmp" not in body["error"]
     status, body = _request(f"{base}/v1/classify", b"")
     assert status == 400
-    status, body = _request(f"{base}/v1/classify", bytes(500_000))
+    status, body = _request(f"{base}/v1/classify", bytes(700_000))
     assert status == 413 and "limit" in body["error"]
 
 
 def test_slow_classification_times_out(server):
-    _, clf = server
-    base, srv, thread = _start(create_app(clf, timeout_s=0.001))
+    _, clf, pool = server
+    before = pool.pids
+    base, srv, thread = _start(create_app(clf, timeout_s=0.001, pool=pool))
     try:
-        status, body = _request(f"{base}/v1/classify", (SAMPLE / "capture-1.pcapng").read_bytes())
-        assert status == 408 and "longer than" in body["error"]
-        # the abandoned work stops at its next batch instead of running on in the background
-        import threading
-        import time
-
-        deadline = time.monotonic() + 10
-        while any(t.name.startswith("predict ") for t in threading.enumerate()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not any(t.name.startswith("predict ") for t in threading.enumerate())
+        status, body = _request(f"{base}/v1/classify", (LAB / "capture-002.pcap.gz").read_bytes())
+        assert status == 408 and "longer than 0.001 s" in body["error"]
+        # the abandoned work does not run on: its process is gone (tests/test_serve_hostile.py
+        # measures the CPU time after the 408), and a fresh worker takes its place
+        assert not set(before) & set(pool.pids)
+    finally:
+        _stop(srv, thread)
+    base, srv, thread = _start(create_app(clf, timeout_s=60, pool=pool))
+    try:
+        assert _request(f"{base}/v1/classify", (LAB / "capture-002.pcap.gz").read_bytes())[0] == 200
+        assert len(pool.pids) == 1 and not set(before) & set(pool.pids)
     finally:
         _stop(srv, thread)

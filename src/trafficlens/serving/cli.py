@@ -27,28 +27,68 @@ def predict(run, captures, out, top_k, min_confidence, device):
 
 @click.command()
 @click.option("--model", "run", required=True, type=click.Path(), help="Run directory (model bundle) to serve.")
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; one other than loopback needs --token-file (or --insecure).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
-@click.option("--max-upload-mb", type=click.FloatRange(0, min_open=True), default=64.0, show_default=True)
-@click.option("--timeout", "timeout_s", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True, help="Seconds per request.")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File holding a bearer token: requests need 'Authorization: Bearer <token>' (not /healthz).")
+@click.option("--certfile", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="TLS certificate (PEM): serve HTTPS.")
+@click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="TLS private key (PEM), if not in --certfile.")
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without --token-file.")
+@click.option("--docs", is_flag=True, help="Serve the interactive API docs at /docs and the schema at /openapi.json.")
+@click.option("--max-upload-mb", type=click.FloatRange(0, min_open=True), default=64.0, show_default=True,
+              help="Largest body, as sent (gzip counts compressed).")
+@click.option("--max-capture-mb", type=click.FloatRange(0, min_open=True), default=512.0, show_default=True,
+              help="Largest capture once decompressed.")
+@click.option("--max-packets", type=click.IntRange(1), default=2_000_000, show_default=True,
+              help="Most packets in one upload.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
+              help="Seconds of classification per upload (its worker is killed past it); "
+                   "also the longest wait for a free worker.")
+@click.option("--header-timeout", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
+              help="Seconds a client has to send its request headers.")
+@click.option("--body-timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
+              help="Seconds a client has to send its body, after the headers.")
+@click.option("--max-uploads", type=click.IntRange(1), default=64, show_default=True,
+              help="Classify requests at once (uploading, waiting or running); more get 503.")
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True,
+              help="Classifier processes, each with the model loaded.")
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def serve(run, host, port, max_upload_mb, timeout_s, top_k, min_confidence, device):
+def serve(run, host, port, token_file, certfile, keyfile, insecure, docs, max_upload_mb, max_capture_mb, max_packets,
+          timeout_s, header_timeout, body_timeout, max_uploads, workers, top_k, min_confidence, device):
     """Serve a model over HTTP: POST a capture to /v1/classify, get per-session labels."""
+    from trafficlens.errors import ConfigError
+
     try:
         import uvicorn
     except ImportError:
-        from trafficlens.errors import ConfigError
-
         raise ConfigError("serve needs FastAPI and uvicorn: pip install 'trafficlens[serve]'") from None
-    from trafficlens.serving.classifier import Classifier
-    from trafficlens.serving.http import create_app
+    from trafficlens.serving.http import ServeConfig, create_app, is_loopback, read_token, server_config
 
-    clf = Classifier.load(run, device=device).warm_up()  # the first request does not pay for it
-    app = create_app(clf, max_upload_bytes=int(max_upload_mb * (1 << 20)), timeout_s=timeout_s,
-                     top_k=top_k, min_confidence=min_confidence)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    token = read_token(token_file) if token_file else None
+    if keyfile and not certfile:
+        raise ConfigError("--keyfile needs --certfile")
+    if not is_loopback(host):
+        if token is None and not insecure:
+            raise ConfigError(f"--host {host} is reachable from other machines: give --token-file (with "
+                              "--certfile/--keyfile), or --insecure to serve it without authentication")
+        if token is not None and not certfile:
+            click.secho(f"warning: --host {host} without --certfile: the token crosses the network in clear",
+                        fg="yellow", err=True)
+    from trafficlens.serving.classifier import Classifier
+
+    clf = Classifier.load(run, device=device)  # a bad bundle fails here, in one line, before any worker starts
+    mb = 1 << 20
+    config = ServeConfig(max_upload_bytes=int(max_upload_mb * mb), max_capture_bytes=int(max_capture_mb * mb),
+                         max_packets=max_packets, timeout_s=timeout_s, header_timeout_s=header_timeout,
+                         body_timeout_s=body_timeout, max_uploads=max_uploads, workers=workers, token=token,
+                         docs=docs, top_k=top_k, min_confidence=min_confidence)
+    app = create_app(clf, config)
+    uvicorn.Server(server_config(app, host=host, port=port, certfile=certfile, keyfile=keyfile, log_level="info")).run()
 
 
 @click.command()

@@ -2,35 +2,104 @@
 
     POST /v1/classify   body: a capture (pcap, pcapng or gzip) -> {"sessions": [...rows...]}
     GET  /v1/model      labels, model, preprocessing settings, test metrics
-    GET  /healthz       {"status": "ok"}
+    GET  /healthz       {"status": "ok"}            (never needs the token)
+    GET  /docs, /openapi.json                       (only with docs=True)
 
-The model is loaded once at start; requests never name files or models. Uploads larger than
-`max_upload_bytes` get 413 (checked while streaming, so a huge body is never buffered), work
-past `timeout_s` gets 408, and a body that is not a capture gets 400.
+Built for a network where clients may be hostile; every limit is a `ServeConfig` field (a
+`serve` option) and answered with a JSON body `{"error": "..."}` that names the option:
+
+- 413: a body over `max_upload_bytes` (checked while streaming), an upload that inflates past
+  `max_capture_bytes` or holds more than `max_packets` packets (counted before any work).
+- 408: classification past `timeout_s` (its worker process is killed: nothing keeps running),
+  or a body not received within `body_timeout_s`. Headers not received within
+  `header_timeout_s` close the connection without an answer.
+- 503: more than `max_uploads` classify requests at once (answered at once, before reading the
+  body), or no worker free within `timeout_s`.
+- 401: a token is set and the request lacks `Authorization: Bearer <token>`.
 """
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
+import functools
+import hmac
+import ipaddress
 import json
+import logging
 import os
 import tempfile
-import threading
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
-from trafficlens.capture import CaptureReader
 from trafficlens.errors import CaptureError, ConfigError
 from trafficlens.serving.classifier import Classifier
+from trafficlens.serving.limits import UploadTooLarge
+from trafficlens.serving.workers import Job, PoolBusy, WorkerPool, WorkFailed, WorkTimeout
+
+log = logging.getLogger("trafficlens.serve")
+_DRAIN_BYTES = 1 << 20  # an unread body rest up to this is read and dropped rather than the connection closed
 
 
-def create_app(clf: Classifier, *, max_upload_bytes: int = 64 << 20, timeout_s: float = 60.0,
-               top_k: int = 1, min_confidence: float = 0.0):
-    app = FastAPI(title="trafficlens", version="1")
+@dataclass(frozen=True)
+class ServeConfig:
+    """Limits, timeouts and access of one server; the `serve` options, in bytes and seconds."""
+
+    max_upload_bytes: int = 64 << 20  # the body as sent (compressed or not)
+    max_capture_bytes: int = 512 << 20  # the capture once decompressed
+    max_packets: int = 2_000_000
+    timeout_s: float = 60.0  # classification of one upload; also the longest wait for a free worker
+    header_timeout_s: float = 10.0  # from connecting (or the previous answer) to the end of the headers
+    body_timeout_s: float = 60.0  # from the end of the headers to the end of the body
+    max_uploads: int = 64  # classify requests at once (uploading, queued or running)
+    workers: int = 2  # classifier processes
+    token: str | None = None  # bearer token; None: no authentication
+    docs: bool = False  # serve /docs and /openapi.json
+    top_k: int = 1
+    min_confidence: float = 0.0
+
+    def __post_init__(self):
+        for name in ("max_upload_bytes", "max_capture_bytes", "max_packets", "timeout_s", "header_timeout_s",
+                     "body_timeout_s", "max_uploads", "workers", "top_k"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"ServeConfig.{name}={getattr(self, name)!r}: must be positive")
+
+
+def create_app(clf: Classifier, config: ServeConfig | None = None, *, pool: WorkerPool | None = None,
+               **settings: Any) -> FastAPI:
+    """The API over `clf`'s bundle. `settings` override fields of `config` (`timeout_s=5`).
+
+    Without `pool`, the app starts its own `config.workers` classifier processes at start-up
+    and stops them at shutdown; a given pool is used as it is and left running."""
+    config = dataclasses.replace(config or ServeConfig(), **settings)
+    own_pool = pool is None
+    pool = pool or WorkerPool(clf.bundle.path, device=str(clf.device), workers=config.workers)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        from starlette.concurrency import run_in_threadpool
+
+        if own_pool:
+            await run_in_threadpool(pool.start)
+        try:
+            yield
+        finally:
+            if own_pool:
+                pool.close()
+
+    app = FastAPI(title="trafficlens", version="1", lifespan=lifespan, docs_url="/docs" if config.docs else None,
+                  redoc_url=None, openapi_url="/openapi.json" if config.docs else None)
+    app.state.serve_config = config
+    app.state.pool = pool
+    if config.token is not None:
+        open_paths = {"/healthz"} | ({"/docs", "/docs/oauth2-redirect", "/openapi.json"} if config.docs else set())
+        app.add_middleware(_BearerAuth, token=config.token, open_paths=open_paths)
+
     metrics_path = Path(clf.bundle.path) / "metrics.json"
     model_info = {
         "model": clf.bundle.name,
@@ -38,10 +107,10 @@ def create_app(clf: Classifier, *, max_upload_bytes: int = 64 << 20, timeout_s: 
         "preprocessing": clf.bundle.preprocessing,
         "metrics": json.loads(metrics_path.read_text()) if metrics_path.is_file() else None,
     }
-    lock = asyncio.Lock()  # one classification at a time: the model uses every core
-
-    def error(status: int, message: str):
-        return JSONResponse({"error": message}, status_code=status)
+    job = Job(top_k=config.top_k, min_confidence=config.min_confidence,
+              max_capture_bytes=config.max_capture_bytes, max_packets=config.max_packets)
+    uploads = _Counter()
+    threads = _Threads(config.max_uploads)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -53,49 +122,216 @@ def create_app(clf: Classifier, *, max_upload_bytes: int = 64 << 20, timeout_s: 
 
     @app.post("/v1/classify")
     async def classify(request: Request):
+        if uploads.value >= config.max_uploads:
+            return _error(503, f"{config.max_uploads} uploads in progress already, the limit (--max-uploads); "
+                               "retry later", unread=request, retry_after=1)
+        uploads.value += 1
+        try:
+            return await _classify(request)
+        finally:
+            uploads.value -= 1
+
+    async def _classify(request: Request):
+        limit = config.max_upload_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_upload_bytes:
-            return error(413, f"upload of {declared} bytes exceeds the limit of {max_upload_bytes}")
-        fd, name = tempfile.mkstemp(suffix=".capture")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return _error(413, f"upload of {declared} bytes exceeds the limit of {limit} (--max-upload-mb)",
+                          unread=request)
+        fd, name = tempfile.mkstemp(prefix="trafficlens-upload-", suffix=".capture")
         try:
             size = 0
             with os.fdopen(fd, "wb") as fh:
                 async for chunk in request.stream():
                     size += len(chunk)
-                    if size > max_upload_bytes:
-                        return error(413, f"upload exceeds the limit of {max_upload_bytes} bytes")
+                    if size > limit:
+                        return _error(413, f"upload exceeds the limit of {limit} bytes (--max-upload-mb)",
+                                      unread=request, read=size)
                     fh.write(chunk)
             if size == 0:
-                return error(400, "empty body: POST a pcap or pcapng capture")
-
-            cancelled = threading.Event()
-
-            def work() -> list[dict[str, Any]]:
-                # One upload: one that is no capture at all is a bad request (CaptureError), where
-                # predict over many files warns and goes on.
-                CaptureReader(name)
-                rows = []
-                batches = clf.iter_predictions([name], top_k=top_k, min_confidence=min_confidence)
-                for batch in batches:
-                    if cancelled.is_set():  # the client already has its 408: stop reading and inferring
-                        batches.close()
-                        break
-                    rows.extend(batch)
-                return rows
-
-            async with lock:
-                try:
-                    rows = await asyncio.wait_for(run_in_threadpool(work), timeout=timeout_s)
-                except asyncio.TimeoutError:
-                    cancelled.set()
-                    return error(408, f"classification took longer than {timeout_s} s")
-                except (CaptureError, ConfigError) as exc:
-                    return error(400, str(exc).replace(name, "upload"))
-            for row in rows:
-                row["capture"] = "upload"
-                row["top_k"] = [{"label": label, "probability": p} for label, p in row["top_k"]]
+                return _error(400, "empty body: POST a pcap or pcapng capture")
+            try:
+                rows = await threads.run(functools.partial(pool.classify, name, job, timeout_s=config.timeout_s))
+            except WorkTimeout as exc:
+                return _error(408, str(exc))
+            except PoolBusy as exc:
+                return _error(503, f"{exc}; retry later", retry_after=max(1, round(config.timeout_s)))
+            except UploadTooLarge as exc:
+                return _error(413, str(exc))
+            except (CaptureError, ConfigError) as exc:
+                return _error(400, str(exc))
+            except WorkFailed as exc:
+                log.error("classification failed: %s", exc)
+                return _error(500, "classification failed (logged on the server)")
             return {"model": clf.bundle.name, "sessions": rows}
+        except ClientDisconnect:  # the client hung up (or its body timed out): nobody to answer
+            return Response(status_code=400)
         finally:
             Path(name).unlink(missing_ok=True)
+            Path(name + ".raw").unlink(missing_ok=True)  # a killed worker's decompressed copy
 
     return app
+
+
+def _error(status: int, message: str, *, unread: Request | dict | None = None, read: int = 0,
+           retry_after: int | None = None) -> JSONResponse:
+    """A JSON error. `unread`: the request (or its ASGI scope) whose body is not read, past `read`
+    bytes. A small rest is left to the server to read and drop, so that the client, still sending,
+    gets this answer instead of a reset; past `_DRAIN_BYTES` (or of unknown size) the connection
+    is closed after the answer instead."""
+    headers = {}
+    if unread is not None:
+        declared = dict(unread["headers"]).get(b"content-length", b"") if isinstance(unread, dict) \
+            else (unread.headers.get("content-length") or "").encode()
+        if not declared.isdigit() or int(declared) - read > _DRAIN_BYTES:
+            headers["Connection"] = "close"
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class _Counter:
+    """A number changed only on the event loop's thread (no lock needed)."""
+
+    value = 0
+
+
+class _Threads:
+    """Threads that wait on the worker pool: one per classify request allowed at once, so the wait
+    for a free worker is never hidden behind a wait for a thread."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.limiter = None
+
+    async def run(self, fn):
+        import anyio.to_thread
+
+        if self.limiter is None:  # made on the event loop that uses it
+            self.limiter = anyio.CapacityLimiter(self.size)
+        return await anyio.to_thread.run_sync(fn, limiter=self.limiter)
+
+
+class _BearerAuth:
+    """ASGI middleware: every path but `open_paths` needs `Authorization: Bearer <token>`."""
+
+    def __init__(self, app, token: str, open_paths: set[str]):
+        self.app = app
+        self.token = token.encode()
+        self.open_paths = open_paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.open_paths or self._authorized(scope):
+            return await self.app(scope, receive, send)
+        response = _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)", unread=scope)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="trafficlens"'
+        await response(scope, receive, send)
+
+    def _authorized(self, scope) -> bool:
+        value = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, credentials = value.partition(b" ")
+        # compare_digest: the time taken does not tell how much of a guess was right
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self.token)
+
+
+# -- the server: timeouts below the app, TLS, where it may listen -----------------------------------
+def server_config(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080, certfile: str | None = None,
+                  keyfile: str | None = None, **uvicorn_options: Any):
+    """A `uvicorn.Config` for `app` with its header and body timeouts (and TLS when `certfile`)."""
+    import uvicorn
+
+    config: ServeConfig = app.state.serve_config
+    protocol = _guarded_protocol(config.header_timeout_s, config.body_timeout_s)
+    return uvicorn.Config(app, host=host, port=port, http=protocol, ssl_certfile=certfile, ssl_keyfile=keyfile,
+                          **uvicorn_options)
+
+
+@functools.lru_cache(maxsize=None)
+def _guarded_protocol(header_timeout_s: float, body_timeout_s: float):
+    """uvicorn's h11 protocol with two deadlines per request, which uvicorn lacks: the headers must
+    be complete `header_timeout_s` after the connection opens (or the previous answer ends), the
+    body `body_timeout_s` after the headers. A connection past either is closed; a body past its
+    deadline is first answered 408 when no answer has started."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    phases = {h11.IDLE: ("headers", header_timeout_s), h11.SEND_BODY: ("body", body_timeout_s)}
+
+    class GuardedH11Protocol(H11Protocol):
+        _phase: str | None = None
+        _timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._watch()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._watch()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._watch()
+
+        def connection_lost(self, exc) -> None:
+            self._set_timer(None)
+            super().connection_lost(exc)
+
+        def _watch(self) -> None:
+            """Keep one timer for the phase the client is in: sending headers, sending a body, or none."""
+            phase = None if self.transport.is_closing() else phases.get(self.conn.their_state)
+            if (phase and phase[0]) != self._phase:
+                self._set_timer(phase)
+
+        def _set_timer(self, phase) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = None
+            self._phase = phase[0] if phase else None
+            if phase:
+                self._timer = self.loop.call_later(phase[1], self._expired, phase[0])
+
+        def _expired(self, phase: str) -> None:
+            self._timer = None
+            if self.transport.is_closing():
+                return
+            cycle = self.cycle
+            if phase == "body" and cycle is not None and not cycle.response_started:
+                body = json.dumps({"error": f"upload not complete {body_timeout_s:g} s after its headers "
+                                            "(--body-timeout)"}).encode()
+                try:
+                    out = self.conn.send(h11.Response(status_code=408, reason=b"Request Timeout", headers=[
+                        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                        (b"connection", b"close")]))
+                    out += self.conn.send(h11.Data(data=body)) + self.conn.send(h11.EndOfMessage())
+                    self.transport.write(out)
+                except h11.LocalProtocolError:
+                    pass
+            if cycle is not None:  # the app sees a disconnect and stops reading; nothing is logged
+                cycle.disconnected = True
+                cycle.message_event.set()
+            log.debug("closing %s: %s not complete in time", self.client, phase)
+            self.transport.close()
+
+    return GuardedH11Protocol
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or "localhost") is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # another name: it may resolve to anything
+
+
+def read_token(path: str | os.PathLike) -> str:
+    """The bearer token in `path` (surrounding whitespace removed); at least 16 characters."""
+    try:
+        token = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--token-file {path}: cannot read it ({exc})") from None
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise ConfigError(f"--token-file {path}: the token must be one word of at least 16 characters; make one "
+                          "with: python -c 'import secrets; print(secrets.token_urlsafe(32))' > TOKEN_FILE")
+    return token
