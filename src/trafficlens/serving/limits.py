@@ -75,6 +75,7 @@ class _RecordCounter:
         self.packets = 0
         self.format: str | None = None  # "pcap", "pcapng", or "" for neither (the reader says why)
         self.order = "<"
+        self.record = 16  # bytes of a pcap record header
         self.tail = b""  # bytes of a record header split between chunks
         self.skip = 0  # bytes of the current record still to come
 
@@ -105,7 +106,7 @@ class _RecordCounter:
 
     def _start(self, head: bytes) -> str:
         if head[:4] in PCAP_MAGICS:
-            self.order = PCAP_MAGICS[head[:4]][0]
+            self.order, _, self.record = PCAP_MAGICS[head[:4]]  # record header: 16, or 24 in modified pcap
             return "pcap"
         return "pcapng" if head[:4] == PCAPNG_MAGIC else ""
 
@@ -113,8 +114,8 @@ class _RecordCounter:
         """Counts whole-or-started records from 0; returns where the next record header starts."""
         caplen = struct.Struct(self.order + "I").unpack_from
         pos, end, n = 0, len(data), 0
-        while pos + 16 <= end:
-            pos += 16 + caplen(data, pos + 8)[0]
+        while pos + self.record <= end:
+            pos += self.record + caplen(data, pos + 8)[0]
             n += 1
             if self.packets + n > self.max_packets:
                 break

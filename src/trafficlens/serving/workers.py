@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trafficlens.capture import CaptureReader
 from trafficlens.errors import BundleError, CaptureError, ConfigError, TrafficlensError
 from trafficlens.serving.limits import UploadTooLarge, check_upload
 
@@ -247,6 +248,7 @@ def _run_job(clf, upload: str, job: Job) -> tuple[str, Any]:
 
     try:
         size = check_upload(upload, raw, max_bytes=job.max_capture_bytes, max_packets=job.max_packets)
+        CaptureReader(size.path)  # a body that is no capture at all is a bad request, not an empty answer
         rows = [row for batch in clf.iter_predictions([size.path], top_k=job.top_k, min_confidence=job.min_confidence)
                 for row in batch]
     except UploadTooLarge as exc:
