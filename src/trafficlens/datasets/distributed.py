@@ -219,6 +219,7 @@ def prep_dask(
     from trafficlens.datasets.prep import FileReport, _progress, _summary
 
     config = config or PrepConfig()
+    config.require_current_mask()
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     if retries < 0:
