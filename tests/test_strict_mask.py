@@ -11,6 +11,7 @@ of `features/fields.py` must point at exactly the zeroed values.
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from captures import CLIENT, SERVER, tcp_frame, udp_frame, write_pcap
 from trafficlens.datasets import Dataset
 from trafficlens.datasets.config import MASK_VERSION, PrepConfig
 from trafficlens.datasets.prep import prep
-from trafficlens.errors import ConfigError
+from trafficlens.errors import ConfigError, DatasetError
 from trafficlens.fast import numba_available
 from trafficlens.features.fields import dataset_layouts, tensor_fields
 from trafficlens.features.quic import mask_quic, scid_length
@@ -243,6 +244,32 @@ def test_field_names_point_at_exactly_the_zeroed_values(datasets, captures):
     # short headers 8 and 5), v2 (8 + 5, 5 + 8, short 8), the one with an ID left (8 + 5, 5 + 8, 8)
     quic = (13 + 26 + 5 + 8 + 5) + (13 + 13 + 8) + (13 + 13 + 8)
     assert named_values == tls + quic
+
+
+def test_layouts_of_a_version_1_dataset_allow_its_fewer_zeros(datasets, captures, tmp_path):
+    """Explanations rebuild a dataset's sessions with today's mask: a version-1 dataset, which kept
+    the values version 2 zeroes, must still match its captures, and a changed byte must not."""
+    strict, paper = datasets["strict"], datasets["paper"]
+    row = _row(strict, 41002)
+    image = np.load(strict.path / "image.npy")
+    version_1 = np.where(image[row] == 0, np.asarray(paper.tensor("image")[_row(paper, 41002)]), image[row])
+    assert (version_1 != image[row]).sum() > 1000
+    for kept_key, changed, fails in ((False, False, False), (False, True, True), (True, False, True)):
+        old = tmp_path / f"{kept_key}-{changed}"
+        shutil.copytree(strict.path, old)
+        manifest = json.loads((old / "manifest.json").read_text())
+        if not kept_key:
+            del manifest["config"]["mask_version"]
+        (old / "manifest.json").write_text(json.dumps(manifest))
+        image[row] = version_1
+        if changed:
+            image[row][22] ^= 1  # the first packet's TTL, which no mask zeroes: the capture changed
+        np.save(old / "image.npy", image)
+        if fails:
+            with pytest.raises(DatasetError, match="no longer matches its capture"):
+                dataset_layouts(Dataset.open(old), [row], [captures["values"]])
+        else:
+            assert len(dataset_layouts(Dataset.open(old), [row], [captures["values"]])[row]) == 5
 
 
 # -- the parsers on their own: bounds, and the compiled copies ----------------------------------------
