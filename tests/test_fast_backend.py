@@ -53,12 +53,28 @@ def compare(inputs, out: Path, config: PrepConfig | None = None, workers: int = 
 
 
 # -- hand-built captures ----------------------------------------------------------------------------
-def _client_hello(name: bytes) -> bytes:
+def _client_hello(name: bytes, random: bytes = bytes(32), key: bytes = b"") -> bytes:
     sni = struct.pack("!HBH", len(name) + 3, 0, len(name)) + name
     ext = struct.pack("!HH", 0, len(sni)) + sni + struct.pack("!HH", 0x0017, 0)
-    body = b"\x03\x03" + bytes(32) + b"\x00" + struct.pack("!H", 2) + b"\x13\x01" + b"\x01\x00" + struct.pack("!H", len(ext)) + ext
+    if key:  # a key_share before the server name
+        ext = struct.pack("!HHHHH", 51, len(key) + 6, len(key) + 4, 29, len(key)) + key + ext
+    body = b"\x03\x03" + random + b"\x00" + struct.pack("!H", 2) + b"\x13\x01" + b"\x01\x00" + struct.pack("!H", len(ext)) + ext
     hs = b"\x01" + len(body).to_bytes(3, "big") + body
     return b"\x16\x03\x01" + struct.pack("!H", len(hs)) + hs
+
+
+def _server_hello(random: bytes, session_id: bytes, key: bytes) -> bytes:
+    ext = struct.pack("!HHHH", 51, len(key) + 4, 29, len(key)) + key
+    body = b"\x03\x03" + random + bytes([len(session_id)]) + session_id + b"\x13\x01\x00" + struct.pack("!H", len(ext)) + ext
+    hs = b"\x02" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x03" + struct.pack("!H", len(hs)) + hs
+
+
+def _quic_long(first: int, dcid: bytes, scid: bytes, payload: bytes) -> bytes:
+    """A QUIC v1 long header packet (an Initial gets an empty token) with a 2-byte length."""
+    token = b"\x00" if (first >> 4) & 3 == 0 else b""
+    return bytes([first]) + struct.pack("!I", 1) + bytes([len(dcid)]) + dcid + bytes([len(scid)]) + scid + token \
+        + struct.pack("!H", 0x4000 | len(payload)) + payload
 
 
 def _tcp(payload=b"", **kw):
@@ -80,6 +96,27 @@ def _mixed_ethernet(path: Path) -> Path:
                (2.01, tcp_frame(seq=99, ack=11, flags="SA", options=ts_opt, **s)),
                (2.02, tcp_frame(hello, seq=11, ack=100, flags="PA", options=ts_opt, **c)),
                (2.03, tcp_frame(b"\x16\x03\x03" + bytes(60), seq=100, ack=11 + len(hello), flags="PA", **s))]
+    # a TLS 1.3 ClientHello cut across two segments inside the server name, and a ServerHello
+    hello = _client_hello(b"split.example.com", bytes(range(1, 33)), bytes(range(40, 240)) * 6)
+    cut = len(hello) - 12
+    c = dict(src=CLIENT, dst=SERVER, sport=40006, dport=443)
+    s = dict(src=SERVER, dst=CLIENT, sport=443, dport=40006)
+    frames += [(2.5, tcp_frame(seq=10, flags="S", **c)),
+               (2.51, tcp_frame(seq=99, ack=11, flags="SA", **s)),
+               (2.52, tcp_frame(hello[:cut], seq=11, ack=100, flags="A", **c)),
+               (2.53, tcp_frame(hello[cut:], seq=11 + cut, ack=100, flags="PA", **c)),
+               (2.54, tcp_frame(_server_hello(bytes(range(100, 132)), bytes(range(1, 33)), bytes(range(7, 39))),
+                                seq=100, ack=11 + len(hello), flags="PA", **s))]
+    # QUIC: Initials, coalesced Initial + Handshake, short headers; one short header before the peer's
+    # long header (its connection ID length unknown: left and counted)
+    cid_c, cid_s = bytes(range(1, 6)), bytes(range(11, 19))
+    q = dict(sport=40443, dport=443)
+    r = dict(src=SERVER, dst=CLIENT, sport=443, dport=40443)
+    frames += [(2.6, udp_frame(_quic_long(0xC3, bytes(range(21, 29)), cid_c, bytes(range(1, 201))), **q)),
+               (2.61, udp_frame(b"\x41" + cid_s + bytes(range(1, 41)), **q)),
+               (2.62, udp_frame(_quic_long(0xC1, cid_c, cid_s, bytes(range(1, 61))) + _quic_long(0xE1, cid_c, cid_s, bytes(range(1, 31))), **r)),
+               (2.63, udp_frame(b"\x41" + cid_s + bytes(range(1, 41)), **q)),
+               (2.64, udp_frame(b"\x41" + cid_c + bytes(range(1, 41)), **r))]
     # retransmission, pure ACKs, out-of-order segments
     c = dict(src=CLIENT, dst=SERVER, sport=40002, dport=80)
     s = dict(src=SERVER, dst=CLIENT, sport=80, dport=40002)
@@ -212,6 +249,7 @@ def test_the_hand_built_captures_reach_every_rule(hand_built, tmp_path):
     for reason in ("non_ip", "other_protocol", "ip_fragment", "ip_fragment_first_kept", "malformed", "unsupported_link"):
         assert skipped.get(reason), reason
     assert manifest["dropped"]["empty_sessions"] >= 1
+    assert manifest["unmasked"] == {"quic_short_dcid": 1}
     assert any(e["kind"] == "damaged" for e in manifest["errors"])
     assert {i["format"] for i in manifest["inputs"]} == {"pcap", "pcapng"}
 

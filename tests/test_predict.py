@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,22 @@ def test_predict_pcap_schema_and_labels(run):
     assert set(table.label) <= set(clf.labels)
     assert all(len(k) == 3 and k[0][1] >= k[1][1] >= k[2][1] and k[0][0] == label for k, label in zip(table.top_k, table.label))
     assert table.confidence.between(0, 1).all()
+
+
+def test_bundle_of_strict_mask_version_1_predicts_with_a_warning(run, tmp_path):
+    """Bundles made before `mask_version` existed (version 1) load and predict on today's tensors, saying so."""
+    old = tmp_path / "old-run"
+    shutil.copytree(run[0], old)
+    config = json.loads((old / "config.json").read_text())
+    del config["preprocessing"]["mask_version"]
+    (old / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="strict mask version 1") as caught:
+        clf = Classifier.load(old)
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    assert clf.prep_config.mask_version == 2
+    table = clf.predict_pcap(SAMPLE / "capture-2.pcapng")
+    assert len(table) == 28 and (table.status == "ok").all()
+    assert len(clf.predict_sessions(run[1])) == len(run[1])  # a version-2 dataset is no settings mismatch
 
 
 def test_same_labels_through_api_cli_and_dataset(run, tmp_path):

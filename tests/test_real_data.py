@@ -72,7 +72,6 @@ def test_malformed_captures_never_crash_or_hang(tmp_path):
 
 def test_iot_sentinel_capture_splits_vary_with_the_seed(iot):
     """Seeds 0 and 1 of the capture split put under 70% of their test sessions in common."""
-    import numpy as np
 
     from trafficlens.training.config import TrainConfig
     from trafficlens.training.run import make_split

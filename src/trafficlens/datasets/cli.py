@@ -93,7 +93,8 @@ def summary(ds, brief: bool = False) -> str:
     lines = [
         f"dataset   {ds.path}  ({m['n_sessions']} sessions from {len(m.get('inputs', []))} captures, "
         f"{m.get('packets_read', 0)} packets read)",
-        f"settings  unit={cfg['unit']} layer={cfg['layer']} mask={cfg['mask']} image={cfg['image_bytes']} "
+        f"settings  unit={cfg['unit']} layer={cfg['layer']} mask={cfg['mask']} mask_version={cfg.get('mask_version', 1)} "
+        f"image={cfg['image_bytes']} "
         f"packets={cfg['packets']}x{cfg['packet_bytes']} sequence={cfg['sequence_length']} "
         f"idle_timeout={cfg['idle_timeout']}s labels={cfg['labels']}",
     ]
@@ -113,6 +114,9 @@ def summary(ds, brief: bool = False) -> str:
     skipped = {k: v for k, v in m.get("skipped_packets", {}).items() if v}
     if skipped:
         lines.append("skipped   " + ", ".join(f"{k}={v}" for k, v in skipped.items()) + " (packets)")
+    unmasked = {k: v for k, v in m.get("unmasked", {}).items() if v}
+    if unmasked:
+        lines.append("unmasked  " + ", ".join(f"{k}={v}" for k, v in unmasked.items()) + " (values the mask could not reach)")
     dup = m.get("duplicates", {})
     if dup.get("conflicting_labels"):
         lines.append(f"conflicts {dup['conflicting_labels']} duplicate sessions carried another label")

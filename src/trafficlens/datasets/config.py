@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,11 @@ from trafficlens.errors import ConfigError
 UNITS = ("session", "flow")
 LAYERS = ("all", "network", "transport", "payload")
 MASKS = ("none", "paper", "strict")
+# What `strict` zeroes, by version: 2 adds the TLS hellos' random, session id and key shares,
+# hellos cut across segments, and QUIC connection IDs (docs/dataset-format.md). Tensors are
+# only ever made with the current version; settings without the key (datasets and bundles made
+# before it existed) are version 1.
+MASK_VERSION = 2
 UNLABELED = ("drop", "keep")  # or "as:NAME"
 
 
@@ -41,11 +47,15 @@ class PrepConfig:
     unlabeled: str = "drop"
     max_per_class: int | None = None
     deduplicate: bool = True
+    mask_version: int = MASK_VERSION
 
     def __post_init__(self) -> None:
         _choice("unit", self.unit, UNITS)
         _choice("layer", self.layer, LAYERS)
         _choice("mask", self.mask, MASKS)
+        if self.mask_version not in range(1, MASK_VERSION + 1):
+            raise ConfigError(f"mask_version must be 1 to {MASK_VERSION}, got {self.mask_version!r} "
+                              "(settings made by a newer trafficlens: upgrade it)")
         for name in ("image_bytes", "packets", "packet_bytes", "sequence_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -63,15 +73,36 @@ class PrepConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PrepConfig":
+        """Settings as stored in a manifest or bundle; without `mask_version` they are version 1."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown prep settings: {', '.join(unknown)}")
-        return cls(**data)
+        return cls(**{"mask_version": 1, **data})
+
+    def require_current_mask(self) -> None:
+        """Raise unless these settings name the mask version `prep` makes (the current one)."""
+        if self.mask_version != MASK_VERSION:
+            raise ConfigError(f"mask_version {self.mask_version} tensors can no longer be made: this trafficlens makes "
+                              f"mask_version {MASK_VERSION} (leave mask_version at its default)")
+
+    @property
+    def mask_outdated(self) -> bool:
+        """Whether tensors made now would be masked more than these settings say (strict, older version)."""
+        return self.mask == "strict" and self.mask_version < MASK_VERSION
 
     def for_prediction(self) -> "PrepConfig":
-        """The same tensors, without label handling or sampling (for new captures)."""
-        return dataclasses.replace(self, labels=None, label_column=None, unlabeled="keep", max_per_class=None, deduplicate=False)
+        """The same tensors, without label handling or sampling (for new captures).
+
+        Tensors are made with the current mask only: settings with an older strict mask
+        version get the current one, with a warning (the model saw values it will now see zeroed).
+        """
+        if self.mask_outdated:
+            warnings.warn(f"model trained with strict mask version {self.mask_version}, inputs made with version "
+                          f"{MASK_VERSION} (TLS randoms, session ids, key shares and QUIC connection IDs now zeroed too); "
+                          "retrain on a new prep for exact inputs", stacklevel=2)
+        return dataclasses.replace(self, labels=None, label_column=None, unlabeled="keep", max_per_class=None,
+                                   deduplicate=False, mask_version=MASK_VERSION)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -220,6 +220,7 @@ def prep_dask(
     from trafficlens.datasets.writer import output_paths, publish, remove_partial, start_partial
 
     config = config or PrepConfig()
+    config.require_current_mask()
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     if retries < 0:

@@ -42,6 +42,7 @@ class FileReport:
     sessions: int = 0
     skipped_packets: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
+    unmasked: dict[str, int] = field(default_factory=dict)  # values the mask could not reach, counted
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -134,6 +135,8 @@ def prepare_capture(
     report.dropped = dict(featurizer.dropped)
     report.dropped["retransmission_packets"] = assembler.retransmission_packets
     report.dropped["pure_ack_packets"] = assembler.pure_ack_packets
+    if config.mask == "strict":
+        report.unmasked["quic_short_dcid"] = assembler.quic_short_unmasked
     report.sha256 = file_digest(path)
     return report
 
@@ -194,6 +197,7 @@ def prep(
     >>> prep(["captures/"], "ds/x", PrepConfig(labels="dir"))
     """
     config = config or PrepConfig()
+    config.require_current_mask()
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     labeler = Labeler(config.labels, config.label_column) if config.labels else None
@@ -290,11 +294,11 @@ def prep(
 def _summary(reports: list[FileReport], writer: DatasetWriter, not_captures: list[str]) -> dict[str, Any]:
     dropped: dict[str, int] = {}
     skipped: dict[str, int] = {}
+    unmasked: dict[str, int] = {}
     for report in reports:
-        for key, value in report.dropped.items():
-            dropped[key] = dropped.get(key, 0) + value
-        for key, value in report.skipped_packets.items():
-            skipped[key] = skipped.get(key, 0) + value
+        for total, counts in ((dropped, report.dropped), (skipped, report.skipped_packets), (unmasked, report.unmasked)):
+            for key, value in counts.items():
+                total[key] = total.get(key, 0) + value
     dropped["duplicate_sessions"] = writer.duplicates
     if writer.sampled_out:
         dropped["max_per_class"] = writer.sampled_out
@@ -310,6 +314,7 @@ def _summary(reports: list[FileReport], writer: DatasetWriter, not_captures: lis
         "packets_read": sum(r.packets for r in reports),
         "dropped": dict(sorted(dropped.items())),
         "skipped_packets": dict(sorted(skipped.items())),
+        "unmasked": dict(sorted(unmasked.items())),
         "errors": errors,
         "not_captures": not_captures,
     }

@@ -76,13 +76,13 @@ class AuditConfig:
 def dataset_for_mask(dataset: Path, mask: str, cache: Path, cfg: AuditConfig, log: Callable[[str], None]) -> Path:
     """`dataset` itself when it was prepared with `mask`, else a re-prepared copy under `cache`."""
     from trafficlens.datasets import Dataset
-    from trafficlens.datasets.config import PrepConfig
+    from trafficlens.datasets.config import MASK_VERSION, PrepConfig
     from trafficlens.datasets.prep import prep
 
     ds = Dataset.open(dataset)
     if ds.config.get("mask") == mask:
         return dataset
-    config = dataclasses.replace(PrepConfig.from_dict(ds.config), mask=mask)
+    config = dataclasses.replace(PrepConfig.from_dict(ds.config), mask=mask, mask_version=MASK_VERSION)
     target = cache / f"mask-{mask}"
     if (target / "manifest.json").exists():
         cached = json.loads((target / "manifest.json").read_text())

@@ -81,7 +81,7 @@ class Engine:
         self.K = np.zeros(kn.NK, np.int64)
         self.K[kn.K_NSFREE] = slots
         self.PK, self.PT = _pool(nodes, 3, kn.P_NEXT)
-        self.ST, self.STT = _pool(nodes, 6, kn.E_NEXT)
+        self.ST, self.STT = _pool(nodes, kn.NE, kn.E_NEXT)
         self.K[kn.K_PFREE] = 0
         self.K[kn.K_EFREE] = 0
         self.arena = np.zeros(max(self.INITIAL_ARENA, 8 * self.view_limit), np.uint8)
@@ -137,6 +137,10 @@ class Engine:
     def pure_ack_packets(self) -> int:
         return int(self.K[kn.K_PACK])
 
+    @property
+    def quic_short_unmasked(self) -> int:
+        return int(self.K[kn.K_QUICLEFT])
+
     def _grow(self, code: int) -> None:
         K = self.K
         if code == kn.NEED_SLOT:
@@ -161,8 +165,11 @@ class Engine:
         elif code == kn.NEED_ARENA:
             fresh = np.empty_like(self.arena)
             kn.compact_arena(self.SI, self.ST, self.arena, fresh, K)
-            if K[kn.K_ARENA] > self.arena.size // 2:  # still crowded: double it
-                bigger = np.zeros(2 * self.arena.size, np.uint8)
+            size = self.arena.size
+            while K[kn.K_ARENA] > size // 2 or K[kn.K_ARENA] + K[kn.K_ROOM] > size:  # still crowded: double it
+                size *= 2
+            if size > self.arena.size:
+                bigger = np.zeros(size, np.uint8)
                 bigger[: K[kn.K_ARENA]] = fresh[: K[kn.K_ARENA]]
                 fresh = bigger
             self.arena = fresh
@@ -237,7 +244,7 @@ class Engine:
         flags = np.empty(total, np.uint8)
         lengths = np.empty(n, np.int64)
         kn.build_tensors(chosen, SI, self.PK, self.PT, self.ST, self.STT, self.arena, cfg.image_bytes,
-                         cfg.packets, cfg.packet_bytes, images, rows, times, sizes, dirs, flags, lengths, after)
+                         cfg.packets, cfg.packet_bytes, images, rows, times, sizes, dirs, flags, lengths, after, self.mask)
         si, sf = SI[chosen], self.SF[chosen]
         if after > 0 and n:
             starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
@@ -426,6 +433,8 @@ def prepare_capture_fast(path: Path, relative: str, config: PrepConfig, labeler,
     report.dropped = dict(engine.dropped)
     report.dropped["retransmission_packets"] = engine.retransmission_packets
     report.dropped["pure_ack_packets"] = engine.pure_ack_packets
+    if config.mask == "strict":
+        report.unmasked["quic_short_dcid"] = engine.quic_short_unmasked
     report.sha256 = digest or file_digest(path)
     return report
 

@@ -1,8 +1,8 @@
 """numba kernels of the compiled prep backend: a line-for-line port of the Python reference.
 
 Every function here mirrors one in capture/reader.py, capture/decode.py, flows/assembler.py,
-flows/session.py, features/views.py, features/tls.py or features/tensors.py; keep them in step
-(the equivalence test fails otherwise). State lives in plain arrays so the kernels can be
+flows/session.py, features/views.py, features/tls.py, features/quic.py or features/tensors.py;
+keep them in step (the equivalence test fails otherwise). State lives in plain arrays so the kernels can be
 cached on disk (`cache=True`): no jitclass, no compile at every start.
 
 Session state: one row per slot of `SI` (int64 columns C_*) and `SF` (float64 columns F_*).
@@ -36,16 +36,21 @@ C_OOO, C_RETR, C_PACKS, C_PAY, C_NPK, C_BYTES, C_FWD = 19, 20, 21, 22, 23, 24, 2
 C_STB, C_STNE, C_NST, C_PHEAD, C_PTAIL, C_SHEAD, C_STAIL = 26, 27, 28, 29, 30, 31, 32
 C_KEY = 33  # 12 columns
 C_TNST, C_TPAY = 45, 46  # stored views and payload bytes when the live trigger (M-th kept packet) fired
-NI = 47
+# strict mask, per direction (Session.hello_end, .quic, .cids), each + 1 so that 0 is "not yet"
+C_HELLO0, C_QUIC, C_CID0 = 47, 49, 50  # C_HELLO0 and C_CID0: 2 columns each
+NI = 52
 F_START, F_LAST, F_TMIN, F_TMAX = 0, 1, 2, 3
 NF = 4
 # packet pool columns; stored-view pool columns
 P_SIZE, P_DIRFLAGS, P_NEXT = 0, 1, 2
-E_DIR, E_REL, E_HASREL, E_OFF, E_LEN, E_NEXT = 0, 1, 2, 3, 4, 5
+E_DIR, E_REL, E_HASREL, E_OFF, E_LEN, E_NEXT, E_L7 = 0, 1, 2, 3, 4, 5, 6  # E_L7: payload offset in the view
+NE = 7
 # counters
 K_SERIAL, K_SINCE, K_RETR, K_PACK, K_STARTED, K_PFREE, K_EFREE, K_NSFREE, K_NEMIT, K_ARENA, K_FRAGKEPT, K_HTUSED = range(12)
 K_NTRIG = 12
-NK = 13
+K_QUICLEFT = 13  # SessionAssembler.quic_short_unmasked
+K_ROOM = 14  # arena bytes the packet that returned NEED_ARENA needs
+NK = 15
 HT_EMPTY, HT_DELETED = -1, -2  # entries of the session table besides slot numbers
 # return codes of `assemble`
 DONE, NEED_SLOT, NEED_PACKET, NEED_STORED, NEED_ARENA = 0, 1, 2, 3, 4
@@ -309,42 +314,215 @@ def decode_block(data, offs, caps, origs, linktypes, n, out):
 
 # -- views and masking -------------------------------------------------------------------------
 @njit(cache=True)
-def _mask_sni(src, base, start, n, dst):
-    """tls.sni_spans over src[base:base+n] from `start`, zeroing each name in dst (same offsets).
+def _zero(dst, at, length):
+    for k in range(at, at + length):
+        dst[k] = 0
+
+
+@njit(cache=True)
+def _mask_hello(src, base, start, n, dst):
+    """tls.mask_hello over src[base:base+n] from `start`, zeroing in dst (same offsets).
 
     Spans are found on the unmasked source, as the reference collects them all before zeroing."""
     p = start
-    if n - p < 9 or src[base + p] != 0x16 or src[base + p + 1] != 0x03 or src[base + p + 5] != 0x01:
+    if n - p < 9 or src[base + p] != 0x16 or src[base + p + 1] != 0x03:
         return
-    p += 9
-    p += 2 + 32
-    if p >= n:
+    kind = src[base + p + 5]
+    if kind != 1 and kind != 2:
         return
-    p += 1 + np.int64(src[base + p])
-    if p + 2 > n:
+    end = min(n, p + 5 + _be16(src, base + p + 3), p + 9 + ((np.int64(src[base + p + 6]) << 16) | _be16(src, base + p + 7)))
+    p += 11
+    _zero(dst, p, max(0, min(32, end - p)))  # random
+    p += 32
+    if p >= end:
         return
-    p += 2 + _be16(src, base + p)
-    if p >= n:
+    size = np.int64(src[base + p])
+    _zero(dst, p + 1, max(0, min(size, end - p - 1)))  # session id
+    p += 1 + size
+    if kind == 1:
+        if p + 2 > end:
+            return
+        p += 2 + _be16(src, base + p)
+        if p >= end:
+            return
+        p += 1 + np.int64(src[base + p])
+    else:
+        p += 3
+    if p + 2 > end:
         return
-    p += 1 + np.int64(src[base + p])
-    if p + 2 > n:
-        return
-    ext_end = min(n, p + 2 + _be16(src, base + p))
+    ext_end = min(end, p + 2 + _be16(src, base + p))
     p += 2
     while p + 4 <= ext_end:
         ext_type = _be16(src, base + p)
         ext_len = _be16(src, base + p + 2)
         body = p + 4
-        if ext_type == 0:
+        body_end = min(ext_end, body + ext_len)
+        if ext_type == 0 and kind == 1:
             q = body + 2
-            end = min(ext_end, body + ext_len)
-            while q + 3 <= end:
-                name_len = _be16(src, base + q + 1)
-                length = max(0, min(name_len, n - (q + 3)))
-                for k in range(q + 3, q + 3 + length):
-                    dst[k] = 0
-                q += 3 + name_len
+            while q + 3 <= body_end:
+                size = _be16(src, base + q + 1)
+                _zero(dst, q + 3, max(0, min(size, body_end - q - 3)))
+                q += 3 + size
+        elif ext_type == 51:
+            q = body + 2 if kind == 1 else body
+            while q + 4 <= body_end:
+                size = _be16(src, base + q + 2)
+                _zero(dst, q + 4, max(0, min(size, body_end - q - 4)))
+                q += 4 + size
+                if kind == 2:
+                    break
         p = body + ext_len
+
+
+@njit(cache=True)
+def _record_end(src, base, n):
+    """tls.record_end of src[base:base+n]."""
+    if n < 5 or src[base] != 0x16 or src[base + 1] != 0x03:
+        return 0
+    return 5 + _be16(src, base + 3)
+
+
+@njit(cache=True)
+def _mask_hello_stream(arena, segs, rel, off, ln, po):
+    """tls.mask_hello_stream over stored views (entries `segs`, in sequence order), in the arena."""
+    e = segs[0]
+    head = ln[e] - po[e]
+    need = _record_end(arena, off[e] + po[e], head)
+    if need == 0 or need <= head:
+        return
+    total = 0
+    count = 0
+    expect = rel[e]
+    for j in range(segs.size):
+        e = segs[j]
+        if rel[e] != expect or total >= need:
+            break
+        part = max(0, ln[e] - po[e])
+        total += part
+        expect = rel[e] + part
+        count += 1
+    if count < 2:
+        return
+    stream = np.empty(total, np.uint8)
+    w = 0
+    for j in range(count):
+        e = segs[j]
+        part = max(0, ln[e] - po[e])
+        stream[w : w + part] = arena[off[e] + po[e] : off[e] + po[e] + part]
+        w += part
+    masked = stream.copy()
+    _mask_hello(stream, 0, 0, total, masked)
+    w = 0
+    for j in range(count):
+        e = segs[j]
+        part = max(0, ln[e] - po[e])
+        arena[off[e] + po[e] : off[e] + po[e] + part] = masked[w : w + part]
+        w += part
+
+
+@njit(cache=True)
+def _quic_kind(version):
+    """quic._version_kind: 0 not QUIC, 1 v1 layout, 2 v2 layout, 3 first packet only, 4 negotiation."""
+    if version == 1 or (version >= 0xFF000016 and version <= 0xFF000022) or version >> 8 == 0xFACEB0:
+        return 1
+    if version == 0x6B3343CF:
+        return 2
+    if version == 0x51303530 or version == 0x54303530 or version == 0x54303531 or version & 0x0F0F0F0F == 0x0A0A0A0A:
+        return 3
+    if version == 0:
+        return 4
+    return 0
+
+
+@njit(cache=True)
+def _quic_long(src, base, p, end):
+    """quic._long_header: (version kind, offset of the SCID length byte) or (0, -1)."""
+    if end - p < 7 or src[base + p] & 0x80 == 0:
+        return 0, -1
+    kind = _quic_kind(_u32(src, base + p + 1, True))
+    dcil = np.int64(src[base + p + 5])
+    scil_at = p + 6 + dcil
+    if kind == 0 or dcil > 20 or (scil_at < end and src[base + scil_at] > 20):
+        return 0, -1
+    if kind == 4:
+        rest = end - (scil_at + 1 + np.int64(src[base + scil_at])) if scil_at < end else -1
+        if rest < 4 or rest % 4 != 0:
+            return 0, -1
+    elif src[base + p] & 0x40 == 0:
+        return 0, -1
+    return kind, scil_at
+
+
+@njit(cache=True)
+def _varint(src, base, p, end):
+    """quic._varint: (value, next offset) or (-1, end)."""
+    if p >= end:
+        return -1, end
+    size = np.int64(1) << (np.int64(src[base + p]) >> 6)
+    if p + size > end:
+        return -1, end
+    value = np.int64(src[base + p]) & 0x3F
+    for k in range(p + 1, p + size):
+        value = (value << 8) | np.int64(src[base + k])
+    return value, p + size
+
+
+@njit(cache=True)
+def _quic_scid(src, base, start, end):
+    """quic.scid_length of src[base+start : base+end]."""
+    kind, scil_at = _quic_long(src, base, start, end)
+    if kind != 0 and scil_at < end:
+        return np.int64(src[base + scil_at])
+    return -1
+
+
+@njit(cache=True)
+def _mask_quic(src, base, start, end, dst, short_dcid, write):
+    """quic.mask_quic over src[base+start : base+end], zeroing in dst (same offsets) when `write`;
+    returns whether a short header was left (its connection ID length unknown)."""
+    p = start
+    seen = False
+    while p < end:
+        first = np.int64(src[base + p])
+        kind, scil_at = _quic_long(src, base, p, end)
+        if kind == 0:
+            if first & 0xC0 == 0x40 and (seen or p == start):
+                if short_dcid < 0:
+                    return True
+                if write:
+                    _zero(dst, p + 1, max(0, min(short_dcid, end - p - 1)))
+            break
+        seen = True
+        if write:
+            _zero(dst, p + 6, max(0, min(np.int64(src[base + p + 5]), end - p - 6)))
+        if scil_at >= end:
+            break
+        scil = np.int64(src[base + scil_at])
+        if write:
+            _zero(dst, scil_at + 1, max(0, min(scil, end - scil_at - 1)))
+        q = scil_at + 1 + scil
+        ptype = (first >> 4) & 3
+        if (kind != 1 and kind != 2) or ptype == (3 if kind == 1 else 0):
+            break
+        if ptype == (0 if kind == 1 else 1):
+            size, after = _varint(src, base, q, end)
+            if size < 0:
+                break
+            q = after + size
+        size, after = _varint(src, base, q, end)
+        if size < 0:
+            break
+        p = after + size
+    return False
+
+
+@njit(cache=True)
+def _mask_payload(src, base, l7, n, dst, proto, quic_dcid):
+    """views._mask_payload."""
+    if src[base + l7] == 0x16:
+        _mask_hello(src, base, l7, n, dst)
+    elif proto == 17:
+        _mask_quic(src, base, l7, n, dst, quic_dcid, True)
 
 
 @njit(cache=True)
@@ -366,18 +544,19 @@ def _mask_tcp_timestamps(buf, p, end):
 
 
 @njit(cache=True)
-def _view(d, f, row, layer, mask, scratch, out, at, limit):
+def _view(d, f, row, layer, mask, scratch, out, at, limit, quic_dcid):
     """views.packet_view: writes the first `limit` bytes of the view to out[at:]; returns its full length."""
     strict = mask == 2
     l7 = row[D_L7]
     end = row[D_END]
+    proto = row[D_PROTO]
     if layer == 3:  # payload
         length = end - l7
         take = min(length, limit)
-        if strict and l7 < end and d[f + l7] == 0x16:
+        if strict and l7 < end and (proto == 17 or d[f + l7] == 0x16):
             for k in range(length):
                 scratch[k] = d[f + l7 + k]
-            _mask_sni(d, f + l7, 0, length, scratch)
+            _mask_payload(d, f + l7, 0, length, scratch, proto, quic_dcid)
             out[at : at + take] = scratch[:take]
         else:
             out[at : at + take] = d[f + l7 : f + l7 + take]
@@ -388,7 +567,6 @@ def _view(d, f, row, layer, mask, scratch, out, at, limit):
     b7 = l7 - l3
     buf = scratch
     buf[:blen] = d[f + l3 : f + end]
-    proto = row[D_PROTO]
     if mask != 0:
         if row[D_VER] == 4:
             if strict:
@@ -412,8 +590,8 @@ def _view(d, f, row, layer, mask, scratch, out, at, limit):
             else:
                 buf[b4 : b4 + 4] = 0
                 buf[b4 + 6 : b4 + 8] = 0
-            if b7 < blen and buf[b7] == 0x16:
-                _mask_sni(d, f + l3, b7, blen, buf)
+            if b7 < blen:
+                _mask_payload(d, f + l3, b7, blen, buf, proto, quic_dcid)
     # Layout: [14-byte rebuilt Ethernet header] + buf[first:] with 12 zero bytes after a UDP header.
     pad = 12 if proto == 17 else 0
     prefix = 14 if layer == 0 else 0
@@ -658,7 +836,11 @@ def assemble(data, offs, times, D, first, n, HT, SI, SF, SFREE, PK, PT, ST, STT,
             return NEED_PACKET, i
         if K[K_EFREE] < 0:
             return NEED_STORED, i
-        if K[K_ARENA] + view_limit > arena.size:
+        room = view_limit
+        if mask == 2 and row[D_PROTO] == 6 and row[D_PLEN] > 0:  # may be stored whole (a TLS hello)
+            room = max(view_limit, row[D_END] - row[D_L3] + 26)
+        if K[K_ARENA] + room > arena.size:
+            K[K_ROOM] = room
             return NEED_ARENA, i
         if row[D_FRAGM]:
             K[K_FRAGKEPT] += 1
@@ -759,9 +941,21 @@ def assemble(data, offs, times, D, first, n, HT, SI, SF, SFREE, PK, PT, ST, STT,
         if s[C_NPK] == 1 or ts > SF[slot, F_TMAX]:
             SF[slot, F_TMAX] = ts
         s[C_PAY] += plen
+        limit = view_limit
+        if mask == 2:
+            if hasrel:
+                if s[C_HELLO0 + direction] == 0:  # the direction's first payload segment
+                    s[C_HELLO0 + direction] = 1 + _record_end(data, offs[i] + row[D_L7], row[D_END] - row[D_L7])
+                if rel < s[C_HELLO0 + direction] - 1:
+                    limit = room  # stored whole: it may hold part of a TLS hello
+            elif proto == 17:
+                scil = _quic_scid(data, offs[i], row[D_L7], row[D_END])
+                if scil >= 0:
+                    s[C_QUIC] = 1
+                    s[C_CID0 + 1 - direction] = scil + 1
         if (s[C_STNE] < store_packets or s[C_STB] < store_bytes) and s[C_NST] < MAX_STORED:
             at = K[K_ARENA]
-            full = _view(data, offs[i], row, layer, mask, scratch, arena, at, view_limit)
+            full = _view(data, offs[i], row, layer, mask, scratch, arena, at, limit, s[C_CID0 + direction] - 1)
             if full > 0:
                 e = K[K_EFREE]
                 K[K_EFREE] = ST[e, E_NEXT]
@@ -769,8 +963,18 @@ def assemble(data, offs, times, D, first, n, HT, SI, SF, SFREE, PK, PT, ST, STT,
                 ST[e, E_REL] = rel
                 ST[e, E_HASREL] = hasrel
                 ST[e, E_OFF] = at
-                ST[e, E_LEN] = min(full, view_limit)
+                ST[e, E_LEN] = min(full, limit)
                 ST[e, E_NEXT] = -1
+                pad = 12 if proto == 17 else 0  # views.view_offsets
+                if layer == 3:
+                    ST[e, E_L7] = 0
+                elif layer == 2:
+                    ST[e, E_L7] = row[D_L7] - row[D_L4] + pad
+                else:
+                    ST[e, E_L7] = (14 if layer == 0 else 0) + row[D_L7] - row[D_L3] + pad
+                if s[C_QUIC] and s[C_CID0 + direction] == 0 and _mask_quic(data, offs[i], row[D_L7], row[D_END],
+                                                                            scratch, -1, False):
+                    K[K_QUICLEFT] += 1
                 STT[e] = ts
                 K[K_ARENA] = at + ST[e, E_LEN]
                 if s[C_STAIL] >= 0:
@@ -826,9 +1030,11 @@ def _stable_order(keys_f, keys_i, idx, use_float):
 
 @njit(cache=True, nogil=True)
 def build_tensors(slots, SI, PK, PT, ST, STT, arena, image_bytes, packets, packet_bytes,
-                  images, rows, times, sizes, dirs, flags, lengths, after):
+                  images, rows, times, sizes, dirs, flags, lengths, after, mask):
     """Tensors.Featurizer._byte_rows (after Session.ordered_views) and the packet arrays of each slot;
-    `after` > 0: of its first `after` kept packets only (a session as it was at its live trigger)."""
+    `after` > 0: of its first `after` kept packets only (a session as it was at its live trigger).
+    The strict mask of hellos cut across segments is applied to the views in the arena (it can be
+    applied again: it only zeroes)."""
     p = 0
     ts = np.empty(MAX_STORED, np.float64)
     dr = np.empty(MAX_STORED, np.int64)
@@ -836,6 +1042,8 @@ def build_tensors(slots, SI, PK, PT, ST, STT, arena, image_bytes, packets, packe
     hasrel = np.empty(MAX_STORED, np.int64)
     off = np.empty(MAX_STORED, np.int64)
     ln = np.empty(MAX_STORED, np.int64)
+    po = np.empty(MAX_STORED, np.int64)
+    segs_all = np.empty(MAX_STORED, np.int64)
     order_all = np.empty(MAX_STORED, np.int64)
     source = np.empty(MAX_STORED, np.int64)
     slot_at = np.empty(MAX_STORED, np.int64)
@@ -866,6 +1074,7 @@ def build_tensors(slots, SI, PK, PT, ST, STT, arena, image_bytes, packets, packe
             hasrel[i] = ST[e, E_HASREL]
             off[i] = ST[e, E_OFF]
             ln[i] = ST[e, E_LEN]
+            po[i] = ST[e, E_L7]
             e = ST[e, E_NEXT]
         order = order_all[:k]
         for i in range(k):
@@ -885,6 +1094,17 @@ def build_tensors(slots, SI, PK, PT, ST, STT, arena, image_bytes, packets, packe
                 _stable_order(ts, rel, by_seq, False)
                 for i in range(m):
                     source[slot_at[i]] = by_seq[i]
+        if mask == 2 and s[C_PROTO] == 6:  # Session.ordered_views: hellos on each direction's stream
+            for direction in range(2):
+                m = 0
+                for i in range(k):
+                    if dr[source[i]] == direction and hasrel[source[i]]:
+                        segs_all[m] = source[i]
+                        m += 1
+                if m > 1:
+                    segs = segs_all[:m]
+                    _stable_order(ts, rel, segs, False)
+                    _mask_hello_stream(arena, segs, rel, off, ln, po)
         w = 0
         for i in range(k):
             e = source[i]

@@ -7,13 +7,18 @@ bytes so that TCP and UDP payloads start at the same offset (Chen 2023).
 
 Masks: `none`; `paper` zeroes IP addresses (MACs are never kept); `strict` also zeroes ports,
 IPv4 id, IP/TCP/UDP checksums, TCP sequence and acknowledgement numbers, TCP timestamp option
-values, the IPv6 flow label and the TLS ClientHello server name: fields that identify a
-capture or a host rather than an application.
+values, the IPv6 flow label, the TLS ClientHello server name, the TLS hellos' random, session
+id and key_share values, and QUIC connection IDs: fields that identify a capture or a host
+rather than an application, or random values that make twin sessions look different
+(`mask_version` 2, see docs/dataset-format.md). A packet is masked here on its own; what
+needs the session (a hello cut across TCP segments, the length of a QUIC short header's
+connection ID) is done by the session (`Session.ordered_views`, `SessionAssembler`).
 """
 
 from __future__ import annotations
 
-from trafficlens.features.tls import mask_sni
+from trafficlens.features.quic import mask_quic
+from trafficlens.features.tls import HANDSHAKE, mask_hello
 
 UDP_PAD = bytes(12)
 _NO_MACS = bytes(12)
@@ -40,18 +45,28 @@ def _mask_tcp_timestamps(buf: bytearray, p: int, end: int) -> None:
         p += length
 
 
-def packet_view(packet, layer: str, mask: str) -> bytes:
+def _mask_payload(buf: bytearray, l7: int, proto: int, quic_dcid: int) -> None:
+    """The strict mask of an application payload at `buf[l7:]`: TLS hellos, QUIC headers."""
+    if buf[l7] == HANDSHAKE:
+        mask_hello(buf, l7)
+    elif proto == 17:
+        mask_quic(buf, l7, len(buf), quic_dcid)
+
+
+def packet_view(packet, layer: str, mask: str, quic_dcid: int = -1) -> bytes:
     """The bytes of `packet` (a decoded `Packet`) that the given layer view shows, masked.
 
-    Runs for the first packets of every session, so it assigns whole header slices at once;
-    `decode` guarantees the IP and TCP/UDP headers are captured in full.
+    `quic_dcid`: the length of a QUIC short header's destination connection ID in this
+    direction when the session has learnt it (-1: unknown, left). Runs for the first packets of
+    every session, so it assigns whole header slices at once; `decode` guarantees the IP and
+    TCP/UDP headers are captured in full.
     """
     frame = packet.frame
     strict = mask == "strict"
     if layer == "payload":
-        if strict and frame[packet.l7 : packet.l7 + 1] == b"\x16":
+        if strict and packet.l7 < packet.end and (packet.proto == 17 or frame[packet.l7] == HANDSHAKE):
             buf = bytearray(frame[packet.l7 : packet.end])
-            mask_sni(buf)
+            _mask_payload(buf, 0, packet.proto, quic_dcid)
             return bytes(buf)
         return frame[packet.l7 : packet.end]
     buf = bytearray(frame[packet.l3 : packet.end])
@@ -78,8 +93,8 @@ def packet_view(packet, layer: str, mask: str) -> bytes:
             else:
                 buf[l4 : l4 + 4] = bytes(4)  # ports
                 buf[l4 + 6 : l4 + 8] = _Z2  # checksum
-            if l7 < len(buf) and buf[l7] == 0x16:
-                mask_sni(buf, l7)
+            if l7 < len(buf):
+                _mask_payload(buf, l7, packet.proto, quic_dcid)
     if packet.proto == 17:
         buf[l4 + 8 : l4 + 8] = UDP_PAD
     if layer == "transport":

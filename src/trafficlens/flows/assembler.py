@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Callable
 
 from trafficlens.datasets.config import PrepConfig
-from trafficlens.features.views import packet_view
+from trafficlens.features.quic import quic_fields, scid_length
+from trafficlens.features.tls import record_end
+from trafficlens.features.views import packet_view, view_offsets
 from trafficlens.flows.session import ACK, FIN, RST, SYN, Session
 
 _REORDER_MARGIN = 4  # extra packets stored so that late segments can still move forward
@@ -40,7 +42,9 @@ class SessionAssembler:
         self.view_limit = max(config.packet_bytes, config.image_bytes)
         self.retransmission_packets = 0
         self.pure_ack_packets = 0
+        self.quic_short_unmasked = 0  # stored QUIC short headers whose connection ID length was unknown
         self.sessions_started = 0
+        self.strict = config.mask == "strict"
         self._since_scan = 0
 
     def add(self, p) -> None:
@@ -60,7 +64,7 @@ class SessionAssembler:
             s = None
         if s is None:
             # A capture that starts at the SYN-ACK still names the client correctly.
-            s = Session(key, p, client_is_src=not (flags & (SYN | ACK) == (SYN | ACK)))
+            s = Session(key, p, client_is_src=not (flags & (SYN | ACK) == (SYN | ACK)), strict=self.strict)
             self.sessions[key] = s
             self.sessions_started += 1
             if self.max_sessions is not None and len(self.sessions) > self.max_sessions:
@@ -89,12 +93,26 @@ class SessionAssembler:
         s.dirs.append(direction)
         s.flags.append(flags)
         s.payload_bytes += p.payload_len
+        whole = False  # store the whole view: the segment may hold part of a TLS hello
+        if self.strict:
+            if rel is not None:
+                if s.hello_end[direction] < 0:  # the direction's first payload segment
+                    s.hello_end[direction] = record_end(p.frame, p.l7, p.end)
+                whole = rel < s.hello_end[direction]
+            elif p.proto == 17:
+                scil = scid_length(p.frame, p.l7, p.end)
+                if scil >= 0:  # a QUIC long header: the peer's short headers carry an ID this long
+                    s.quic = True
+                    s.cids[1 - direction] = scil
         if (s.stored_nonempty < self.store_packets or s.stored_bytes < self.store_bytes) and len(s.stored) < _MAX_STORED:
-            view = packet_view(p, self.config.layer, self.config.mask)
+            view = packet_view(p, self.config.layer, self.config.mask, s.cids[direction])
             if view:
-                s.stored.append((p.ts, direction, rel, view[: self.view_limit]))
+                s.stored.append((p.ts, direction, rel, view if whole else view[: self.view_limit],
+                                 view_offsets(p, self.config.layer)[1]))
                 s.stored_bytes += len(view)
                 s.stored_nonempty += 1
+                if s.quic and s.cids[direction] < 0 and quic_fields(p.frame, p.l7, p.end)[1]:
+                    self.quic_short_unmasked += 1
 
         if self.watch is not None:
             self.watch(s)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from array import array
 
+from trafficlens.features.tls import mask_hello_stream
+
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 _MOD = 1 << 32
 _HALF = 1 << 31
@@ -21,9 +23,10 @@ class Session:
         "key", "proto", "version", "client", "server", "ts_start", "ts_last", "closing",
         "times", "sizes", "dirs", "flags", "stored", "stored_bytes", "stored_nonempty",
         "payload_bytes", "seq_base", "ranges", "out_of_order", "retransmissions", "pure_acks",
+        "strict", "hello_end", "quic", "cids",
     )
 
-    def __init__(self, key, packet, client_is_src: bool):
+    def __init__(self, key, packet, client_is_src: bool, strict: bool = False):
         self.key = key
         self.proto = packet.proto
         self.version = packet.version
@@ -38,7 +41,8 @@ class Session:
         self.sizes = array("l")
         self.dirs = array("B")
         self.flags = array("B")
-        self.stored: list[tuple[float, int, int, bytes]] = []  # (ts, direction, rel seq, view)
+        # (ts, direction, rel seq or None, view, offset of the payload in the view)
+        self.stored: list[tuple[float, int, int | None, bytes, int]] = []
         self.stored_bytes = 0
         self.stored_nonempty = 0
         self.payload_bytes = 0
@@ -47,6 +51,13 @@ class Session:
         self.out_of_order = False
         self.retransmissions = 0
         self.pure_acks = 0
+        # strict mask state, per direction: where the TLS record opening the stream ends (-1: no
+        # payload yet; segments before it are stored whole), and the QUIC short header
+        # destination ID length (the peer's source ID length; -1: not seen)
+        self.strict = strict
+        self.hello_end = [-1, -1]
+        self.quic = False
+        self.cids = [-1, -1]
 
     def tcp_segment(self, direction: int, seq: int, length: int) -> tuple[bool, int]:
         """Record a TCP payload range; returns (is_retransmission, relative sequence number).
@@ -85,18 +96,37 @@ class Session:
         self.ranges[direction] = merged
         return False, rel
 
-    def ordered_views(self) -> list[tuple[float, int, bytes]]:
-        """Stored packets by time, TCP payload segments of each direction put in sequence order.
+    def order(self) -> list[int]:
+        """Indices into `stored`, in tensor order: by time, TCP payload segments of each direction
+        put in sequence order.
 
         Segments keep the time slots they arrived in; within one direction the slots of
         payload-carrying segments are refilled in sequence-number order (Ge 2021: reorder
         out-of-order segments), so the interleaving of the two directions is preserved.
         """
-        stored = sorted(self.stored, key=lambda item: item[0])
+        stored = self.stored
+        order = sorted(range(len(stored)), key=lambda i: stored[i][0])
         if self.out_of_order and self.proto == 6:
             for direction in (0, 1):
-                slots = [i for i, item in enumerate(stored) if item[1] == direction and item[2] is not None]
-                by_seq = sorted((stored[i] for i in slots), key=lambda item: item[2])
-                for slot, item in zip(slots, by_seq):
-                    stored[slot] = (stored[slot][0], item[1], item[2], item[3])
-        return [(ts, direction, view) for ts, direction, _, view in stored]
+                slots = [k for k, i in enumerate(order) if stored[i][1] == direction and stored[i][2] is not None]
+                by_seq = sorted((order[k] for k in slots), key=lambda i: stored[i][2])
+                for k, i in zip(slots, by_seq):
+                    order[k] = i
+        return order
+
+    def ordered_views(self) -> list[tuple[float, int, bytes]]:
+        """(time slot, direction, view) of the stored packets in tensor order (`order`); with the
+        strict mask, a TLS hello cut across segments is masked on each direction's stream."""
+        stored = self.stored
+        order = self.order()
+        views = [stored[i][3] for i in order]
+        if self.strict and self.proto == 6:
+            for direction in (0, 1):
+                idx = sorted((k for k, i in enumerate(order) if stored[i][1] == direction and stored[i][2] is not None),
+                             key=lambda k: stored[order[k]][2])
+                if len(idx) > 1:
+                    masked = mask_hello_stream([(stored[order[k]][2], views[k], stored[order[k]][4]) for k in idx])
+                    for j, view in masked.items():
+                        views[idx[j]] = view
+        slots = sorted(item[0] for item in stored)  # a reordered segment takes the time slot it fills
+        return [(ts, stored[i][1], view) for ts, i, view in zip(slots, order, views)]

@@ -102,7 +102,7 @@ def assign_groups(counts: np.ndarray, fractions: Sequence[float], rng: np.random
     """
     counts = np.asarray(counts, dtype=np.float64)
     fractions = np.asarray(fractions, dtype=np.float64)
-    n_groups, n_sides = len(counts), len(fractions)
+    n_groups = len(counts)
     active = np.flatnonzero(fractions > 0)
     if n_groups < len(active):
         raise ConfigError(f"{len(active)} sides need at least {len(active)} groups, got {n_groups}")
