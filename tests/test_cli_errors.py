@@ -6,10 +6,12 @@ script, whose boundary turns trafficlens errors and errors about a named file in
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from trafficlens.datasets.config import PrepConfig
@@ -47,6 +49,24 @@ def place(tmp_path_factory) -> Path:
     (tmp / "x.partial").mkdir()
     (tmp / "x.partial" / "notes.txt").write_text("not left by prep")
     (tmp / "latin1.csv").write_bytes("file,label\ncapture-1.pcapng,caf\u00e9\n".encode("latin-1"))
+    # crafted bundles: each config.json edit must be refused before anything is built
+    crafted = {
+        "bundle-negative": lambda c: c["model"]["config"].__setitem__("channels", [-8, 16, 32, 64]),
+        "bundle-huge": lambda c: c["model"]["config"].__setitem__("channels", [1 << 20] * 4),
+        "bundle-image": lambda c: c["preprocessing"].__setitem__("image_bytes", 10**9),
+        "bundle-labels": lambda c: (c.__setitem__("labels", [f"x{i}" for i in range(100_000)]),
+                                    c["model"]["config"].__setitem__("num_classes", 100_000)),
+    }
+    for name, edit in crafted.items():
+        shutil.copytree(MODEL, tmp / name)
+        config = json.loads((tmp / name / "config.json").read_text())
+        edit(config)
+        (tmp / name / "config.json").write_text(json.dumps(config))
+    shutil.copytree(MODEL, tmp / "bundle-pickle")
+    np.save(tmp / "bundle-pickle" / "split.npy", np.array([{"side": 2}] * 168, dtype=object), allow_pickle=True)
+    from trafficlens.training.signing import generate_keys
+
+    generate_keys(tmp / "keys" / "ours")
     return tmp
 
 
@@ -80,8 +100,19 @@ CASES = {
     "info npy cut": (["info", "ds-npy-cut"], "image.npy: 131740 bytes"),
     "info npy garbled": (["info", "ds-npy-garbled"], "packets.npy: not a readable .npy file"),
     "info parquet cut": (["info", "ds-parquet-cut"], "sessions.parquet: unreadable"),
-    # train -o: the one line comes at the end of training (the run directory is made there)
+    # train -o: checked before training starts
     "train -o /proc": (TRAIN + ["ds", "-o", "/proc/run"], "/proc/run: No such file or directory"),
+    # crafted bundles: refused before any model or tensor is built
+    "bundle negative layer size": (["predict", "bundle-negative", str(CAPTURE)], "model settings do not build 'chen-cnn'"),
+    "bundle huge layer size": (["predict", "bundle-huge", str(CAPTURE)], "would hold more than 2,147,483,648 weights"),
+    "bundle image_bytes 10^9": (["predict", "bundle-image", str(CAPTURE)], "preprocessing.image_bytes = 1000000000 is out of range"),
+    "bundle 100k labels": (["predict", "bundle-labels", str(CAPTURE)], "labels: a list of 100000 items"),
+    "pickled split.npy at evaluate": (["evaluate", "bundle-pickle", "--dataset", "ds"], "split.npy: not a plain integer array"),
+    "pickled split.npy at explain": (["explain", "bundle-pickle", "--dataset", "ds", "--session", "0"],
+                                     "split.npy: not a plain integer array"),
+    # signatures
+    "unsigned bundle with --trusted-key": (PREDICT + ["--trusted-key", "keys/ours.pub"], "not signed (no signature.json)"),
+    "--trusted-key not a key": (PREDICT + ["--trusted-key", "latin1.csv"], "latin1.csv: not an unencrypted PEM public key"),
 }
 
 

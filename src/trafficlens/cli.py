@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("trafficlens.serving.cli:predict", "Label every session of new captures with a trained run."),
     "quickstart": ("trafficlens.quickstart:command", "Run prep -> train -> evaluate -> predict on the bundled sample."),
     "serve": ("trafficlens.serving.cli:serve", "Serve a model over HTTP: POST a capture, get per-session labels."),
+    "sign": ("trafficlens.training.cli:sign", "Sign a run directory with an Ed25519 key (checked with --trusted-key)."),
+    "keygen": ("trafficlens.training.cli:keygen", "Make an Ed25519 key pair for signing runs."),
     "train": ("trafficlens.training.cli:train", "Train a model on a dataset and write a run directory."),
 }
 

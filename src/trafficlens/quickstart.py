@@ -45,9 +45,10 @@ def find_sample(sample: str | os.PathLike | None = None) -> Path:
 
 def held_out_capture(dataset, run_dir: Path, source: Path) -> Path:
     """A capture file whose sessions are all on the run's test side (the first by name)."""
-    import numpy as np
 
-    side = np.load(run_dir / "split.npy")  # per dataset row: 0 train, 1 validation, 2 test, -1 unused
+    from trafficlens.training.bundle import read_split
+
+    side = read_split(run_dir, len(dataset))  # per dataset row: 0 train, 1 validation, 2 test, -1 unused
     captures = dataset.column("capture").astype(str)
     test = sorted(set(captures[side == 2]) - set(captures[(side == 0) | (side == 1)]))
     if test:

@@ -23,6 +23,9 @@ MASKS = ("none", "paper", "strict")
 # before it existed) are version 1.
 MASK_VERSION = 2
 UNLABELED = ("drop", "keep")  # or "as:NAME"
+# Upper bounds of the tensor sizes: far above any paper's (1225-byte images, 6 x 96 packets) and
+# low enough that a session's tensors stay under a few MB; a bundle's settings are checked too.
+TENSOR_LIMITS = {"image_bytes": 1 << 16, "packets": 1 << 10, "packet_bytes": 1 << 16, "sequence_length": 1 << 16}
 
 
 @dataclass(frozen=True)
@@ -56,11 +59,12 @@ class PrepConfig:
         if self.mask_version not in range(1, MASK_VERSION + 1):
             raise ConfigError(f"mask_version must be 1 to {MASK_VERSION}, got {self.mask_version!r} "
                               "(settings made by a newer trafficlens: upgrade it)")
-        for name in ("image_bytes", "packets", "packet_bytes", "sequence_length"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.idle_timeout <= 0:
-            raise ConfigError(f"idle_timeout must be positive seconds, got {self.idle_timeout}")
+        for name, most in TENSOR_LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+                raise ConfigError(f"{name} must be an integer from 1 to {most}, got {value!r}")
+        if not 0 < self.idle_timeout <= 10**7:
+            raise ConfigError(f"idle_timeout must be positive seconds (at most 10^7), got {self.idle_timeout}")
         if self.min_packets < 0 or self.min_bytes < 0:
             raise ConfigError("min_packets and min_bytes must be >= 0")
         if self.unlabeled not in UNLABELED and not (self.unlabeled.startswith("as:") and len(self.unlabeled) > 3):

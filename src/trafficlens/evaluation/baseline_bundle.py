@@ -250,11 +250,14 @@ def load_baseline_bundle(path: str | os.PathLike, config: dict[str, Any] | None 
     from trafficlens.evaluation.baselines import list_baselines
     from trafficlens.evaluation.features import FEATURE_KINDS, TENSOR_OF
     from trafficlens.files import sha256_file
-    from trafficlens.training.bundle import Bundle, read_config
+    from trafficlens.training.bundle import Bundle, check_preprocessing, check_settings, read_config
 
     path = Path(path)
     config = config or read_config(path)
     section, labels = config["model"], config["labels"]
+    check_settings(section, f"{path}: model")
+    check_settings(labels, f"{path}: labels")
+    check_preprocessing(path, config)
     if not isinstance(section, dict) or not isinstance(labels, list) or not labels:
         raise BundleError(f"{path}: config.json has no model section or label list")
     name, features, runtime = section.get("name"), section.get("features"), section.get("runtime")

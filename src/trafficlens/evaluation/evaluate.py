@@ -115,6 +115,7 @@ def evaluate_run(run: str | os.PathLike, out: str | os.PathLike | None = None, d
 def _on_own_split(clf, run: Path, dataset) -> tuple[dict[str, Any], str, dict]:
     from trafficlens.datasets import Dataset
     from trafficlens.evaluation.metrics import classification_report, provenance
+    from trafficlens.training.bundle import read_split
     from trafficlens.training.selection import ClassSelection
     from trafficlens.training.splits import Split
 
@@ -124,17 +125,7 @@ def _on_own_split(clf, run: Path, dataset) -> tuple[dict[str, Any], str, dict]:
         raise ConfigError(f"{run} was trained with --split none: it has no test side; score it on another "
                           f"dataset with `trafficlens evaluate {run} --on DATASET`")
     ds = Dataset.open(dataset or (config.get("dataset") or {}).get("path"))
-    split_path = run / "split.npy"
-    if not split_path.is_file():
-        raise BundleError(f"{run}: missing split.npy (which sessions were test)")
-    try:
-        assignment = np.load(split_path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise BundleError(f"{split_path}: not a plain int8 array ({str(exc).splitlines()[0]})") from None
-    if assignment.ndim != 1 or assignment.dtype.kind not in "iu":
-        raise BundleError(f"{split_path}: not a plain integer array per dataset row")
-    if len(assignment) != len(ds):
-        raise BundleError(f"{run}: split.npy has {len(assignment)} rows, {ds.path} has {len(ds)}: not the dataset it was trained on")
+    assignment = read_split(run, len(ds))
     test = np.flatnonzero(assignment == 2)
     index = {label: i for i, label in enumerate(clf.labels)}
     y = np.array([index[str(label)] for label in ds.labels[test]], dtype=np.int64)
@@ -219,6 +210,7 @@ def _overlap(trained_path: str | None, config: dict[str, Any], run: Path, ds, ro
     the run's own dataset (None when that dataset is gone or has no such tensors)."""
     from trafficlens.datasets import Dataset
     from trafficlens.errors import DatasetError
+    from trafficlens.training.bundle import read_split
     from trafficlens.training.splits import tensor_keys
 
     split_path = run / "split.npy"
@@ -226,10 +218,8 @@ def _overlap(trained_path: str | None, config: dict[str, Any], run: Path, ds, ro
         return None
     try:
         own = Dataset.open(trained_path)
-        assignment = np.load(split_path, allow_pickle=False)
-    except (DatasetError, ValueError, OSError):
-        return None
-    if len(assignment) != len(own):
+        assignment = read_split(split_path, len(own))
+    except (DatasetError, BundleError):
         return None
     if own.tensor("image").shape[1:] != ds.tensor("image").shape[1:] or own.tensor("packets").shape[1:] != ds.tensor("packets").shape[1:]:
         return None

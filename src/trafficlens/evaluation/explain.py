@@ -301,10 +301,9 @@ def _open(run: str | os.PathLike, dataset: str | os.PathLike | None) -> _Context
                 if k in _TENSOR_SETTINGS and ds.config.get(k) != v}
     if mismatch:
         raise DatasetError(f"{ds.path}: prepared with other settings than {run} was trained on ({mismatch}); pass its own --dataset")
-    split_path = run / "split.npy"
-    assignment = np.load(split_path) if split_path.is_file() else None
-    if assignment is not None and len(assignment) != len(ds):
-        raise BundleError(f"{run}: split.npy has {len(assignment)} rows, {ds.path} has {len(ds)}: not the dataset it was trained on")
+    from trafficlens.training.bundle import read_split
+
+    assignment = read_split(run, len(ds)) if (run / "split.npy").is_file() else None
     return _Context(clf, ds, run, assignment, {label: i for i, label in enumerate(clf.labels)})
 
 

@@ -44,6 +44,7 @@ class Classifier:
         self._inference_model = None  # batch norms folded, built on first use (explain keeps the bundle's)
         self._onnx = None  # the same model on ONNX Runtime (CPU), when it is installed and agrees
         self.runtime: str | None = None  # "onnxruntime" or "torch", once the model is built
+        self.trusted_keys: tuple[str, ...] = ()  # the keys `load` verified the bundle with, if any
 
     def _model_for_inference(self):
         if self.kind == "baseline":
@@ -77,18 +78,33 @@ class Classifier:
         return self
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "auto") -> "Classifier":
-        """A deep model's or a baseline's run directory (`train -o`, `baseline -o`)."""
-        from trafficlens.training.bundle import bundle_kind, load_bundle, read_config
+    def load(cls, path: str | os.PathLike, device: str = "auto",
+             trusted_keys: Iterable[str | os.PathLike] = ()) -> "Classifier":
+        """A deep model's or a baseline's run directory (`train -o`, `baseline -o`).
+
+        `trusted_keys`: Ed25519 public keys (PEM files); when given, the bundle must carry a
+        signature by one of them over every file loading reads (`trafficlens sign`), checked
+        before anything is built."""
+        from trafficlens.training.bundle import CONFIG, bundle_kind, load_bundle, read_config
         from trafficlens.training.trainer import resolve_device
 
         dev = resolve_device(device)
+        trusted_keys = tuple(os.fspath(k) for k in trusted_keys)
         config = read_config(path)
+        if trusted_keys:
+            from trafficlens.training.signing import verify_bundle
+
+            weights = (config.get("weights") or {}).get("file") if isinstance(config.get("weights"), dict) else None
+            verify_bundle(path, trusted_keys, needed=[CONFIG, *([weights] if weights else [])])
+            config = read_config(path)  # as verified
         if bundle_kind(config) == "baseline":
             from trafficlens.evaluation.baseline_bundle import load_baseline_bundle
 
-            return cls(load_baseline_bundle(path, config), dev)
-        return cls(load_bundle(path, device=str(dev)), dev)
+            clf = cls(load_baseline_bundle(path, config), dev)
+        else:
+            clf = cls(load_bundle(path, device=str(dev)), dev)
+        clf.trusted_keys = trusted_keys
+        return clf
 
     @property
     def kind(self) -> str:

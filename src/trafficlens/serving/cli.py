@@ -11,14 +11,17 @@ import click
 @click.option("-o", "--out", default="-", show_default=True, help="Output file: .csv, .jsonl or .parquet; '-' for CSV on stdout.")
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True, help="Labels with probabilities per session.")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Below this, the label is 'unknown'.")
+@click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Ed25519 public key (PEM, from `trafficlens keygen`): load the run only if one of these keys signed it "
+                   "(`trafficlens sign`); repeatable.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def predict(run, captures, out, top_k, min_confidence, device):
+def predict(run, captures, out, top_k, min_confidence, trusted_keys, device):
     """Label every session of new captures with a trained run (model bundle)."""
     from trafficlens.serving.classifier import Classifier
     from trafficlens.serving.output import output_format, write_rows
 
     output_format(out)  # a bad -o fails before the model loads
-    clf = Classifier.load(run, device=device)
+    clf = Classifier.load(run, device=device, trusted_keys=trusted_keys)
     warn = (lambda message: click.secho(f"warning: {message}", fg="yellow", err=True))
     rows = write_rows(clf.iter_predictions(list(captures), top_k=top_k, min_confidence=min_confidence, on_warning=warn), out)
     if out != "-":
@@ -57,9 +60,12 @@ def predict(run, captures, out, top_k, min_confidence, device):
               help="Classifier processes, each with the model loaded.")
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Ed25519 public key (PEM, from `trafficlens keygen`): load the run only if one of these keys signed it "
+                   "(`trafficlens sign`); repeatable.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def serve(run, host, port, token_file, certfile, keyfile, insecure, docs, max_upload_mb, max_capture_mb, max_packets,
-          timeout_s, header_timeout, body_timeout, max_uploads, workers, top_k, min_confidence, device):
+          timeout_s, header_timeout, body_timeout, max_uploads, workers, top_k, min_confidence, trusted_keys, device):
     """Serve a model over HTTP: POST a capture to /v1/classify, get per-session labels."""
     from trafficlens.errors import ConfigError
 
@@ -81,7 +87,7 @@ def serve(run, host, port, token_file, certfile, keyfile, insecure, docs, max_up
                         fg="yellow", err=True)
     from trafficlens.serving.classifier import Classifier
 
-    clf = Classifier.load(run, device=device)  # a bad bundle fails here, in one line, before any worker starts
+    clf = Classifier.load(run, device=device, trusted_keys=trusted_keys)  # a bad bundle fails here, in one line, before any worker starts
     mb = 1 << 20
     config = ServeConfig(max_upload_bytes=int(max_upload_mb * mb), max_capture_bytes=int(max_capture_mb * mb),
                          max_packets=max_packets, timeout_s=timeout_s, header_timeout_s=header_timeout,
@@ -108,8 +114,10 @@ def serve(run, host, port, token_file, certfile, keyfile, insecure, docs, max_up
 @click.option("--idle-exit", type=click.FloatRange(min=0, min_open=True), default=None, help="With -i: stop after this many seconds without packets.")
 @click.option("--backend", type=click.Choice(["numba", "python"]), default=None,
               help="Session engine: compiled blocks (numba, the default when installed) or the Python reference.")
+@click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Ed25519 public key (PEM): load the run only if one of these keys signed it; repeatable.")
 def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, top_k, min_confidence, device, max_batch,
-         max_wait_ms, idle_exit, backend):
+         max_wait_ms, idle_exit, backend, trusted_keys):
     """Classify live traffic (or a replayed capture) session by session, as packets arrive.
 
     A file given with -o is written beside its name and takes it when live stops (at the end of
@@ -131,7 +139,7 @@ def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, top_k, m
             source = live_mod.Interface(iface, bpf=bpf, idle_exit=idle_exit)
         else:
             source = live_mod.replay(replay_path, speed or None, heartbeats=True)
-        clf = Classifier.load(run, device=device)
+        clf = Classifier.load(run, device=device, trusted_keys=trusted_keys)
         if clf.device.type == "cpu":
             import torch
 

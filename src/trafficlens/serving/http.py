@@ -78,7 +78,8 @@ def create_app(clf: Classifier, config: ServeConfig | None = None, *, pool: Work
     and stops them at shutdown; a given pool is used as it is and left running."""
     config = dataclasses.replace(config or ServeConfig(), **settings)
     own_pool = pool is None
-    pool = pool or WorkerPool(clf.bundle.path, device=str(clf.device), workers=config.workers)
+    pool = pool or WorkerPool(clf.bundle.path, device=str(clf.device), workers=config.workers,
+                              trusted_keys=clf.trusted_keys)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

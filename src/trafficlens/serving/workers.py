@@ -65,10 +65,12 @@ class WorkerPool:
     workers, at least one), so that busy workers do not fight over the same cores.
     """
 
-    def __init__(self, run: str | os.PathLike, *, device: str = "auto", workers: int = 2, threads: int | None = None):
+    def __init__(self, run: str | os.PathLike, *, device: str = "auto", workers: int = 2, threads: int | None = None,
+                 trusted_keys: tuple[str, ...] = ()):
         if workers < 1:
             raise ConfigError(f"workers={workers}: a pool needs at least one worker")
         self.run = os.fspath(run)
+        self.trusted_keys = tuple(trusted_keys)  # each worker verifies the bundle's signature again
         self.device = device
         self.workers = workers
         self.threads = threads or max(1, len(os.sched_getaffinity(0)) // workers)
@@ -118,7 +120,7 @@ class WorkerPool:
 
     def _spawn(self) -> "_Worker":
         parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_serve_jobs, args=(child, self.run, self.device, self.threads),
+        process = self._ctx.Process(target=_serve_jobs, args=(child, self.run, self.device, self.threads, self.trusted_keys),
                                     name="trafficlens-serve-worker", daemon=True)
         process.start()
         child.close()
@@ -212,7 +214,7 @@ class _Worker:
 
 
 # -- the worker process ------------------------------------------------------------------------
-def _serve_jobs(conn, run: str, device: str, threads: int) -> None:
+def _serve_jobs(conn, run: str, device: str, threads: int, trusted_keys: tuple[str, ...] = ()) -> None:
     """Load the bundle and warm everything up, say "ready", then answer jobs until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle: it closes the pool
     try:
@@ -221,7 +223,7 @@ def _serve_jobs(conn, run: str, device: str, threads: int) -> None:
         from trafficlens.serving.classifier import Classifier
 
         torch.set_num_threads(threads)
-        clf = Classifier.load(run, device=device).warm_up()  # ONNX Runtime takes torch's thread count now
+        clf = Classifier.load(run, device=device, trusted_keys=trusted_keys).warm_up()  # ONNX Runtime takes torch's thread count now
         try:
             from trafficlens.fast.engine import warm_up as load_kernels
 

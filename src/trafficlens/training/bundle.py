@@ -138,6 +138,112 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
+def read_split(path: str | os.PathLike, n_rows: int | None = None):
+    """A run's `split.npy` (int8 per dataset row: 0 train, 1 validation, 2 test, -1 unused),
+    checked: a plain integer array (never unpickled), of `n_rows` rows when given."""
+    import numpy as np
+
+    path = Path(path)
+    target = path / SPLIT if path.is_dir() else path
+    if not target.is_file():
+        raise BundleError(f"{target.parent}: missing {SPLIT} (which sessions were train, validation and test)")
+    try:
+        assignment = np.load(target, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise BundleError(f"{target}: not a plain integer array ({str(exc).splitlines()[0][:120]})") from None
+    if assignment.ndim != 1 or assignment.dtype.kind not in "iu" or (len(assignment) and
+                                                                    (assignment.min() < -1 or assignment.max() > 2)):
+        raise BundleError(f"{target}: not one side (-1..2) per dataset row")
+    if n_rows is not None and len(assignment) != n_rows:
+        raise BundleError(f"{target}: {len(assignment)} rows, the dataset has {n_rows}: not the dataset it was trained on")
+    return assignment
+
+
+# Bounds on a bundle's model settings, checked before anything is built: a crafted config.json
+# must not make loading allocate or loop without end. Real models stay far inside them.
+_MAX_INT, _MAX_LIST, _MAX_TEXT, _MAX_DEPTH = 1 << 24, 4096, 256, 4
+MAX_PARAMETERS = 1 << 31  # elements; 8 GiB of float32
+
+
+def check_settings(value: Any, where: str, depth: int = 0) -> None:
+    """Every number, list and string of a model's settings within bounds (BundleError names the field)."""
+    import math
+
+    if depth > _MAX_DEPTH:
+        raise BundleError(f"{where}: nested too deeply")
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int):
+        if abs(value) > _MAX_INT:
+            raise BundleError(f"{where} = {value} is out of range (|value| <= {_MAX_INT})")
+    elif isinstance(value, float):
+        if not math.isfinite(value) or abs(value) > _MAX_INT:
+            raise BundleError(f"{where} = {value} is out of range")
+    elif isinstance(value, str):
+        if len(value) > _MAX_TEXT:
+            raise BundleError(f"{where}: a string of {len(value)} characters")
+    elif isinstance(value, (list, tuple)):
+        if len(value) > _MAX_LIST:
+            raise BundleError(f"{where}: a list of {len(value)} items")
+        for i, item in enumerate(value):
+            check_settings(item, f"{where}[{i}]", depth + 1)
+    elif isinstance(value, dict):
+        if len(value) > _MAX_LIST:
+            raise BundleError(f"{where}: {len(value)} keys")
+        for key, item in value.items():
+            check_settings(item, f"{where}.{key}", depth + 1)
+    else:
+        raise BundleError(f"{where}: unexpected {type(value).__name__}")
+
+
+def check_preprocessing(path: Path, config: dict[str, Any]) -> None:
+    """The bundle's prep settings are valid `PrepConfig` settings, tensor sizes within bounds."""
+    from trafficlens.datasets.config import PrepConfig
+    from trafficlens.errors import ConfigError
+
+    prep = config.get("preprocessing") or {}
+    check_settings(prep, f"{path}: preprocessing")
+    try:
+        PrepConfig.from_dict(prep)
+    except (ConfigError, TypeError) as exc:
+        raise BundleError(f"{path}: preprocessing settings unusable ({exc})") from None
+
+
+def _check_shapes_before_building(path: Path, weights: Path, name: str, model_cfg: dict[str, Any]) -> None:
+    """Build the model on PyTorch's meta device (no memory) and compare every weight's shape
+    with the safetensors header, so a config that would allocate more than the file holds is
+    refused before any real allocation."""
+    import numpy as np
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    from trafficlens.models import create_model
+
+    try:
+        with torch.device("meta"):
+            skeleton = create_model(name, **model_cfg)
+    except TrafficlensError as exc:
+        raise BundleError(f"{path}: cannot rebuild model {name!r}: {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise BundleError(f"{path}: model settings do not build {name!r} ({str(exc).splitlines()[0][:160]})") from None
+    own = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    if sum(int(np.prod(shape)) for shape in own.values()) > MAX_PARAMETERS:
+        raise BundleError(f"{path}: the configured {name!r} would hold more than {MAX_PARAMETERS:,} weights")
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            stored = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise BundleError(f"{path}: unreadable {WEIGHTS} ({exc})") from None
+    missing, unexpected = sorted(set(own) - set(stored)), sorted(set(stored) - set(own))
+    if missing or unexpected:
+        raise BundleError(f"{path}: weights do not fit {name!r} as configured "
+                          f"(missing {missing[:3]}, unexpected {unexpected[:3]}); {CONFIG} does not match {WEIGHTS}")
+    for key, shape in own.items():
+        if stored[key] != shape:
+            raise BundleError(f"{path}: weight {key} has shape {stored[key]}, the config builds {shape}; "
+                              f"{CONFIG} does not match {WEIGHTS}")
+
+
 def bundle_kind(config: dict[str, Any]) -> Any:
     """`deep` or `baseline` (version 1 bundles are deep and do not say so)."""
     return (config.get("model") or {}).get("kind", "deep")
@@ -167,6 +273,10 @@ def load_bundle(path: str | os.PathLike, device: str = "cpu") -> Bundle:
     model_cfg = dict(model_section.get("config") or {})
     if model_cfg.get("num_classes") != len(labels):
         raise BundleError(f"{path}: {CONFIG} says num_classes={model_cfg.get('num_classes')} but lists {len(labels)} labels")
+    check_settings(model_cfg, f"{path}: model.config")
+    check_settings(labels, f"{path}: labels")
+    check_preprocessing(path, config)
+    _check_shapes_before_building(path, weights, name, model_cfg)
     try:
         model = create_model(name, **model_cfg)
     except TrafficlensError as exc:

@@ -116,3 +116,39 @@ def train(dataset, model_name, out, loss, focal_gamma, max_epochs, patience, tim
         test = "none (--split none: score it with `trafficlens evaluate RUN --on DATASET`)" if split == "none" else "n/a"
     click.echo(f"{s['model']}: best epoch {s['best_epoch']} of {s['epochs']} ({s['stopped']}, {s['seconds']:.1f} s); "
                f"test {test}; wrote {s['out']}")
+
+
+@click.command()
+@click.option("-o", "--out", "prefix", required=True, type=click.Path(dir_okay=False),
+              help="Key pair prefix: writes PREFIX.key (private, mode 0600) and PREFIX.pub.")
+def keygen(prefix):
+    """Make an Ed25519 key pair for signing model bundles.
+
+    \b
+    Example:
+      trafficlens keygen -o keys/lab && trafficlens sign runs/cnn --key keys/lab.key
+    """
+    from trafficlens.training.signing import generate_keys
+
+    private, public = generate_keys(prefix)
+    click.echo(f"wrote {private} (keep it secret) and {public} (give it to whoever runs your models)")
+
+
+@click.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--key", "key", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Ed25519 private key (PEM) from `trafficlens keygen`.")
+def sign(run, key):
+    """Sign a run directory (deep or baseline bundle): RUN/signature.json covers every file in it.
+
+    `predict`, `serve` and `live` with `--trusted-key PUB` then refuse the run if it was not
+    signed by that key or a file changed since.
+
+    \b
+    Example:
+      trafficlens sign runs/cnn --key keys/lab.key
+      trafficlens predict runs/cnn x.pcap --trusted-key keys/lab.pub
+    """
+    from trafficlens.training.signing import sign_bundle
+
+    click.echo(f"wrote {sign_bundle(run, key)}")

@@ -64,7 +64,7 @@ def log_split(split, classes: list[str], log: Callable[[str], None]) -> None:
 def _model_a(from_runs: Sequence[str], ds, num_classes: int, input_shapes: dict, split_assignment: np.ndarray):
     """Build chen-model-a from trained chen-cnn and chen-gru runs (frozen branches)."""
     from trafficlens.models import create_model
-    from trafficlens.training.bundle import SPLIT, load_bundle
+    from trafficlens.training.bundle import SPLIT, load_bundle, read_split
 
     if len(from_runs) != 2:
         raise ConfigError("chen-model-a needs --from CNN_RUN,GRU_RUN (a chen-cnn run and a chen-gru run)")
@@ -75,8 +75,7 @@ def _model_a(from_runs: Sequence[str], ds, num_classes: int, input_shapes: dict,
         if b.preprocessing != ds.config:
             diff = sorted(k for k in set(b.preprocessing) | set(ds.config) if b.preprocessing.get(k) != ds.config.get(k))
             raise ConfigError(f"{path} was trained on a dataset prepared with other settings ({', '.join(diff)}); use the same dataset")
-        split_file = Path(path) / SPLIT
-        if not split_file.is_file() or not np.array_equal(np.load(split_file, allow_pickle=False), split_assignment):
+        if not (Path(path) / SPLIT).is_file() or not np.array_equal(read_split(path), split_assignment):
             raise ConfigError(f"{path} used another train/validation/test split; train the branches with the same "
                               "--split, --seed and --min-class-sessions, or its test sessions leak into training")
     if set(bundles) != {"chen-cnn", "chen-gru"}:
