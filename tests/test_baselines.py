@@ -205,6 +205,24 @@ def test_tune_picks_on_validation_and_keeps_the_model_fitted_on_train(ds, split,
     assert "max_features" not in fixed["tuning"]["grid"] and len(fixed["tuning"]["trials"]) == 2  # set by hand: not searched
 
 
+def test_tune_never_reads_the_test_side(ds, split, tmp_path):
+    """Changing every test session's features changes the test score but not one tuning trial:
+    the grid is chosen on validation alone (README: `baseline --tune`)."""
+    import shutil
+
+    changed = tmp_path / "changed"
+    shutil.copytree(ds.path, changed)
+    stats = np.load(changed / "stats.npy")
+    stats[split.test] = stats[split.test][::-1] * -3.0  # not the split's key (image + packets): same split
+    np.save(changed / "stats.npy", stats)
+    runs = [train_baseline(path, "knn", "stats", TrainConfig(split="capture", seed=0), tune=True,
+                           log=lambda message: None, n_jobs=1) for path in (ds.path, changed)]
+    assert runs[0]["split_info"]["sizes"] == runs[1]["split_info"]["sizes"]
+    trials = [[(t["params"], t["val_macro_f1"]) for t in run["tuning"]["trials"]] for run in runs]
+    assert trials[0] == trials[1] and runs[0]["params"] == runs[1]["params"]
+    assert runs[0]["accuracy"] >= 0.95 > runs[1]["accuracy"]  # the test side was read, for the score only
+
+
 @pytest.mark.parametrize("name", list_baselines())
 def test_learned_parameters_are_counted(name, ds, split):
     from trafficlens.evaluation.baselines import learned_parameters

@@ -1,4 +1,5 @@
-"""Reading and decoding captures: formats, byte orders, link types, damage, fuzzing."""
+"""Reading and decoding captures: formats, byte orders, link types, damage (property-based
+tests of random and damaged bytes: test_capture_fuzz.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import io
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from trafficlens.capture import CaptureReader, PcapngWriter, PcapWriter, RawPacket, build, decode
 from trafficlens.capture import linktypes as lt
@@ -218,37 +217,3 @@ def test_udp_and_lengths_that_lie():
     bad_offset = bytearray(_tcp4())
     bad_offset[20 + 12] = 0x20  # TCP data offset 2 words
     assert decode(RawPacket(0, bytes(bad_offset), len(bad_offset), lt.RAW)) == "malformed"
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.binary(max_size=600), st.sampled_from([0, 1, 9, 12, 101, 108, 113, 228, 229, 276, 5]))
-def test_decode_never_raises_on_random_frames(frame, linktype):
-    result = decode(RawPacket(0.0, frame, len(frame), linktype))
-    assert isinstance(result, str) or result.end <= len(frame)
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.sampled_from([b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x0a\x0d\x0d\x0a", b"\x4d\x3c\xb2\xa1"]),
-       st.binary(max_size=2000))
-def test_reader_never_raises_on_random_bytes(tmp_path, magic, body):
-    path = tmp_path / "fuzz.pcap"
-    path.write_bytes(magic + body)
-    reader = CaptureReader(path)
-    for raw in reader:
-        decode(raw)
-    assert len(reader.warnings) <= 1
-
-
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.integers(min_value=0, max_value=400), st.binary(min_size=1, max_size=8))
-def test_corrupting_a_valid_capture_never_raises(tmp_path, position, garbage):
-    path = _write(tmp_path, [build.ethernet(_tcp4(bytes(30)))] * 4, "pcapng")
-    data = bytearray(path.read_bytes())
-    data[position : position + len(garbage)] = garbage
-    path.write_bytes(bytes(data))
-    try:
-        reader = CaptureReader(path)
-    except CaptureError:
-        return
-    for raw in reader:
-        decode(raw)

@@ -1,10 +1,14 @@
-"""Property tests: no bytes make the reader raise anything but CaptureError, or decode raise at all."""
+"""Property tests of the reader and decoder on random and damaged bytes: only a file that is no
+capture is refused; classic pcap records are read exactly until the first bad one (checked
+against a reference parser written here); damage keeps every record before it; decode never
+raises and its offsets stay inside the frame."""
 
 from __future__ import annotations
 
 import gzip
 import io
 import os
+import struct
 import tempfile
 import zlib
 
@@ -51,12 +55,44 @@ FRAMES = [build.ethernet(build.tcp_packet(b"x" * 30, flags="PA")), build.etherne
           build.ethernet(build.tcp_packet(b"v6", src="fd00::1", dst="fd00::2"), vlans=(5,))] * 2
 
 
+PCAP_HEADS = {b"\xd4\xc3\xb2\xa1": ("<", 16), b"\xa1\xb2\xc3\xd4": (">", 16), b"\x4d\x3c\xb2\xa1": ("<", 16),
+              b"\xa1\xb2\x3c\x4d": (">", 16), b"\x34\xcd\xb2\xa1": ("<", 24), b"\xa1\xb2\xcd\x34": (">", 24)}
+
+
 @SETTINGS
 @given(st.binary(max_size=3000), CHUNKS)
-def test_random_files(tmp_path, body, chunk_size):
+@example(b"\xd4\xc3", 1)  # a magic cut short: read, with a warning
+def test_only_files_that_are_no_capture_are_refused(tmp_path, body, chunk_size):
     path = tmp_path / "fuzz.pcap"
     path.write_bytes(body)
-    read_all(path, chunk_size)
+    reader = read_all(path, chunk_size)
+    head, heads = body[:4], [*PCAP_HEADS, b"\x0a\x0d\x0d\x0a"]
+    if head[:2] == b"\x1f\x8b":
+        return  # gzip: refused when the stream breaks before the first four bytes, else read
+    if head in heads:
+        assert reader is not None
+    elif any(m.startswith(head) for m in heads):  # empty, or a magic cut short: nothing, and one warning
+        assert reader is not None and reader.packets == 0 and len(reader.warnings) == 1
+    else:
+        assert reader is None
+
+
+def pcap_records(data: bytes) -> tuple[list[bytes], bool]:
+    """A reference parser of classic pcap as the README describes it: (the records' data up to the
+    first that is cut short or impossible, whether something was left unread or nothing read)."""
+    order, header = PCAP_HEADS[data[:4]]
+    if len(data) < 24:
+        return [], True
+    snaplen = struct.unpack_from(order + "I", data, 16)[0]
+    limit = min(max(snaplen, 262144), 16 << 20)
+    out, pos = [], 24
+    while pos + header <= len(data):
+        caplen, orig = struct.unpack_from(order + "II", data, pos + 8)
+        if caplen > limit or (orig and caplen > orig) or pos + header + caplen > len(data):
+            break
+        out.append(data[pos + header : pos + header + caplen])
+        pos += header + caplen
+    return out, pos != len(data) or not out
 
 
 @SETTINGS
@@ -68,6 +104,31 @@ def test_random_bodies_after_a_capture_magic(tmp_path, magic, body, chunk_size, 
     path.write_bytes(gzip.compress(data) if compress else data)
     reader = read_all(path, chunk_size)
     assert reader is not None  # a capture magic is never refused
+    packets = [p.data for p in reader]
+    assert len(packets) == reader.packets
+    if magic in PCAP_HEADS:  # exactly the records a plain reading finds, and a warning iff it stopped early
+        expected, stopped = pcap_records(data)
+        assert packets == expected
+        assert len(reader.warnings) == int(stopped)
+
+
+@SETTINGS
+@given(st.sampled_from(list(PCAP_HEADS)), st.lists(st.binary(max_size=80), max_size=12), st.binary(max_size=40),
+       st.integers(0, 2**32 - 1), CHUNKS)
+def test_classic_pcap_records_are_read_until_the_first_bad_one(tmp_path, magic, payloads, tail, snaplen, chunk_size):
+    """Well-formed records, sometimes with a random tail: the reader agrees with the reference parser."""
+    order, header = PCAP_HEADS[magic]
+    data = magic + struct.pack(order + "HHiIII", 2, 4, 0, 0, snaplen, 1)
+    for i, payload in enumerate(payloads):
+        data += struct.pack(order + "IIII", 1_600_000_000 + i, i, len(payload), len(payload) + i % 3)
+        data += bytes(header - 16) + payload
+    data += tail
+    path = tmp_path / "records.pcap"
+    path.write_bytes(data)
+    reader = read_all(path, chunk_size)
+    expected, stopped = pcap_records(data)
+    assert [p.data for p in reader] == expected and expected[: len(payloads)] == payloads
+    assert len(reader.warnings) == int(stopped)
 
 
 @SETTINGS
@@ -80,8 +141,15 @@ def test_corrupted_captures_keep_a_prefix_of_their_packets(tmp_path, fmt, big_en
     path = tmp_path / "fuzz.pcap"
     path.write_bytes(bytes(damaged))
     reader = read_all(path, chunk_size)
-    if reader is not None:
-        assert reader.packets <= len(FRAMES) + len(damaged) // 16
+    if position < 4:  # the magic itself: refused, or read as some other capture
+        return
+    assert reader is not None
+    packets = [p.data for p in reader]
+    ends = [len(valid_capture(fmt, FRAMES[: k + 1], big_endian)) for k in range(len(FRAMES))]
+    before = sum(end <= position for end in ends)  # records lying wholly before the damage
+    assert packets[:before] == FRAMES[:before]
+    if bytes(damaged) == data:
+        assert packets == FRAMES and not reader.warnings
 
 
 @SETTINGS
@@ -91,20 +159,26 @@ def test_any_cut_keeps_the_whole_packets_before_it(tmp_path, fmt, cut):
     path = tmp_path / "cut.pcap"
     path.write_bytes(data[:cut])
     reader = read_all(path)
-    if reader is not None:
-        complete = [p.data for p in CaptureReader(tmp_path / "cut.pcap")]
-        assert complete == FRAMES[: len(complete)]
-        whole = {len(valid_capture(fmt, FRAMES[:k])) for k in range(1, len(FRAMES) + 1)}
-        assert bool(reader.warnings) == (min(cut, len(data)) not in whole)  # a cut between records: a shorter file
+    if cut < 4:  # not even the magic
+        assert reader is None or reader.packets == 0
+        return
+    complete = [p.data for p in CaptureReader(tmp_path / "cut.pcap")]
+    ends = [len(valid_capture(fmt, FRAMES[:k])) for k in range(1, len(FRAMES) + 1)]
+    assert complete == FRAMES[: sum(end <= cut for end in ends)]  # every record before the cut, none after
+    assert bool(reader.warnings) == (min(cut, len(data)) not in ends)  # a cut between records: a shorter file
 
 
 @SETTINGS
 @given(st.binary(max_size=3000))
 def test_truncated_gzip_streams(tmp_path, body):
+    """A cut gzip stream: a prefix of the records, and one warning."""
     data = gzip.compress(valid_capture("pcap", FRAMES) + body)
     path = tmp_path / "cut.pcap.gz"
     path.write_bytes(data[: max(10, len(data) * 2 // 3)])
-    read_all(path)
+    reader = read_all(path)
+    assert reader is not None
+    packets = [p.data for p in reader]
+    assert packets[: len(FRAMES)] == FRAMES[: len(packets)] and len(reader.warnings) == 1
 
 
 # -- gzip: every record whole in what decompressed before the damage is kept --------------------------

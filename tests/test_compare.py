@@ -196,8 +196,14 @@ def test_one_estimator_interface_for_deep_models_and_baselines(ds):
     for name, kw in (("dt:header", {}), ("chen-cnn", {"max_epochs": 3, "batch_size": 16, "lr": 3e-3})):
         est = clone(create_estimator(name, ds, **kw))  # clonable: parameters only, nothing fitted
         est.fit(train, ds.labels[train])
-        assert list(est.classes_) == list(CLASSES) and est.predict_proba(test).shape == (len(test), 3)
-        assert est.score(test, ds.labels[test]) >= (0.9 if name == "dt:header" else 0.0)
+        proba = est.predict_proba(test)
+        assert list(est.classes_) == list(CLASSES) and proba.shape == (len(test), 3)
+        assert np.allclose(proba.sum(axis=1), 1, atol=1e-5)
+        predicted = est.predict(test)
+        assert predicted.tolist() == [CLASSES[i] for i in proba.argmax(axis=1)]  # predict is predict_proba's argmax
+        assert est.score(test, ds.labels[test]) == pytest.approx((predicted == ds.labels[test]).mean())  # accuracy
+        if name == "dt:header":  # the signal is plain in the headers
+            assert est.score(test, ds.labels[test]) >= 0.9
     direct = create_estimator("dt:header").fit(baseline_features(ds, train, "header"), ds.labels[train])
     assert np.array_equal(direct.predict(baseline_features(ds, test, "header")),
                           create_estimator("dt:header", ds).fit(train, ds.labels[train]).predict(test))

@@ -56,6 +56,22 @@ def test_written_dataset_reads_back_row_aligned(tmp_path):
     assert pq.read_table(tmp_path / "ds" / "sessions.parquet").num_rows == 5000
 
 
+def test_pandas_polars_pyarrow_and_numpy_open_it_directly(tmp_path):
+    """README: the table and tensors open in pandas, polars, pyarrow and NumPy without trafficlens."""
+    pl = pytest.importorskip("polars")
+    pd = pytest.importorskip("pandas")
+    _write(tmp_path / "ds", 300)
+    expected = Dataset.open(tmp_path / "ds").table.to_pylist()
+    table = tmp_path / "ds" / "sessions.parquet"
+    assert pq.read_table(table).to_pylist() == expected
+    assert pd.read_parquet(table).to_dict("records") == expected
+    frame = pl.read_parquet(table)
+    assert frame.to_dicts() == expected and frame["label"].value_counts().sort("label")["count"].to_list() == [100] * 3
+    stats = np.load(tmp_path / "ds" / "stats.npy", mmap_mode="r")
+    assert stats.shape == (300, 2) and (stats[:, 0] == frame["ts_start"].to_numpy()).all()  # row i is table row i
+    assert np.load(tmp_path / "ds" / "image.npy", mmap_mode="r")[7, :4].tolist() == [7, 0, 0, 0]
+
+
 def test_duplicates_dropped_and_conflicts_counted(tmp_path):
     writer = _write(tmp_path / "ds", 100, dup_every=10)
     ds = Dataset.open(tmp_path / "ds")

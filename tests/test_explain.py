@@ -350,7 +350,12 @@ def test_cli_writes_session_and_per_class_outputs(tiny, tmp_path):
     assert exp["fields_from"] == "capture" and exp["methods"]["image"] == "grad-cam"
     assert len(exp["image"]["fields"]) == 256 and exp["image"]["fields"][12:14] == ["eth.type", "eth.type"]
     assert all(not f.startswith("image[") for f in exp["image"]["fields"])
-    assert abs(sum(r["weight"] for r in exp["top_fields"]) - 1) < 1e-4 or exp["empty_map"]  # every field listed
+    weights = np.array(exp["image"]["weights"])
+    if exp["empty_map"]:  # Grad-CAM found no region raising the score: no weight anywhere, no field listed
+        assert not weights.any() and exp["top_fields"] == [] and sum(exp["groups"].values()) == 0
+    else:  # every field listed (--top 1000), their weights the whole map's
+        assert weights.sum() > 0 and abs(sum(r["weight"] for r in exp["top_fields"]) - 1) < 1e-4
+        assert abs(sum(exp["groups"].values()) - 1) < 1e-4
     result = runner.invoke(cli, ["explain", str(run), "--per-class", "-n", "3", "--rows", "all", "-o", str(tmp_path / "c")])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "c" / "per-class.json").read_text())

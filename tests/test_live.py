@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import numpy as np
 import pytest
 
 from captures import tcp_frame, tcp_session, udp_frame, write_pcap
-from test_predict import SAMPLE, run  # noqa: F401  (the trained bundle fixture)
+from test_predict import KEY, SAMPLE, reference_sessions, run  # noqa: F401  (the trained bundle fixture)
 from trafficlens.errors import CaptureError
 from trafficlens.fast import numba_available
 from trafficlens.serving import Classifier
@@ -19,18 +20,40 @@ BACKENDS = ["python", pytest.param("numba", marks=pytest.mark.skipif(not numba_a
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_replay_decides_every_session_at_the_mth_packet(run, backend):  # noqa: F811
+def test_replay_decides_every_session_at_the_mth_packet(run, backend, tmp_path):  # noqa: F811
     clf = Classifier.load(run[0])
     rows = []
     stats = LiveClassifier(clf, rows.append, after=6, backend=backend).run(replay(SAMPLE / "capture-2.pcapng", speed=None))
     assert stats.decisions == len(rows) == 28 == stats.decided_early
     assert {r["trigger"] for r in rows} == {"after"} and all(r["packets"] == 6 for r in rows)
-    assert stats.summary()["delay_ms_median"] is not None
+    assert 0 < stats.summary()["delay_ms_median"] < 60_000
+    assert_decided_on_the_first_packets(clf, rows, [SAMPLE / "capture-2.pcapng"], tmp_path)
     # decided on 6 packets, the labels agree with whole-session prediction on this sample
     full = clf.predict_pcap(SAMPLE / "capture-2.pcapng")
     by_port = dict(zip(full.src_port, full.label))
     agree = sum(by_port[r["src_port"]] == r["label"] for r in rows)
     assert agree >= 0.9 * len(rows)
+
+
+def assert_decided_on_the_first_packets(clf, rows, captures, tmp_path) -> None:
+    """Each row holds its session's values as they were at its trigger, field by field: a row
+    decided at its M-th packet counts those M packets (sizes and times from the reference
+    dataset's `sequence` tensor); one decided at its end, the whole session. (Live rows name
+    the capture by the source's name, so sessions are found by the rest of their key.)"""
+    ds, index = reference_sessions(clf, captures, tmp_path / "reference")
+    index = {key[1:]: value for key, value in index.items()}
+    assert len(rows) == len(index)
+    sequence = np.asarray(ds.tensor("sequence"))
+    for row in rows:
+        i, ref = index[tuple(row[f] for f in KEY[1:])]
+        if row["trigger"] == "end":
+            assert (row["ts_end"], row["packets"], row["bytes"]) == (ref["ts_end"], ref["packets"], ref["bytes"])
+            continue
+        first = sequence[i, : row["packets"]]  # signed sizes and gaps of the first packets
+        assert row["packets"] <= ref["packets"] and row["bytes"] == int(np.abs(first[:, 0]).sum())
+        assert row["ts_end"] == pytest.approx(ref["ts_start"] + float(first[:, 1].astype(np.float64).sum()), abs=1e-4)
+        if row["packets"] < ref["packets"]:
+            assert row["bytes"] < ref["bytes"] and row["ts_end"] < ref["ts_end"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -49,12 +72,26 @@ def test_state_is_bounded_by_eviction(run, tmp_path, backend):  # noqa: F811
     for i in range(50):  # 50 concurrent sessions, each one payload packet so far
         frames.append((i * 0.001, tcp_frame(b"x" * 40, sport=20000 + i, seq=1, flags="PA")))
     capture = write_pcap(tmp_path / "many.pcap", frames)
+
+    def source():  # a heartbeat after every 10 packets ends the compiled engine's block
+        for i, packet in enumerate(replay(capture, speed=None)):
+            yield packet
+            if i % 10 == 9:
+                yield None
+
     rows = []
     live = LiveClassifier(Classifier.load(run[0]), rows.append, after=6, max_sessions=10, backend=backend)
     held = []
-    stats = live.run(_watching(replay(capture, speed=None), lambda: held.append(live.tracked_sessions)))
-    assert stats.evicted >= 40 and live.tracked_sessions == 0
-    assert max(held) <= 10 + (50 if backend == "numba" else 0)  # the compiled engine evicts after each block
+    if backend == "numba":  # evicts after each block: the cap holds between blocks
+        feed = live._engine.feed
+        live._engine.feed = lambda *block: (feed(*block), held.append(live.tracked_sessions))
+        stats = live.run(source())
+        # 10 sessions, then 20 of which 11 go (down to 9: a tenth of the cap below it), then 19 ...
+        assert held == [10, 9, 9, 9, 9] and stats.evicted == 41
+    else:  # evicts as each new session comes, the oldest tenth (one) at a time
+        stats = live.run(_watching(source(), lambda: held.append(live.tracked_sessions)))
+        assert held[:10] == list(range(1, 11)) and set(held[10:]) == {10} and stats.evicted == 40
+    assert live.tracked_sessions == 0
     assert len(rows) == 50  # evicted sessions are still decided, not lost
     # the oldest sessions went first: their rows came before the last ten's
     assert sorted(r["src_port"] for r in rows[:40]) == list(range(20000, 20040))
@@ -102,6 +139,9 @@ def test_both_engines_give_the_same_rows(run, tmp_path):  # noqa: F811
         assert {k: v for k, v in a.items() if k not in ("confidence", "top_k")} == \
             {k: v for k, v in b.items() if k not in ("confidence", "top_k")}
         assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-5)
+    judged = [r for r in python if r["reason"] != "no payload"]
+    assert len(judged) == len(python) - 1  # the empty UDP datagram
+    assert_decided_on_the_first_packets(clf, judged, captures, tmp_path)
 
 
 def test_quiet_line_ends_idle_sessions(run, tmp_path):  # noqa: F811

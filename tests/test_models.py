@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -119,15 +121,63 @@ def test_model_a_branches_are_frozen():
     assert trainable == {"weighting", "head"}
 
 
-def test_focal_loss():
-    logits, target = torch.randn(8, 3), torch.tensor([0, 1, 2, 0, 1, 2, 0, 0])
-    assert torch.allclose(FocalLoss(gamma=0.0)(logits, target), F.cross_entropy(logits, target), atol=1e-6)
+# -- losses: values computed here by hand, with math, not torch ---------------------------------------
+LOGITS = [[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [-0.5, 1.5, 0.0]]
+TARGET = [0, 2, 1]
+COUNTS = [6, 3, 1]  # training sessions per class: alpha = 10 / (3 n_c)
+
+
+def _softmax(row: list[float]) -> list[float]:
+    e = [math.exp(v) for v in row]
+    return [v / sum(e) for v in e]
+
+
+def test_inverse_frequency_weights_are_n_over_c_n_c():
     alpha = inverse_frequency(np.array([6, 3, 1, 0]))
-    assert alpha[3] == 0 and alpha[2] > alpha[1] > alpha[0]
-    assert torch.allclose((alpha * torch.tensor([6.0, 3, 1, 0])).sum() / 10, torch.tensor(1.0))  # mean weight per sample
+    assert alpha.tolist() == pytest.approx([10 / 18, 10 / 9, 10 / 3, 0.0])  # 3 classes present, 10 sessions
+    assert inverse_frequency(np.array([5, 5])).tolist() == [1.0, 1.0]
+
+
+def test_focal_loss_is_the_class_weighted_formula_of_ge_2021():
+    """L = mean_i -alpha_y (1 - q_y)^gamma log q_y, with alpha from the class counts and gamma 2."""
+    alpha = [10 / 18, 10 / 9, 10 / 3]
+    q = [_softmax(row)[y] for row, y in zip(LOGITS, TARGET)]
+    by_hand = sum(-alpha[y] * (1 - qy) ** 2 * math.log(qy) for qy, y in zip(q, TARGET)) / len(TARGET)
+    logits, target = torch.tensor(LOGITS), torch.tensor(TARGET)
+    assert FocalLoss(inverse_frequency(np.array(COUNTS)), gamma=2.0)(logits, target).item() == pytest.approx(by_hand, rel=1e-6)
+    assert make_loss("focal", np.array(COUNTS))(logits, target).item() == pytest.approx(by_hand, rel=1e-6)
+    gamma_1 = sum(-alpha[y] * (1 - qy) * math.log(qy) for qy, y in zip(q, TARGET)) / len(TARGET)
+    assert make_loss("focal", np.array(COUNTS), gamma=1.0)(logits, target).item() == pytest.approx(gamma_1, rel=1e-6)
+    unweighted = sum(-(1 - qy) ** 2 * math.log(qy) for qy in q) / len(TARGET)
+    assert FocalLoss(gamma=2.0)(logits, target).item() == pytest.approx(unweighted, rel=1e-6)
+    # gamma 0 is weighted cross-entropy averaged per sample; easy examples weigh almost nothing
+    assert torch.allclose(FocalLoss(gamma=0.0)(logits, target), F.cross_entropy(logits, target), atol=1e-6)
     easy = torch.tensor([[10.0, 0, 0]])
     assert FocalLoss(gamma=2.0)(easy, torch.tensor([0])) < F.cross_entropy(easy, torch.tensor([0])) / 100
-    with pytest.raises(ConfigError, match="loss must be one of"):
+
+
+def test_focal_loss_gradient_raises_the_true_class():
+    """Descending the loss raises the true class's logit and lowers the others', harder for the rarer class."""
+    logits = torch.tensor(LOGITS, requires_grad=True)
+    make_loss("focal", np.array(COUNTS))(logits, torch.tensor(TARGET)).backward()
+    grad = logits.grad
+    for i, y in enumerate(TARGET):
+        assert grad[i, y] < 0, i
+        assert all(grad[i, j] > 0 for j in range(3) if j != y), i
+    # the same logits for a frequent class (0) and the rarest (2): the rare one pulls harder
+    same = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    make_loss("focal", np.array(COUNTS))(same, torch.tensor([0, 2])).backward()
+    assert same.grad[1, 2] / same.grad[0, 0] == pytest.approx(6.0)  # alpha_2 / alpha_0 = 6 / 1
+
+
+def test_weighted_cross_entropy_and_plain_cross_entropy_by_hand():
+    alpha = [10 / 18, 10 / 9, 10 / 3]
+    nll = [-math.log(_softmax(row)[y]) for row, y in zip(LOGITS, TARGET)]
+    logits, target = torch.tensor(LOGITS), torch.tensor(TARGET)
+    weighted = sum(alpha[y] * v for v, y in zip(nll, TARGET)) / sum(alpha[y] for y in TARGET)  # PyTorch's mean
+    assert make_loss("weighted-ce", np.array(COUNTS))(logits, target).item() == pytest.approx(weighted, rel=1e-6)
+    assert make_loss("ce", np.array(COUNTS))(logits, target).item() == pytest.approx(sum(nll) / 3, rel=1e-6)
+    with pytest.raises(ConfigError, match="loss must be one of ce, weighted-ce, focal, got 'hinge'"):
         make_loss("hinge", np.ones(3))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import shutil
 import subprocess
@@ -13,7 +15,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from captures import tcp_session, write_pcap
+from captures import CLIENT, SERVER, tcp_session, write_pcap
 from trafficlens.cli import cli
 from trafficlens.datasets import Dataset
 from trafficlens.datasets.config import PrepConfig
@@ -23,6 +25,32 @@ from trafficlens.serving.classifier import COLUMNS
 from trafficlens.training import TrainConfig, train_run
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample"
+# The session's own values in every predict, live and serve row; `KEY` finds the session.
+FIELDS = ("capture", "src_ip", "src_port", "dst_ip", "dst_port", "protocol", "ts_start", "ts_end", "packets", "bytes")
+KEY = FIELDS[:7]
+
+
+def reference_sessions(clf: Classifier, captures, out: Path) -> tuple[Dataset, dict[tuple, tuple[int, dict]]]:
+    """Every session of `captures`, prepared by the Python reference engine with the bundle's own
+    settings but none of its filters (predict lists filtered sessions too): (dataset, KEY -> (row, table row))."""
+    config = dataclasses.replace(clf.prep_config, min_packets=1, min_bytes=0)
+    ds = Dataset.open(prep(captures, out, config, workers=1, backend="python"))
+    rows = ds.table.to_pylist()
+    index = {tuple(r[f] for f in KEY): (i, r) for i, r in enumerate(rows)}
+    assert len(index) == len(rows)
+    return ds, index
+
+
+def assert_rows_hold_their_sessions(rows: list[dict], index: dict, capture: str | None = None) -> None:
+    """Each row's addresses, ports, protocol, times, packets and bytes are its session's, field by
+    field; every session with payload has one row. `capture`: what the rows call the capture."""
+    judged = [r for r in rows if r["reason"] != "no payload"]
+    assert len(judged) == len(index)
+    for row in judged:
+        key = tuple(capture if f == "capture" and capture else row[f] for f in KEY)
+        _, ref = index[key]
+        got = {f: row[f] for f in FIELDS if f != "capture"}
+        assert got == {f: ref[f] for f in FIELDS if f != "capture"}, (key, got)
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +105,46 @@ def test_same_labels_through_api_cli_and_dataset(run, tmp_path):
         assert by_key[(row.capture, row.src_port, row.ts_start)] == label
 
 
-def test_sessions_under_the_filters_are_listed_with_a_reason(run, tmp_path):
+def test_predict_rows_hold_each_session_s_own_values(run, tmp_path):
+    """Field by field against the sessions of the same captures in a dataset of the bundle's settings."""
+    clf = Classifier.load(run[0])
+    table = clf.predict_pcap(SAMPLE)
+    _, index = reference_sessions(clf, [SAMPLE], tmp_path / "reference")
+    assert len(index) > 150 and (table.status == "ok").sum() > 150
+    assert_rows_hold_their_sessions(table.to_dict("records"), index)
+
+
+@pytest.mark.parametrize("backend", ["python", "numba"])
+def test_sessions_under_the_filters_are_listed_with_a_reason(run, tmp_path, monkeypatch, backend):
+    """Values counted by hand: pure ACKs are not counted; bytes are IP lengths (40-byte headers)."""
+    monkeypatch.setenv("TRAFFICLENS_BACKEND", backend)
     capture = write_pcap(tmp_path / "short.pcap", tcp_session(requests=(b"hi",), responses=(b"yo",), close=False)
                          + tcp_session(sport=40001, requests=(), responses=()))
     table = Classifier.load(run[0]).predict_pcap(capture)
-    assert sorted(table.status) == ["not_judged", "not_judged"]
-    assert set(table.reason) == {"no payload", "fewer packets than the model's min_packets"}
+    rows = sorted(table.to_dict("records"), key=lambda r: r["src_port"])
+    common = dict(capture="short.pcap", src_ip=CLIENT, dst_ip=SERVER, dst_port=443, protocol="TCP", ts_start=0.0,
+                  label=None, confidence=None, top_k=[], status="not_judged")
+    # SYN, SYN-ACK, "hi", "yo": 4 packets of 40 + 40 + 42 + 42 bytes, the last at 0.04 s
+    assert rows[0] == {**common, "src_port": 40000, "ts_end": pytest.approx(0.04), "packets": 4, "bytes": 164,
+                       "reason": "fewer packets than the model's min_packets"}
+    # SYN, SYN-ACK, FIN, FIN: no payload
+    assert rows[1] == {**common, "src_port": 40001, "ts_end": pytest.approx(0.04), "packets": 4, "bytes": 160,
+                       "reason": "no payload"}
+
+
+def test_dash_o_writes_csv_to_stdout(run):
+    """`-o -` (the default) writes the CSV on stdout and nothing else there."""
+    clf = Classifier.load(run[0])
+    expected = clf.predict_pcap(SAMPLE / "capture-3.pcapng", top_k=2)
+    for args in (["-o", "-"], []):
+        result = CliRunner().invoke(cli, ["predict", str(run[0]), str(SAMPLE / "capture-3.pcapng"), "--top-k", "2", *args])
+        assert result.exit_code == 0, result.output
+        assert result.stdout.splitlines()[0] == ",".join(COLUMNS)
+        got = pd.read_csv(io.StringIO(result.stdout))
+        assert len(got) == len(expected) == 28
+        pd.testing.assert_frame_equal(got[list(FIELDS) + ["label", "status"]], expected[list(FIELDS) + ["label", "status"]],
+                                      check_dtype=False)
+        assert got.top_k[0] == ";".join(f"{label}:{p:.4f}" for label, p in expected.top_k[0])
 
 
 def test_min_confidence_and_output_formats(run, tmp_path):

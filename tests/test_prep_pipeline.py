@@ -11,12 +11,15 @@ from trafficlens.cli import cli
 from trafficlens.datasets import Dataset
 from trafficlens.datasets.config import PrepConfig
 from trafficlens.datasets.prep import prep
+from trafficlens.fast import numba_available
+
+BACKENDS = ["python", pytest.param("numba", marks=pytest.mark.skipif(not numba_available(), reason="numba not installed"))]
 
 
-def _prep(tmp_path, frames, name="ds", **settings):
+def _prep(tmp_path, frames, name="ds", backend=None, **settings):
     capture = write_pcap(tmp_path / "caps" / "app" / "x.pcap", frames)
     settings.setdefault("labels", "dir")
-    return Dataset.open(prep([capture.parent.parent], tmp_path / name, PrepConfig(**settings), workers=1))
+    return Dataset.open(prep([capture.parent.parent], tmp_path / name, PrepConfig(**settings), workers=1, backend=backend))
 
 
 def test_one_session_cleaned_per_the_papers(tmp_path):
@@ -30,6 +33,9 @@ def test_one_session_cleaned_per_the_papers(tmp_path):
     assert row["packets"] == 6
     assert (row["src_ip"], row["src_port"], row["dst_ip"], row["dst_port"]) == (CLIENT, 40000, SERVER, 443)
     assert (row["packets_fwd"], row["packets_bwd"], row["label"]) == (3, 3, "app")
+    # IP lengths: four 40-byte headers alone, the 18-byte request and the 24-byte response on theirs
+    assert (row["bytes"], row["payload_bytes"]) == (4 * 40 + 58 + 64, 42)
+    assert (row["ts_start"], row["ts_end"]) == (0.0, pytest.approx(0.09))
     dropped = ds.manifest["dropped"]
     assert dropped["retransmission_packets"] == 1
     assert dropped["pure_ack_packets"] == 2
@@ -104,6 +110,29 @@ def test_syn_after_fin_and_idle_timeout_start_new_sessions(tmp_path):
     frames += [(2000.0, tcp_frame(b"late", seq=3000, flags="PA"))]  # same 5-tuple after the timeout
     ds = _prep(tmp_path, frames, idle_timeout=120.0, deduplicate=False)
     assert len(ds) == 4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_syn_after_rst_starts_a_new_session_and_other_packets_do_not(tmp_path, backend):
+    """README: a 5-tuple starts a new session on a SYN after FIN/RST. A RST from the server ends the
+    first connection; the client's next SYN opens the second. A SYN-ACK or data after the RST,
+    or a SYN repeated before any FIN/RST, stays in its session."""
+    c = dict(src=CLIENT, dst=SERVER, sport=40000, dport=443)
+    s = dict(src=SERVER, dst=CLIENT, sport=443, dport=40000)
+    frames = [(0.0, tcp_frame(seq=10, flags="S", **c)), (0.05, tcp_frame(seq=10, flags="S", **c)),  # SYN again
+              (0.1, tcp_frame(seq=90, ack=11, flags="SA", **s)),
+              (0.2, tcp_frame(b"first" * 4, seq=11, ack=91, flags="PA", **c)),
+              (0.3, tcp_frame(seq=91, ack=31, flags="RA", **s)),
+              (0.4, tcp_frame(b"late", seq=31, ack=91, flags="PA", **c)),  # after the RST, no SYN: same session
+              (1.0, tcp_frame(seq=500, flags="S", **c)),  # a new connection on the same 5-tuple
+              (1.1, tcp_frame(seq=700, ack=501, flags="SA", **s)),
+              (1.2, tcp_frame(b"second", seq=501, ack=701, flags="PA", **c))]
+    ds = _prep(tmp_path, frames, mask="none", layer="payload", deduplicate=False, backend=backend)
+    rows = ds.table.to_pylist()
+    assert [(r["ts_start"], r["ts_end"], r["packets"], r["payload_bytes"]) for r in rows] == [
+        (0.0, pytest.approx(0.4), 6, 24), (1.0, pytest.approx(1.2), 3, 6)]
+    assert bytes(ds.tensor("image")[0, :24]) == b"first" * 4 + b"late"
+    assert bytes(ds.tensor("image")[1, :8]) == b"second\0\0"
 
 
 def test_flow_unit_splits_directions(tmp_path):

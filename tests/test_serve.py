@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 
+from test_predict import FIELDS, assert_rows_hold_their_sessions, reference_sessions  # noqa: E402
 from trafficlens.serving import Classifier  # noqa: E402
 from trafficlens.serving.http import create_app, server_config  # noqa: E402
 from trafficlens.serving.workers import WorkerPool  # noqa: E402
@@ -66,7 +67,7 @@ def test_health_and_model(server):
     assert body["preprocessing"]["mask"] == "strict" and body["metrics"]["side"] == "test"
 
 
-def test_classify_matches_predict(server):
+def test_classify_matches_predict(server, tmp_path):
     base, clf, _ = server
     capture = LAB / "capture-002.pcap.gz"
     status, body = _request(f"{base}/v1/classify", capture.read_bytes())
@@ -76,6 +77,11 @@ def test_classify_matches_predict(server):
     assert [s["label"] for s in body["sessions"]] == expected.label.tolist()
     assert [s["confidence"] for s in body["sessions"]] == pytest.approx(expected.confidence.tolist(), abs=1e-5)
     assert {s["capture"] for s in body["sessions"]} == {"upload"}
+    # every session's own values, field by field: the same as predict's, and as the dataset's
+    for got, want in zip(body["sessions"], expected.to_dict("records")):
+        assert {f: got[f] for f in FIELDS[1:] + ("status", "reason")} == {f: want[f] for f in FIELDS[1:] + ("status", "reason")}
+    _, index = reference_sessions(clf, [capture], tmp_path / "reference")
+    assert_rows_hold_their_sessions(body["sessions"], index, capture=capture.name)
 
 
 def test_bad_and_oversized_uploads(server):

@@ -280,6 +280,28 @@ def _serve_cli(*args, tmp_path=None):
                           env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "src")})
 
 
+def test_cli_listens_on_loopback_unless_host_says_otherwise(monkeypatch):
+    """README: serve listens on 127.0.0.1 unless --host names another address (which needs a token or --insecure)."""
+    from click.testing import CliRunner
+
+    from trafficlens.cli import cli
+
+    bound = []
+
+    class Recorder:  # uvicorn.Server, without serving
+        def __init__(self, config):
+            bound.append((config.host, config.port))
+
+        def run(self):
+            pass
+
+    monkeypatch.setattr(uvicorn, "Server", Recorder)
+    for extra in ([], ["--host", "0.0.0.0", "--insecure"]):
+        result = CliRunner().invoke(cli, ["serve", "--model", str(MODEL), "--port", "8099", "--device", "cpu", *extra])
+        assert result.exit_code == 0, result.output
+    assert bound == [("127.0.0.1", 8099), ("0.0.0.0", 8099)]
+
+
 def test_cli_refuses_a_public_address_without_a_token(tmp_path):
     result = _serve_cli("--host", "0.0.0.0")
     assert result.returncode == 2

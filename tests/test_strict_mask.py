@@ -156,9 +156,17 @@ def expected_view(frame: bytes, strict: bool) -> bytes:
     return bytes(12) + b"\x08\x00" + bytes(ip)
 
 
-def expected_rows(frames: list[tuple[float, bytes]], sport: int, strict: bool) -> tuple[bytes, bytes]:
-    """(image, packets) bytes of the session of client port `sport`, in time order."""
-    views = [expected_view(f, strict) for _, f in sorted(frames) if sport in struct.unpack("!HH", f[34:38])]
+# Where each layer view starts in the `all` view of these frames (IPv4 and TCP without options; a
+# UDP header padded to 20 bytes): the rebuilt Ethernet header, the IP header, the TCP/UDP header.
+LAYER_START = {"all": 0, "network": 14, "transport": 34, "payload": 54}
+
+
+def expected_rows(frames: list[tuple[float, bytes]], sport: int, strict: bool, layer: str = "all") -> tuple[bytes, bytes]:
+    """(image, packets) bytes of the session of client port `sport`, in time order; a packet whose
+    view is empty (no payload in the `payload` view) is not stored."""
+    views = [expected_view(f, strict)[LAYER_START[layer]:] for _, f in sorted(frames)
+             if sport in struct.unpack("!HH", f[34:38])]
+    views = [v for v in views if v]
     image = b"".join(views)[:K].ljust(K, b"\0")
     packets = b"".join(v[:B].ljust(B, b"\0") for v in views[:M]).ljust(M * B, b"\0")
     return image, packets
@@ -205,6 +213,31 @@ def test_strict_zeroes_the_values_and_nothing_else(datasets, sport, kind):
         got_image = bytes(np.asarray(ds.tensor("image")[row]))
         assert got_image == image, (mask, [i for i in range(K) if got_image[i] != image[i]][:20])
         assert bytes(np.asarray(ds.tensor("packets")[row]).ravel()) == packets, mask
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def layer_datasets(request, captures, tmp_path_factory) -> dict[tuple[str, str], Dataset]:
+    """The other layer views, each with both masks (the `all` view is `datasets`)."""
+    root = tmp_path_factory.mktemp(f"layers-{request.param}")
+    config = dict(unlabeled="keep", deduplicate=False, image_bytes=K, packets=M, packet_bytes=B)
+    return {(layer, mask): Dataset.open(prep([captures["values"]], root / f"{layer}-{mask}",
+                                             PrepConfig(mask=mask, layer=layer, **config), workers=1,
+                                             backend=request.param))
+            for layer in ("network", "transport", "payload") for mask in ("strict", "paper")}
+
+
+@pytest.mark.parametrize("layer", ["network", "transport", "payload"])
+def test_every_layer_view_zeroes_the_values_and_nothing_else(layer_datasets, layer):
+    """The same promise in the views that start at the IP header, the TCP/UDP header and the payload:
+    a hello's values (also across segments) and QUIC IDs are found wherever the view starts."""
+    for sport, kind in SESSIONS:
+        for mask, frames in (("paper", _frames(kind, keep)), ("strict", _frames(kind, zero))):
+            ds = layer_datasets[layer, mask]
+            row = _row(ds, sport)
+            image, packets = expected_rows(frames, sport, strict=mask == "strict", layer=layer)
+            got_image = bytes(np.asarray(ds.tensor("image")[row]))
+            assert got_image == image, (sport, mask, [i for i in range(K) if got_image[i] != image[i]][:20])
+            assert bytes(np.asarray(ds.tensor("packets")[row]).ravel()) == packets, (sport, mask)
 
 
 def test_the_values_are_there_to_zero(datasets):

@@ -311,4 +311,9 @@ def test_training_on_gpu_with_mixed_precision(dataset, tmp_path):
     s = train_run(dataset.path, tmp_path / "r", "chen-cnn", TrainConfig(max_epochs=8, device="cuda", **FAST),
                   progress=False, log=lambda m: None)
     assert s["test_accuracy"] >= 0.9
-    assert load_bundle(tmp_path / "r").model is not None
+    # the bundle written on the GPU predicts the same on a CPU
+    bundle = load_bundle(tmp_path / "r", device="cpu")
+    rows = np.arange(0, len(dataset), 3)
+    with torch.no_grad():
+        predicted = bundle.model.eval()(torch.from_numpy(np.asarray(dataset.tensor("image"))[rows])).argmax(1).numpy()
+    assert (np.array(bundle.labels)[predicted] == dataset.labels[rows].astype(str)).mean() >= 0.9
