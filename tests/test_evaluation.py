@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score, top_k_accuracy_score
 
 from test_predict import run  # noqa: F401  (the trained bundle fixture)
-from trafficlens.evaluation.metrics import classification_report
+from trafficlens.evaluation.metrics import classification_report, softmax
 from trafficlens.evaluation.report import clustered_order
 
 
@@ -45,6 +45,73 @@ def test_metrics_match_sklearn(classes, n, seed, coarse):
             if k < classes:
                 assert m["top_k_accuracy"][str(k)] == pytest.approx(top_k_accuracy_score(y, proba, k=k, labels=np.arange(classes)))
     assert m["confusion_matrix"]["matrix"] == confusion_matrix(y, pred, labels=np.arange(classes)).tolist()
+
+
+def test_metrics_by_hand():
+    """Six sessions of classes a, b, c (d has none), predictions worked out by hand."""
+    proba = np.array([[0.7, 0.1, 0.1, 0.1],    # a, right
+                      [0.4, 0.4, 0.1, 0.1],    # a, right: a tie goes to the lower class id
+                      [0.2, 0.5, 0.3, 0.0],    # a taken for b; a third
+                      [0.1, 0.6, 0.2, 0.1],    # b, right
+                      [0.3, 0.1, 0.35, 0.25],  # b taken for c; b fourth
+                      [0.1, 0.1, 0.7, 0.1]])   # c, right
+    m = classification_report([0, 0, 0, 1, 1, 2], proba, ["a", "b", "c", "d"])
+    assert m["n"] == 6 and m["accuracy"] == pytest.approx(4 / 6) and m["schema_version"] == 3
+    # a: P 2/2 R 2/3 F .8; b: P 1/2 R 1/2 F .5; c: P 1/2 R 1/1 F 2/3; d: no sessions
+    per_class = {"a": (1.0, 2 / 3, 0.8, 3), "b": (0.5, 0.5, 0.5, 2), "c": (0.5, 1.0, 2 / 3, 1), "d": (0.0, 0.0, 0.0, 0)}
+    for label, (p, r, f, n) in per_class.items():
+        assert m["per_class"][label] == {"precision": pytest.approx(p), "recall": pytest.approx(r),
+                                         "f1": pytest.approx(f), "support": n}, label
+    assert m["macro"] == {"precision": pytest.approx(2 / 3), "recall": pytest.approx(13 / 18),
+                          "f1": pytest.approx((0.8 + 0.5 + 2 / 3) / 3)}  # over a, b, c: d had no test session
+    assert m["weighted"] == {"precision": pytest.approx(4.5 / 6), "recall": pytest.approx(4 / 6),
+                             "f1": pytest.approx((3 * 0.8 + 2 * 0.5 + 2 / 3) / 6)}
+    assert (m["macro_f1"], m["weighted_f1"]) == (m["macro"]["f1"], m["weighted"]["f1"])
+    assert m["classes_without_test_sessions"] == ["d"]
+    assert m["top_k_accuracy"] == {"1": pytest.approx(4 / 6), "3": pytest.approx(5 / 6)}  # 5 > 4 classes: no top-5
+    assert m["confusion_matrix"] == {"labels": ["a", "b", "c", "d"], "rows": "true", "columns": "predicted",
+                                     "matrix": [[2, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 0], [0, 0, 0, 0]]}
+    assert softmax(np.array([[0.0, np.log(3.0)]])) == pytest.approx(np.array([[0.25, 0.75]]))
+
+
+def test_provenance_says_what_produced_the_metrics(tmp_path):
+    from trafficlens.datasets import DatasetWriter
+    from trafficlens.evaluation.metrics import provenance
+    from trafficlens.training.selection import ClassSelection
+    from trafficlens.training.splits import PROTOCOL, Split
+
+    config = {"layer": "transport", "mask": "paper", "unit": "flow"}
+    with DatasetWriter(tmp_path / "ds", config, image_bytes=4, packets=1, packet_bytes=4, sequence_length=2,
+                       stats_names=["x"]) as w:
+        for i in range(12):
+            meta = {"capture": f"cap{i % 4}.pcap", "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2", "src_port": i, "dst_port": 1,
+                    "protocol": "UDP", "ts_start": float(i), "ts_end": i + 1.0, "packets": 1, "bytes": 30,
+                    "payload_bytes": 2, "packets_fwd": 1, "packets_bwd": 0, "label": "xyz"[i % 3]}
+            w.add(meta, np.full(4, i, np.uint8), np.full((1, 4), i, np.uint8), np.zeros((2, 2), np.float32),
+                  np.zeros(1, np.float32))
+    from trafficlens.datasets import Dataset
+
+    ds = Dataset.open(tmp_path / "ds")
+    split = Split("capture", np.array([0, 1, 2, 4, 5, 6]), np.array([3, 7]), np.array([8, 9, 10, 11]),
+                  missing={"val": [1]}, dedup={"removed": {"val": 0, "test": 1}},
+                  coverage={"single_test_capture": [0, 2], "one_side": {1: "train"}})
+    out = provenance(ds, split, classes=["x", "y", "z"], seed=3, side="val", dropped={"w": 2},
+                     selection=ClassSelection(min_sessions=2, exclude=("w",)))
+    assert out["dataset"] == {"path": str(ds.path.resolve()), "name": "ds", "n_sessions": 12,
+                              "created": ds.manifest["created"], "config": ds.config}
+    assert (out["split"], out["side"], out["seed"], out["protocol"]) == ("capture", "val", 3, PROTOCOL)
+    assert (out["mask"], out["layer"], out["unit"]) == ("paper", "transport", "flow")
+    info = out["split_info"]
+    assert info == {
+        "kind": "capture", "seed": 3, "min_class_sessions": 2, "min_class_captures": 0, "include_classes": [],
+        "exclude_classes": ["w"], "sizes": {"train": 6, "val": 2, "test": 4},
+        "captures": {"train": 3, "val": 1, "test": 4},  # distinct captures (row i is in cap{i % 4})
+        "missing": {"val": ["y"]},
+        "coverage": {"single_test_capture": ["x", "z"], "one_side": {"y": "train"}},
+        "warnings": ["2 classes have a single test capture (their test score is that capture's): x, z",
+                     "1 classes have all their captures on one side: y (train)"],
+        "dropped_classes": {"w": 2}, "deduplication": {"removed": {"val": 0, "test": 1}},
+    }
 
 
 def test_clustering_groups_confused_classes():

@@ -144,7 +144,7 @@ def test_focal_loss_is_the_class_weighted_formula_of_ge_2021():
     q = [_softmax(row)[y] for row, y in zip(LOGITS, TARGET)]
     by_hand = sum(-alpha[y] * (1 - qy) ** 2 * math.log(qy) for qy, y in zip(q, TARGET)) / len(TARGET)
     logits, target = torch.tensor(LOGITS), torch.tensor(TARGET)
-    assert FocalLoss(inverse_frequency(np.array(COUNTS)), gamma=2.0)(logits, target).item() == pytest.approx(by_hand, rel=1e-6)
+    assert FocalLoss(inverse_frequency(np.array(COUNTS)))(logits, target).item() == pytest.approx(by_hand, rel=1e-6)  # gamma 2
     assert make_loss("focal", np.array(COUNTS))(logits, target).item() == pytest.approx(by_hand, rel=1e-6)
     gamma_1 = sum(-alpha[y] * (1 - qy) * math.log(qy) for qy, y in zip(q, TARGET)) / len(TARGET)
     assert make_loss("focal", np.array(COUNTS), gamma=1.0)(logits, target).item() == pytest.approx(gamma_1, rel=1e-6)

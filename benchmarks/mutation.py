@@ -1,0 +1,172 @@
+"""Mutation testing (issue 19): small bugs made on purpose in the modules where a silent one costs
+most, and whether the tests fail. Uses mutmut 3, outside the default test run.
+
+    pip install "mutmut>=3.8,<4"
+    nice -n 19 python benchmarks/mutation.py                     # every module (hours on 2 busy cores)
+    nice -n 19 python benchmarks/mutation.py losses metrics      # some of them
+    python benchmarks/mutation.py --list                         # the modules and the tests each runs
+
+Each module runs in a copy of the tree under bench-out/mutation/<module>/ (mutmut writes its
+`mutants/` folder there, never in the checkout), with the Python prep engine
+(TRAFFICLENS_BACKEND=python) and its numba-parametrised tests deselected: the compiled kernels
+are not mutated, and loading them in every forked test run would cost more than the tests.
+mutmut runs, for each mutant, only the selected tests that reach the mutated function, and stops
+at the first failure. A summary table goes to stdout and to bench-out/mutation/results.md; each
+module's surviving mutants, with their diffs, to bench-out/mutation/<module>/survivors.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench-out" / "mutation"
+
+# module -> (files to mutate, tests that exercise them, mutant name patterns or None for all).
+# Names: "trafficlens.serving.classifier.x__meta_row__mutmut_3", methods "...xǁClassifierǁ_rows__mutmut_1".
+MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
+    "capture/reader.py": (["src/trafficlens/capture/reader.py"],
+                          ["tests/test_capture.py", "tests/test_capture_reader.py", "tests/test_capture_fuzz.py"], None),
+    "features/views.py": (["src/trafficlens/features/views.py"],
+                          ["tests/test_mask_fields.py", "tests/test_strict_mask.py", "tests/test_prep_pipeline.py"], None),
+    "features/tls.py": (["src/trafficlens/features/tls.py"], ["tests/test_strict_mask.py", "tests/test_mask_fields.py"], None),
+    "features/quic.py": (["src/trafficlens/features/quic.py"], ["tests/test_strict_mask.py", "tests/test_mask_fields.py"], None),
+    "flows/": (["src/trafficlens/flows/assembler.py", "src/trafficlens/flows/session.py"],
+               ["tests/test_prep_pipeline.py", "tests/test_strict_mask.py", "tests/test_mask_fields.py",
+                "tests/test_golden.py"], None),
+    "training/splits.py": (["src/trafficlens/training/splits.py"], ["tests/test_splits.py"], None),
+    "evaluation/metrics.py": (["src/trafficlens/evaluation/metrics.py"],
+                              ["tests/test_evaluation.py::test_metrics_match_sklearn",
+                               "tests/test_evaluation.py::test_metrics_by_hand",
+                               "tests/test_evaluation.py::test_provenance_says_what_produced_the_metrics"], None),
+    "models/losses.py": (["src/trafficlens/models/losses.py"], ["tests/test_models.py::test_inverse_frequency_weights_are_n_over_c_n_c",
+                         "tests/test_models.py::test_focal_loss_is_the_class_weighted_formula_of_ge_2021",
+                         "tests/test_models.py::test_focal_loss_gradient_raises_the_true_class",
+                         "tests/test_models.py::test_weighted_cross_entropy_and_plain_cross_entropy_by_hand"], None),
+    "serving/classifier.py (rows)": (["src/trafficlens/serving/classifier.py"], ["tests/test_prediction_rows.py"],
+                                     ["*x__meta_row__*", "*ǁClassifierǁ_rows__*", "*ǁClassifierǁ_rows_for*"]),
+    "serving/output.py": (["src/trafficlens/serving/output.py"], ["tests/test_prediction_rows.py"], None),
+}
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
+          24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", -11: "segfault", -9: "segfault"}
+
+
+def slug(module: str) -> str:
+    return module.split(" ")[0].strip("/").replace("/", "-").replace(".py", "") + ("-rows" if "(rows)" in module else "")
+
+
+def prepare(module: str, work: Path) -> None:
+    files, tests, _ = MODULES[module]
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    shutil.copytree(ROOT / "src", work / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(ROOT / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    (work / "examples").symlink_to(ROOT / "examples")  # the bundled sample and model (mutmut copies it in)
+    if (ROOT.parent / "shared").is_dir():  # the tests look for ../shared/data beside the tree they run in
+        (work / "shared").symlink_to(ROOT.parent / "shared")
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    pyproject += "\n[tool.mutmut]\n" + "\n".join([
+        "source_paths = [\"src\"]",
+        "also_copy = [\"examples\"]",
+        f"only_mutate = {json.dumps(files)}",
+        f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
+        # the compiled engine is not mutated: its tests (and loading its kernels per run) are left out
+        "pytest_add_cli_args = [\"-p\", \"no:cacheprovider\", \"-k\", \"not numba\"]",
+        "process_isolation = \"forkserver\"",  # torch is not fork-safe after it has run
+        "timeout_multiplier = 10.0",
+        "timeout_constant = 30.0",
+    ]) + "\n"
+    (work / "pyproject.toml").write_text(pyproject)
+
+
+def run(module: str, jobs: int) -> dict:
+    work = OUT / slug(module)
+    prepare(module, work)
+    patterns = MODULES[module][2] or []
+    # No PYTHONPATH: mutmut puts mutants/src first itself, and a path listed before that folder
+    # exists is cached by the import system as "nothing here" (the checkout would be imported).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(TRAFFICLENS_BACKEND="python", PYTHONDONTWRITEBYTECODE="1")
+    mutmut = shutil.which("mutmut") or str(Path(sys.executable).parent / "mutmut")
+    start = time.monotonic()
+    proc = subprocess.run([mutmut, "run", "--max-children", str(jobs), *patterns], cwd=work, env=env,
+                          capture_output=True, text=True)
+    seconds = time.monotonic() - start
+    (work / "mutmut-run.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        print(f"{module}: mutmut run failed ({proc.returncode}); see {work / 'mutmut-run.log'}", file=sys.stderr)
+    counts: dict[str, int] = {}
+    survivors: list[str] = []
+    for meta in (work / "mutants").rglob("*.meta"):
+        data = json.loads(meta.read_text())
+        for name, code in data.get("exit_code_by_key", {}).items():
+            if patterns and not any(_match(name, p) for p in patterns):
+                continue
+            status = STATUS.get(code, "not checked" if code is None else "suspicious")
+            counts[status] = counts.get(status, 0) + 1
+            if status == "survived":
+                survivors.append(name)
+    diffs = []
+    for name in sorted(survivors):
+        shown = subprocess.run([mutmut, "show", name], cwd=work, env=env, capture_output=True, text=True)
+        diffs.append(f"## {name}\n{shown.stdout.strip()}\n")
+    (work / "survivors.txt").write_text("\n".join(diffs))
+    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    total = sum(counts.values())
+    return {"module": module, "mutants": total, "killed": counts.get("killed", 0), "timeout": counts.get("timeout", 0),
+            "survived": counts.get("survived", 0), "other": total - killed - counts.get("survived", 0),
+            "score": killed / max(1, killed + counts.get("survived", 0)), "seconds": round(seconds),
+            "counts": counts, "tests": MODULES[module][1]}
+
+
+def _match(name: str, pattern: str) -> bool:
+    import fnmatch
+
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| module | mutants | killed | timeout | survived | other | score | minutes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| `{r['module']}` | {r['mutants']} | {r['killed']} | {r['timeout']} | {r['survived']} | "
+                     f"{r['other']} | {100 * r['score']:.1f}% | {r['seconds'] / 60:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("modules", nargs="*", help="substrings of module names (default: all)")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once")
+    parser.add_argument("--list", action="store_true", help="list the modules and their tests")
+    args = parser.parse_args()
+    chosen = [m for m in MODULES if not args.modules or any(a in m for a in args.modules)]
+    if args.list:
+        for m in chosen:
+            print(f"{m}: {' '.join(MODULES[m][0])}\n    tests: {' '.join(MODULES[m][1])}")
+        return 0
+    OUT.mkdir(parents=True, exist_ok=True)
+    results = []
+    for module in chosen:
+        print(f"{module} ...", flush=True)
+        results.append(run(module, args.jobs))
+        r = results[-1]
+        print(f"    {r['mutants']} mutants, {r['killed'] + r['timeout']} killed, {r['survived']} survived "
+              f"({100 * r['score']:.1f}%) in {r['seconds']} s", flush=True)
+        (OUT / f"{slug(module)}.json").write_text(json.dumps(r, indent=1))
+    text = table(results)
+    print(text)
+    (OUT / "results.md").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
