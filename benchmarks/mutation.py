@@ -97,10 +97,10 @@ def run(module: str, jobs: int) -> dict:
     env.update(TRAFFICLENS_BACKEND="python", PYTHONDONTWRITEBYTECODE="1")
     mutmut = shutil.which("mutmut") or str(Path(sys.executable).parent / "mutmut")
     start = time.monotonic()
-    proc = subprocess.run([mutmut, "run", "--max-children", str(jobs), *patterns], cwd=work, env=env,
-                          capture_output=True, text=True)
+    with open(work / "mutmut-run.log", "w") as log:  # written as it goes: `tail -f` shows the progress
+        proc = subprocess.run([mutmut, "run", "--max-children", str(jobs), *patterns], cwd=work, env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
     seconds = time.monotonic() - start
-    (work / "mutmut-run.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         print(f"{module}: mutmut run failed ({proc.returncode}); see {work / 'mutmut-run.log'}", file=sys.stderr)
     counts: dict[str, int] = {}

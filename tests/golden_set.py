@@ -23,7 +23,7 @@ import numpy as np
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
-# Both formats; Ethernet, Linux cooked (113), raw IP (101), BSD NULL (0), PPP/HDLC (9) links; IPv4 and
+# Both formats; Ethernet, Linux cooked (113), raw IP (101, 228), BSD NULL (0), PPP (9) links; IPv4 and
 # IPv6 (extension headers, fragments); TCP and UDP; TLS 1.2/1.3 ClientHellos (ECH too) and QUIC v1/v2
 # for the strict mask; IoT set-ups that duplicate each other across devices (label conflicts); and
 # damaged captures; TCP retransmissions and STARTTLS. About 0.4 MB in all, so every prep takes well under a second.

@@ -80,9 +80,12 @@ def test_every_model_scores_the_same_test_sessions(comparison, ds):
     assert not (sides[0] & sides[2] or sides[1] & sides[2] or sides[0] & sides[1])
     for key in ("rf", "dt:header", "knn-seq"):  # the signal is plain in these features
         assert result["metrics"][key]["0"]["accuracy"] >= 0.9, key
-    for r in result["rows"]:
+    for r in result["rows"]:  # each table row holds its model's own test metrics
+        m = result["metrics"][r["model"]]["0"]
         assert r["parameters"] > 0 and r["train_seconds"] > 0 and r["inference_seconds"] > 0
-        assert 0 <= r["macro_f1"] <= 1 and r["top3_accuracy"] == pytest.approx(1.0)
+        assert (r["accuracy"], r["macro_f1"], r["weighted_f1"], r["n"]) == (m["accuracy"], m["macro_f1"], m["weighted_f1"], m["n"])
+        assert (r["macro_precision"], r["macro_recall"]) == (m["macro"]["precision"], m["macro"]["recall"])
+        assert r["top3_accuracy"] == m["top_k_accuracy"]["3"] == pytest.approx(1.0)  # 3 classes
     deep = result["metrics"]["chen-cnn"]["0"]
     assert deep["kind"] == "deep" and deep["seconds_per_epoch"] > 0 and deep["epochs"] >= 1
     assert result["split"] == "capture" and result["mask"] == "strict" and result["layer"] == "all"
