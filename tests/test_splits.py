@@ -13,7 +13,9 @@ from trafficlens.errors import ConfigError
 from trafficlens.training.config import TrainConfig
 from trafficlens.training.run import make_split
 from trafficlens.training.selection import select_classes
-from trafficlens.training.splits import capture_split, deduplicate, kfold_splits, random_split, time_split
+from trafficlens.training.splits import (Split, assign_groups, capture_split, column_split, coverage_warnings,
+                                         deduplicate, fit_rows, group_counts, group_coverage, kfold_splits, none_split,
+                                         random_split, tensor_keys, time_split)
 
 SIDES = ("train", "val", "test")
 
@@ -215,3 +217,157 @@ def test_capture_split_is_stratified_and_warns_about_thin_classes():
     test_captures_of_2 = len(set(groups[np.isin(rows, s.test) & (y == 2)]))
     assert (2 in s.coverage["single_test_capture"]) == (test_captures_of_2 == 1)
     assert 0 not in s.coverage["single_test_capture"] and 0 not in s.coverage["one_side"]
+
+
+# -- exact values on small inputs worked out by hand --------------------------------------------------
+def _members(part: np.ndarray, rows: np.ndarray, y: np.ndarray, c: int) -> int:
+    return len(set(part.tolist()) & set(rows[y == c].tolist()))
+
+
+def test_split_sizes_and_assignment():
+    s = Split("random", np.array([0, 4]), np.array([2]), np.array([5, 6, 7]))
+    assert s.sizes() == {"train": 2, "val": 1, "test": 3}
+    a = s.assignment(9)
+    assert a.tolist() == [0, -1, 1, -1, 0, 2, 2, 2, -1] and a.dtype == np.int8
+
+
+def test_random_split_rounds_each_class_and_names_the_sides_it_misses():
+    rows = np.array([3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610])
+    y = np.array([0] * 8 + [1] * 3 + [2])
+    s = random_split(rows, y, seed=4)  # 8: round(1.6) = 2 test, 2 val; 3: round(0.6) = 1 and 1; 1: none
+    assert [[_members(getattr(s, side), rows, y, c) for c in range(3)] for side in SIDES] == [[4, 1, 1], [2, 1, 0], [2, 1, 0]]
+    assert s.missing == {"val": [2], "test": [2]} and s.kind == "random"
+    for side in SIDES:
+        part = getattr(s, side)
+        assert part.tolist() == sorted(part.tolist()) and part.dtype == np.int64
+    other = random_split(rows, y, seed=4, fractions=(0.5, 0.1, 0.4))  # test round(3.2) = 3, round(1.2) = 1
+    assert [[_members(getattr(other, side), rows, y, c) for c in range(3)] for side in SIDES] == [[4, 2, 1], [1, 0, 0], [3, 1, 0]]
+
+
+def test_tie_cut_never_separates_equal_times():
+    from trafficlens.training.splits import _tie_cut
+
+    t = np.array([1.0, 1, 2, 2, 2, 3])
+    assert [_tie_cut(t, k) for k in (-2, 0, 1, 2, 3, 5, 6, 9)] == [0, 0, 2, 2, 5, 5, 6, 6]
+
+
+def test_time_split_by_hand():
+    times = np.array([5.0, 1, 1, 3, 2, 2, 4, 6, 6, 7])
+    rows, y = np.arange(10) * 10, np.array([0, 1, 0, 1, 0, 1, 0, 1, 0, 2])
+    s = time_split(rows, y, times)  # 60% mark after time 4 (6 rows); 80% mark inside the 6s: both 6s validate
+    assert (s.train.tolist(), s.val.tolist(), s.test.tolist()) == ([10, 20, 30, 40, 50, 60], [0, 70, 80], [90])
+    assert s.kind == "time" and s.missing == {"train": [2], "val": [2], "test": [0, 1]}
+    with pytest.raises(ConfigError, match="needs a start time for every session"):
+        time_split(rows, y, np.where(np.arange(10) == 3, np.nan, times))
+
+
+def test_none_split_keeps_a_tenth_per_class_to_stop_on():
+    rows, y = np.arange(14) * 2, np.array([0] * 10 + [1] * 3 + [2])
+    s = none_split(rows, y, seed=1)  # class 0: 1; class 1: round(0.3) = 0, at least 1; class 2 alone: none
+    assert [_members(s.val, rows, y, c) for c in range(3)] == [1, 1, 0]
+    assert [_members(s.train, rows, y, c) for c in range(3)] == [9, 2, 1]
+    assert len(s.test) == 0 and s.kind == "none" and s.missing == {"val": [2], "test": [0, 1, 2]}
+    half = none_split(rows, y, seed=1, val_fraction=0.5)
+    assert [_members(half.val, rows, y, c) for c in range(3)] == [5, 2, 0]
+
+
+def test_coverage_warnings_name_the_classes():
+    s = Split("capture", np.arange(2), np.arange(0), np.arange(0),
+              coverage={"single_test_capture": [0, 2], "one_side": {1: "train"}})
+    assert coverage_warnings(s, ["x", "y", "z"]) == [
+        "2 classes have a single test capture (their test score is that capture's): x, z",
+        "1 classes have all their captures on one side: y (train)"]
+    assert coverage_warnings(Split("random", np.arange(2), np.arange(0), np.arange(0)), ["x"]) == []
+
+
+def test_group_coverage_by_hand():
+    rows, y = np.arange(6), np.array([0, 0, 1, 1, 2, 2])
+    groups = np.array(["a", "b", "c", "c", "d", "e"])
+    s = Split("capture", np.array([0, 4]), np.array([2, 3]), np.array([1, 5]))
+    assert group_coverage(s, rows, y, groups) == {"single_test_capture": [0, 2], "one_side": {1: "val"}}
+
+
+def test_fit_rows_draw_the_training_side_down_to_its_smallest_class():
+    y_of_row = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 1, 0, 2])
+    s = Split("random", np.arange(9), np.array([9]), np.array([10, 11]))
+    assert fit_rows(s, y_of_row, "none", 0) is s.train and fit_rows(s, y_of_row, "weights", 0) is s.train
+    drawn = fit_rows(s, y_of_row, "undersample", 3)
+    assert np.bincount(y_of_row[drawn]).tolist() == [2, 2, 2] and set(drawn) <= set(s.train)
+    assert drawn.tolist() == sorted(drawn.tolist()) and {4, 5} <= set(drawn.tolist())  # the smallest class whole
+    assert np.array_equal(fit_rows(s, y_of_row, "undersample", 3), drawn)
+    assert len({tuple(fit_rows(s, y_of_row, "undersample", seed)) for seed in range(8)}) > 1
+    only_one = Split("random", np.array([6, 7, 8]), np.array([9]), np.array([10]))  # classes 0, 1 absent: skipped
+    assert fit_rows(only_one, y_of_row, "undersample", 0).tolist() == [6, 7, 8]
+    empty = Split("random", np.zeros(0, np.int64), np.array([9]), np.array([10]))
+    assert len(fit_rows(empty, y_of_row, "undersample", 0)) == 0
+
+
+def test_column_split_uses_the_table_s_sides():
+    rows, y = np.arange(6) + 10, np.array([0, 1, 0, 1, 0, 1])
+    s = column_split(rows, y, np.array(["train", "val", "test", "train", None, "val"], dtype=object))
+    assert (s.train.tolist(), s.val.tolist(), s.test.tolist(), s.kind) == ([10, 13], [11, 15], [12], "column")
+    assert s.missing == {"val": [0], "test": [1]}
+    with pytest.raises(ConfigError, match="needs 'train' and 'val' rows"):
+        column_split(rows, y, np.array(["train"] * 5 + ["test"], dtype=object))
+
+
+def test_group_counts_and_assign_groups():
+    gid, counts = group_counts(np.array([0, 1, 0, 2]), np.array(["b", "a", "b", "a"]))
+    assert gid.tolist() == [1, 0, 1, 0] and counts.tolist() == [[0, 1, 1], [2, 0, 0]]
+    with pytest.raises(ConfigError, match="2 sides need at least 2 groups, got 1"):
+        assign_groups(np.array([[3, 1]]), (0.5, 0.0, 0.5), np.random.default_rng(0))
+    for seed in range(20):  # a side whose fraction is 0 gets nothing; every other side gets a group
+        side = assign_groups(np.array([[90, 0], [5, 1], [0, 40], [1, 1], [2, 0]]), (0.6, 0.0, 0.4), np.random.default_rng(seed))
+        assert set(side.tolist()) == {0, 2}
+        side = assign_groups(np.array([[500, 0], [0, 300], [1, 0], [0, 1]]), (0.6, 0.2, 0.2), np.random.default_rng(seed))
+        assert set(side.tolist()) == {0, 1, 2}
+
+
+def test_deduplicate_by_hand():
+    rows = np.arange(9)
+    y = np.array([0, 0, 1, 1, 0, 1, 0, 1, 1])
+    keys = np.array([7, 7, 7, 3, 3, 9, 5, 6, 7])  # row 8 is on no side
+    split = lambda: Split("random", np.array([0, 1, 5]), np.array([2, 3, 6]), np.array([4, 7]))  # noqa: E731
+    kept = deduplicate(split(), rows, y, keys, remove=False)
+    assert kept.dedup == {"key": "image+packets", "duplicate_rows": 4, "conflict_groups": 2, "conflict_rows": 6,
+                          "cross_side": {"val": 1, "test": 1}, "removed": {"val": 0, "test": 0}}
+    assert (kept.val.tolist(), kept.test.tolist()) == ([2, 3, 6], [4, 7])
+    s = deduplicate(split(), rows, y, keys)  # row 2 is a training row's twin, row 4 a validation row's
+    assert s.dedup["removed"] == {"val": 1, "test": 1}
+    assert (s.train.tolist(), s.val.tolist(), s.test.tolist()) == ([0, 1, 5], [3, 6], [7])
+    assert s.missing == {"test": [0]}
+
+
+def test_tensor_keys_are_blake2b_of_image_and_packets(tmp_path):
+    import hashlib
+
+    rng = np.random.default_rng(0)
+    images, packets = rng.integers(0, 256, (5, 16), dtype=np.uint8), rng.integers(0, 256, (5, 2, 8), dtype=np.uint8)
+    images[3], packets[3] = images[1], packets[1]
+    packets[4], images[4] = packets[0], images[0]
+    images[4, 15] ^= 1  # one byte apart
+    with DatasetWriter(tmp_path / "ds", {}, image_bytes=16, packets=2, packet_bytes=8, sequence_length=2,
+                       stats_names=["a"], deduplicate=False) as w:
+        for i in range(5):
+            meta = {"capture": "c.pcap", "src_ip": "x", "dst_ip": "y", "src_port": i, "dst_port": 0, "protocol": "TCP",
+                    "ts_start": float(i), "ts_end": i + 1.0, "packets": 2, "bytes": 80, "payload_bytes": 0,
+                    "packets_fwd": 1, "packets_bwd": 1, "label": "a"}
+            w.add(meta, images[i], packets[i], np.zeros((2, 2), np.float32), np.zeros(1, np.float32))
+    ds = Dataset.open(tmp_path / "ds")
+    keys = tensor_keys(ds, np.array([4, 0, 1, 3, 2]), chunk=2)
+    expected = [hashlib.blake2b(images[i].tobytes() + packets[i].tobytes(), digest_size=16).digest() for i in (4, 0, 1, 3, 2)]
+    assert keys.tolist() == expected and keys[2] == keys[3] and keys[0] != keys[1]
+
+
+def test_stratified_kfold_without_captures():
+    rows, y = np.arange(30) * 3, np.repeat([0, 1, 2], 10)
+    folds = kfold_splits(rows, y, 3, seed=2)
+    assert sorted(np.concatenate([f.test for f in folds]).tolist()) == rows.tolist()
+    for f in folds:
+        assert len(f.test) == 10 and [_members(f.test, rows, y, c) for c in range(3)] in ([3, 3, 4], [3, 4, 3], [4, 3, 3])
+        assert len(f.val) == 5 and len(f.train) == 15 and not (set(f.train) & set(f.val))
+    assert kfold_splits(rows, y, 3, seed=2, kind="random")[0].kind == "random"
+    with pytest.raises(ConfigError, match="4 stratified folds need at least 4 sessions per class, the smallest class has 3"):
+        kfold_splits(rows[:23], np.array([0] * 10 + [1] * 10 + [2] * 3), 4)
+    with pytest.raises(ConfigError, match="--folds must be >= 2, got 1"):
+        kfold_splits(rows, y, 1)
