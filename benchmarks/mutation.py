@@ -93,10 +93,25 @@ def prepare(module: str, work: Path) -> None:
     (work / "pyproject.toml").write_text(pyproject)
 
 
-def run(module: str, jobs: int) -> dict:
+def survivors_of(work: Path) -> list[str]:
+    return sorted(name for meta in (work / "mutants").rglob("*.meta")
+                  for name, code in json.loads(meta.read_text()).get("exit_code_by_key", {}).items() if code == 0)
+
+
+def run(module: str, jobs: int, rerun: bool = False) -> dict:
+    """Test every mutant of `module` in a fresh copy; `rerun`: only the survivors of the last run,
+    against the tests as they are now (new tests get their coverage collected first)."""
     work = OUT / slug(module)
-    prepare(module, work)
     patterns = MODULES[module][2] or []
+    if rerun and (work / "mutants").is_dir():
+        for tests in (work / "tests", work / "mutants" / "tests"):
+            shutil.rmtree(tests)
+            shutil.copytree(ROOT / "tests", tests, ignore=shutil.ignore_patterns("__pycache__"))
+        patterns = survivors_of(work)
+        if not patterns:
+            return report(module, work, MODULES[module][2] or [], 0.0)
+    else:
+        prepare(module, work)
     # No PYTHONPATH: mutmut puts mutants/src first itself, and a path listed before that folder
     # exists is cached by the import system as "nothing here" (the checkout would be imported).
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -109,6 +124,13 @@ def run(module: str, jobs: int) -> dict:
     seconds = time.monotonic() - start
     if proc.returncode != 0:
         print(f"{module}: mutmut run failed ({proc.returncode}); see {work / 'mutmut-run.log'}", file=sys.stderr)
+    return report(module, work, MODULES[module][2] or [], seconds)
+
+
+def report(module: str, work: Path, patterns: list[str], seconds: float) -> dict:
+    """Counts from mutmut's results in `work` (every mutant of the module, whichever run tested it)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    mutmut = shutil.which("mutmut") or str(Path(sys.executable).parent / "mutmut")
     counts: dict[str, int] = {}
     survivors: list[str] = []
     for meta in (work / "mutants").rglob("*.meta"):
@@ -153,6 +175,8 @@ def main() -> int:
     parser.add_argument("modules", nargs="*", help="substrings of module names (default: all)")
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once")
     parser.add_argument("--list", action="store_true", help="list the modules and their tests")
+    parser.add_argument("--rerun-survivors", action="store_true",
+                        help="test only the survivors of the last run again, against the tests as they are now")
     args = parser.parse_args()
     chosen = [m for m in MODULES if not args.modules or any(a in m for a in args.modules)]
     if args.list:
@@ -163,7 +187,7 @@ def main() -> int:
     results = []
     for module in chosen:
         print(f"{module} ...", flush=True)
-        results.append(run(module, args.jobs))
+        results.append(run(module, args.jobs, args.rerun_survivors))
         r = results[-1]
         print(f"    {r['mutants']} mutants, {r['killed'] + r['timeout']} killed, {r['survived']} survived "
               f"({100 * r['score']:.1f}%) in {r['seconds']} s", flush=True)
