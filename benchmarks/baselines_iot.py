@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from trafficlens.evaluation.baselines import list_baselines, train_baseline
+from trafficlens.models.baselines.estimators import list_baselines, train_baseline
 
 HEADER_TOO = ("rf", "xgboost")
 

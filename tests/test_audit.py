@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from captures import tcp_session, write_pcap
 from trafficlens.cli import cli
-from trafficlens.datasets.config import PrepConfig
-from trafficlens.datasets.prep import prep
+from trafficlens.prep.config import PrepConfig
+from trafficlens.prep.local import prep
 from trafficlens.evaluation.audit import AuditConfig, audit
 
 PORTS = {"alpha": 443, "beta": 8443}

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from test_baselines import ONE, make_dataset
 from trafficlens.cli import cli
 from trafficlens.errors import BundleError
-from trafficlens.evaluation.baselines import baseline_info, expand_proba, list_baselines, score_baseline, train_baseline
-from trafficlens.evaluation.features import baseline_features
+from trafficlens.models.baselines.estimators import baseline_info, expand_proba, list_baselines, score_baseline, train_baseline
+from trafficlens.models.baselines.features import baseline_features
 from trafficlens.evaluation.evaluate import evaluate_run
 from trafficlens.serving import Classifier
 from trafficlens.training.config import TrainConfig
@@ -129,8 +129,8 @@ def test_explain_refuses_a_baseline(bundles):
 # -- on captures: predict and evaluate --on ------------------------------------------------------
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
-    from trafficlens.datasets.config import PrepConfig
-    from trafficlens.datasets.prep import prep
+    from trafficlens.prep.config import PrepConfig
+    from trafficlens.prep.local import prep
 
     tmp = tmp_path_factory.mktemp("sample")
     config = PrepConfig(labels=f"csv:{SAMPLE / 'labels.csv'}", min_packets=5)

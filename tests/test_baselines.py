@@ -21,9 +21,9 @@ from sklearn.preprocessing import MinMaxScaler
 
 from trafficlens.datasets import Dataset, DatasetWriter
 from trafficlens.errors import ConfigError
-from trafficlens.evaluation.baselines import baseline_info, create_baseline, list_baselines, train_baseline
+from trafficlens.models.baselines.estimators import baseline_info, create_baseline, list_baselines, train_baseline
 from trafficlens.evaluation.cli import baseline as baseline_cmd
-from trafficlens.evaluation.features import FEATURE_KINDS, HEADER_BYTES, baseline_features
+from trafficlens.models.baselines.features import FEATURE_KINDS, HEADER_BYTES, baseline_features
 from trafficlens.training.config import TrainConfig
 from trafficlens.training.run import make_split
 from trafficlens.training.selection import select_classes
@@ -207,7 +207,7 @@ def test_tune_picks_on_validation_and_keeps_the_model_fitted_on_train(ds, split,
 
 @pytest.mark.parametrize("name", list_baselines())
 def test_learned_parameters_are_counted(name, ds, split):
-    from trafficlens.evaluation.baselines import learned_parameters
+    from trafficlens.models.baselines.estimators import learned_parameters
 
     kind = baseline_info(name).features
     clf = create_baseline(name, kind, **ONE.get(name, {})).fit(baseline_features(ds, split.train, kind), ds.labels[split.train])

@@ -189,7 +189,7 @@ def test_one_estimator_interface_for_deep_models_and_baselines(ds):
     from sklearn.base import clone
 
     from trafficlens.evaluation.compare import create_estimator
-    from trafficlens.evaluation.features import baseline_features
+    from trafficlens.models.baselines.features import baseline_features
 
     rows = np.arange(len(ds))
     train, test = rows[rows % 4 != 0], rows[rows % 4 == 0]

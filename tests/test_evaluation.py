@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score, top_k_accuracy_score
 
 from test_predict import run  # noqa: F401  (the trained bundle fixture)
-from trafficlens.evaluation.metrics import classification_report
+from trafficlens.training.metrics import classification_report
 from trafficlens.evaluation.report import clustered_order
 
 

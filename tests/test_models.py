@@ -135,7 +135,7 @@ def test_focal_loss():
 def test_batch_norm_folding_keeps_every_model_s_outputs(name):
     import copy
 
-    from trafficlens.models.inference import fold_batch_norm, folded_for_inference
+    from trafficlens.inference.runtime import fold_batch_norm, folded_for_inference
 
     model = create_model(name, num_classes=5, input_shapes=SHAPES)
     g = torch.Generator().manual_seed(1)
@@ -166,7 +166,7 @@ ONNX_FALLBACK = {"ge-inception-capsnet"}
 def test_onnx_runtime_gives_the_models_probabilities(name):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from trafficlens.models.inference import onnx_for_inference, probe_inputs, softmax
+    from trafficlens.inference.runtime import onnx_for_inference, probe_inputs, softmax
 
     shapes = {**SHAPES, "image": (784,)}
     torch.manual_seed(0)

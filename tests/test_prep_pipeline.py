@@ -9,8 +9,8 @@ from click.testing import CliRunner
 from captures import CLIENT, SERVER, tcp_frame, tcp_session, udp_frame, write_pcap
 from trafficlens.cli import cli
 from trafficlens.datasets import Dataset
-from trafficlens.datasets.config import PrepConfig
-from trafficlens.datasets.prep import prep
+from trafficlens.prep.config import PrepConfig
+from trafficlens.prep.local import prep
 
 
 def _prep(tmp_path, frames, name="ds", **settings):

@@ -92,7 +92,7 @@ class ModelSpec:
     @property
     def key(self) -> str:
         """The name, with `:features` where they are not the baseline's own (`rf:header`, but `rf`)."""
-        from trafficlens.evaluation.baselines import baseline_info
+        from trafficlens.models.baselines.estimators import baseline_info
 
         if self.kind == "deep" or self.features == baseline_info(self.name).features:
             return self.name
@@ -101,8 +101,8 @@ class ModelSpec:
 
 def parse_models(models: str | Sequence[str]) -> list[ModelSpec]:
     """`chen-cnn,rf,xgboost:header` (or a list) to specs; unknown names fail with both registries listed."""
-    from trafficlens.evaluation.baselines import baseline_info, list_baselines
-    from trafficlens.evaluation.features import FEATURE_KINDS
+    from trafficlens.models.baselines.estimators import baseline_info, list_baselines
+    from trafficlens.models.baselines.features import FEATURE_KINDS
     from trafficlens.models import list_models
 
     items = [m.strip() for m in (models.split(",") if isinstance(models, str) else models) if m.strip()]
@@ -139,7 +139,7 @@ def create_estimator(model: str, dataset=None, seed: int = 0, **params):
         create_estimator("rf:header", ds).fit(rows, ds.labels[rows])
         create_estimator("chen-cnn", ds, max_epochs=10).fit(rows, ds.labels[rows])
     """
-    from trafficlens.evaluation.baselines import create_baseline
+    from trafficlens.models.baselines.estimators import create_baseline
     from trafficlens.training.estimator import TrafficClassifier
 
     (spec,) = parse_models([model])
@@ -181,8 +181,8 @@ def run_model(p: Prepared, spec: ModelSpec, split, cfg: CompareConfig, runs: Pat
     `chen-cnn` / `chen-gru` runs in `trained`, training them first when absent. Baselines are
     written there as bundles when `cfg.save_models`.
     """
-    from trafficlens.evaluation.baselines import score_baseline
-    from trafficlens.evaluation.metrics import provenance
+    from trafficlens.models.baselines.estimators import score_baseline
+    from trafficlens.training.metrics import provenance
     from trafficlens.training.run import train_run
 
     trained = {} if trained is None else trained
@@ -192,7 +192,7 @@ def run_model(p: Prepared, spec: ModelSpec, split, cfg: CompareConfig, runs: Pat
         m = fitted.metrics
         m.update(provenance(p.ds, split, classes=p.classes, seed=cfg.seed, selection=cfg.selection, dropped=p.dropped))
         if cfg.save_models:
-            from trafficlens.evaluation.baseline_bundle import save_baseline_bundle
+            from trafficlens.models.baselines.export import save_baseline_bundle
 
             target = runs / spec.key.replace(":", "-")
             save_baseline_bundle(target, fitted, p.ds, split, train=cfg.train_config().to_dict(), overwrite=True)
@@ -272,7 +272,7 @@ def compare(dataset: str | os.PathLike, models: str | Sequence[str], out: str | 
     overriding `cfg`; `seeds` defaults to `(cfg.seed,)`. Each seed draws its own split and seeds
     every model's training with it. Rows come per seed, in the order of `models`.
     """
-    from trafficlens.evaluation.metrics import provenance
+    from trafficlens.training.metrics import provenance
     from trafficlens.training.run import log_split, make_split
 
     cfg = dataclasses.replace(cfg or CompareConfig(), **settings) if settings else (cfg or CompareConfig())

@@ -114,7 +114,7 @@ def evaluate_run(run: str | os.PathLike, out: str | os.PathLike | None = None, d
 
 def _on_own_split(clf, run: Path, dataset) -> tuple[dict[str, Any], str, dict]:
     from trafficlens.datasets import Dataset
-    from trafficlens.evaluation.metrics import classification_report, provenance
+    from trafficlens.training.metrics import classification_report, provenance
     from trafficlens.training.bundle import read_split
     from trafficlens.training.selection import ClassSelection
     from trafficlens.training.splits import Split
@@ -159,7 +159,7 @@ def _saved_metrics(run: Path) -> dict[str, Any]:
 
 def _on_other(clf, run: Path, on: Path, unseen: str) -> tuple[dict[str, Any], str, dict]:
     from trafficlens.datasets import Dataset
-    from trafficlens.evaluation.metrics import classification_report
+    from trafficlens.training.metrics import classification_report
 
     config = clf.bundle.config
     ds = Dataset.open(on)

@@ -17,7 +17,7 @@ import click
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def predict(run, captures, out, top_k, min_confidence, trusted_keys, device):
     """Label every session of new captures with a trained run (model bundle)."""
-    from trafficlens.serving.classifier import Classifier
+    from trafficlens.inference.classifier import Classifier
     from trafficlens.serving.output import output_format, write_rows
 
     output_format(out)  # a bad -o fails before the model loads
@@ -85,7 +85,7 @@ def serve(run, host, port, token_file, certfile, keyfile, insecure, docs, max_up
         if token is not None and not certfile:
             click.secho(f"warning: --host {host} without --certfile: the token crosses the network in clear",
                         fg="yellow", err=True)
-    from trafficlens.serving.classifier import Classifier
+    from trafficlens.inference.classifier import Classifier
 
     clf = Classifier.load(run, device=device, trusted_keys=trusted_keys)  # a bad bundle fails here, in one line, before any worker starts
     mb = 1 << 20
@@ -130,7 +130,7 @@ def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, top_k, m
     from trafficlens.errors import ConfigError
     from trafficlens.files import atomic_output
     from trafficlens.serving import live as live_mod
-    from trafficlens.serving.classifier import Classifier
+    from trafficlens.inference.classifier import Classifier
 
     if (iface is None) == (replay_path is None):
         raise ConfigError("live needs exactly one source: -i INTERFACE or -r CAPTURE")

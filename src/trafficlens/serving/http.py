@@ -38,7 +38,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from trafficlens.errors import CaptureError, ConfigError
-from trafficlens.serving.classifier import Classifier
+from trafficlens.inference.classifier import Classifier
 from trafficlens.serving.limits import UploadTooLarge
 from trafficlens.serving.workers import Job, PoolBusy, WorkerPool, WorkFailed, WorkTimeout
 

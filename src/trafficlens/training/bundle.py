@@ -198,7 +198,7 @@ def check_settings(value: Any, where: str, depth: int = 0) -> None:
 
 def check_preprocessing(path: Path, config: dict[str, Any]) -> None:
     """The bundle's prep settings are valid `PrepConfig` settings, tensor sizes within bounds."""
-    from trafficlens.datasets.config import PrepConfig
+    from trafficlens.prep.config import PrepConfig
     from trafficlens.errors import ConfigError
 
     prep = config.get("preprocessing") or {}

@@ -89,7 +89,7 @@ def train(dataset, model_name, out, loss, focal_gamma, max_epochs, patience, tim
     import sys
 
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        from trafficlens.training.distributed import launch
+        from trafficlens.training.torchrun import launch
 
         argv = sys.argv[1:]
         if "train" not in argv:

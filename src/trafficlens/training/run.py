@@ -99,11 +99,11 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
     Returns a summary: test accuracy and macro-F1, best epoch, why it stopped, seconds.
     """
     from trafficlens.datasets import Dataset
-    from trafficlens.evaluation.metrics import SCHEMA_VERSION, classification_report, provenance, softmax
+    from trafficlens.training.metrics import SCHEMA_VERSION, classification_report, provenance, softmax
     from trafficlens.files import check_writable_dir
     from trafficlens.models import count_parameters, create_model, model_info
     from trafficlens.training.bundle import CONFIG, SPLIT, save_bundle
-    from trafficlens.training.distributed import init as init_distributed
+    from trafficlens.training.torchrun import init as init_distributed
     from trafficlens.training.splits import fit_rows
     from trafficlens.training.trainer import fit, predict_logits
 

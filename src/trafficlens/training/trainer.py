@@ -191,7 +191,7 @@ def fit(model: nn.Module, tensors: Mapping[str, np.ndarray], train_idx: np.ndarr
     """
     from tqdm.auto import tqdm
 
-    from trafficlens.training.distributed import DistContext, wrap
+    from trafficlens.training.torchrun import DistContext, wrap
 
     device = device or resolve_device(cfg.device)
     dist = dist or DistContext(device=device)

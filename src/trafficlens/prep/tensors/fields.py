@@ -32,8 +32,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from trafficlens.errors import CaptureError, DatasetError
-from trafficlens.features.quic import quic_fields, scid_length
-from trafficlens.features.tls import hello_stream, record_end
+from trafficlens.prep.tensors.quic import quic_fields, scid_length
+from trafficlens.prep.tensors.tls import hello_stream, record_end
 
 FILL = "(padding)"  # positions past the session's bytes: zero fill of the tensor
 ETHERNET = ["eth.dst"] * 6 + ["eth.src"] * 6 + ["eth.type"] * 2
@@ -77,7 +77,7 @@ class PacketLayout:
            rel: int | None = None) -> "PacketLayout":
         """The layout of a decoded `Packet`; `length` defaults to its full view length."""
         if length is None:
-            from trafficlens.features.views import packet_view
+            from trafficlens.prep.tensors.views import packet_view
 
             length = len(packet_view(packet, layer, "none"))
         return cls(packet.version, packet.proto, packet.l4 - packet.l3, packet.l7 - packet.l4, length, direction, rel)
@@ -372,9 +372,9 @@ def dataset_layouts(dataset, rows: Iterable[int], captures: Iterable[str | os.Pa
     the capture changed after prep and the names would be wrong.
     """
     from trafficlens.capture import CaptureReader, decode
-    from trafficlens.datasets.config import PrepConfig
-    from trafficlens.features.tensors import session_meta
-    from trafficlens.flows.assembler import SessionAssembler
+    from trafficlens.prep.config import PrepConfig
+    from trafficlens.prep.tensors.examples import session_meta
+    from trafficlens.prep.sessions.assembler import SessionAssembler
 
     config = PrepConfig.from_dict(dataset.config)
     table = dataset.table.select(["id", "capture", "src_ip", "src_port", "dst_ip", "dst_port", "protocol", "ts_start"])

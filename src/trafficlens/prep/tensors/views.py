@@ -17,8 +17,8 @@ connection ID) is done by the session (`Session.ordered_views`, `SessionAssemble
 
 from __future__ import annotations
 
-from trafficlens.features.quic import mask_quic
-from trafficlens.features.tls import HANDSHAKE, mask_hello
+from trafficlens.prep.tensors.quic import mask_quic
+from trafficlens.prep.tensors.tls import HANDSHAKE, mask_hello
 
 UDP_PAD = bytes(12)
 _NO_MACS = bytes(12)

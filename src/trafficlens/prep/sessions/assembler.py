@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from trafficlens.datasets.config import PrepConfig
-from trafficlens.features.quic import quic_fields, scid_length
-from trafficlens.features.tls import record_end
-from trafficlens.features.views import packet_view, view_offsets
-from trafficlens.flows.session import ACK, FIN, RST, SYN, Session
+from trafficlens.prep.config import PrepConfig
+from trafficlens.prep.tensors.quic import quic_fields, scid_length
+from trafficlens.prep.tensors.tls import record_end
+from trafficlens.prep.tensors.views import packet_view, view_offsets
+from trafficlens.prep.sessions.session import ACK, FIN, RST, SYN, Session
 
 _REORDER_MARGIN = 4  # extra packets stored so that late segments can still move forward
 _MAX_STORED = 256  # hard cap per session, whatever the settings

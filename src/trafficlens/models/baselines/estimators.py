@@ -46,7 +46,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from trafficlens.errors import ConfigError
-from trafficlens.evaluation.features import FEATURE_KINDS, baseline_features
+from trafficlens.models.baselines.features import FEATURE_KINDS, baseline_features
 
 
 def cores() -> int:
@@ -347,7 +347,7 @@ def score_baseline(ds, name: str, split, classes: list[str], label_of: np.ndarra
     """
     from sklearn.metrics import f1_score
 
-    from trafficlens.evaluation.metrics import SCHEMA_VERSION, classification_report
+    from trafficlens.training.metrics import SCHEMA_VERSION, classification_report
     from trafficlens.training.config import BALANCES
     from trafficlens.training.splits import fit_rows as training_rows
 
@@ -441,7 +441,7 @@ def train_baseline(dataset_path, name: str, features: str | None = None, cfg=Non
     live and evaluate take like a deep run.
     """
     from trafficlens.datasets import Dataset
-    from trafficlens.evaluation.metrics import provenance
+    from trafficlens.training.metrics import provenance
     from trafficlens.training.config import TrainConfig
     from trafficlens.training.run import log_split, make_split
 
@@ -449,7 +449,7 @@ def train_baseline(dataset_path, name: str, features: str | None = None, cfg=Non
     cfg = cfg or TrainConfig()
     create_baseline(name, features, random_state=cfg.seed, **params)  # bad names fail first
     if out is not None:
-        from trafficlens.evaluation.baseline_bundle import check_output
+        from trafficlens.models.baselines.export import check_output
 
         check_output(out, overwrite)
     ds = Dataset.open(dataset_path)
@@ -463,7 +463,7 @@ def train_baseline(dataset_path, name: str, features: str | None = None, cfg=Non
     metrics = fitted.metrics
     metrics.update(provenance(ds, s, classes=classes, seed=cfg.seed, selection=cfg.selection, dropped=dropped))
     if out is not None:
-        from trafficlens.evaluation.baseline_bundle import save_baseline_bundle
+        from trafficlens.models.baselines.export import save_baseline_bundle
 
         save_baseline_bundle(out, fitted, ds, s, train=cfg.to_dict(), overwrite=overwrite)
         metrics["run"] = str(out)

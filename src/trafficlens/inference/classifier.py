@@ -14,9 +14,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from trafficlens.datasets.config import PrepConfig
+from trafficlens.prep.config import PrepConfig
 from trafficlens.errors import BundleError, ConfigError
-from trafficlens.features.tensors import Example, ExampleBatch, metas_of
+from trafficlens.prep.tensors.examples import ExampleBatch, metas_of
 
 UNKNOWN = "unknown"
 # Output columns, named as Zeek / nfstream users know them (documented in the README).
@@ -51,8 +51,8 @@ class Classifier:
             self.runtime = self.bundle.config["model"]["runtime"]
             return self.bundle.model
         if self._inference_model is None:
-            from trafficlens.features.stats import STATS_NAMES
-            from trafficlens.models.inference import folded_for_inference, probe_inputs
+            from trafficlens.prep.tensors.statistics import STATS_NAMES
+            from trafficlens.inference.runtime import folded_for_inference, probe_inputs
 
             c = self.prep_config
             shapes = {"image": (c.image_bytes,), "packets": (c.packets, c.packet_bytes),
@@ -63,7 +63,7 @@ class Classifier:
             if self.device.type == "cpu" and os.environ.get("TRAFFICLENS_INFERENCE", "auto") != "torch":
                 import torch
 
-                from trafficlens.models.inference import onnx_for_inference
+                from trafficlens.inference.runtime import onnx_for_inference
 
                 self._onnx = onnx_for_inference(self._inference_model, probe, torch.get_num_threads())
                 if self._onnx is not None:
@@ -98,7 +98,7 @@ class Classifier:
             verify_bundle(path, trusted_keys, needed=[CONFIG, *([weights] if weights else [])])
             config = read_config(path)  # as verified
         if bundle_kind(config) == "baseline":
-            from trafficlens.evaluation.baseline_bundle import load_baseline_bundle
+            from trafficlens.models.baselines.export import load_baseline_bundle
 
             clf = cls(load_baseline_bundle(path, config), dev)
         else:
@@ -129,7 +129,7 @@ class Classifier:
         step = n if str(self.device).startswith("cuda") else _CPU_CHUNK
         out = []
         if self._onnx is not None:
-            from trafficlens.models.inference import softmax
+            from trafficlens.inference.runtime import softmax
 
             for i in range(0, n, max(step, 1)):
                 out.append(softmax(self._onnx(*[np.ascontiguousarray(tensors[name][i : i + step]) for name in self.inputs])))
@@ -141,26 +141,10 @@ class Classifier:
                 out.append(torch.softmax(model(*xs).float(), dim=1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), dtype=np.float32)
 
-    def explain(self, tensors: dict[str, np.ndarray], targets: np.ndarray | None = None, cam: str = "grad-cam"):
-        """Explanation maps (Grad-CAM, attention, gradient x input) for stacked tensors; see
-        `trafficlens.evaluation.explain.explain_tensors`. `targets`: class indices (default: predicted)."""
-        from trafficlens.evaluation.explain import explain_tensors
-
-        if self.kind == "baseline":
-            raise ConfigError(f"{self.bundle.path}: explanations (Grad-CAM, attention, gradients) need a deep model; "
-                              f"{self.bundle.name} is a baseline")
-        return explain_tensors(self.bundle.model, tensors, targets, self.device, cam)
-
-    def _rows_for(self, examples: list[Example], top_k: int, min_confidence: float) -> list[dict[str, Any]]:
-        tensors = {name: np.stack([getattr(e, name) for e in examples]) for name in self.inputs}
-        return self._rows([e.meta for e in examples], tensors, top_k, min_confidence)
-
-    def _rows_for_batch(self, batch: ExampleBatch, top_k: int, min_confidence: float) -> list[dict[str, Any]]:
-        """Rows for the compiled backend's batches: tensors as built, no per-session objects."""
-        return self._rows_for_batches([batch], top_k, min_confidence)
-
-    def _rows_for_batches(self, batches: list[ExampleBatch], top_k: int, min_confidence: float) -> list[dict[str, Any]]:
-        """Rows for several batches, inferred together (live hands over many small ones)."""
+    def rows_for_batches(self, batches: list[ExampleBatch], top_k: int = 1,
+                         min_confidence: float = 0.0) -> list[dict[str, Any]]:
+        """One output row per session of `ExampleBatch`es (what a prep engine emits), inferred
+        together: live hands over many small ones."""
         metas: list[dict[str, Any]] = []
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.inputs}
         derived = bool({"sequence", "stats"} & set(self.inputs))  # else not built at all
@@ -202,7 +186,7 @@ class Classifier:
                          min_confidence: float = 0.0,
                          on_warning: Callable[[str], None] | None = None) -> Iterator[list[dict[str, Any]]]:
         """Batches of result rows, capture by capture, with memory bounded by the batch size."""
-        from trafficlens.datasets.prep import discover
+        from trafficlens.capture.formats import discover
 
         if isinstance(captures, (str, os.PathLike)):
             captures = [captures]
@@ -214,17 +198,17 @@ class Classifier:
 
     def _predict_file(self, path: Path, relative: str, top_k: int, min_confidence: float,
                       on_warning: Callable[[str], None] | None) -> Iterator[list[dict[str, Any]]]:
-        """Rows of one capture as they are made. prep's reader works by callbacks, so it runs in a
+        """Rows of one capture as they are made. The engine works by callbacks, so it runs in a
         thread that hands row batches over a small queue: memory stays bounded by a few batches
         however large the capture, and stopping the iterator stops the reading."""
         import queue
         import threading
 
-        from trafficlens.datasets.prep import prepare_capture
+        from trafficlens.prep.capture_file import prepare_capture
+        from trafficlens.prep.engines.base import EngineSink
 
         handoff: queue.Queue = queue.Queue(maxsize=4)
         stop = threading.Event()
-        pending: list[Example] = []
         rejected: list[dict[str, Any]] = []
 
         def put(item) -> None:
@@ -236,34 +220,24 @@ class Classifier:
                     continue
             raise _Stopped
 
-        def flush() -> None:
-            if pending:
-                put(("rows", self._rows_for(pending, top_k, min_confidence)))
-                pending.clear()
-            if len(rejected):
+        def flush_rejected() -> None:
+            if rejected:
                 put(("rows", list(rejected)))
                 rejected.clear()
 
-        def emit(example: Example) -> None:
-            pending.append(example)
-            if len(pending) >= _BATCH:
-                flush()
+        def sessions(batch: ExampleBatch, trigger: str, times) -> None:
+            flush_rejected()  # in the order the engine decided them
+            put(("rows", self.rows_for_batches([batch], top_k, min_confidence)))
 
-        def reject(meta: dict[str, Any], reason: str) -> None:
-            row = _meta_row(meta)
-            row.update(label=None, confidence=None, top_k=[], status="not_judged", reason=_REASONS.get(reason, reason))
-            rejected.append(row)
+        def reject(meta: dict[str, Any], reason: str, trigger: str) -> None:
+            rejected.append(rejected_row(meta, reason))
             if len(rejected) >= _BATCH:
-                flush()
-
-        def emit_batch(batch: ExampleBatch) -> None:
-            flush()  # keeps capture order if both kinds ever arrive
-            put(("rows", self._rows_for_batch(batch, top_k, min_confidence)))
+                flush_rejected()
 
         def produce() -> None:
             try:
-                report = prepare_capture(path, relative, self.prep_config, None, emit, reject, emit_batch=emit_batch)
-                flush()
+                report = prepare_capture(path, relative, self.prep_config, None, EngineSink(sessions, reject))
+                flush_rejected()
                 put(("done", report))
             except _Stopped:
                 pass
@@ -307,7 +281,7 @@ class Classifier:
 
         ds = dataset if isinstance(dataset, Dataset) else Dataset.open(dataset)
         mismatch = {k: (v, ds.config.get(k)) for k, v in self.bundle.preprocessing.items()
-                    if k in _TENSOR_SETTINGS and ds.config.get(k) != v}
+                    if k in TENSOR_SETTINGS and ds.config.get(k) != v}
         if mismatch:
             raise ConfigError(f"{ds.path}: prepared with other settings than {self.bundle.path} ({mismatch})")
         rows = np.arange(len(ds)) if rows is None else np.asarray(rows)
@@ -319,12 +293,14 @@ class Classifier:
         return pd.DataFrame({"id": rows, "label": [self.labels[i] for i in best], "confidence": probs.max(axis=1) if len(rows) else []})
 
 
-_TENSOR_SETTINGS = ("unit", "layer", "mask", "image_bytes", "packets", "packet_bytes", "sequence_length", "idle_timeout")
-_REASONS = {
-    "empty_sessions": "no payload",
-    "min_packets": "fewer packets than the model's min_packets",
-    "min_bytes": "fewer payload bytes than the model's min_bytes",
-}
+TENSOR_SETTINGS = ("unit", "layer", "mask", "image_bytes", "packets", "packet_bytes", "sequence_length", "idle_timeout")
+def rejected_row(meta: dict[str, Any], reason: str) -> dict[str, Any]:
+    """The output row of a session the model's prep filters keep it from judging."""
+    from trafficlens.prep.tensors.filters import REJECTS
+
+    row = _meta_row(meta)
+    row.update(label=None, confidence=None, top_k=[], status="not_judged", reason=REJECTS.get(reason, reason))
+    return row
 
 
 def _meta_row(meta: dict[str, Any]) -> dict[str, Any]:

@@ -16,11 +16,11 @@ Per model family (none of them is modified; everything goes through `forward_fea
   128 sequential (GRU) features (Chen 2023 Figure 11).
 
 Every byte map is normalised to sum 1 per session and summed by protocol field
-(`trafficlens.features.fields`), so "62% of the weight is on `tls.record.length`" reads
+(`trafficlens.prep.tensors.fields`), so "62% of the weight is on `tls.record.length`" reads
 directly. The per-class summary averages those shares over a class's sessions and flags fields
 that name a host or a capture rather than an application: a shortcut detector.
 
-    from trafficlens.evaluation.explain import explain_session, explain_per_class
+    from trafficlens.explain.maps import explain_session, explain_per_class
     exp = explain_session("runs/cnn", 123)
     summary = explain_per_class("runs/cnn", per_class=50)
 """
@@ -36,6 +36,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from trafficlens.pages import figure_png, page, pyplot
 from trafficlens.errors import BundleError, ConfigError, DatasetError
 
 METHOD_GRAD_CAM = "grad-cam"
@@ -215,7 +216,7 @@ def explain_tensors(model, tensors: dict[str, np.ndarray], targets: np.ndarray |
 # -- fields ---------------------------------------------------------------------------------------
 def position_names(image_bytes: int, packets: int, packet_bytes: int):
     """Names by position only, for sessions whose capture is not at hand."""
-    from trafficlens.features.fields import TensorFields
+    from trafficlens.prep.tensors.fields import TensorFields
 
     return TensorFields("unknown", [f"image[{i}]" for i in range(image_bytes)], np.full(image_bytes, -1, dtype=np.int32),
                         [[f"packet[{m}][{b}]" for b in range(packet_bytes)] for m in range(packets)])
@@ -268,7 +269,7 @@ def field_groups(weight: dict[str, float]) -> dict[str, float]:
 
 
 def is_shortcut(name: str, nonzero: float) -> bool:
-    from trafficlens.features.fields import IDENTIFYING
+    from trafficlens.prep.tensors.fields import IDENTIFYING
 
     return name in IDENTIFYING and nonzero > 0
 
@@ -285,8 +286,8 @@ class _Context:
 
 def _open(run: str | os.PathLike, dataset: str | os.PathLike | None) -> _Context:
     from trafficlens.datasets import Dataset
-    from trafficlens.serving import Classifier
-    from trafficlens.serving.classifier import _TENSOR_SETTINGS
+    from trafficlens.inference.classifier import Classifier
+    from trafficlens.inference.classifier import TENSOR_SETTINGS
 
     run = Path(run)
     clf = Classifier.load(run, device="auto")
@@ -298,7 +299,7 @@ def _open(run: str | os.PathLike, dataset: str | os.PathLike | None) -> _Context
         raise BundleError(f"{run}: config.json names no dataset; pass --dataset")
     ds = Dataset.open(path)
     mismatch = {k: (v, ds.config.get(k)) for k, v in clf.bundle.preprocessing.items()
-                if k in _TENSOR_SETTINGS and ds.config.get(k) != v}
+                if k in TENSOR_SETTINGS and ds.config.get(k) != v}
     if mismatch:
         raise DatasetError(f"{ds.path}: prepared with other settings than {run} was trained on ({mismatch}); pass its own --dataset")
     from trafficlens.training.bundle import read_split
@@ -309,7 +310,7 @@ def _open(run: str | os.PathLike, dataset: str | os.PathLike | None) -> _Context
 
 def _fields_for(ctx: _Context, rows: list[int], cfg: ExplainConfig) -> tuple[dict[int, Any], str]:
     """Field names of rows' tensors, rebuilt from their captures; by position where none is found."""
-    from trafficlens.features.fields import dataset_layouts, tensor_fields
+    from trafficlens.prep.tensors.fields import dataset_layouts, tensor_fields
 
     c = ctx.ds.config
     layouts = dataset_layouts(ctx.ds, rows, cfg.captures)
@@ -330,7 +331,8 @@ def _maps(ctx: _Context, rows: np.ndarray, targets: np.ndarray | None, batch: in
     for start in range(0, len(rows), batch):
         chunk = rows[start : start + batch]
         tensors = {name: ctx.ds.tensor(name)[chunk] for name in ctx.clf.inputs}
-        parts.append(ctx.clf.explain(tensors, None if targets is None else targets[start : start + batch], cam=cam))
+        parts.append(explain_tensors(ctx.clf.bundle.model, tensors, None if targets is None else targets[start : start + batch],
+                                     ctx.clf.device, cam))
     merged = Maps(np.concatenate([p.probabilities for p in parts]), np.concatenate([p.targets for p in parts]))
     for name in ("image", "packets", "packet_attention", "byte_attention", "feature_attention"):
         if getattr(parts[0], name) is not None:
@@ -500,12 +502,8 @@ def _bars(ax, rows: list[dict[str, Any]], title: str) -> None:
 
 
 def session_figures(exp: dict[str, Any]) -> list[tuple[str, str]]:
-    import matplotlib
+    plt = pyplot()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from trafficlens.evaluation.report import _figure_png
 
     figures = []
     img = exp["image"]
@@ -513,7 +511,7 @@ def session_figures(exp: dict[str, Any]) -> list[tuple[str, str]]:
         fig, (a, b) = plt.subplots(1, 2, figsize=(7, 3.6))
         _overlay(a, img["bytes"], None, "session image (grey: byte value)")
         _overlay(b, img["bytes"], img["weights"], f"{exp['methods']['image']} for {exp['target']}")
-        figures.append((f"Image: {exp['methods']['image']} over the grey image", _figure_png(fig)))
+        figures.append((f"Image: {exp['methods']['image']} over the grey image", figure_png(fig)))
     pk = exp["packets"]
     if pk["weights"] is not None:
         w = np.array(pk["weights"])
@@ -530,15 +528,15 @@ def session_figures(exp: dict[str, Any]) -> list[tuple[str, str]]:
             axes[0][1].barh(range(len(att)), att, color="#2c7fb8")
             axes[0][1].invert_yaxis()
             axes[0][1].set_title("packet attention", fontsize=8)
-        figures.append(("Packets: byte-level and packet-level weights", _figure_png(fig)))
+        figures.append(("Packets: byte-level and packet-level weights", figure_png(fig)))
     if exp["top_fields"]:
         fig, ax = plt.subplots(figsize=(6, 0.25 * len(exp["top_fields"]) + 1))
         _bars(ax, exp["top_fields"], "fields carrying the weight (* identifies a host or capture)")
-        figures.append(("Protocol fields", _figure_png(fig)))
+        figures.append(("Protocol fields", figure_png(fig)))
     if exp["feature_attention"]:
         fig, ax = plt.subplots(figsize=(8, 2.5))
         _alpha_plot(ax, {exp["target"]: exp["feature_attention"]})
-        figures.append(("Model A feature attention", _figure_png(fig)))
+        figures.append(("Model A feature attention", figure_png(fig)))
     return figures
 
 
@@ -554,12 +552,8 @@ def _alpha_plot(ax, alphas: dict[str, list[float]]) -> None:
 
 
 def per_class_figures(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    import matplotlib
+    plt = pyplot()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from trafficlens.evaluation.report import _figure_png
 
     classes = summary["classes"]
     labels = list(classes)
@@ -574,7 +568,7 @@ def per_class_figures(summary: dict[str, Any]) -> list[tuple[str, str]]:
         for ax, label in zip(axes.ravel(), with_images):
             _overlay(ax, classes[label]["mean_image"], classes[label]["mean_image_weights"], label)
             ax.axis("on")
-        figures.append((f"Mean {summary['methods']['image']} per class over the mean image (Chen 2023 Figure 4)", _figure_png(fig)))
+        figures.append((f"Mean {summary['methods']['image']} per class over the mean image (Chen 2023 Figure 4)", figure_png(fig)))
     groups = sorted({g for label in labels for g in classes[label]["groups"]})
     if groups:
         fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(labels) + 2), 3.4))
@@ -586,7 +580,7 @@ def per_class_figures(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
         ax.set_ylabel("share of weight")
         ax.legend(fontsize=7, ncols=len(groups), loc="lower center", bbox_to_anchor=(0.5, 1.0))
-        figures.append(("Weight per protocol layer and class (padding: where the session's bytes end)", _figure_png(fig)))
+        figures.append(("Weight per protocol layer and class (padding: where the session's bytes end)", figure_png(fig)))
     fields: list[str] = []
     for label in labels:
         for row in classes[label]["top_fields"][:6]:
@@ -600,7 +594,7 @@ def per_class_figures(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ax.set_xticks(range(len(fields)), fields, rotation=90, fontsize=7)
         ax.set_yticks(range(len(labels)), labels, fontsize=7)
         fig.colorbar(im, ax=ax, label="share of weight (blank: not in the class's top fields)")
-        figures.append(("Fields carrying the weight, per class (the shortcut detector)", _figure_png(fig)))
+        figures.append(("Fields carrying the weight, per class (the shortcut detector)", figure_png(fig)))
     alphas = {label: classes[label]["feature_attention"] for label in labels if "feature_attention" in classes[label]}
     if len(alphas) > 6:  # too many lines to read: one row per class
         matrix = np.array(list(alphas.values()))
@@ -610,11 +604,11 @@ def per_class_figures(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ax.set_yticks(range(len(alphas)), list(alphas), fontsize=7)
         ax.set_xlabel(f"feature (0-{matrix.shape[1] // 2 - 1}: spatial, CNN; then sequential, GRU)")
         fig.colorbar(im, ax=ax, label="mean alpha")
-        figures.append(("Model A feature-attention distribution per class (Chen 2023 Figure 11)", _figure_png(fig)))
+        figures.append(("Model A feature-attention distribution per class (Chen 2023 Figure 11)", figure_png(fig)))
     elif alphas:
         fig, ax = plt.subplots(figsize=(9, 3))
         _alpha_plot(ax, alphas)
-        figures.append(("Model A feature-attention distribution per class (Chen 2023 Figure 11)", _figure_png(fig)))
+        figures.append(("Model A feature-attention distribution per class (Chen 2023 Figure 11)", figure_png(fig)))
     attention = {label: classes[label]["packet_attention"] for label in labels if "packet_attention" in classes[label]}
     if attention:
         matrix = np.array(list(attention.values()))
@@ -623,13 +617,8 @@ def per_class_figures(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ax.set_yticks(range(len(attention)), list(attention), fontsize=7)
         ax.set_xlabel("packet")
         fig.colorbar(im, ax=ax, label="mean packet attention")
-        figures.append(("Packet-level attention per class (Chen 2023 Table 4)", _figure_png(fig)))
+        figures.append(("Packet-level attention per class (Chen 2023 Table 4)", figure_png(fig)))
     return figures
-
-
-_STYLE = """<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;margin-bottom:1em}
-td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child{text-align:left}img{max-width:100%}
-.id{color:#c0392b}</style>"""
 
 
 def _field_table(rows: list[dict[str, Any]]) -> str:
@@ -640,12 +629,6 @@ def _field_table(rows: list[dict[str, Any]]) -> str:
         cells.append(f"<tr><td{cls}>{html.escape(r['field'])}</td><td>{r['weight']:.4f}</td><td>{r['positions']:.4f}</td><td>{lift}</td></tr>")
     body = "".join(cells)
     return f"<table><tr><th>field</th><th>weight</th><th>share of positions</th><th>lift</th></tr>{body}</table>"
-
-
-def _page(title: str, intro: str, tables: str, figures: list[tuple[str, str]]) -> str:
-    body = "".join(f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='{src}'>" for caption, src in figures)
-    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>{_STYLE}</head>"
-            f"<body><h1>{html.escape(title)}</h1>{intro}{tables}{body}</body></html>")
 
 
 def _intro(d: dict[str, Any]) -> str:
@@ -666,9 +649,9 @@ def write_session(out: str | os.PathLike, exp: dict[str, Any]) -> tuple[Path, Pa
     probs = sorted(exp["probabilities"].items(), key=lambda kv: -kv[1])[:5]
     head = (f"<p><b>label {html.escape(str(exp['label']))} · predicted {html.escape(exp['predicted'])} · explained class "
             f"{html.escape(exp['target'])}</b> (top: {html.escape(', '.join(f'{k} {v:.3f}' for k, v in probs))})</p>")
-    page = _page(f"{exp['model']}: session {exp['session']} of {Path(exp['dataset']).name}", head + _intro(exp),
+    html_page = page(f"{exp['model']}: session {exp['session']} of {Path(exp['dataset']).name}", head + _intro(exp),
                  _field_table(exp["top_fields"]), session_figures(exp))
-    (out / f"{stem}.html").write_text(page)
+    (out / f"{stem}.html").write_text(html_page)
     return out / f"{stem}.json", out / f"{stem}.html"
 
 
@@ -682,9 +665,9 @@ def write_per_class(out: str | os.PathLike, summary: dict[str, Any]) -> tuple[Pa
         f"fields {c['identifying_weight']:.3f}; by layer: {html.escape(', '.join(f'{k} {v:.3f}' for k, v in c['groups'].items()))}</p>"
         f"{_field_table(c['top_fields'])}"
         for label, c in summary["classes"].items())
-    page = _page(f"{summary['model']}: fields per class on {Path(summary['dataset']).name}",
+    html_page = page(f"{summary['model']}: fields per class on {Path(summary['dataset']).name}",
                  f"<p>Explained class: {html.escape(summary['target'])}; up to {summary['per_class']} sessions per class "
                  f"from the {summary['rows']} rows.</p>" + _intro(summary), tables, per_class_figures(summary))
-    (out / "per-class.html").write_text(page)
+    (out / "per-class.html").write_text(html_page)
     return out / "per-class.json", out / "per-class.html"
 

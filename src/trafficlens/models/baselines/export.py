@@ -75,7 +75,7 @@ def _export_neighbors(estimator, path: Path) -> dict[str, Any]:
     from safetensors.numpy import save_file
     from sklearn.preprocessing import StandardScaler
 
-    from trafficlens.evaluation.baselines import SignedLog
+    from trafficlens.models.baselines.estimators import SignedLog
 
     steps, knn = _pipeline_parts(estimator)
     arrays = {"fit_X": np.ascontiguousarray(knn._fit_X, dtype=np.float64), "y": np.ascontiguousarray(knn._y, dtype=np.int64)}
@@ -96,7 +96,7 @@ def save_baseline_bundle(out: str | os.PathLike, fitted, ds, split, *, train: di
                          overwrite: bool = False) -> Path:
     """Write a fitted baseline (`baselines.FittedBaseline`) trained on `split` of dataset `ds`."""
     from trafficlens import __version__
-    from trafficlens.evaluation.features import TENSOR_OF, header_shape
+    from trafficlens.models.baselines.features import TENSOR_OF, header_shape
     from trafficlens.files import sha256_file
     from trafficlens.training.bundle import CONFIG, FORMAT, FORMAT_VERSION, METRICS, SPLIT, utc_now, write_json
 
@@ -159,7 +159,7 @@ class BaselinePredictor:
         return f"BaselinePredictor({self.name!r}, features={self.features!r}, {self.n_labels} labels)"
 
     def predict_proba(self, tensors: dict[str, np.ndarray]) -> np.ndarray:
-        from trafficlens.evaluation.features import feature_matrix
+        from trafficlens.models.baselines.features import feature_matrix
 
         X = feature_matrix(self.features, tensors[self.inputs[0]], self.layer, **self.feature_config)
         if X.shape[1] != self.n_features:
@@ -177,7 +177,7 @@ def _two_columns(p: np.ndarray) -> np.ndarray:
 
 
 def _load_runtime(path: Path, runtime: str, extra: dict[str, Any], n_features: int, n_classes: int):
-    from trafficlens.evaluation.baselines import cores
+    from trafficlens.models.baselines.estimators import cores
 
     if runtime == "onnx":
         import onnxruntime as ort
@@ -218,7 +218,7 @@ def _load_neighbors(path: Path, extra: dict[str, Any], n_features: int, n_classe
     from safetensors.numpy import load_file
     from sklearn.neighbors import KNeighborsClassifier
 
-    from trafficlens.evaluation.baselines import cores, signed_log1p
+    from trafficlens.models.baselines.estimators import cores, signed_log1p
 
     try:
         arrays = load_file(str(path))
@@ -247,8 +247,8 @@ def _load_neighbors(path: Path, extra: dict[str, Any], n_features: int, n_classe
 
 def load_baseline_bundle(path: str | os.PathLike, config: dict[str, Any] | None = None):
     """A `training.bundle.Bundle` whose `model` is a `BaselinePredictor`; every inconsistency is a `BundleError`."""
-    from trafficlens.evaluation.baselines import list_baselines
-    from trafficlens.evaluation.features import FEATURE_KINDS, TENSOR_OF
+    from trafficlens.models.baselines.estimators import list_baselines
+    from trafficlens.models.baselines.features import FEATURE_KINDS, TENSOR_OF
     from trafficlens.files import sha256_file
     from trafficlens.training.bundle import Bundle, check_preprocessing, check_settings, read_config
 
@@ -298,7 +298,7 @@ def _register_signed_log() -> None:
     from skl2onnx import update_registered_converter
     from skl2onnx.algebra.onnx_ops import OnnxAbs, OnnxAdd, OnnxLog, OnnxMul, OnnxSign
 
-    from trafficlens.evaluation.baselines import SignedLog
+    from trafficlens.models.baselines.estimators import SignedLog
 
     def shape(operator) -> None:
         operator.outputs[0].type = operator.inputs[0].type.__class__(operator.inputs[0].type.shape)

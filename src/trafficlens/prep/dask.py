@@ -36,10 +36,9 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
-from types import SimpleNamespace
 from typing import Any, Callable
 
-from trafficlens.datasets.config import PrepConfig, default_workers
+from trafficlens.prep.config import PrepConfig, default_workers
 from trafficlens.datasets.schema import MANIFEST, SHARDS_DIR
 from trafficlens.errors import ConfigError, DatasetError
 
@@ -59,7 +58,7 @@ def is_url(item: str | os.PathLike) -> bool:
 # -- discovery ---------------------------------------------------------------------------------
 def discover_any(inputs: list[str | os.PathLike]) -> tuple[list[tuple[str, str, int]], list[str]]:
     """Capture files as (local path or URL, name relative to its input root, bytes), and skipped names."""
-    from trafficlens.datasets.prep import CAPTURE_MAGICS, GZIP_MAGIC, discover
+    from trafficlens.capture.formats import discover, sniff
 
     files: list[tuple[str, str, int]] = []
     skipped: list[str] = []
@@ -89,7 +88,7 @@ def discover_any(inputs: list[str | os.PathLike]) -> tuple[list[tuple[str, str, 
                     continue
                 with fs.open(path, "rb") as fh:
                     head = fh.read(4)
-                if head in CAPTURE_MAGICS or head[:2] == GZIP_MAGIC:
+                if sniff(head):
                     files.append((fs.unstrip_protocol(path), relative, int(info.get("size") or 0)))
                 else:
                     skipped.append(relative)
@@ -127,47 +126,37 @@ def _localize(source: str, tmp: str) -> Path:
     return path
 
 
-def prepare_shard(jobs: list[tuple[str, str]], config: dict[str, Any], labeler, shard_dir: str) -> dict[str, Any]:
+def prepare_shard(jobs: list[tuple[str, str]], config: dict[str, Any], labeler, shard_dir: str,
+                  backend: str | None = None) -> dict[str, Any]:
     """Prep consecutive captures (path or URL, relative name) into one shard; returns the small reports.
 
     Inside a shard the writer deduplicates across its files in order, as the local engine does;
     duplicates across shards are the merge's job.
     """
     from trafficlens.datasets.merge import write_duplicates
-    from trafficlens.datasets.prep import _summary, prepare_capture
-    from trafficlens.datasets.writer import DatasetWriter
-    from trafficlens.features.stats import STATS_NAMES
+    from trafficlens.prep.capture_file import prepare_capture
+    from trafficlens.prep.local import batch_writer, dataset_writer
+    from trafficlens.prep.report import summarize
 
     cfg = PrepConfig.from_dict(config)
     if labeler is not None:
         # The scattered labeler is shared by a worker's threads and `bind` sets the current file:
         # each task binds its own shallow copy (the label tables stay shared, read-only).
         labeler = copy.copy(labeler)
-    writer = DatasetWriter(
-        shard_dir, cfg.to_dict(), image_bytes=cfg.image_bytes, packets=cfg.packets,
-        packet_bytes=cfg.packet_bytes, sequence_length=cfg.sequence_length, stats_names=STATS_NAMES,
-        extra_columns=labeler.extra_columns if labeler else (), deduplicate=cfg.deduplicate,
-        overwrite=True, record_keys=True,  # a retried task replaces what an earlier try left
-    )
-    extra_of = labeler.extra if labeler is not None and labeler.extra_columns else None
-
-    def write(example) -> None:
-        meta = example.meta
-        if extra_of is not None:
-            meta.update(extra_of(meta))
-        writer.add(meta, example.image, example.packets, example.sequence, example.stats)
-
+    # overwrite: a retried task replaces what an earlier try left
+    writer = dataset_writer(shard_dir, cfg, labeler, overwrite=True, record_keys=True)
+    sink = batch_writer(writer, labeler)
     reports = []
     writer.open()
     try:
         for source, relative in jobs:
             if not is_url(source):
-                reports.append(prepare_capture(Path(source), relative, cfg, labeler, write))
+                reports.append(prepare_capture(Path(source), relative, cfg, labeler, sink, backend))
                 continue
             tmp = tempfile.mkdtemp(prefix="trafficlens-")
             try:
                 path = _localize(source, tmp)
-                report = prepare_capture(path, relative, cfg, labeler, write)
+                report = prepare_capture(path, relative, cfg, labeler, sink, backend)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             report.path = source  # messages name the file as the user gave it
@@ -176,7 +165,7 @@ def prepare_shard(jobs: list[tuple[str, str]], config: dict[str, Any], labeler, 
             reports.append(report)
         if writer.dropped_keys:
             write_duplicates(writer.partial, writer.dropped_keys)
-        writer.finish(**_summary(reports, writer, []))
+        writer.finish(**summarize(reports, writer.duplicates, writer.sampled_out, []))
     except BaseException:
         writer.abort()
         raise
@@ -203,6 +192,7 @@ def prep_dask(
     overwrite: bool = False,
     progress: bool = False,
     on_warning: Callable[[str], None] | None = None,
+    backend: str | None = None,
 ) -> Path:
     """Prep on a Dask cluster into a sharded dataset at `out`; returns its path.
 
@@ -214,13 +204,16 @@ def prep_dask(
     _require_dask()
     from distributed import Client, LocalCluster, as_completed
 
-    from trafficlens.datasets.labels import Labeler
+    from trafficlens.prep.labels import Labeler
     from trafficlens.datasets.merge import plan_merge, write_manifest
-    from trafficlens.datasets.prep import FileReport, _progress, _summary
+    from trafficlens.prep.engines import resolve_backend
+    from trafficlens.prep.local import progress_bar
+    from trafficlens.prep.report import FileReport, summarize
     from trafficlens.datasets.writer import output_paths, publish, remove_partial, start_partial
 
     config = config or PrepConfig()
     config.require_current_mask()
+    backend = resolve_backend(backend)  # decided here, named to every task
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     if retries < 0:
@@ -240,7 +233,7 @@ def prep_dask(
 
     cluster = None
     own_client = client is None
-    bar = _progress(sum(size for _, _, size in files), progress)
+    bar = progress_bar(sum(size for _, _, size in files), progress)
     try:
         if client is None:
             if scheduler:
@@ -269,7 +262,7 @@ def prep_dask(
         def submit(i: int):
             jobs = [(files[j][0], files[j][1]) for j in groups[i]]
             # Largest tasks first: they bound the run's length.
-            return client.submit(prepare_shard, jobs, cfg, labeler_ref, str(shard_dirs[i]),
+            return client.submit(prepare_shard, jobs, cfg, labeler_ref, str(shard_dirs[i]), backend,
                                  pure=False, priority=group_bytes[i], key=f"prep-shard-{i}-{os.urandom(4).hex()}")
 
         futures = [submit(i) for i in range(len(groups))]
@@ -314,9 +307,8 @@ def prep_dask(
             client.gather(futures)
         template = json.loads((shard_dirs[0] / MANIFEST).read_text())
         reports = [FileReport(**r) for result in results for r in result["reports"]]
-        counts = SimpleNamespace(duplicates=plan.duplicates, sampled_out=plan.sampled_out)
         extra = {"sources": [item if is_url(item) else str(Path(item).resolve()) for item in map(str, inputs)]}
-        extra.update(_summary(reports, counts, not_captures))
+        extra.update(summarize(reports, plan.duplicates, plan.sampled_out, not_captures))
         extra["engine"] = {"name": "dask", "scheduler": scheduler or "LocalCluster",
                            "workers": n_workers, "tasks": len(groups), "task_bytes": task_bytes,
                            "retried": retried,

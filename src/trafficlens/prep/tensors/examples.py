@@ -8,9 +8,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from trafficlens.datasets.config import PrepConfig
-from trafficlens.features.stats import flow_stats
-from trafficlens.flows.session import Session
+from trafficlens.prep.config import PrepConfig
+from trafficlens.prep.sessions.session import Session
+from trafficlens.prep.tensors.filters import reject_reason, unlabeled_fill
+from trafficlens.prep.tensors.statistics import flow_stats
 
 _BATCH = 512
 
@@ -59,6 +60,27 @@ class ExampleBatch:
         columns, sequence, stats = self.rows(np.arange(len(self)))
         for i in range(len(self)):
             yield Example(meta_at(columns, i), self.image[i], self.packets[i], sequence[i], stats[i])
+
+    @classmethod
+    def of(cls, examples: list[Example]) -> "ExampleBatch":
+        """The batch of ready examples (the reference engine's output)."""
+        if not examples:
+            raise ValueError("an ExampleBatch needs at least one example")
+        return cls(np.stack([e.image for e in examples]), np.stack([e.packets for e in examples]),
+                   [e.meta.get("label") for e in examples], _ExampleRows(examples))
+
+
+class _ExampleRows:
+    """`ExampleBatch.build` over ready examples (a class, not a closure: batches cross processes)."""
+
+    def __init__(self, examples: list[Example]):
+        self.metas = [e.meta for e in examples]
+        self.sequences = np.stack([e.sequence for e in examples])
+        self.stats = np.stack([e.stats for e in examples])
+
+    def __call__(self, idx: np.ndarray, tensors: bool = True):
+        columns = {k: [self.metas[i].get(k) for i in idx.tolist()] for k in self.metas[0]}
+        return (columns, self.sequences[idx], self.stats[idx]) if tensors else (columns, None, None)
 
 
 def meta_at(columns: dict[str, Any], i: int) -> dict[str, Any]:
@@ -124,20 +146,16 @@ class Featurizer:
             self.on_reject(meta, reason)
 
     def __call__(self, s: Session) -> None:
-        cfg = self.config
         meta = session_meta(s, self.capture)
-        if s.payload_bytes == 0:
-            return self._reject(meta, "empty_sessions")
-        if len(s.times) < cfg.min_packets:
-            return self._reject(meta, "min_packets")
-        if s.payload_bytes < cfg.min_bytes:
-            return self._reject(meta, "min_bytes")
+        reason = reject_reason(s.payload_bytes, len(s.times), self.config)
+        if reason is not None:
+            return self._reject(meta, reason)
         label = self.label_of(meta) if self.label_of is not None else None
         if label is None and self.label_of is not None:
-            if cfg.unlabeled == "drop":
+            drop, fill = unlabeled_fill(self.config)
+            if drop:
                 return self._reject(meta, "unlabeled")
-            if cfg.unlabeled.startswith("as:"):
-                label = cfg.unlabeled[3:]
+            label = fill
         meta["label"] = label
         self._pending.append((meta, *self._byte_rows(s), s))
         if len(self._pending) >= _BATCH:
@@ -169,19 +187,19 @@ class Featurizer:
         )
         lengths = np.array([len(s.times) for s in sessions])
         times = np.concatenate([np.frombuffer(s.times, dtype=np.float64) for s in sessions])
-        order = _time_order(times, lengths)
+        order = time_order(times, lengths)
         times = times[order]
         sizes = np.concatenate([np.asarray(s.sizes) for s in sessions])[order]
         dirs = np.concatenate([np.frombuffer(s.dirs, dtype=np.uint8) for s in sessions])[order]
         flags = np.concatenate([np.frombuffer(s.flags, dtype=np.uint8) for s in sessions])[order]
         stats = flow_stats(times, sizes, dirs, flags, lengths)
-        sequences = _sequences(times, sizes, dirs, lengths, cfg.sequence_length)
+        seqs = sequences(times, sizes, dirs, lengths, cfg.sequence_length)
         for i, item in enumerate(self._pending):
-            self.emit(Example(item[0], images[i], packets[i], sequences[i], stats[i]))
+            self.emit(Example(item[0], images[i], packets[i], seqs[i], stats[i]))
         self._pending.clear()
 
 
-def _sequences(times: np.ndarray, sizes: np.ndarray, dirs: np.ndarray, lengths: np.ndarray, length: int) -> np.ndarray:
+def sequences(times: np.ndarray, sizes: np.ndarray, dirs: np.ndarray, lengths: np.ndarray, length: int) -> np.ndarray:
     """(n, L, 2): the first L packets' signed sizes (+ from the initiator) and inter-arrival times."""
     n = len(lengths)
     starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
@@ -198,7 +216,7 @@ def _sequences(times: np.ndarray, sizes: np.ndarray, dirs: np.ndarray, lengths: 
     return out
 
 
-def _time_order(times: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def time_order(times: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Indices that sort packets by time within each session (captures are not always monotonic)."""
     seg = np.repeat(np.arange(len(lengths)), lengths)
     if np.all((np.diff(times) >= 0) | (seg[1:] != seg[:-1])):

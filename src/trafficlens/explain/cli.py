@@ -25,7 +25,7 @@ def explain(run, session, per_class, sessions, rows, target, cam, top, dataset, 
     from pathlib import Path
 
     from trafficlens.errors import ConfigError
-    from trafficlens.evaluation.explain import ExplainConfig, explain_per_class, explain_session, write_per_class, write_session
+    from trafficlens.explain.maps import ExplainConfig, explain_per_class, explain_session, write_per_class, write_session
 
     if (session is None) == (not per_class):
         raise ConfigError("give either --session ID or --per-class")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from array import array
 
-from trafficlens.features.tls import mask_hello_stream
+from trafficlens.prep.tensors.tls import mask_hello_stream
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 _MOD = 1 << 32

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from trafficlens.features.stats import ACTIVITY_TIMEOUT, STATS_NAMES
+from trafficlens.prep.tensors.statistics import ACTIVITY_TIMEOUT, STATS_NAMES
 
 _N = len(STATS_NAMES)
 _FLAG_BITS = (0x01, 0x02, 0x04, 0x08, 0x10, 0x20)  # features.stats._FLAGS, in order
