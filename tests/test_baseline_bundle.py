@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from test_baselines import ONE, make_dataset
 from trafficlens.cli import cli
 from trafficlens.errors import BundleError
-from trafficlens.models.baselines.estimators import baseline_info, expand_proba, list_baselines, score_baseline, train_baseline
+from trafficlens.models.baselines.estimators import baseline_info, list_baselines
+from trafficlens.training.baselines import expand_proba, score_baseline, train_baseline
 from trafficlens.models.baselines.features import baseline_features
 from trafficlens.evaluation.evaluate import evaluate_run
 from trafficlens.serving import Classifier

@@ -21,7 +21,8 @@ from sklearn.preprocessing import MinMaxScaler
 
 from trafficlens.datasets import Dataset, DatasetWriter
 from trafficlens.errors import ConfigError
-from trafficlens.models.baselines.estimators import baseline_info, create_baseline, list_baselines, train_baseline
+from trafficlens.models.baselines.estimators import baseline_info, create_baseline, list_baselines
+from trafficlens.training.baselines import train_baseline
 from trafficlens.evaluation.cli import baseline as baseline_cmd
 from trafficlens.models.baselines.features import FEATURE_KINDS, HEADER_BYTES, baseline_features
 from trafficlens.training.config import TrainConfig

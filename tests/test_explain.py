@@ -324,7 +324,7 @@ def test_attention_weights_are_distributions():
     assert maps.image_method == "grad-cam"  # through the frozen CNN branch, without changing the model
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("deep"))
 def test_every_model_gets_a_normalised_map(name):
     torch.manual_seed(0)
     shapes = {"image": (400,), "packets": (6, 32)}

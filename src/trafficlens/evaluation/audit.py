@@ -116,7 +116,8 @@ def audit(dataset: str | os.PathLike, out: str | os.PathLike, cfg: AuditConfig |
           progress: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run every setting, write `audit.json`, `audit.md`, `audit.csv` and `report.html` to `out`."""
     from trafficlens.datasets import Dataset
-    from trafficlens.models.baselines.estimators import baseline_info, train_baseline
+    from trafficlens.models.baselines.estimators import baseline_info
+    from trafficlens.training.baselines import train_baseline
     from trafficlens.models import model_info
     from trafficlens.training.config import TrainConfig
     from trafficlens.training.run import train_run
@@ -124,7 +125,7 @@ def audit(dataset: str | os.PathLike, out: str | os.PathLike, cfg: AuditConfig |
     cfg = cfg or AuditConfig()
     log = log or (lambda message: print(message, file=sys.stderr))
     if cfg.model:
-        model_info(cfg.model)  # unknown names fail before any work
+        model_info(cfg.model, "deep")  # unknown names fail before any work
     baseline_info(cfg.baseline)
     dataset, out = Path(dataset), Path(out)
     source = Dataset.open(dataset)

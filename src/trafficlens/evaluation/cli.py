@@ -42,7 +42,7 @@ def baseline(dataset, model_name, features, split, seed, min_class_sessions, min
     Example:
       trafficlens baseline ds/iot --model xgboost --tune --min-class-sessions 50 -o runs/xgb
     """
-    from trafficlens.models.baselines.estimators import train_baseline
+    from trafficlens.training.baselines import train_baseline
     from trafficlens.training.config import TrainConfig, parse_settings
 
     params = parse_settings(settings)

@@ -89,7 +89,7 @@ def evaluate_run(run: str | os.PathLike, out: str | os.PathLike | None = None, d
                  *, on: str | os.PathLike | None = None, unseen: str = "ignore") -> dict[str, Any]:
     """Score a run directory; writes `metrics.json` and `report.html` into `out` (default:
     RUN/evaluation, or RUN/evaluation-<dataset name> with `on`) and returns the metrics."""
-    from trafficlens.serving import Classifier
+    from trafficlens.inference.classifier import Classifier
 
     if unseen not in UNSEEN:
         raise ConfigError(f"unseen must be one of {', '.join(UNSEEN)}, got {unseen!r}")

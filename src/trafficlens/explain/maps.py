@@ -102,12 +102,6 @@ def _last_conv(model):
     return convs[-1] if convs else None
 
 
-def _is_model_a(model) -> bool:
-    from trafficlens.models.chen_fusion import ChenModelA
-
-    return isinstance(model, ChenModelA)
-
-
 def explain_tensors(model, tensors: dict[str, np.ndarray], targets: np.ndarray | None = None,
                     device: Any = "cpu", cam: str = METHOD_GRAD_CAM) -> Maps:
     """Explanation maps for stacked dataset tensors (keyed by tensor name) of one batch.
@@ -145,17 +139,10 @@ def explain_tensors(model, tensors: dict[str, np.ndarray], targets: np.ndarray |
             handles.append(module.register_forward_hook(lambda m, i, o: embeddings.append(o)))
     try:
         with torch.enable_grad():
-            if _is_model_a(model):
-                # Model A computes its branches under no_grad; rebuild its forward with gradients
-                # from its own pieces so that Grad-CAM can reach the CNN branch.
-                from trafficlens.models.chen_fusion import spatial_sequential
-
-                logits = model.forward_head(model.weighting(spatial_sequential(model.cnn, model.gru, xs[0])))
-            else:
-                feats = model.forward_features(*xs)
-                if "image" in inputs and feats.dim() == 4:  # a spatial map: Grad-CAM on it directly
-                    activations.append(feats)
-                logits = model.forward_head(feats)
+            feats = model.features_for_gradients(*xs)  # frozen parts too, so that Grad-CAM reaches them
+            if "image" in inputs and feats.dim() == 4:  # a spatial map: Grad-CAM on it directly
+                activations.append(feats)
+            logits = model.forward_head(feats)
             probs = torch.softmax(logits.float(), dim=1)
             chosen = probs.argmax(dim=1) if targets is None else torch.as_tensor(np.asarray(targets), device=logits.device)
             score = logits.gather(1, chosen.long().view(-1, 1)).sum()

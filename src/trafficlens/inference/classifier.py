@@ -85,8 +85,8 @@ class Classifier:
         `trusted_keys`: Ed25519 public keys (PEM files); when given, the bundle must carry a
         signature by one of them over every file loading reads (`trafficlens sign`), checked
         before anything is built."""
-        from trafficlens.training.bundle import CONFIG, bundle_kind, load_bundle, read_config
-        from trafficlens.training.trainer import resolve_device
+        from trafficlens.training.bundle import CONFIG, load_any_bundle, read_config
+        from trafficlens.training.device import resolve_device
 
         dev = resolve_device(device)
         trusted_keys = tuple(os.fspath(k) for k in trusted_keys)
@@ -97,12 +97,7 @@ class Classifier:
             weights = (config.get("weights") or {}).get("file") if isinstance(config.get("weights"), dict) else None
             verify_bundle(path, trusted_keys, needed=[CONFIG, *([weights] if weights else [])])
             config = read_config(path)  # as verified
-        if bundle_kind(config) == "baseline":
-            from trafficlens.models.baselines.export import load_baseline_bundle
-
-            clf = cls(load_baseline_bundle(path, config), dev)
-        else:
-            clf = cls(load_bundle(path, device=str(dev)), dev)
+        clf = cls(load_any_bundle(path, str(dev), config), dev)
         clf.trusted_keys = trusted_keys
         return clf
 

@@ -38,7 +38,8 @@ from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
-from trafficlens.prep.config import PrepConfig, default_workers
+from trafficlens.prep.config import PrepConfig
+from trafficlens.system import cores
 from trafficlens.datasets.schema import MANIFEST, SHARDS_DIR
 from trafficlens.errors import ConfigError, DatasetError
 
@@ -246,7 +247,7 @@ def prep_dask(
 
                 # Our own cluster's shutdown chatter ("worker still alive, killing") is not the user's concern.
                 logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
-                cluster = LocalCluster(n_workers=workers or default_workers(), threads_per_worker=1,
+                cluster = LocalCluster(n_workers=workers or cores(), threads_per_worker=1,
                                        processes=True, dashboard_address=None)
                 client = Client(cluster)
         started = time.perf_counter()

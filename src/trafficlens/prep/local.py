@@ -18,7 +18,8 @@ from trafficlens.capture.formats import discover
 from trafficlens.datasets.writer import DatasetWriter
 from trafficlens.errors import ConfigError
 from trafficlens.prep.capture_file import prepare_capture
-from trafficlens.prep.config import PrepConfig, default_workers
+from trafficlens.prep.config import PrepConfig
+from trafficlens.system import cores
 from trafficlens.prep.engines import resolve_backend
 from trafficlens.prep.engines.base import EngineSink
 from trafficlens.prep.labels import Labeler
@@ -93,7 +94,7 @@ def prep(
     for message in label_warnings:
         if on_warning:
             on_warning(message)
-    workers = workers or default_workers()
+    workers = workers or cores()
     backend = resolve_backend(backend)  # a bad name or a missing numba fails here, before any work
     writer = dataset_writer(out, config, labeler, overwrite=overwrite)
     sink = batch_writer(writer, labeler)

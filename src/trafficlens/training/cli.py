@@ -41,18 +41,21 @@ def class_options(min_sessions: int = 0):
 @click.command()
 @click.option("--classes", type=click.IntRange(2), default=10, show_default=True, help="Classes for the parameter count.")
 def models(classes):
-    """List the registered models: name, paper, inputs, parameters."""
+    """List the registered models, deep networks and classical baselines: name, paper, inputs, parameters."""
     from trafficlens.models import count_parameters, create_model, list_models, model_info
 
     rows = []
-    for name in list_models():
+    for name in list_models("deep"):
         info = model_info(name)
         params = count_parameters(create_model(name, num_classes=classes))
-        rows.append((name, info.paper, ",".join(info.inputs), f"{params:,}", info.description))
-    headers = ("model", "paper", "inputs", f"params ({classes} cl.)", "description")
+        rows.append((name, "deep", info.paper, ",".join(info.inputs), f"{params:,}", info.description))
+    for name in list_models("baseline"):
+        info = model_info(name)
+        rows.append((name, "baseline", info.paper or "-", info.features, "-", info.description))
+    headers = ("model", "kind", "paper", "inputs", f"params ({classes} cl.)", "description")
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
     for r in [headers, *rows]:
-        click.echo("  ".join(cell.rjust(w) if i == 3 else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip())
+        click.echo("  ".join(cell.rjust(w) if i == 4 else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip())
 
 
 @click.command()
@@ -71,7 +74,7 @@ def models(classes):
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True, help="Adam learning rate.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="auto: CUDA (mixed precision) when present, else CPU on all cores.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads [default: all cores].")
-@click.option("--from", "from_runs", default=None, help="chen-model-a: CNN_RUN,GRU_RUN, the two trained runs to fuse.")
+@click.option("--from", "from_runs", default=None, help="For a model built on trained runs (chen-model-a: CNN_RUN,GRU_RUN): the runs, comma-separated.")
 @class_options()
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Model setting, e.g. --set max_tokens=256 (JSON values).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")

@@ -61,13 +61,16 @@ def log_split(split, classes: list[str], log: Callable[[str], None]) -> None:
             f"({split.kind} split keeps them: leakage on purpose)")
 
 
-def _model_a(from_runs: Sequence[str], ds, num_classes: int, input_shapes: dict, split_assignment: np.ndarray):
-    """Build chen-model-a from trained chen-cnn and chen-gru runs (frozen branches)."""
-    from trafficlens.models import create_model
+def model_from_runs(info, from_runs: Sequence[str], ds, num_classes: int, input_shapes: dict,
+                    split_assignment: np.ndarray):
+    """A model built on top of trained runs (`info.from_runs` names the models it needs, one run
+    each): the runs must come from this dataset's settings and this very split, or their test
+    sessions would leak into its training."""
     from trafficlens.training.bundle import SPLIT, load_bundle, read_split
 
-    if len(from_runs) != 2:
-        raise ConfigError("chen-model-a needs --from CNN_RUN,GRU_RUN (a chen-cnn run and a chen-gru run)")
+    needed = ", ".join(info.from_runs)
+    if len(from_runs) != len(info.from_runs):
+        raise ConfigError(f"{info.name} needs --from with one trained run of each of {needed}")
     bundles = {}
     for path in from_runs:
         b = load_bundle(path)
@@ -78,15 +81,10 @@ def _model_a(from_runs: Sequence[str], ds, num_classes: int, input_shapes: dict,
         if not (Path(path) / SPLIT).is_file() or not np.array_equal(read_split(path), split_assignment):
             raise ConfigError(f"{path} used another train/validation/test split; train the branches with the same "
                               "--split, --seed and --min-class-sessions, or its test sessions leak into training")
-    if set(bundles) != {"chen-cnn", "chen-gru"}:
-        raise ConfigError(f"chen-model-a needs one chen-cnn run and one chen-gru run, got {', '.join(sorted(bundles))}")
-    cnn, gru = bundles["chen-cnn"], bundles["chen-gru"]
-    model = create_model("chen-model-a", num_classes, input_shapes,
-                         cnn=cnn.config["model"]["config"], gru=gru.config["model"]["config"])
-    for branch, trained in ((model.cnn, cnn.model), (model.gru, gru.model)):
-        state = trained.state_dict()
-        branch.load_state_dict({k: state[k] for k in branch.state_dict()})  # all but their classifier heads
-    return model
+    if set(bundles) != set(info.from_runs):
+        raise ConfigError(f"{info.name} needs one run of each of {needed}, got {', '.join(sorted(bundles))}")
+    branches = {name: (b.model, b.config["model"]["config"]) for name, b in bundles.items()}
+    return info.assemble(num_classes, input_shapes, branches)
 
 
 def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name: str, cfg: TrainConfig,
@@ -100,21 +98,21 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
     """
     from trafficlens.datasets import Dataset
     from trafficlens.training.metrics import SCHEMA_VERSION, classification_report, provenance, softmax
-    from trafficlens.files import check_writable_dir
     from trafficlens.models import count_parameters, create_model, model_info
-    from trafficlens.training.bundle import CONFIG, SPLIT, save_bundle
+    from trafficlens.training.bundle import SPLIT, check_output, save_bundle
     from trafficlens.training.torchrun import init as init_distributed
     from trafficlens.training.splits import fit_rows
     from trafficlens.training.trainer import fit, predict_logits
 
     log = log or (lambda message: print(message, file=sys.stderr))
     out = Path(out_dir)
-    if (out / CONFIG).exists() and not overwrite:
-        raise ConfigError(f"{out}: already holds a trained model (choose another -o or pass --overwrite)")
-    check_writable_dir(out)
-    info = model_info(model_name)
-    if from_runs and model_name != "chen-model-a":
-        raise ConfigError(f"--from is only for chen-model-a, not {model_name}")
+    check_output(out, overwrite)
+    info = model_info(model_name, "deep")
+    if from_runs and not info.from_runs:
+        raise ConfigError(f"--from is for models built on trained runs ({', '.join(_built_on_runs())}), not {model_name}")
+    if info.from_runs and not from_runs:
+        raise ConfigError(f"{model_name} trains on top of trained runs: pass --from with one run of each of "
+                          f"{', '.join(info.from_runs)}")
     dist = init_distributed(cfg)  # one process, or one rank of a torchrun launch
     device = dist.device
     if not dist.main:
@@ -132,10 +130,8 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
 
     input_shapes = {t: tuple(ds.tensor(t).shape[1:]) for t in info.inputs}
     assignment = split.assignment(len(ds))
-    if model_name == "chen-model-a":
-        if not from_runs:
-            raise ConfigError("chen-model-a trains on top of two trained runs: pass --from CNN_RUN,GRU_RUN")
-        model = _model_a(from_runs, ds, len(classes), input_shapes, assignment)
+    if info.from_runs:
+        model = model_from_runs(info, from_runs, ds, len(classes), input_shapes, assignment)
     else:
         model = create_model(model_name, len(classes), input_shapes, **(model_kwargs or {}))
     tensors = {t: ds.tensor(t) for t in info.inputs}
@@ -185,3 +181,9 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
     return {"out": str(out), "model": model_name, "best_epoch": result.best_epoch, "stopped": result.stopped,
             "epochs": len(result.history), "seconds": result.seconds, "val_macro_f1": result.best_val_macro_f1,
             "test_accuracy": metrics.get("accuracy"), "test_macro_f1": metrics.get("macro_f1")}
+
+
+def _built_on_runs() -> list[str]:
+    from trafficlens.models import list_models, model_info
+
+    return [name for name in list_models("deep") if model_info(name).from_runs]

@@ -96,7 +96,7 @@ def world_from_env() -> int:
 
 def init(cfg) -> DistContext:
     """Seed, pick the device and, under torchrun, join the process group."""
-    from trafficlens.training.trainer import setup
+    from trafficlens.training.device import setup
 
     device = setup(cfg)
     world = world_from_env()

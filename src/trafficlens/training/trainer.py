@@ -11,7 +11,6 @@ validation macro-F1, best weights restored at the end. Same seed, same result on
 from __future__ import annotations
 
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -24,6 +23,7 @@ import torch.nn as nn
 
 from trafficlens.models.losses import make_loss
 from trafficlens.training.config import TrainConfig
+from trafficlens.training.device import resolve_device
 
 
 @dataclass
@@ -34,27 +34,6 @@ class FitResult:
     stopped: str = "max-epochs"  # max-epochs | early-stopping | time-budget
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)  # e.g. the kept model predicts one class only
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from trafficlens.errors import ConfigError
-
-        raise ConfigError("--device cuda, but no CUDA device is available; use --device auto or cpu")
-    return torch.device(name)
-
-
-def setup(cfg: TrainConfig) -> torch.device:
-    """Seed every generator, pick the device, use all CPU cores."""
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    if device.type == "cpu":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        torch.set_num_threads(cfg.num_threads or cores or 1)
-    return device
 
 
 def autocast(device: torch.device, enabled: bool):

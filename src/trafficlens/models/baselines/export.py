@@ -1,29 +1,22 @@
-"""Baseline bundles: a fitted classical model as a run directory, taken like a deep run by
-`predict`, `serve`, `live`, `evaluate` and `Classifier`.
+"""A fitted baseline in a file that runs no code when loaded, and back: the model part of a
+baseline bundle (the run directory around it is `training.bundle`).
 
-    runs/rf/
-      model.onnx            scikit-learn estimators (dt, rf, lr, nb, svm), exported by skl2onnx
-      | model.xgb.json      XGBoost's own JSON model
-      | model.lgb.txt       LightGBM's own text model
-      | model.knn.safetensors   knn, knn-seq: the scaled training matrix and its labels
-      config.json           as a deep bundle's (training/bundle.py), with model.kind "baseline",
-                            the feature set, the runtime and the file's sha256
-      metrics.json          test metrics (none for --split none)
-      split.npy             int8 per dataset row: 0 train, 1 validation, 2 test, -1 unused
+| runtime | file | for |
+|---|---|---|
+| `onnx` | `model.onnx` | scikit-learn estimators (dt, rf, lr, nb, svm), exported by skl2onnx, run by ONNX Runtime |
+| `xgboost` | `model.xgb.json` | XGBoost's own JSON model |
+| `lightgbm` | `model.lgb.txt` | LightGBM's own text model |
+| `neighbors` | `model.knn.safetensors` | knn, knn-seq: the scaled training matrix and its labels |
 
 No file is unpickled: ONNX Runtime, XGBoost and LightGBM parse their own formats and run only
 their operators, and the nearest-neighbour arrays are plain tensors. Nearest neighbours are not
 exported to ONNX: skl2onnx's distance-weighted k-NN disagreed with scikit-learn on 14% of test
 rows when measured; refitting a k-NN at load is exact and takes milliseconds (it only indexes
 the stored rows).
-
-    save_baseline_bundle("runs/rf", fitted, ds, split)      # fitted: baselines.FittedBaseline
-    bundle = load_baseline_bundle("runs/rf")                # bundle.model.predict_proba(tensors)
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -37,18 +30,15 @@ RUNTIMES = {"onnx": "model.onnx", "xgboost": "model.xgb.json", "lightgbm": "mode
 _NEIGHBOR_KEYS = ("fit_X", "y")
 
 
-def check_output(out: str | os.PathLike, overwrite: bool) -> None:
-    """Refuse to write over an existing bundle without `overwrite` (before any work is done)."""
-    from trafficlens.files import check_writable_dir
-    from trafficlens.training.bundle import CONFIG
-
-    if (Path(out) / CONFIG).exists() and not overwrite:
-        raise ConfigError(f"{out}: already holds a trained model (choose another -o or pass --overwrite)")
-    check_writable_dir(out)
-
-
-def _runtime_of(name: str) -> str:
-    return {"xgboost": "xgboost", "lightgbm": "lightgbm", "knn": "neighbors", "knn-seq": "neighbors"}.get(name, "onnx")
+def _runtime_of_model(model) -> str:
+    """The file format for a fitted Baseline's estimator (by its final step's type)."""
+    final = model.estimator_.steps[-1][1] if hasattr(model.estimator_, "steps") else model.estimator_
+    kind = type(final).__name__
+    if kind == "XGBClassifier":
+        return "xgboost"
+    if kind == "LGBMClassifier":
+        return "lightgbm"
+    return "neighbors" if kind == "KNeighborsClassifier" else "onnx"
 
 
 def _pipeline_parts(estimator) -> tuple[list, Any]:
@@ -92,24 +82,11 @@ def _export_neighbors(estimator, path: Path) -> dict[str, Any]:
             "metric": str(knn.metric), "signed_log": signed_log}
 
 
-def save_baseline_bundle(out: str | os.PathLike, fitted, ds, split, *, train: dict[str, Any] | None = None,
-                         overwrite: bool = False) -> Path:
-    """Write a fitted baseline (`baselines.FittedBaseline`) trained on `split` of dataset `ds`."""
-    from trafficlens import __version__
-    from trafficlens.models.baselines.features import TENSOR_OF, header_shape
-    from trafficlens.files import sha256_file
-    from trafficlens.training.bundle import CONFIG, FORMAT, FORMAT_VERSION, METRICS, SPLIT, utc_now, write_json
-
-    check_output(out, overwrite)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in RUNTIMES.values():  # an --overwrite of another baseline kind
-        (out / stale).unlink(missing_ok=True)
-    model, metrics = fitted.model, fitted.metrics
-    name, features = metrics["model"], model.features
-    runtime = _runtime_of(name)
+def export_baseline(model, n_features: int, out: Path) -> dict[str, Any]:
+    """Write a fitted `Baseline`'s estimator into directory `out`; returns what loading needs
+    (`runtime`, `file`, `runtime_config`)."""
+    runtime = _runtime_of_model(model)
     target = out / RUNTIMES[runtime]
-    n_features = int(metrics["n_features"])
     extra: dict[str, Any] = {}
     if runtime == "onnx":
         _export_onnx(model.estimator_, n_features, target)
@@ -119,30 +96,7 @@ def save_baseline_bundle(out: str | os.PathLike, fitted, ds, split, *, train: di
         model.estimator_.booster_.save_model(str(target))
     else:
         extra = _export_neighbors(model.estimator_, target)
-    tensor = TENSOR_OF[features]
-    shape = tuple(ds.tensor(tensor).shape[1:])
-    feature_config: dict[str, Any] = {}
-    if features == "header":
-        feature_config["header_packets"], feature_config["header_bytes"] = header_shape(ds.config.get("layer"), shape)
-    names = np.array(fitted.classes, dtype=str)
-    config = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "trafficlens_version": __version__, "created": utc_now(),
-        "model": {"name": name, "kind": "baseline", "features": features, "feature_config": feature_config,
-                  "inputs": [tensor], "input_shape": list(shape), "n_features": n_features, "runtime": runtime,
-                  "runtime_config": extra, "params": metrics.get("params") or {}, "parameters": metrics.get("parameters"),
-                  "class_index": np.searchsorted(names, model.classes_.astype(str)).tolist()},
-        "labels": list(fitted.classes),
-        "preprocessing": ds.config,
-        "train": train or {},
-        "split": {**(metrics.get("split_info") or {}), "file": SPLIT},
-        "dataset": {"path": str(Path(ds.path).resolve()), "n_sessions": len(ds), "created": ds.manifest.get("created"),
-                    "format_version": ds.manifest.get("format_version"), "input_shapes": {tensor: list(shape)}},
-        "weights": {"file": target.name, "sha256": sha256_file(target)},
-    }
-    np.save(out / SPLIT, split.assignment(len(ds)), allow_pickle=False)
-    write_json(out / METRICS, metrics)
-    write_json(out / CONFIG, config)  # last: its presence marks a complete bundle
-    return out
+    return {"runtime": runtime, "file": target.name, "runtime_config": extra}
 
 
 class BaselinePredictor:
@@ -177,7 +131,7 @@ def _two_columns(p: np.ndarray) -> np.ndarray:
 
 
 def _load_runtime(path: Path, runtime: str, extra: dict[str, Any], n_features: int, n_classes: int):
-    from trafficlens.models.baselines.estimators import cores
+    from trafficlens.system import cores
 
     if runtime == "onnx":
         import onnxruntime as ort
@@ -218,7 +172,8 @@ def _load_neighbors(path: Path, extra: dict[str, Any], n_features: int, n_classe
     from safetensors.numpy import load_file
     from sklearn.neighbors import KNeighborsClassifier
 
-    from trafficlens.models.baselines.estimators import cores, signed_log1p
+    from trafficlens.models.baselines.estimators import signed_log1p
+    from trafficlens.system import cores
 
     try:
         arrays = load_file(str(path))
@@ -245,46 +200,27 @@ def _load_neighbors(path: Path, extra: dict[str, Any], n_features: int, n_classe
     return predict
 
 
-def load_baseline_bundle(path: str | os.PathLike, config: dict[str, Any] | None = None):
-    """A `training.bundle.Bundle` whose `model` is a `BaselinePredictor`; every inconsistency is a `BundleError`."""
+def load_predictor(path: Path, section: dict[str, Any], n_labels: int, layer: str | None) -> BaselinePredictor:
+    """The predictor of a bundle's model section (`path`: the run directory); BundleError names
+    what does not fit."""
     from trafficlens.models.baselines.estimators import list_baselines
     from trafficlens.models.baselines.features import FEATURE_KINDS, TENSOR_OF
-    from trafficlens.files import sha256_file
-    from trafficlens.training.bundle import Bundle, check_preprocessing, check_settings, read_config
 
-    path = Path(path)
-    config = config or read_config(path)
-    section, labels = config["model"], config["labels"]
-    check_settings(section, f"{path}: model")
-    check_settings(labels, f"{path}: labels")
-    check_preprocessing(path, config)
-    if not isinstance(section, dict) or not isinstance(labels, list) or not labels:
-        raise BundleError(f"{path}: config.json has no model section or label list")
     name, features, runtime = section.get("name"), section.get("features"), section.get("runtime")
     if name not in list_baselines() or features not in FEATURE_KINDS or runtime not in RUNTIMES:
         raise BundleError(f"{path}: unknown baseline {name!r}, feature set {features!r} or runtime {runtime!r}")
-    weights = config.get("weights") if isinstance(config.get("weights"), dict) else {}
-    if weights.get("file") != RUNTIMES[runtime]:
-        raise BundleError(f"{path}: a {runtime} baseline is stored in {RUNTIMES[runtime]}, config.json names {weights.get('file')!r}")
-    target = path / RUNTIMES[runtime]
-    if not target.is_file():
-        raise BundleError(f"{path}: missing {target.name}")
-    if not weights.get("sha256") or sha256_file(target) != weights["sha256"]:
-        raise BundleError(f"{path}: {target.name} does not match the sha256 in config.json (tampered or mixed-up files)")
     n_features = section.get("n_features")
     index = np.asarray(section.get("class_index") or [], dtype=np.int64)
     if not isinstance(n_features, int) or not 1 <= n_features <= 1 << 20:
         raise BundleError(f"{path}: n_features {n_features!r} out of range")
-    if not len(index) or index.min() < 0 or index.max() >= len(labels) or len(set(index.tolist())) != len(index):
-        raise BundleError(f"{path}: class_index does not fit its {len(labels)} labels")
+    if not len(index) or index.min() < 0 or index.max() >= n_labels or len(set(index.tolist())) != len(index):
+        raise BundleError(f"{path}: class_index does not fit its {n_labels} labels")
     feature_config = section.get("feature_config") or {}
     if set(feature_config) - {"header_packets", "header_bytes"}:
         raise BundleError(f"{path}: unknown feature settings {sorted(feature_config)}")
-    predict = _load_runtime(target, runtime, section.get("runtime_config") or {}, n_features, len(index))
-    preprocessing = dict(config.get("preprocessing") or {})
-    predictor = BaselinePredictor(name, features, TENSOR_OF[features], n_features, len(labels), index, predict,
-                                  preprocessing.get("layer"), feature_config)
-    return Bundle(path, predictor, name, [str(x) for x in labels], preprocessing, config, kind="baseline")
+    predict = _load_runtime(path / RUNTIMES[runtime], runtime, section.get("runtime_config") or {}, n_features, len(index))
+    return BaselinePredictor(name, features, TENSOR_OF[features], n_features, n_labels, index, predict, layer,
+                             feature_config)
 
 
 _SIGNED_LOG_REGISTERED = False
