@@ -117,18 +117,35 @@ def explain_tensors(model, tensors: dict[str, np.ndarray], targets: np.ndarray |
     if cam not in CAMS:
         raise ConfigError(f"cam must be one of {', '.join(CAMS)}, got {cam!r}")
     import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
 
-    from trafficlens.models.layers import AdditiveAttention, DotSelfAttention, FeatureWeighting
+    from trafficlens.models.layers import FeatureWeighting
 
     model.eval()
     inputs = list(model.inputs)
     xs = [torch.from_numpy(np.ascontiguousarray(tensors[name])).to(device=device, dtype=torch.float32).requires_grad_(True)
           for name in inputs]
-    n = xs[0].shape[0]
-    activations: list[torch.Tensor] = []
-    embeddings: list[torch.Tensor] = []
+    probs, chosen, activations, embeddings, grads = _forward_backward(model, inputs, xs, targets)
+    maps = Maps(probabilities=probs.detach().cpu().numpy(), targets=chosen.detach().cpu().numpy())
+    modules = dict(model.named_modules())
+    if "image" in inputs:
+        _image_map(maps, xs[inputs.index("image")], activations, embeddings, grads, cam)
+    if "packets" in inputs:
+        _packet_map(maps, xs[inputs.index("packets")], modules, grads)
+    weighting = [m.weights for m in modules.values() if isinstance(m, FeatureWeighting) and m.weights is not None]
+    if weighting:
+        maps.feature_attention = weighting[0].float().cpu().numpy()
+    return maps
+
+
+def _forward_backward(model, inputs: list[str], xs, targets):
+    """One forward pass with hooks on the last convolution and the byte embeddings, then the
+    gradients of the chosen classes' logits: (probabilities, chosen, activations, embeddings,
+    gradients by tensor id)."""
+    import torch
+    import torch.nn as nn
+
+    activations: list = []
+    embeddings: list = []
     handles = []
     if "image" in inputs:
         conv = _last_conv(model)
@@ -151,56 +168,57 @@ def explain_tensors(model, tensors: dict[str, np.ndarray], targets: np.ndarray |
     finally:
         for h in handles:
             h.remove()
-    maps = Maps(probabilities=probs.detach().cpu().numpy(), targets=chosen.detach().cpu().numpy())
-    modules = dict(model.named_modules())
-
-    # image: Grad-CAM where a convolution sees it, else gradient x input on the byte embeddings
-    if "image" in inputs:
-        k = xs[inputs.index("image")].shape[1]
-        if activations and grads.get(id(activations[-1])) is not None:
-            a, g = activations[-1].detach(), grads[id(activations[-1])].detach()
-            spatial = tuple(range(2, a.dim()))
-            weights = g if cam == METHOD_HIRES_CAM else g.mean(dim=spatial, keepdim=True)
-            heat = torch.relu((weights * a).sum(dim=1, keepdim=True))  # (n, 1, h[, w])
-            maps.grad_cam_grid = tuple(a.shape[2:])
-            side = int(round(k ** 0.5))
-            if a.dim() == 4 and side * side == k:
-                heat = F.interpolate(heat.float(), size=(side, side), mode="bilinear", align_corners=False)
-            else:
-                heat = F.interpolate(heat.float().flatten(2), size=k, mode="linear", align_corners=False)
-            maps.image = _normalise(heat.reshape(n, k).cpu().numpy())
-            maps.image_method = cam
-        elif embeddings and grads.get(id(embeddings[0])) is not None:
-            e = embeddings[0]
-            attr = (grads[id(e)] * e).sum(dim=-1).abs().detach().reshape(n, -1).cpu().numpy()  # (n, tokens)
-            full = np.zeros((n, k))
-            full[:, : attr.shape[1]] = attr[:, :k]
-            maps.image = _normalise(full)
-            maps.image_method = METHOD_GRADIENT_INPUT
-    # packets: HAN attention, else gradient x input on the byte values
-    if "packets" in inputs:
-        x = xs[inputs.index("packets")]
-        byte_att = [m.weights for name, m in modules.items() if isinstance(m, AdditiveAttention) and name.endswith("byte_attention")]
-        packet_add = [m.weights for name, m in modules.items() if isinstance(m, AdditiveAttention) and name.endswith("packet_attention")]
-        self_att = [m.weights for m in modules.values() if isinstance(m, DotSelfAttention) and m.weights is not None]
-        if packet_add and packet_add[0] is not None:
-            maps.packet_attention = packet_add[0].float().cpu().numpy()
-        elif self_att:
-            maps.packet_attention = self_att[0].float().mean(dim=1).cpu().numpy()  # column means: attention received
-        if byte_att and byte_att[0] is not None and maps.packet_attention is not None:
-            maps.byte_attention = byte_att[0].float().cpu().numpy()
-            maps.packets = _normalise(maps.packet_attention[:, :, None] * maps.byte_attention)
-            maps.packets_method = METHOD_ATTENTION
-        elif grads.get(id(x)) is not None:
-            maps.packets = _normalise((grads[id(x)] * x).abs().detach().cpu().numpy())
-            maps.packets_method = METHOD_GRADIENT_INPUT
-    weighting = [m.weights for m in modules.values() if isinstance(m, FeatureWeighting) and m.weights is not None]
-    if weighting:
-        maps.feature_attention = weighting[0].float().cpu().numpy()
-    return maps
+    return probs, chosen, activations, embeddings, grads
 
 
-# -- fields ---------------------------------------------------------------------------------------
+def _image_map(maps: Maps, x, activations, embeddings, grads, cam: str) -> None:
+    """Grad-CAM where a convolution sees the image, else gradient x input on the byte embeddings."""
+    import torch
+    import torch.nn.functional as F
+
+    n, k = x.shape[0], x.shape[1]
+    if activations and grads.get(id(activations[-1])) is not None:
+        a, g = activations[-1].detach(), grads[id(activations[-1])].detach()
+        spatial = tuple(range(2, a.dim()))
+        weights = g if cam == METHOD_HIRES_CAM else g.mean(dim=spatial, keepdim=True)
+        heat = torch.relu((weights * a).sum(dim=1, keepdim=True))  # (n, 1, h[, w])
+        maps.grad_cam_grid = tuple(a.shape[2:])
+        side = int(round(k ** 0.5))
+        if a.dim() == 4 and side * side == k:
+            heat = F.interpolate(heat.float(), size=(side, side), mode="bilinear", align_corners=False)
+        else:
+            heat = F.interpolate(heat.float().flatten(2), size=k, mode="linear", align_corners=False)
+        maps.image = _normalise(heat.reshape(n, k).cpu().numpy())
+        maps.image_method = cam
+    elif embeddings and grads.get(id(embeddings[0])) is not None:
+        e = embeddings[0]
+        attr = (grads[id(e)] * e).sum(dim=-1).abs().detach().reshape(n, -1).cpu().numpy()  # (n, tokens)
+        full = np.zeros((n, k))
+        full[:, : attr.shape[1]] = attr[:, :k]
+        maps.image = _normalise(full)
+        maps.image_method = METHOD_GRADIENT_INPUT
+
+
+def _packet_map(maps: Maps, x, modules: dict, grads) -> None:
+    """HAN's byte and packet attention, else gradient x input on the byte values."""
+    from trafficlens.models.layers import AdditiveAttention, DotSelfAttention
+
+    byte_att = [m.weights for name, m in modules.items() if isinstance(m, AdditiveAttention) and name.endswith("byte_attention")]
+    packet_add = [m.weights for name, m in modules.items() if isinstance(m, AdditiveAttention) and name.endswith("packet_attention")]
+    self_att = [m.weights for m in modules.values() if isinstance(m, DotSelfAttention) and m.weights is not None]
+    if packet_add and packet_add[0] is not None:
+        maps.packet_attention = packet_add[0].float().cpu().numpy()
+    elif self_att:
+        maps.packet_attention = self_att[0].float().mean(dim=1).cpu().numpy()  # column means: attention received
+    if byte_att and byte_att[0] is not None and maps.packet_attention is not None:
+        maps.byte_attention = byte_att[0].float().cpu().numpy()
+        maps.packets = _normalise(maps.packet_attention[:, :, None] * maps.byte_attention)
+        maps.packets_method = METHOD_ATTENTION
+    elif grads.get(id(x)) is not None:
+        maps.packets = _normalise((grads[id(x)] * x).abs().detach().cpu().numpy())
+        maps.packets_method = METHOD_GRADIENT_INPUT
+
+
 def position_names(image_bytes: int, packets: int, packet_bytes: int):
     """Names by position only, for sessions whose capture is not at hand."""
     from trafficlens.prep.tensors.fields import TensorFields

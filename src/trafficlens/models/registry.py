@@ -120,10 +120,10 @@ def model_info(name: str, kind: str | None = None) -> ModelInfo:
     """The registry entry of `name` (of `kind`, when given)."""
     _ensure_loaded()
     info = _REGISTRY.get(name)
-    if info is None or (kind is not None and info.kind != kind):
-        names = list_models(kind)
-        what = f"{kind} model" if kind else "model"
-        raise ConfigError(f"unknown {what} {name!r}; choose one of: {', '.join(names)} (see `trafficlens models`)")
+    if info is None:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(list_models(kind))} (see `trafficlens models`)")
+    if kind is not None and info.kind != kind:
+        raise ConfigError(f"{name!r} is a {info.kind} model, not a {kind} one; {kind} models: {', '.join(list_models(kind))}")
     return info
 
 

@@ -203,14 +203,10 @@ def prep_dask(
     smaller when needed to give every worker at least 2 tasks), one shard per task.
     """
     _require_dask()
-    from distributed import Client, LocalCluster, as_completed
-
-    from trafficlens.prep.labels import Labeler
-    from trafficlens.datasets.merge import plan_merge, write_manifest
-    from trafficlens.prep.engines import resolve_backend
-    from trafficlens.prep.local import progress_bar
-    from trafficlens.prep.report import FileReport, summarize
     from trafficlens.datasets.writer import output_paths, publish, remove_partial, start_partial
+    from trafficlens.prep.engines import resolve_backend
+    from trafficlens.prep.labels import Labeler
+    from trafficlens.prep.local import progress_bar
 
     config = config or PrepConfig()
     config.require_current_mask()
@@ -231,45 +227,91 @@ def prep_dask(
     out, partial = output_paths(Path(out).resolve(), overwrite)
     start_partial(out, partial)
     (partial / SHARDS_DIR).mkdir()
-
-    cluster = None
-    own_client = client is None
     bar = progress_bar(sum(size for _, _, size in files), progress)
     try:
-        if client is None:
-            if scheduler:
-                try:
-                    client = Client(scheduler, timeout="30s")
-                except (OSError, TimeoutError) as exc:
-                    raise ConfigError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
-            else:
-                import logging
+        with _Cluster(client, scheduler, workers) as client:
+            tasks = _ShardTasks(client, files, config, labeler, backend, partial, task_bytes)
+            results, retried = tasks.run(retries, bar, on_warning)
+            _merge(client, tasks, results, config, partial, retries, not_captures,
+                   {"sources": [item if is_url(item) else str(Path(item).resolve()) for item in map(str, inputs)],
+                    "engine": {"name": "dask", "scheduler": scheduler or "LocalCluster", "workers": tasks.n_workers,
+                               "tasks": len(tasks.groups), "task_bytes": task_bytes, "retried": retried,
+                               "task_seconds": round(tasks.seconds, 3)}})
+        publish(partial, out)
+    except BaseException:
+        remove_partial(partial)
+        raise
+    finally:
+        bar.close()
+    return out
 
-                # Our own cluster's shutdown chatter ("worker still alive, killing") is not the user's concern.
-                logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
-                cluster = LocalCluster(n_workers=workers or cores(), threads_per_worker=1,
-                                       processes=True, dashboard_address=None)
-                client = Client(cluster)
+
+class _Cluster:
+    """The `distributed.Client` to run on: the one given, one connected to `scheduler`, or one of
+    a LocalCluster of `workers` processes started (and shut down) here."""
+
+    def __init__(self, client, scheduler: str | None, workers: int | None):
+        self.client, self.scheduler, self.workers = client, scheduler, workers
+        self.own, self.cluster = client is None, None
+
+    def __enter__(self):
+        from distributed import Client, LocalCluster
+
+        if self.client is not None:
+            return self.client
+        if self.scheduler:
+            try:
+                self.client = Client(self.scheduler, timeout="30s")
+            except (OSError, TimeoutError) as exc:
+                raise ConfigError(f"--scheduler {self.scheduler}: cannot connect ({exc})") from None
+            return self.client
+        import logging
+
+        # Our own cluster's shutdown chatter ("worker still alive, killing") is not the user's concern.
+        logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
+        self.cluster = LocalCluster(n_workers=self.workers or cores(), threads_per_worker=1, processes=True,
+                                    dashboard_address=None)
+        self.client = Client(self.cluster)
+        return self.client
+
+    def __exit__(self, *exc) -> None:
+        if self.own and self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+class _ShardTasks:
+    """One task per group of consecutive files, each writing its own shard; failed tasks resubmitted."""
+
+    def __init__(self, client, files, config: PrepConfig, labeler, backend: str, partial: Path, task_bytes: int):
+        self.client, self.files, self.backend = client, files, backend
+        self.n_workers = len(client.scheduler_info().get("workers", {}))
+        self.groups = group_files([size for _, _, size in files], task_bytes, self.n_workers or 1)
+        width = max(5, len(str(len(self.groups) - 1)))
+        self.shard_dirs = [partial / SHARDS_DIR / f"part-{i:0{width}d}" for i in range(len(self.groups))]
+        self.labeler_ref = client.scatter(labeler, broadcast=True) if labeler is not None else None
+        self.cfg = config.to_dict()
+        self.group_bytes = [sum(files[j][2] for j in group) for group in self.groups]
+        self.names = [files[g[0]][1] + (f" (+{len(g) - 1} more)" if len(g) > 1 else "") for g in self.groups]
+        self.seconds = 0.0
+
+    def submit(self, i: int):
+        jobs = [(self.files[j][0], self.files[j][1]) for j in self.groups[i]]
+        # Largest tasks first: they bound the run's length.
+        return self.client.submit(prepare_shard, jobs, self.cfg, self.labeler_ref, str(self.shard_dirs[i]),
+                                  self.backend, pure=False, priority=self.group_bytes[i],
+                                  key=f"prep-shard-{i}-{os.urandom(4).hex()}")
+
+    def run(self, retries: int, bar, on_warning) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Every task's result, in shard order, and the retries made; DatasetError if one keeps failing."""
+        from distributed import as_completed
+
         started = time.perf_counter()
-        n_workers = len(client.scheduler_info().get("workers", {}))
-        groups = group_files([size for _, _, size in files], task_bytes, n_workers or 1)
-        width = max(5, len(str(len(groups) - 1)))
-        shard_dirs = [partial / SHARDS_DIR / f"part-{i:0{width}d}" for i in range(len(groups))]
-        labeler_ref = client.scatter(labeler, broadcast=True) if labeler is not None else None
-        cfg = config.to_dict()
-        group_bytes = [sum(files[j][2] for j in group) for group in groups]
-        names = [files[g[0]][1] + (f" (+{len(g) - 1} more)" if len(g) > 1 else "") for g in groups]
-
-        def submit(i: int):
-            jobs = [(files[j][0], files[j][1]) for j in groups[i]]
-            # Largest tasks first: they bound the run's length.
-            return client.submit(prepare_shard, jobs, cfg, labeler_ref, str(shard_dirs[i]), backend,
-                                 pure=False, priority=group_bytes[i], key=f"prep-shard-{i}-{os.urandom(4).hex()}")
-
-        futures = [submit(i) for i in range(len(groups))]
+        futures = [self.submit(i) for i in range(len(self.groups))]
         index_of = {future.key: i for i, future in enumerate(futures)}
-        attempts = [1] * len(groups)
-        results: list[dict[str, Any] | None] = [None] * len(groups)
+        attempts = [1] * len(self.groups)
+        results: list[dict[str, Any] | None] = [None] * len(self.groups)
         retried: list[dict[str, Any]] = []
         failed: list[str] = []
         pending = as_completed(futures)
@@ -282,50 +324,43 @@ def prep_dask(
                     for message in report["warnings"] + ([report["error"]] if report["error"] else []):
                         if on_warning:
                             on_warning(message)
-                bar.update(group_bytes[i])
+                bar.update(self.group_bytes[i])
                 continue
             error = _describe(future)
-            if attempts[i] <= retries:
-                attempts[i] += 1
-                if on_warning:
-                    on_warning(f"{names[i]}: task failed ({error}); retry {attempts[i] - 1} of {retries}")
-                retried.append({"files": [files[j][1] for j in groups[i]], "attempt": attempts[i] - 1, "error": error})
-                again = submit(i)
-                index_of[again.key] = i
-                pending.add(again)
-            else:
-                failed.append(f"{names[i]} ({error})")
+            if attempts[i] > retries:
+                failed.append(f"{self.names[i]} ({error})")
+                continue
+            attempts[i] += 1
+            if on_warning:
+                on_warning(f"{self.names[i]}: task failed ({error}); retry {attempts[i] - 1} of {retries}")
+            retried.append({"files": [self.files[j][1] for j in self.groups[i]], "attempt": attempts[i] - 1,
+                            "error": error})
+            again = self.submit(i)
+            index_of[again.key] = i
+            pending.add(again)
         if failed:
-            raise DatasetError(f"{len(failed)} of {len(groups)} prep task(s) failed after {retries} retries: "
+            raise DatasetError(f"{len(failed)} of {len(self.groups)} prep task(s) failed after {retries} retries: "
                                + "; ".join(failed[:5]) + (" ..." if len(failed) > 5 else ""))
-        task_seconds = time.perf_counter() - started
+        self.seconds = time.perf_counter() - started
+        return results, retried
 
-        # Merge: keys and labels only come to this process; compaction runs on the workers.
-        plan = plan_merge(shard_dirs, config.deduplicate, config.max_per_class)
-        to_compact = [(str(shard_dirs[i]), drop) for i, drop in enumerate(plan.drops) if len(drop) and plan.kept(i)]
-        if to_compact:
-            futures = [client.submit(compact_task, shard, drop, pure=False, retries=retries) for shard, drop in to_compact]
-            client.gather(futures)
-        template = json.loads((shard_dirs[0] / MANIFEST).read_text())
-        reports = [FileReport(**r) for result in results for r in result["reports"]]
-        extra = {"sources": [item if is_url(item) else str(Path(item).resolve()) for item in map(str, inputs)]}
-        extra.update(summarize(reports, plan.duplicates, plan.sampled_out, not_captures))
-        extra["engine"] = {"name": "dask", "scheduler": scheduler or "LocalCluster",
-                           "workers": n_workers, "tasks": len(groups), "task_bytes": task_bytes,
-                           "retried": retried,
-                           "task_seconds": round(task_seconds, 3)}
-        write_manifest(partial, plan, template, extra)
-        publish(partial, out)
-    except BaseException:
-        remove_partial(partial)
-        raise
-    finally:
-        bar.close()
-        if own_client and client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
-    return out
+
+def _merge(client, tasks: _ShardTasks, results, config: PrepConfig, partial: Path, retries: int,
+           not_captures: list[str], extra: dict[str, Any]) -> None:
+    """Remove duplicates across shards and write the top manifest: keys and labels only come to
+    this process; the compaction of shards that lose rows runs on the workers."""
+    from trafficlens.datasets.merge import plan_merge, write_manifest
+    from trafficlens.prep.report import FileReport, summarize
+
+    plan = plan_merge(tasks.shard_dirs, config.deduplicate, config.max_per_class)
+    to_compact = [(str(tasks.shard_dirs[i]), drop) for i, drop in enumerate(plan.drops) if len(drop) and plan.kept(i)]
+    if to_compact:
+        client.gather([client.submit(compact_task, shard, drop, pure=False, retries=retries) for shard, drop in to_compact])
+    template = json.loads((tasks.shard_dirs[0] / MANIFEST).read_text())
+    reports = [FileReport(**r) for result in results for r in result["reports"]]
+    extra.update(summarize(reports, plan.duplicates, plan.sampled_out, not_captures))
+    extra["engine"] = extra.pop("engine")  # after the summary, as before
+    write_manifest(partial, plan, template, extra)
 
 
 def _describe(future) -> str:

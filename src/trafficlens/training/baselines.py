@@ -55,8 +55,6 @@ def score_baseline(ds, name: str, split, classes: list[str], label_of: np.ndarra
     model is kept as it is: nothing is refitted on training + validation, as no deep model is.
     `label_of[row]` is the class id of each dataset row (-1 outside the selection).
     """
-    from sklearn.metrics import f1_score
-
     from trafficlens.training.metrics import SCHEMA_VERSION, classification_report
     from trafficlens.training.config import BALANCES
     from trafficlens.training.splits import fit_rows as training_rows
@@ -82,22 +80,10 @@ def score_baseline(ds, name: str, split, classes: list[str], label_of: np.ndarra
         if not len(split.val):
             raise ConfigError(f"--tune needs a validation side; this {split.kind} split has none")
         X_va, y_va = baseline_features(ds, split.val, features), label_of[split.val]
-        trials, fitted = [], []
-        for point in _grid(name, params):
-            t1 = time.perf_counter()
-            clf = make(**point).fit(X_fit, y_fit)
-            pred = np.searchsorted(names.astype(str), clf.predict(X_va).astype(str))
-            trials.append({"params": point, "val_macro_f1": float(f1_score(y_va, pred, average="macro", zero_division=0)),
-                           "seconds": time.perf_counter() - t1})
-            fitted.append(clf)
-            log(f"tune {name} {point}: validation macro-F1 {trials[-1]['val_macro_f1']:.4f}")
-        best = max(range(len(trials)), key=lambda i: trials[i]["val_macro_f1"])  # first of equals: the grid's order
-        tuning = {"grid": {k: list(v) for k, v in (baseline_info(name).grid or {}).items() if k not in params},
-                  "trials": trials, "best": trials[best]["params"], "best_val_macro_f1": trials[best]["val_macro_f1"]}
-        chosen, model = trials[best]["params"], fitted[best]
-        fit_seconds = trials[best]["seconds"]
+        model, tuning = _tune(name, make, params, X_fit, y_fit, X_va, y_va, names, log)
+        chosen, fit_seconds = tuning["best"], tuning["trials"][tuning["best_index"]]["seconds"]
         log(f"{name} on {features} ({X_fit.shape[1]} features): {len(classes)} classes, fit {len(rows)} training "
-            f"sessions, best of {len(trials)} grid points on {len(split.val)} validation sessions")
+            f"sessions, best of {len(tuning['trials'])} grid points on {len(split.val)} validation sessions")
     else:
         log(f"{name} on {features} ({X_fit.shape[1]} features): {len(classes)} classes, fit {len(rows)} training "
             f"sessions / test {len(split.test)} ({split.kind} split)")
@@ -130,6 +116,26 @@ def score_baseline(ds, name: str, split, classes: list[str], label_of: np.ndarra
     return FittedBaseline(model, out, list(classes))
 
 
+def _tune(name: str, make, params: dict, X_fit, y_fit, X_va, y_va, names: np.ndarray, log):
+    """Each grid point fitted on the training rows, scored on validation: (the best fitted model,
+    the tuning record); the first of equal scores wins (the grid's order)."""
+    from sklearn.metrics import f1_score
+
+    trials, fitted = [], []
+    for point in _grid(name, params):
+        t1 = time.perf_counter()
+        clf = make(**point).fit(X_fit, y_fit)
+        pred = np.searchsorted(names.astype(str), clf.predict(X_va).astype(str))
+        trials.append({"params": point, "val_macro_f1": float(f1_score(y_va, pred, average="macro", zero_division=0)),
+                       "seconds": time.perf_counter() - t1})
+        fitted.append(clf)
+        log(f"tune {name} {point}: validation macro-F1 {trials[-1]['val_macro_f1']:.4f}")
+    best = max(range(len(trials)), key=lambda i: trials[i]["val_macro_f1"])
+    return fitted[best], {"grid": {k: list(v) for k, v in (baseline_info(name).grid or {}).items() if k not in params},
+                          "trials": trials, "best": trials[best]["params"], "best_index": best,
+                          "best_val_macro_f1": trials[best]["val_macro_f1"]}
+
+
 def expand_proba(model: Baseline, proba: np.ndarray, classes: list[str]) -> np.ndarray:
     """Probabilities over every selected class (columns of `classes`); a class the training
     side lacked gets 0."""
@@ -147,13 +153,13 @@ def train_baseline(dataset_path, name: str, features: str | None = None, cfg=Non
     `cfg` is a `TrainConfig` (split, seed, balance and the class options; its optimiser settings
     are unused), so the same settings give the same split and training rows as `trafficlens
     train`, and the metrics sit beside a run's metrics.json in the same schema. With `out`, the
-    fitted model is written there as a bundle (see `baseline_bundle.py`) that predict, serve,
+    fitted model is written there as a bundle (`training.bundle.save_baseline_bundle`) that predict, serve,
     live and evaluate take like a deep run.
     """
     from trafficlens.datasets import Dataset
     from trafficlens.training.metrics import provenance
     from trafficlens.training.config import TrainConfig
-    from trafficlens.training.run import log_split, make_split
+    from trafficlens.training.run import select_and_split
 
     log = log or (lambda message: print(message, file=sys.stderr))
     cfg = cfg or TrainConfig()
@@ -162,19 +168,15 @@ def train_baseline(dataset_path, name: str, features: str | None = None, cfg=Non
         from trafficlens.training.bundle import check_output
 
         check_output(out, overwrite)
-    ds = Dataset.open(dataset_path)
-    classes, rows, y_rows, dropped = cfg.selection.apply(ds, log)
-    s = make_split(ds, rows, y_rows, cfg)
-    log_split(s, classes, log)
-    label_of = np.full(len(ds), -1, dtype=np.int64)
-    label_of[rows] = y_rows
-    fitted = score_baseline(ds, name, s, classes, label_of, features=features, seed=cfg.seed, balance=cfg.balance,
-                            tune=tune, log=log, **params)
+    data = select_and_split(Dataset.open(dataset_path), cfg, log=log)
+    fitted = score_baseline(data.ds, name, data.split, data.classes, data.label_of, features=features, seed=cfg.seed,
+                            balance=cfg.balance, tune=tune, log=log, **params)
     metrics = fitted.metrics
-    metrics.update(provenance(ds, s, classes=classes, seed=cfg.seed, selection=cfg.selection, dropped=dropped))
+    metrics.update(provenance(data.ds, data.split, classes=data.classes, seed=cfg.seed, selection=cfg.selection,
+                              dropped=data.dropped))
     if out is not None:
         from trafficlens.training.bundle import save_baseline_bundle
 
-        save_baseline_bundle(out, fitted, ds, s, train=cfg.to_dict(), overwrite=overwrite)
+        save_baseline_bundle(out, fitted, data.ds, data.split, train=cfg.to_dict(), overwrite=overwrite)
         metrics["run"] = str(out)
     return metrics

@@ -41,32 +41,27 @@ class CompiledEngine(SessionEngine):
     def __init__(self, config, source, sink, *, label_of=None, after: int = 0, max_sessions: int | None = None):
         super().__init__(config, source, sink, label_of=label_of, after=after, max_sessions=max_sessions)
         self._counts = EngineCounts()
-        self.bidir = config.unit == "session"
-        self.store_packets = config.packets + 4  # sessions.assembler._REORDER_MARGIN
-        self.view_limit = max(config.packet_bytes, config.image_bytes)
-        self.layer = LAYERS.index(config.layer)
-        self.mask = MASKS.index(config.mask)
+        view_limit = max(config.packet_bytes, config.image_bytes)
+        self.settings = kn.Settings(config.unit == "session", float(config.idle_timeout),
+                                    config.packets + 4,  # sessions.assembler._REORDER_MARGIN
+                                    config.image_bytes, view_limit, LAYERS.index(config.layer),
+                                    MASKS.index(config.mask), after)
         slots, nodes = self.INITIAL_SLOTS, self.INITIAL_NODES
-        self.R = kn.new_ranges(slots)
-        self.HT = np.full(4 * slots, kn.HT_EMPTY, np.int64)  # the session table (see kernels)
-        self.SI = np.zeros((slots, kn.NI), np.int64)
-        self.SF = np.zeros((slots, kn.NF), np.float64)
-        self.SFREE = np.arange(slots - 1, -1, -1, dtype=np.int64)
-        self.RN = np.zeros(2 * slots, np.int64)
-        self.EMIT = np.zeros(slots, np.int64)
-        self.TRIG = np.zeros(slots, np.int64)  # live: sessions whose `after`-th packet came
+        packet_pool, packet_times = _pool(nodes, 3, kn.P_NEXT)
+        view_pool, view_times = _pool(nodes, kn.NE, kn.E_NEXT)
+        counters = np.zeros(kn.NK, np.int64)
+        counters[kn.K_NSFREE] = slots
+        self.st = kn.State(
+            slot_index=np.full(4 * slots, kn.HT_EMPTY, np.int64), slot_ints=np.zeros((slots, kn.NI), np.int64),
+            slot_floats=np.zeros((slots, kn.NF), np.float64), free_slots=np.arange(slots - 1, -1, -1, dtype=np.int64),
+            packet_pool=packet_pool, packet_times=packet_times, view_pool=view_pool, view_times=view_times,
+            arena=np.zeros(max(self.INITIAL_ARENA, 8 * view_limit), np.uint8), seq_ranges=kn.new_ranges(slots),
+            seq_range_counts=np.zeros(2 * slots, np.int64), ended_slots=np.zeros(slots, np.int64),
+            triggered_slots=np.zeros(slots, np.int64), counters=counters, scratch=np.zeros(1 << 16, np.uint8))
         self.decided = np.zeros(slots, bool)  # live: sessions handed over at their trigger
-        self.K = np.zeros(kn.NK, np.int64)
-        self.K[kn.K_NSFREE] = slots
-        self.PK, self.PT = _pool(nodes, 3, kn.P_NEXT)
-        self.ST, self.STT = _pool(nodes, kn.NE, kn.E_NEXT)
-        self.K[kn.K_PFREE] = 0
-        self.K[kn.K_EFREE] = 0
-        self.arena = np.zeros(max(self.INITIAL_ARENA, 8 * self.view_limit), np.uint8)
-        self.scratch = np.zeros(1 << 16, np.uint8)
         if after:  # load the kernels only live uses now, not at the first eviction or quiet spell
-            kn.evict_oldest(0, self.HT, self.SI, self.SF, self.EMIT, self.K)
-            kn.flush_idle(0.0, float(config.idle_timeout), self.HT, self.SI, self.SF, self.EMIT, self.K)
+            kn.evict_oldest(0, self.st)
+            kn.flush_idle(0.0, self.st, self.settings)
 
     # -- packets -------------------------------------------------------------------------------
     def blocks(self, reader) -> Iterator[PacketBlock]:
@@ -94,120 +89,118 @@ class CompiledEngine(SessionEngine):
         n = len(offs)
         if not n:
             return
-        D = np.empty((n, kn.ND), np.int64)
-        kn.decode_block(data, offs, caps, origs, linktypes, n, D)
+        decoded = np.empty((n, kn.ND), np.int64)
+        kn.decode_block(data, offs, caps, origs, linktypes, n, decoded)
         skipped = self._counts.skipped
-        counts = np.bincount(D[:, kn.D_CODE], minlength=len(kn.REASONS))
+        counts = np.bincount(decoded[:, kn.D_CODE], minlength=len(kn.REASONS))
         for code in np.flatnonzero(counts[1:]) + 1:
             skipped[kn.REASONS[code]] = skipped.get(kn.REASONS[code], 0) + int(counts[code])
         if counts[0]:
-            self._assemble(data, offs, caps, times, D)
+            self._assemble(data, offs, caps, times, decoded)
         if self.max_sessions is not None and self.tracked > self.max_sessions:
             excess = self.tracked - self.max_sessions + max(1, self.max_sessions // 10)
-            self._counts.evicted += int(kn.evict_oldest(excess, self.HT, self.SI, self.SF, self.EMIT, self.K))
+            self._counts.evicted += int(kn.evict_oldest(excess, self.st))
         self._harvest()
 
-    def _assemble(self, data, offs, caps, times, D) -> None:
+    def _assemble(self, data, offs, caps, times, decoded) -> None:
         biggest = int(caps.max()) + 64
-        if biggest > self.scratch.size:
-            self.scratch = np.zeros(max(biggest, 2 * self.scratch.size), np.uint8)
-        cfg, i, n = self.config, 0, len(offs)
+        if biggest > self.st.scratch.size:
+            self.st = self.st._replace(scratch=np.zeros(max(biggest, 2 * self.st.scratch.size), np.uint8))
+        i, n = 0, len(offs)
         while True:
-            code, i = kn.assemble(
-                data, offs, times, D, i, n, self.HT, self.SI, self.SF, self.SFREE, self.PK, self.PT,
-                self.ST, self.STT, self.arena, self.R, self.RN, self.EMIT, self.K, self.scratch,
-                self.bidir, float(cfg.idle_timeout), self.store_packets, cfg.image_bytes, self.view_limit,
-                self.layer, self.mask, self.TRIG, self.after,
-            )
+            code, i = kn.assemble(data, offs, times, decoded, i, n, self.st, self.settings)
             if code == kn.DONE:
                 return
             self._grow(code)
 
     def flush_idle(self, now: float) -> None:
-        kn.flush_idle(now, float(self.config.idle_timeout), self.HT, self.SI, self.SF, self.EMIT, self.K)
+        kn.flush_idle(now, self.st, self.settings)
         self._harvest()
 
     def close(self) -> None:
-        kn.close_all(self.HT, self.SI, self.SF, self.EMIT, self.K)
+        kn.close_all(self.st)
         self._harvest()
 
     @property
     def counts(self) -> EngineCounts:
-        c, K = self._counts, self.K
-        c.retransmission_packets, c.pure_ack_packets = int(K[kn.K_RETR]), int(K[kn.K_PACK])
-        c.fragments_kept, c.quic_short_unmasked = int(K[kn.K_FRAGKEPT]), int(K[kn.K_QUICLEFT])
+        c, counters = self._counts, self.st.counters
+        c.retransmission_packets, c.pure_ack_packets = int(counters[kn.K_RETR]), int(counters[kn.K_PACK])
+        c.fragments_kept, c.quic_short_unmasked = int(counters[kn.K_FRAGKEPT]), int(counters[kn.K_QUICLEFT])
         return c
 
     @property
     def tracked(self) -> int:
-        return int(self.SI.shape[0] - self.K[kn.K_NSFREE])
+        return int(self.st.slot_ints.shape[0] - self.st.counters[kn.K_NSFREE])
 
     def _grow(self, code: int) -> None:
-        K = self.K
+        st = self.st
         if code == kn.NEED_SLOT:
-            old = self.SI.shape[0]
+            old = st.slot_ints.shape[0]
             new = 2 * old
-            self.SI = np.concatenate([self.SI, np.zeros((old, kn.NI), np.int64)])
-            self.SF = np.concatenate([self.SF, np.zeros((old, kn.NF), np.float64)])
-            self.SFREE = np.concatenate([np.arange(new - 1, old - 1, -1, dtype=np.int64), np.zeros(old, np.int64)])
-            K[kn.K_NSFREE] = old
-            self.RN = np.concatenate([self.RN, np.zeros(2 * old, np.int64)])
-            kn.extend_ranges(self.R, 2 * old)
-            self.EMIT = np.concatenate([self.EMIT, np.zeros(old, np.int64)])
-            self.TRIG = np.concatenate([self.TRIG, np.zeros(old, np.int64)])
+            st.counters[kn.K_NSFREE] = old
+            kn.extend_ranges(st.seq_ranges, 2 * old)
+            self.st = st = st._replace(
+                slot_ints=np.concatenate([st.slot_ints, np.zeros((old, kn.NI), np.int64)]),
+                slot_floats=np.concatenate([st.slot_floats, np.zeros((old, kn.NF), np.float64)]),
+                free_slots=np.concatenate([np.arange(new - 1, old - 1, -1, dtype=np.int64), np.zeros(old, np.int64)]),
+                seq_range_counts=np.concatenate([st.seq_range_counts, np.zeros(2 * old, np.int64)]),
+                ended_slots=np.concatenate([st.ended_slots, np.zeros(old, np.int64)]),
+                triggered_slots=np.concatenate([st.triggered_slots, np.zeros(old, np.int64)]),
+                slot_index=np.full(4 * new, kn.HT_EMPTY, np.int64))
             self.decided = np.concatenate([self.decided, np.zeros(old, bool)])
-            self.HT = np.full(4 * new, kn.HT_EMPTY, np.int64)
-            kn.rebuild_table(self.HT, self.SI, K)
+            kn.rebuild_table(st)
         elif code == kn.NEED_PACKET:
-            self.PK, self.PT = _grow_pool(self.PK, self.PT, kn.P_NEXT)
-            K[kn.K_PFREE] = len(self.PK) // 2
+            self.st = st._replace(**dict(zip(("packet_pool", "packet_times"),
+                                             _grow_pool(st.packet_pool, st.packet_times, kn.P_NEXT))))
+            self.st.counters[kn.K_PFREE] = len(self.st.packet_pool) // 2
         elif code == kn.NEED_STORED:
-            self.ST, self.STT = _grow_pool(self.ST, self.STT, kn.E_NEXT)
-            K[kn.K_EFREE] = len(self.ST) // 2
+            self.st = st._replace(**dict(zip(("view_pool", "view_times"),
+                                             _grow_pool(st.view_pool, st.view_times, kn.E_NEXT))))
+            self.st.counters[kn.K_EFREE] = len(self.st.view_pool) // 2
         elif code == kn.NEED_ARENA:
             self._compact_arena()
 
     def _compact_arena(self) -> None:
-        K = self.K
-        fresh = np.empty_like(self.arena)
-        kn.compact_arena(self.SI, self.ST, self.arena, fresh, K)
-        size = self.arena.size
-        while K[kn.K_ARENA] > size // 2 or K[kn.K_ARENA] + K[kn.K_ROOM] > size:  # still crowded: double it
+        st, counters = self.st, self.st.counters
+        fresh = np.empty_like(st.arena)
+        kn.compact_arena(st, fresh)
+        size = st.arena.size
+        while counters[kn.K_ARENA] > size // 2 or counters[kn.K_ARENA] + counters[kn.K_ROOM] > size:  # still crowded: double it
             size *= 2
-        if size > self.arena.size:
+        if size > st.arena.size:
             bigger = np.zeros(size, np.uint8)
-            bigger[: K[kn.K_ARENA]] = fresh[: K[kn.K_ARENA]]
+            bigger[: counters[kn.K_ARENA]] = fresh[: counters[kn.K_ARENA]]
             fresh = bigger
-        self.arena = fresh
+        self.st = st._replace(arena=fresh)
 
     # -- sessions ------------------------------------------------------------------------------
     def _harvest(self) -> None:
         """Hand over the sessions triggered (live) and finished since the last call, in order."""
-        K = self.K
-        t = int(K[kn.K_NTRIG])
+        counters = self.st.counters
+        t = int(counters[kn.K_NTRIG])
         if t:  # first: a session may have triggered and ended within one block
-            slots = self.TRIG[:t].copy()
-            K[kn.K_NTRIG] = 0
+            slots = self.st.triggered_slots[:t].copy()
+            counters[kn.K_NTRIG] = 0
             self.decided[slots] = True
             self._judge_at_trigger(slots)
-        m = int(K[kn.K_NEMIT])
+        m = int(counters[kn.K_NEMIT])
         if not m:
             return
-        slots = self.EMIT[:m].copy()
-        K[kn.K_NEMIT] = 0
+        slots = self.st.ended_slots[:m].copy()
+        counters[kn.K_NEMIT] = 0
         ended = slots
         if self.after:  # live: decided at the trigger already, or nothing kept (pure ACKs only)
             ended = slots[~self.decided[slots]]
-            ended = ended[self.SI[ended, kn.C_NPK] > 0]
+            ended = ended[self.st.slot_ints[ended, kn.C_NPK] > 0]
             self.decided[slots] = False
         if len(ended):
             self._judge_ended(ended)
-        kn.free_sessions(slots, self.SI, self.PK, self.ST, self.SFREE, K)
+        kn.free_sessions(slots, self.st)
 
     def _judge_ended(self, slots: np.ndarray) -> None:
         """Filters, labels and tensors of finished sessions (the reference's Featurizer)."""
-        SI = self.SI
-        reason = reject_codes(SI[slots, kn.C_PAY], SI[slots, kn.C_NPK], self.config)
+        slot_ints = self.st.slot_ints
+        reason = reject_codes(slot_ints[slots, kn.C_PAY], slot_ints[slots, kn.C_NPK], self.config)
         keep = np.flatnonzero(reason == 0)
         labels: list[str | None] = [None] * len(keep)
         if self.label_of is not None and len(keep):
@@ -223,7 +216,7 @@ class CompiledEngine(SessionEngine):
         self._reject(slots, reason, "end")
         if len(keep):
             batch = self._batch(slots[keep], labels)
-            self.sink.sessions(batch, "end", self.SF[slots[keep], kn.F_TMAX])
+            self.sink.sessions(batch, "end", self.st.slot_floats[slots[keep], kn.F_TMAX])
 
     def _labels(self, slots: np.ndarray) -> list[str | None]:
         if getattr(self.label_of, "kind", None) in _CONSTANT_LABELS:
@@ -244,7 +237,7 @@ class CompiledEngine(SessionEngine):
         """Live: sessions at their after-th kept packet, filtered as they were then."""
         batch = self._batch(slots, [None] * len(slots), self.after)
         details = batch.build
-        reason = reject_codes(details.SI[:, kn.C_PAY], details.SI[:, kn.C_NPK], self.config)
+        reason = reject_codes(details.slot_ints[:, kn.C_PAY], details.slot_ints[:, kn.C_NPK], self.config)
         last = details.times[details.starts + details.lengths - 1]  # the trigger packet, in arrival order
         rejected = np.flatnonzero(reason)
         if len(rejected):
@@ -262,22 +255,19 @@ class CompiledEngine(SessionEngine):
         it was at its live trigger (its metadata too: packets, bytes, payload, times)."""
         cfg = self.config
         n = len(chosen)
-        SI = self.SI
-        npk = SI[chosen, kn.C_NPK]
+        slot_ints = self.st.slot_ints
+        npk = slot_ints[chosen, kn.C_NPK]
         total = int((np.minimum(npk, after) if after > 0 else npk).sum())
         # image and packets rows side by side in one buffer: the writer hashes each session's
         # image + packets bytes, and this spares it a copy of the whole batch
         both = np.zeros((n, cfg.image_bytes + cfg.packets * cfg.packet_bytes), np.uint8)
         images = both[:, : cfg.image_bytes]
         rows = both[:, cfg.image_bytes :].reshape(n, cfg.packets, cfg.packet_bytes)
-        times = np.empty(total, np.float64)
-        sizes = np.empty(total, np.int64)
-        dirs = np.empty(total, np.uint8)
-        flags = np.empty(total, np.uint8)
-        lengths = np.empty(n, np.int64)
-        kn.build_tensors(chosen, SI, self.PK, self.PT, self.ST, self.STT, self.arena, cfg.image_bytes,
-                         cfg.packets, cfg.packet_bytes, images, rows, times, sizes, dirs, flags, lengths, after, self.mask)
-        si, sf = SI[chosen], self.SF[chosen]
+        out = kn.Tensors(images, rows, np.empty(total, np.float64), np.empty(total, np.int64),
+                         np.empty(total, np.uint8), np.empty(total, np.uint8), np.empty(n, np.int64))
+        kn.build_tensors(chosen, self.st, out, after, self.settings.mask)
+        times, sizes, dirs, flags, lengths = out.times, out.sizes, out.dirs, out.flags, out.lengths
+        si, sf = slot_ints[chosen], self.st.slot_floats[chosen]
         if after > 0 and n:
             starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
             si[:, kn.C_NPK] = lengths
@@ -293,7 +283,7 @@ class CompiledEngine(SessionEngine):
 
     def _meta(self, slot: int) -> dict[str, Any]:
         """`session_meta` of one session (labels that read the 5-tuple, rejects)."""
-        return meta_at(session_columns(self.source, self.SI[[slot]], self.SF[[slot]]), 0)
+        return meta_at(session_columns(self.source, self.st.slot_ints[[slot]], self.st.slot_floats[[slot]]), 0)
 
 
 _ADDRESSES: dict[tuple, str] = {}
@@ -318,9 +308,9 @@ class _Details:
     """The metadata, sequences and statistics of a batch's sessions, built for the rows asked for
     (ExampleBatch.build). Plain arrays only: batches from worker processes are pickled."""
 
-    def __init__(self, capture, SI, SF, labels, times, sizes, dirs, flags, lengths, sequence_length):
+    def __init__(self, capture, slot_ints, slot_floats, labels, times, sizes, dirs, flags, lengths, sequence_length):
         self.capture = capture
-        self.SI, self.SF, self.labels = SI, SF, labels
+        self.slot_ints, self.slot_floats, self.labels = slot_ints, slot_floats, labels
         self.times, self.sizes, self.dirs, self.flags = times, sizes, dirs, flags
         self.lengths = lengths
         self.starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
@@ -342,30 +332,30 @@ class _Details:
         return self._columns(idx), seqs, stats
 
     def _columns(self, idx: np.ndarray) -> dict[str, Any]:
-        columns = session_columns(self.capture, self.SI[idx], self.SF[idx])
+        columns = session_columns(self.capture, self.slot_ints[idx], self.slot_floats[idx])
         columns["label"] = [self.labels[i] for i in idx.tolist()]
         return columns
 
 
-def session_columns(capture: str, SI: np.ndarray, SF: np.ndarray) -> dict[str, Any]:
+def session_columns(capture: str, slot_ints: np.ndarray, slot_floats: np.ndarray) -> dict[str, Any]:
     """`tensors.session_meta` for many sessions at once, as columns, from their slot rows."""
-    versions = SI[:, kn.C_VER].tolist()
-    client = SI[:, kn.C_CL0 : kn.C_CL0 + 4].tolist()
-    server = SI[:, kn.C_SV0 : kn.C_SV0 + 4].tolist()
-    npk = SI[:, kn.C_NPK]
-    fwd = SI[:, kn.C_FWD]
+    versions = slot_ints[:, kn.C_VER].tolist()
+    client = slot_ints[:, kn.C_CL0 : kn.C_CL0 + 4].tolist()
+    server = slot_ints[:, kn.C_SV0 : kn.C_SV0 + 4].tolist()
+    npk = slot_ints[:, kn.C_NPK]
+    fwd = slot_ints[:, kn.C_FWD]
     return {
-        "capture": [capture] * len(SI),
+        "capture": [capture] * len(slot_ints),
         "src_ip": [_address(v, *w) for v, w in zip(versions, client)],
         "dst_ip": [_address(v, *w) for v, w in zip(versions, server)],
-        "src_port": SI[:, kn.C_CLPORT],
-        "dst_port": SI[:, kn.C_SVPORT],
-        "protocol": ["TCP" if p == 6 else "UDP" for p in SI[:, kn.C_PROTO].tolist()],
-        "ts_start": np.where(npk > 0, SF[:, kn.F_TMIN], SF[:, kn.F_START]),
-        "ts_end": np.where(npk > 0, SF[:, kn.F_TMAX], SF[:, kn.F_LAST]),
+        "src_port": slot_ints[:, kn.C_CLPORT],
+        "dst_port": slot_ints[:, kn.C_SVPORT],
+        "protocol": ["TCP" if p == 6 else "UDP" for p in slot_ints[:, kn.C_PROTO].tolist()],
+        "ts_start": np.where(npk > 0, slot_floats[:, kn.F_TMIN], slot_floats[:, kn.F_START]),
+        "ts_end": np.where(npk > 0, slot_floats[:, kn.F_TMAX], slot_floats[:, kn.F_LAST]),
         "packets": npk,
-        "bytes": SI[:, kn.C_BYTES],
-        "payload_bytes": SI[:, kn.C_PAY],
+        "bytes": slot_ints[:, kn.C_BYTES],
+        "payload_bytes": slot_ints[:, kn.C_PAY],
         "packets_fwd": fwd,
         "packets_bwd": npk - fwd,
     }

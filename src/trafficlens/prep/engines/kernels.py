@@ -5,7 +5,7 @@ flows/session.py, features/views.py, features/tls.py, features/quic.py or featur
 keep them in step (the equivalence test fails otherwise). State lives in plain arrays so the kernels can be
 cached on disk (`cache=True`): no jitclass, no compile at every start.
 
-Session state: one row per slot of `SI` (int64 columns C_*) and `SF` (float64 columns F_*).
+Session state: one row per slot of `slot_ints` (int64 columns C_*) and `slot_floats` (float64 columns F_*).
 Kept packets and stored views are nodes of two pools chained per session (PK_*, ST_*), with
 free lists, so memory is bounded by live sessions. View bytes go to an arena, compacted when
 full. A kernel that runs out of room returns a NEED_* code with the packet it stopped at; the
@@ -13,6 +13,8 @@ driver grows the arrays and calls it again from there.
 """
 
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit
@@ -54,6 +56,41 @@ NK = 15
 HT_EMPTY, HT_DELETED = -1, -2  # entries of the session table besides slot numbers
 # return codes of `assemble`
 DONE, NEED_SLOT, NEED_PACKET, NEED_STORED, NEED_ARENA = 0, 1, 2, 3, 4
+
+
+
+class State(NamedTuple):
+    """Every array of a compiled engine's sessions (the engine grows them; kernels fill them)."""
+
+    slot_index: np.ndarray  # open-addressing table: session key -> slot (HT_EMPTY, HT_DELETED)
+    slot_ints: np.ndarray  # (slots, NI) int64: the C_* columns of each session
+    slot_floats: np.ndarray  # (slots, NF) float64: the F_* columns (times)
+    free_slots: np.ndarray  # stack of free slot numbers (counters[K_NSFREE] of them)
+    packet_pool: np.ndarray  # (nodes, 3): kept packets (P_* columns), chained per session
+    packet_times: np.ndarray  # their times
+    view_pool: np.ndarray  # (nodes, NE): stored views (E_* columns), chained per session
+    view_times: np.ndarray  # their times
+    arena: np.ndarray  # uint8: the stored views' bytes
+    seq_ranges: Any  # typed List per slot and direction: the TCP payload ranges seen
+    seq_range_counts: np.ndarray  # ranges in use in each
+    ended_slots: np.ndarray  # sessions finished since the last harvest (counters[K_NEMIT])
+    triggered_slots: np.ndarray  # live: sessions whose `after`-th packet came (counters[K_NTRIG])
+    counters: np.ndarray  # the K_* counters
+    scratch: np.ndarray  # uint8 work space for one packet's view
+
+
+class Settings(NamedTuple):
+    """What a compiled engine's PrepConfig means to the kernels."""
+
+    bidir: bool  # unit "session" (both directions) rather than "flow"
+    timeout: float  # idle timeout, seconds
+    store_packets: int  # views kept per session: at least this many non-empty ones ...
+    store_bytes: int  # ... or this many bytes (the image)
+    view_limit: int  # bytes of a view stored (more for a TLS hello under the strict mask)
+    layer: int  # index into LAYERS
+    mask: int  # index into MASKS (2: strict)
+    after: int  # live: decide a session at its after-th kept packet (0: prep)
+
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 MAX_STORED = 256  # flows.assembler._MAX_STORED
@@ -188,110 +225,22 @@ def _decode_one(d, f, n, orig, linktype, out):
     if version == 0:
         version = np.int64(d[f + off]) >> 4
     wire = (orig if orig > n else n) - off
-    fragmented = 0
     if version == 4:
-        if n < off + 20:
-            return _TRUNC
-        vihl = np.int64(d[f + off])
-        total = _be16(d, f + off + 2)
-        frag = _be16(d, f + off + 6)
-        proto = np.int64(d[f + off + 9])
-        ihl = (vihl & 0x0F) << 2
-        if vihl >> 4 != 4 or ihl < 20:
-            return _MALFORMED
-        if total == 0:
-            total = wire
-        if total < ihl or total > wire:
-            return _MALFORMED
-        if frag & 0x1FFF:
-            return _FRAG
-        fragmented = 1 if frag & 0x2000 else 0
-        l4 = off + ihl
-        for w in range(3):
-            out[D_S0 + w] = 0
-            out[D_D0 + w] = 0
-        out[D_S0 + 3] = _u32(d, f + off + 12, True)
-        out[D_D0 + 3] = _u32(d, f + off + 16, True)
+        code, l4, total, proto, fragmented = _ipv4(d, f, n, off, wire, out)
     elif version == 6:
-        if n < off + 40:
-            return _TRUNC
-        plen = _be16(d, f + off + 4)
-        proto = np.int64(d[f + off + 6])
-        if d[f + off] >> 4 != 6:
-            return _MALFORMED
-        total = 40 + plen
-        if plen == 0 and wire > 40:
-            total = wire
-        if total > wire:
-            return _MALFORMED
-        l4 = off + 40
-        for _ in range(8):
-            if proto == 0 or proto == 43 or proto == 60:
-                if n < l4 + 2:
-                    return _TRUNC
-                proto, l4 = np.int64(d[f + l4]), l4 + ((np.int64(d[f + l4 + 1]) + 1) << 3)
-            elif proto == 44:
-                if n < l4 + 8:
-                    return _TRUNC
-                if _be16(d, f + l4 + 2) & 0xFFF8:
-                    return _FRAG
-                fragmented = 1 if d[f + l4 + 3] & 1 == 1 else 0
-                proto, l4 = np.int64(d[f + l4]), l4 + 8
-            elif proto == 51:
-                if n < l4 + 2:
-                    return _TRUNC
-                proto, l4 = np.int64(d[f + l4]), l4 + ((np.int64(d[f + l4 + 1]) + 2) << 2)
-            else:
-                break
-        if l4 > off + total:
-            return _MALFORMED
-        for w in range(4):
-            out[D_S0 + w] = _u32(d, f + off + 8 + 4 * w, True)
-            out[D_D0 + w] = _u32(d, f + off + 24 + 4 * w, True)
+        code, l4, total, proto, fragmented = _ipv6(d, f, n, off, wire, out)
     else:
         return _MALFORMED
-
+    if code:
+        return code
     ip_end = off + total
-    end = ip_end if ip_end < n else n
-    if proto == 6:
-        if ip_end < l4 + 20:
-            return _MALFORMED
-        if n < l4 + 20:
-            return _TRUNC
-        sport = _be16(d, f + l4)
-        dport = _be16(d, f + l4 + 2)
-        seq = _u32(d, f + l4 + 4, True)
-        ack = _u32(d, f + l4 + 8, True)
-        l7 = l4 + ((np.int64(d[f + l4 + 12]) >> 4) << 2)
-        flags = np.int64(d[f + l4 + 13])
-        if l7 < l4 + 20 or l7 > ip_end:
-            return _MALFORMED
-        if l7 > n:
-            return _TRUNC
-        payload_len = ip_end - l7
-    elif proto == 17:
-        if ip_end < l4 + 8:
-            return _MALFORMED
-        if n < l4 + 8:
-            return _TRUNC
-        sport = _be16(d, f + l4)
-        dport = _be16(d, f + l4 + 2)
-        length = _be16(d, f + l4 + 4)
-        l7 = l4 + 8
-        payload_len = ip_end - l7
-        if length:
-            if length < 8 or (length - 8 > payload_len and not fragmented):
-                return _MALFORMED
-            payload_len = length - 8
-        flags = 0
-        seq = 0
-        ack = 0
-    else:
-        return _OTHER
+    code, l7, sport, dport, flags, seq, ack, payload_len = _transport(d, f, n, l4, ip_end, proto, fragmented)
+    if code:
+        return code
     out[D_L3] = off
     out[D_L4] = l4
     out[D_L7] = l7
-    out[D_END] = end
+    out[D_END] = ip_end if ip_end < n else n
     out[D_VER] = version
     out[D_PROTO] = proto
     out[D_SPORT] = sport
@@ -303,6 +252,105 @@ def _decode_one(d, f, n, orig, linktype, out):
     out[D_IPLEN] = total
     out[D_FRAGM] = fragmented
     return 0
+
+
+@njit(cache=True)
+def _ipv4(d, f, n, off, wire, out):
+    """decode._ipv4: (skip code, l4, total, proto, first fragment); the addresses go to `out`."""
+    if n < off + 20:
+        return _TRUNC, 0, 0, 0, 0
+    vihl = np.int64(d[f + off])
+    total = _be16(d, f + off + 2)
+    frag = _be16(d, f + off + 6)
+    proto = np.int64(d[f + off + 9])
+    ihl = (vihl & 0x0F) << 2
+    if vihl >> 4 != 4 or ihl < 20:
+        return _MALFORMED, 0, 0, 0, 0
+    if total == 0:
+        total = wire
+    if total < ihl or total > wire:
+        return _MALFORMED, 0, 0, 0, 0
+    if frag & 0x1FFF:
+        return _FRAG, 0, 0, 0, 0
+    for w in range(3):
+        out[D_S0 + w] = 0
+        out[D_D0 + w] = 0
+    out[D_S0 + 3] = _u32(d, f + off + 12, True)
+    out[D_D0 + 3] = _u32(d, f + off + 16, True)
+    return 0, off + ihl, total, proto, (1 if frag & 0x2000 else 0)
+
+
+@njit(cache=True)
+def _ipv6(d, f, n, off, wire, out):
+    """decode._ipv6: `_ipv4` for IPv6, through its extension headers."""
+    if n < off + 40:
+        return _TRUNC, 0, 0, 0, 0
+    plen = _be16(d, f + off + 4)
+    proto = np.int64(d[f + off + 6])
+    if d[f + off] >> 4 != 6:
+        return _MALFORMED, 0, 0, 0, 0
+    total = 40 + plen
+    if plen == 0 and wire > 40:
+        total = wire
+    if total > wire:
+        return _MALFORMED, 0, 0, 0, 0
+    l4 = off + 40
+    fragmented = 0
+    for _ in range(8):
+        if proto == 0 or proto == 43 or proto == 60:
+            if n < l4 + 2:
+                return _TRUNC, 0, 0, 0, 0
+            proto, l4 = np.int64(d[f + l4]), l4 + ((np.int64(d[f + l4 + 1]) + 1) << 3)
+        elif proto == 44:
+            if n < l4 + 8:
+                return _TRUNC, 0, 0, 0, 0
+            if _be16(d, f + l4 + 2) & 0xFFF8:
+                return _FRAG, 0, 0, 0, 0
+            fragmented = 1 if d[f + l4 + 3] & 1 == 1 else 0
+            proto, l4 = np.int64(d[f + l4]), l4 + 8
+        elif proto == 51:
+            if n < l4 + 2:
+                return _TRUNC, 0, 0, 0, 0
+            proto, l4 = np.int64(d[f + l4]), l4 + ((np.int64(d[f + l4 + 1]) + 2) << 2)
+        else:
+            break
+    if l4 > off + total:
+        return _MALFORMED, 0, 0, 0, 0
+    for w in range(4):
+        out[D_S0 + w] = _u32(d, f + off + 8 + 4 * w, True)
+        out[D_D0 + w] = _u32(d, f + off + 24 + 4 * w, True)
+    return 0, l4, total, proto, fragmented
+
+
+@njit(cache=True)
+def _transport(d, f, n, l4, ip_end, proto, fragmented):
+    """decode._transport: (skip code, l7, sport, dport, flags, seq, ack, payload length)."""
+    if proto == 6:
+        if ip_end < l4 + 20:
+            return _MALFORMED, 0, 0, 0, 0, 0, 0, 0
+        if n < l4 + 20:
+            return _TRUNC, 0, 0, 0, 0, 0, 0, 0
+        l7 = l4 + ((np.int64(d[f + l4 + 12]) >> 4) << 2)
+        if l7 < l4 + 20 or l7 > ip_end:
+            return _MALFORMED, 0, 0, 0, 0, 0, 0, 0
+        if l7 > n:
+            return _TRUNC, 0, 0, 0, 0, 0, 0, 0
+        return (0, l7, _be16(d, f + l4), _be16(d, f + l4 + 2), np.int64(d[f + l4 + 13]), _u32(d, f + l4 + 4, True),
+                _u32(d, f + l4 + 8, True), ip_end - l7)
+    if proto == 17:
+        if ip_end < l4 + 8:
+            return _MALFORMED, 0, 0, 0, 0, 0, 0, 0
+        if n < l4 + 8:
+            return _TRUNC, 0, 0, 0, 0, 0, 0, 0
+        length = _be16(d, f + l4 + 4)
+        l7 = l4 + 8
+        payload_len = ip_end - l7
+        if length:
+            if length < 8 or (length - 8 > payload_len and not fragmented):
+                return _MALFORMED, 0, 0, 0, 0, 0, 0, 0
+            payload_len = length - 8
+        return 0, l7, _be16(d, f + l4), _be16(d, f + l4 + 2), 0, 0, 0, payload_len
+    return _OTHER, 0, 0, 0, 0, 0, 0, 0
 
 
 @njit(cache=True, nogil=True)
@@ -625,33 +673,33 @@ def _view(d, f, row, layer, mask, scratch, out, at, limit, quic_dcid):
 
 # -- sessions ----------------------------------------------------------------------------------
 @njit(cache=True)
-def _emit(slot, SI, EMIT, K):
-    SI[slot, C_STATE] = 2
-    EMIT[K[K_NEMIT]] = slot
-    K[K_NEMIT] += 1
+def _emit(slot, slot_ints, ended_slots, counters):
+    slot_ints[slot, C_STATE] = 2
+    ended_slots[counters[K_NEMIT]] = slot
+    counters[K_NEMIT] += 1
 
 
 @njit(cache=True)
-def _tcp_segment(slot, direction, seq, length, SI, R, RN):
+def _tcp_segment(slot, direction, seq, length, slot_ints, seq_ranges, seq_range_counts):
     """Session.tcp_segment: (is_retransmission, relative sequence number)."""
-    if SI[slot, C_HASB0 + direction] == 0:
-        SI[slot, C_HASB0 + direction] = 1
-        SI[slot, C_BASE0 + direction] = seq
-    base = SI[slot, C_BASE0 + direction]
+    if slot_ints[slot, C_HASB0 + direction] == 0:
+        slot_ints[slot, C_HASB0 + direction] = 1
+        slot_ints[slot, C_BASE0 + direction] = seq
+    base = slot_ints[slot, C_BASE0 + direction]
     rel = (seq - base) % _MOD
     if rel >= _HALF:
         rel -= _MOD
     end = rel + length
     r = slot * 2 + direction
-    c = RN[r]
-    ranges = R[r]
+    c = seq_range_counts[r]
+    ranges = seq_ranges[r]
     if c == 0:
         if ranges.shape[0] < 1:
             ranges = np.empty((4, 2), np.int64)
-            R[r] = ranges
+            seq_ranges[r] = ranges
         ranges[0, 0] = rel
         ranges[0, 1] = end
-        RN[r] = 1
+        seq_range_counts[r] = 1
         return False, rel
     if rel == ranges[c - 1, 1]:
         ranges[c - 1, 1] = end
@@ -660,7 +708,7 @@ def _tcp_segment(slot, direction, seq, length, SI, R, RN):
         if ranges[i, 0] <= rel and end <= ranges[i, 1]:
             return True, rel
     if rel < ranges[c - 1, 1]:
-        SI[slot, C_OOO] = 1
+        slot_ints[slot, C_OOO] = 1
     # Insert in order, then merge: the list is always sorted, disjoint and non-touching, so this
     # gives what the reference's append + sort + merge gives.
     pos = c
@@ -685,13 +733,13 @@ def _tcp_segment(slot, direction, seq, length, SI, R, RN):
             m += 1
     if ranges.shape[0] < m:
         ranges = np.empty((2 * m, 2), np.int64)
-        R[r] = ranges
+        seq_ranges[r] = ranges
     ranges[:m] = merged[:m]
-    RN[r] = m
+    seq_range_counts[r] = m
     return False, rel
 
 
-# The session table: open addressing over HT (4x the slots, a power of two), keys kept in the
+# The session table: open addressing over slot_index (4x the slots, a power of two), keys kept in the
 # slot rows. A Python dict iterates in insertion order, and every insertion takes a new serial
 # number, so "dict order" is serial order: the idle scan and close sort by it.
 @njit(cache=True)
@@ -704,13 +752,13 @@ def _hash(key):
 
 
 @njit(cache=True)
-def _find(HT, SI, key):
+def _find(slot_index, slot_ints, key):
     """(slot or -1, table position of the key or of the first free entry on its probe path)."""
-    mask = HT.size - 1
+    mask = slot_index.size - 1
     i = np.int64(_hash(key) & np.uint64(mask))
     free = -1
     while True:
-        e = HT[i]
+        e = slot_index[i]
         if e == HT_EMPTY:
             return -1, (free if free >= 0 else i)
         if e == HT_DELETED:
@@ -719,7 +767,7 @@ def _find(HT, SI, key):
         else:
             same = True
             for k in range(12):
-                if SI[e, C_KEY + k] != key[k]:
+                if slot_ints[e, C_KEY + k] != key[k]:
                     same = False
                     break
             if same:
@@ -728,291 +776,355 @@ def _find(HT, SI, key):
 
 
 @njit(cache=True)
-def rebuild_table(HT, SI, K):
-    """Put every live session (state 1) into an emptied HT: after growth, or to clear deletions."""
-    HT[:] = HT_EMPTY
-    mask = HT.size - 1
+def rebuild_table(st):
+    """Put every live session (state 1) into an emptied slot_index: after growth, or to clear deletions."""
+    slot_index, slot_ints, counters = st.slot_index, st.slot_ints, st.counters
+    slot_index[:] = HT_EMPTY
+    mask = slot_index.size - 1
     used = 0
-    for slot in range(SI.shape[0]):
-        if SI[slot, C_STATE] != 1:
+    for slot in range(slot_ints.shape[0]):
+        if slot_ints[slot, C_STATE] != 1:
             continue
-        key = (SI[slot, C_KEY], SI[slot, C_KEY + 1], SI[slot, C_KEY + 2], SI[slot, C_KEY + 3], SI[slot, C_KEY + 4],
-               SI[slot, C_KEY + 5], SI[slot, C_KEY + 6], SI[slot, C_KEY + 7], SI[slot, C_KEY + 8], SI[slot, C_KEY + 9],
-               SI[slot, C_KEY + 10], SI[slot, C_KEY + 11])
+        key = (slot_ints[slot, C_KEY], slot_ints[slot, C_KEY + 1], slot_ints[slot, C_KEY + 2], slot_ints[slot, C_KEY + 3], slot_ints[slot, C_KEY + 4],
+               slot_ints[slot, C_KEY + 5], slot_ints[slot, C_KEY + 6], slot_ints[slot, C_KEY + 7], slot_ints[slot, C_KEY + 8], slot_ints[slot, C_KEY + 9],
+               slot_ints[slot, C_KEY + 10], slot_ints[slot, C_KEY + 11])
         i = np.int64(_hash(key) & np.uint64(mask))
-        while HT[i] != HT_EMPTY:
+        while slot_index[i] != HT_EMPTY:
             i = (i + 1) & mask
-        HT[i] = slot
+        slot_index[i] = slot
         used += 1
-    K[K_HTUSED] = used
+    counters[K_HTUSED] = used
 
 
 @njit(cache=True)
-def _live_in_order(SI, SF, horizon):
+def _live_in_order(slot_ints, slot_floats, horizon):
     """Live slots (idle before `horizon` when it is finite), in serial (dict) order."""
     count = 0
-    for slot in range(SI.shape[0]):
-        if SI[slot, C_STATE] == 1 and SF[slot, F_LAST] < horizon:
+    for slot in range(slot_ints.shape[0]):
+        if slot_ints[slot, C_STATE] == 1 and slot_floats[slot, F_LAST] < horizon:
             count += 1
     slots = np.empty(count, np.int64)
     serials = np.empty(count, np.int64)
     j = 0
-    for slot in range(SI.shape[0]):
-        if SI[slot, C_STATE] == 1 and SF[slot, F_LAST] < horizon:
+    for slot in range(slot_ints.shape[0]):
+        if slot_ints[slot, C_STATE] == 1 and slot_floats[slot, F_LAST] < horizon:
             slots[j] = slot
-            serials[j] = SI[slot, C_SERIAL]
+            serials[j] = slot_ints[slot, C_SERIAL]
             j += 1
     return slots[np.argsort(serials)]
 
 
 @njit(cache=True)
-def _remove(HT, SI, slot):
-    key = (SI[slot, C_KEY], SI[slot, C_KEY + 1], SI[slot, C_KEY + 2], SI[slot, C_KEY + 3], SI[slot, C_KEY + 4],
-           SI[slot, C_KEY + 5], SI[slot, C_KEY + 6], SI[slot, C_KEY + 7], SI[slot, C_KEY + 8], SI[slot, C_KEY + 9],
-           SI[slot, C_KEY + 10], SI[slot, C_KEY + 11])
-    found, pos = _find(HT, SI, key)
-    HT[pos] = HT_DELETED
+def _remove(slot_index, slot_ints, slot):
+    key = (slot_ints[slot, C_KEY], slot_ints[slot, C_KEY + 1], slot_ints[slot, C_KEY + 2], slot_ints[slot, C_KEY + 3], slot_ints[slot, C_KEY + 4],
+           slot_ints[slot, C_KEY + 5], slot_ints[slot, C_KEY + 6], slot_ints[slot, C_KEY + 7], slot_ints[slot, C_KEY + 8], slot_ints[slot, C_KEY + 9],
+           slot_ints[slot, C_KEY + 10], slot_ints[slot, C_KEY + 11])
+    found, pos = _find(slot_index, slot_ints, key)
+    slot_index[pos] = HT_DELETED
 
 
 @njit(cache=True)
-def _flush_idle(now, timeout, HT, SI, SF, EMIT, K):
-    for slot in _live_in_order(SI, SF, now - timeout):
-        _remove(HT, SI, slot)
-        _emit(slot, SI, EMIT, K)
+def _flush_idle(now, st, cfg):
+    for slot in _live_in_order(st.slot_ints, st.slot_floats, now - cfg.timeout):
+        _remove(st.slot_index, st.slot_ints, slot)
+        _emit(slot, st.slot_ints, st.ended_slots, st.counters)
 
 
 @njit(cache=True)
-def flush_idle(now, timeout, HT, SI, SF, EMIT, K):
-    """SessionAssembler.flush_idle: every session silent for longer than `timeout` at time `now`."""
-    _flush_idle(now, timeout, HT, SI, SF, EMIT, K)
+def flush_idle(now, st, cfg):
+    """SessionAssembler.flush_idle: every session silent for longer than the timeout at time `now`."""
+    _flush_idle(now, st, cfg)
 
 
 @njit(cache=True)
-def evict_oldest(count, HT, SI, SF, EMIT, K):
+def evict_oldest(count, st):
     """SessionAssembler._evict: the `count` least recently active sessions end (bounded live state)."""
-    slots = _live_in_order(SI, SF, np.inf)
+    slot_index, slot_ints, slot_floats, ended_slots, counters = (st.slot_index, st.slot_ints, st.slot_floats,
+                                                                 st.ended_slots, st.counters)
+    slots = _live_in_order(slot_ints, slot_floats, np.inf)
     last = np.empty(slots.size, np.float64)
     for j in range(slots.size):
-        last[j] = SF[slots[j], F_LAST]
+        last[j] = slot_floats[slots[j], F_LAST]
     order = np.argsort(last, kind="mergesort")
     count = min(count, slots.size)
     for j in range(count):
         slot = slots[order[j]]
-        _remove(HT, SI, slot)
-        _emit(slot, SI, EMIT, K)
+        _remove(slot_index, slot_ints, slot)
+        _emit(slot, slot_ints, ended_slots, counters)
     return count
 
 
 @njit(cache=True)
-def close_all(HT, SI, SF, EMIT, K):
+def close_all(st):
     """SessionAssembler.close: every live session, oldest first (stable: ties in dict order)."""
-    slots = _live_in_order(SI, SF, np.inf)
+    slot_index, slot_ints, slot_floats, ended_slots, counters = (st.slot_index, st.slot_ints, st.slot_floats,
+                                                                 st.ended_slots, st.counters)
+    slots = _live_in_order(slot_ints, slot_floats, np.inf)
     starts = np.empty(slots.size, np.float64)
     for j in range(slots.size):
-        starts[j] = SF[slots[j], F_START]
+        starts[j] = slot_floats[slots[j], F_START]
     order = np.argsort(starts, kind="mergesort")
     for j in range(slots.size):
-        _emit(slots[order[j]], SI, EMIT, K)
-    HT[:] = HT_EMPTY
-    K[K_HTUSED] = 0
+        _emit(slots[order[j]], slot_ints, ended_slots, counters)
+    slot_index[:] = HT_EMPTY
+    counters[K_HTUSED] = 0
 
 
 @njit(cache=True, nogil=True)
-def assemble(data, offs, times, D, first, n, HT, SI, SF, SFREE, PK, PT, ST, STT, arena, R, RN, EMIT, K,
-             scratch, bidir, timeout, store_packets, store_bytes, view_limit, layer, mask, TRIG, after):
+def assemble(data, offs, times, decoded, first, n, st, cfg):
     """SessionAssembler.add for packets first..n-1 (skipped ones ignored); (code, next packet).
 
-    `after` > 0 (live): a session whose `after`-th packet is kept goes into TRIG, with what it
-    had stored then, so that it can be decided on exactly those packets (LiveClassifier's
-    snapshot) however many more arrive in the same block. A slot triggers once per life."""
+    `st` is the engine's `State`, `cfg` its `Settings`. With `cfg.after` > 0 (live), a session
+    whose `after`-th packet is kept goes into `st.triggered_slots`, with what it had stored then,
+    so that it can be decided on exactly those packets however many more arrive in the same
+    block. A slot triggers once per life."""
+    counters = st.counters
     for i in range(first, n):
-        row = D[i]
+        row = decoded[i]
         if row[D_CODE] != 0:
             continue
-        # room for the worst case of this packet: a new slot, a packet node, a stored view
-        if K[K_NSFREE] == 0:
-            return NEED_SLOT, i
-        if K[K_PFREE] < 0:
-            return NEED_PACKET, i
-        if K[K_EFREE] < 0:
-            return NEED_STORED, i
-        room = view_limit
-        if mask == 2 and row[D_PROTO] == 6 and row[D_PLEN] > 0:  # may be stored whole (a TLS hello)
-            room = max(view_limit, row[D_END] - row[D_L3] + 26)
-        if K[K_ARENA] + room > arena.size:
-            K[K_ROOM] = room
-            return NEED_ARENA, i
+        code, room = _room(row, st, cfg)  # for the worst case of this packet
+        if code != DONE:
+            return code, i
         if row[D_FRAGM]:
-            K[K_FRAGKEPT] += 1
+            counters[K_FRAGKEPT] += 1
         ts = times[i]
-        proto = row[D_PROTO]
-        flags = row[D_FLAGS]
-        sport = row[D_SPORT]
-        dport = row[D_DPORT]
-        a = (row[D_S0], row[D_S0 + 1], row[D_S0 + 2], row[D_S0 + 3], sport)
-        b = (row[D_D0], row[D_D0 + 1], row[D_D0 + 2], row[D_D0 + 3], dport)
-        if bidir and not a <= b:
-            a, b = b, a
-        key = (row[D_VER], proto, a[0], a[1], a[2], a[3], a[4], b[0], b[1], b[2], b[3], b[4])
-        slot, pos = _find(HT, SI, key)
-        if slot >= 0 and (ts - SF[slot, F_LAST] > timeout or (SI[slot, C_CLOSING] and flags & (SYN | ACK) == SYN)):
-            HT[pos] = HT_DELETED
-            _emit(slot, SI, EMIT, K)
-            slot = -1
-            pos = _find(HT, SI, key)[1]
-        if slot < 0:
-            K[K_NSFREE] -= 1
-            slot = SFREE[K[K_NSFREE]]
-            s = SI[slot]
-            s[:] = 0
-            s[C_SERIAL] = K[K_SERIAL]
-            K[K_SERIAL] += 1
-            s[C_STATE] = 1
-            s[C_PROTO] = proto
-            s[C_VER] = row[D_VER]
-            client_is_src = not (flags & (SYN | ACK) == (SYN | ACK))
-            src = D_S0 if client_is_src else D_D0
-            dst = D_D0 if client_is_src else D_S0
-            for w in range(4):
-                s[C_CL0 + w] = row[src + w]
-                s[C_SV0 + w] = row[dst + w]
-            s[C_CLPORT] = sport if client_is_src else dport
-            s[C_SVPORT] = dport if client_is_src else sport
-            s[C_PHEAD] = -1
-            s[C_PTAIL] = -1
-            s[C_SHEAD] = -1
-            s[C_STAIL] = -1
-            for k in range(12):
-                s[C_KEY + k] = key[k]
-            SF[slot, F_START] = ts
-            SF[slot, F_LAST] = ts
-            SF[slot, F_TMIN] = ts
-            SF[slot, F_TMAX] = ts
-            RN[2 * slot] = 0
-            RN[2 * slot + 1] = 0
-            if HT[pos] == HT_EMPTY:
-                K[K_HTUSED] += 1
-            HT[pos] = slot
-            K[K_STARTED] += 1
-            if 2 * K[K_HTUSED] > HT.size:  # too many deleted entries: slow probes
-                rebuild_table(HT, SI, K)
-        s = SI[slot]
-        if ts > SF[slot, F_LAST]:
-            SF[slot, F_LAST] = ts
+        slot = _session(row, ts, st, cfg)
+        s = st.slot_ints[slot]
+        if ts > st.slot_floats[slot, F_LAST]:  # any packet, even one dropped below, keeps it alive
+            st.slot_floats[slot, F_LAST] = ts
         direction = 0
-        if bidir and not (sport == s[C_CLPORT] and row[D_S0] == s[C_CL0] and row[D_S0 + 1] == s[C_CL0 + 1]
-                          and row[D_S0 + 2] == s[C_CL0 + 2] and row[D_S0 + 3] == s[C_CL0 + 3]):
+        if cfg.bidir and not (row[D_SPORT] == s[C_CLPORT] and row[D_S0] == s[C_CL0] and row[D_S0 + 1] == s[C_CL0 + 1]
+                              and row[D_S0 + 2] == s[C_CL0 + 2] and row[D_S0 + 3] == s[C_CL0 + 3]):
             direction = 1
-        plen = row[D_PLEN]
-        rel = 0
-        hasrel = 0
-        if proto == 6:
-            if plen:
-                retransmitted, rel = _tcp_segment(slot, direction, row[D_SEQ], plen, SI, R, RN)
-                hasrel = 1
-                if retransmitted:
-                    K[K_RETR] += 1
-                    s[C_RETR] += 1
-                    continue
-            elif not flags & (SYN | FIN | RST):
-                K[K_PACK] += 1
-                s[C_PACKS] += 1
-                continue
-            if flags & (FIN | RST):
-                s[C_CLOSING] = 1
-        # the packet is kept
-        node = K[K_PFREE]
-        K[K_PFREE] = PK[node, P_NEXT]
-        PK[node, P_SIZE] = row[D_IPLEN]
-        PK[node, P_DIRFLAGS] = (direction << 8) | flags
-        PK[node, P_NEXT] = -1
-        PT[node] = ts
-        if s[C_PTAIL] >= 0:
-            PK[s[C_PTAIL], P_NEXT] = node
-        else:
-            s[C_PHEAD] = node
-        s[C_PTAIL] = node
-        s[C_NPK] += 1
-        s[C_BYTES] += row[D_IPLEN]
-        if direction == 0:
-            s[C_FWD] += 1
-        if s[C_NPK] == 1 or ts < SF[slot, F_TMIN]:
-            SF[slot, F_TMIN] = ts
-        if s[C_NPK] == 1 or ts > SF[slot, F_TMAX]:
-            SF[slot, F_TMAX] = ts
-        s[C_PAY] += plen
-        limit = view_limit
-        if mask == 2:
-            if hasrel:
-                if s[C_HELLO0 + direction] == 0:  # the direction's first payload segment
-                    s[C_HELLO0 + direction] = 1 + _record_end(data, offs[i] + row[D_L7], row[D_END] - row[D_L7])
-                if rel < s[C_HELLO0 + direction] - 1:
-                    limit = room  # stored whole: it may hold part of a TLS hello
-            elif proto == 17:
-                scil = _quic_scid(data, offs[i], row[D_L7], row[D_END])
-                if scil >= 0:
-                    s[C_QUIC] = 1
-                    s[C_CID0 + 1 - direction] = scil + 1
-        if (s[C_STNE] < store_packets or s[C_STB] < store_bytes) and s[C_NST] < MAX_STORED:
-            at = K[K_ARENA]
-            full = _view(data, offs[i], row, layer, mask, scratch, arena, at, limit, s[C_CID0 + direction] - 1)
-            if full > 0:
-                e = K[K_EFREE]
-                K[K_EFREE] = ST[e, E_NEXT]
-                ST[e, E_DIR] = direction
-                ST[e, E_REL] = rel
-                ST[e, E_HASREL] = hasrel
-                ST[e, E_OFF] = at
-                ST[e, E_LEN] = min(full, limit)
-                ST[e, E_NEXT] = -1
-                pad = 12 if proto == 17 else 0  # views.view_offsets
-                if layer == 3:
-                    ST[e, E_L7] = 0
-                elif layer == 2:
-                    ST[e, E_L7] = row[D_L7] - row[D_L4] + pad
-                else:
-                    ST[e, E_L7] = (14 if layer == 0 else 0) + row[D_L7] - row[D_L3] + pad
-                if s[C_QUIC] and s[C_CID0 + direction] == 0 and _mask_quic(data, offs[i], row[D_L7], row[D_END],
-                                                                            scratch, -1, False):
-                    K[K_QUICLEFT] += 1
-                STT[e] = ts
-                K[K_ARENA] = at + ST[e, E_LEN]
-                if s[C_STAIL] >= 0:
-                    ST[s[C_STAIL], E_NEXT] = e
-                else:
-                    s[C_SHEAD] = e
-                s[C_STAIL] = e
-                s[C_STB] += full
-                s[C_STNE] += 1
-                s[C_NST] += 1
-        if s[C_NPK] == after:
+        kept, rel, hasrel = _tcp_rules(slot, row, direction, st)
+        if not kept:
+            continue
+        _keep_packet(slot, row, ts, direction, st)
+        limit = _strict_state(slot, data, offs[i], row, direction, rel, hasrel, room, st, cfg)
+        if (s[C_STNE] < cfg.store_packets or s[C_STB] < cfg.store_bytes) and s[C_NST] < MAX_STORED:
+            _store_view(slot, data, offs[i], row, ts, direction, rel, hasrel, limit, st, cfg)
+        if s[C_NPK] == cfg.after:
             s[C_TNST] = s[C_NST]
             s[C_TPAY] = s[C_PAY]
-            TRIG[K[K_NTRIG]] = slot
-            K[K_NTRIG] += 1
-        K[K_SINCE] += 1
-        if K[K_SINCE] >= IDLE_SCAN_EVERY:
-            K[K_SINCE] = 0
-            _flush_idle(ts, timeout, HT, SI, SF, EMIT, K)
+            st.triggered_slots[counters[K_NTRIG]] = slot
+            counters[K_NTRIG] += 1
+        counters[K_SINCE] += 1
+        if counters[K_SINCE] >= IDLE_SCAN_EVERY:
+            counters[K_SINCE] = 0
+            _flush_idle(ts, st, cfg)
     return DONE, n
 
 
 @njit(cache=True)
-def compact_arena(SI, ST, arena, new_arena, K):
+def _room(row, st, cfg):
+    """(DONE or the NEED_* code of the first pool short of room for this packet, arena bytes it may take)."""
+    counters = st.counters
+    if counters[K_NSFREE] == 0:
+        return NEED_SLOT, 0
+    if counters[K_PFREE] < 0:
+        return NEED_PACKET, 0
+    if counters[K_EFREE] < 0:
+        return NEED_STORED, 0
+    room = cfg.view_limit
+    if cfg.mask == 2 and row[D_PROTO] == 6 and row[D_PLEN] > 0:  # may be stored whole (a TLS hello)
+        room = max(cfg.view_limit, row[D_END] - row[D_L3] + 26)
+    if counters[K_ARENA] + room > st.arena.size:
+        counters[K_ROOM] = room
+        return NEED_ARENA, room
+    return DONE, room
+
+
+@njit(cache=True)
+def _session(row, ts, st, cfg):
+    """The slot of the packet's session: its live one, or a new one (after idling out, or a SYN
+    after FIN/RST); SessionAssembler.add's lookup."""
+    slot_index, slot_ints = st.slot_index, st.slot_ints
+    flags, sport, dport = row[D_FLAGS], row[D_SPORT], row[D_DPORT]
+    a = (row[D_S0], row[D_S0 + 1], row[D_S0 + 2], row[D_S0 + 3], sport)
+    b = (row[D_D0], row[D_D0 + 1], row[D_D0 + 2], row[D_D0 + 3], dport)
+    if cfg.bidir and not a <= b:
+        a, b = b, a
+    key = (row[D_VER], row[D_PROTO], a[0], a[1], a[2], a[3], a[4], b[0], b[1], b[2], b[3], b[4])
+    slot, pos = _find(slot_index, slot_ints, key)
+    if slot >= 0 and (ts - st.slot_floats[slot, F_LAST] > cfg.timeout
+                      or (slot_ints[slot, C_CLOSING] and flags & (SYN | ACK) == SYN)):
+        slot_index[pos] = HT_DELETED
+        _emit(slot, slot_ints, st.ended_slots, st.counters)
+        slot = -1
+        pos = _find(slot_index, slot_ints, key)[1]
+    if slot < 0:
+        slot = _new_session(row, key, ts, pos, st)
+    return slot
+
+
+@njit(cache=True)
+def _new_session(row, key, ts, pos, st):
+    counters, slot_index = st.counters, st.slot_index
+    counters[K_NSFREE] -= 1
+    slot = st.free_slots[counters[K_NSFREE]]
+    s = st.slot_ints[slot]
+    s[:] = 0
+    s[C_SERIAL] = counters[K_SERIAL]
+    counters[K_SERIAL] += 1
+    s[C_STATE] = 1
+    s[C_PROTO] = row[D_PROTO]
+    s[C_VER] = row[D_VER]
+    flags, sport, dport = row[D_FLAGS], row[D_SPORT], row[D_DPORT]
+    client_is_src = not (flags & (SYN | ACK) == (SYN | ACK))  # a capture that starts at the SYN-ACK
+    src = D_S0 if client_is_src else D_D0
+    dst = D_D0 if client_is_src else D_S0
+    for w in range(4):
+        s[C_CL0 + w] = row[src + w]
+        s[C_SV0 + w] = row[dst + w]
+    s[C_CLPORT] = sport if client_is_src else dport
+    s[C_SVPORT] = dport if client_is_src else sport
+    s[C_PHEAD] = -1
+    s[C_PTAIL] = -1
+    s[C_SHEAD] = -1
+    s[C_STAIL] = -1
+    for k in range(12):
+        s[C_KEY + k] = key[k]
+    for column in (F_START, F_LAST, F_TMIN, F_TMAX):
+        st.slot_floats[slot, column] = ts
+    st.seq_range_counts[2 * slot] = 0
+    st.seq_range_counts[2 * slot + 1] = 0
+    if slot_index[pos] == HT_EMPTY:
+        counters[K_HTUSED] += 1
+    slot_index[pos] = slot
+    counters[K_STARTED] += 1
+    if 2 * counters[K_HTUSED] > slot_index.size:  # too many deleted entries: slow probes
+        rebuild_table(st)
+    return slot
+
+
+@njit(cache=True)
+def _tcp_rules(slot, row, direction, st):
+    """(kept?, payload offset in the stream, has one): TCP retransmissions and pure ACKs are
+    dropped (and counted); FIN or RST marks the session closing."""
+    s = st.slot_ints[slot]
+    if row[D_PROTO] != 6:
+        return True, 0, 0
+    flags, plen = row[D_FLAGS], row[D_PLEN]
+    rel, hasrel = 0, 0
+    if plen:
+        retransmitted, rel = _tcp_segment(slot, direction, row[D_SEQ], plen, st.slot_ints, st.seq_ranges,
+                                          st.seq_range_counts)
+        hasrel = 1
+        if retransmitted:
+            st.counters[K_RETR] += 1
+            s[C_RETR] += 1
+            return False, rel, hasrel
+    elif not flags & (SYN | FIN | RST):
+        st.counters[K_PACK] += 1
+        s[C_PACKS] += 1
+        return False, rel, hasrel
+    if flags & (FIN | RST):
+        s[C_CLOSING] = 1
+    return True, rel, hasrel
+
+
+@njit(cache=True)
+def _keep_packet(slot, row, ts, direction, st):
+    """Append the packet to the session's kept packets (size, direction, flags, time)."""
+    counters, pool, s = st.counters, st.packet_pool, st.slot_ints[slot]
+    node = counters[K_PFREE]
+    counters[K_PFREE] = pool[node, P_NEXT]
+    pool[node, P_SIZE] = row[D_IPLEN]
+    pool[node, P_DIRFLAGS] = (direction << 8) | row[D_FLAGS]
+    pool[node, P_NEXT] = -1
+    st.packet_times[node] = ts
+    if s[C_PTAIL] >= 0:
+        pool[s[C_PTAIL], P_NEXT] = node
+    else:
+        s[C_PHEAD] = node
+    s[C_PTAIL] = node
+    s[C_NPK] += 1
+    s[C_BYTES] += row[D_IPLEN]
+    if direction == 0:
+        s[C_FWD] += 1
+    if s[C_NPK] == 1 or ts < st.slot_floats[slot, F_TMIN]:
+        st.slot_floats[slot, F_TMIN] = ts
+    if s[C_NPK] == 1 or ts > st.slot_floats[slot, F_TMAX]:
+        st.slot_floats[slot, F_TMAX] = ts
+    s[C_PAY] += row[D_PLEN]
+
+
+@njit(cache=True)
+def _strict_state(slot, data, frame, row, direction, rel, hasrel, room, st, cfg):
+    """The strict mask's per-session state (where a direction's TLS hello ends, QUIC connection
+    ID lengths); returns the bytes of the view to store (all of it when it may hold a hello)."""
+    s = st.slot_ints[slot]
+    limit = cfg.view_limit
+    if cfg.mask != 2:
+        return limit
+    if hasrel:
+        if s[C_HELLO0 + direction] == 0:  # the direction's first payload segment
+            s[C_HELLO0 + direction] = 1 + _record_end(data, frame + row[D_L7], row[D_END] - row[D_L7])
+        if rel < s[C_HELLO0 + direction] - 1:
+            limit = room  # stored whole: it may hold part of a TLS hello
+    elif row[D_PROTO] == 17:
+        scil = _quic_scid(data, frame, row[D_L7], row[D_END])
+        if scil >= 0:
+            s[C_QUIC] = 1
+            s[C_CID0 + 1 - direction] = scil + 1
+    return limit
+
+
+@njit(cache=True)
+def _store_view(slot, data, frame, row, ts, direction, rel, hasrel, limit, st, cfg):
+    """Store the packet's masked layer view in the arena and chain it to the session's views."""
+    counters, views, s = st.counters, st.view_pool, st.slot_ints[slot]
+    at = counters[K_ARENA]
+    full = _view(data, frame, row, cfg.layer, cfg.mask, st.scratch, st.arena, at, limit, s[C_CID0 + direction] - 1)
+    if full <= 0:
+        return
+    e = counters[K_EFREE]
+    counters[K_EFREE] = views[e, E_NEXT]
+    views[e, E_DIR] = direction
+    views[e, E_REL] = rel
+    views[e, E_HASREL] = hasrel
+    views[e, E_OFF] = at
+    views[e, E_LEN] = min(full, limit)
+    views[e, E_NEXT] = -1
+    pad = 12 if row[D_PROTO] == 17 else 0  # views.view_offsets
+    if cfg.layer == 3:
+        views[e, E_L7] = 0
+    elif cfg.layer == 2:
+        views[e, E_L7] = row[D_L7] - row[D_L4] + pad
+    else:
+        views[e, E_L7] = (14 if cfg.layer == 0 else 0) + row[D_L7] - row[D_L3] + pad
+    if s[C_QUIC] and s[C_CID0 + direction] == 0 and _mask_quic(data, frame, row[D_L7], row[D_END], st.scratch, -1, False):
+        counters[K_QUICLEFT] += 1
+    st.view_times[e] = ts
+    counters[K_ARENA] = at + views[e, E_LEN]
+    if s[C_STAIL] >= 0:
+        views[s[C_STAIL], E_NEXT] = e
+    else:
+        s[C_SHEAD] = e
+    s[C_STAIL] = e
+    s[C_STB] += full
+    s[C_STNE] += 1
+    s[C_NST] += 1
+
+
+@njit(cache=True)
+def compact_arena(st, new_arena):
     """Copy the views of every session still holding slots into `new_arena` (arena is full)."""
+    slot_ints, view_pool, arena, counters = st.slot_ints, st.view_pool, st.arena, st.counters
     top = 0
-    for slot in range(SI.shape[0]):
-        if SI[slot, C_STATE] == 0:
+    for slot in range(slot_ints.shape[0]):
+        if slot_ints[slot, C_STATE] == 0:
             continue
-        e = SI[slot, C_SHEAD]
+        e = slot_ints[slot, C_SHEAD]
         while e >= 0:
-            length = ST[e, E_LEN]
-            off = ST[e, E_OFF]
+            length = view_pool[e, E_LEN]
+            off = view_pool[e, E_OFF]
             new_arena[top : top + length] = arena[off : off + length]
-            ST[e, E_OFF] = top
+            view_pool[e, E_OFF] = top
             top += length
-            e = ST[e, E_NEXT]
-    K[K_ARENA] = top
+            e = view_pool[e, E_NEXT]
+    counters[K_ARENA] = top
 
 
 # -- finished sessions -> tensors ----------------------------------------------------------------
@@ -1028,120 +1140,162 @@ def _stable_order(keys_f, keys_i, idx, use_float):
         idx[b + 1] = v
 
 
+class Tensors(NamedTuple):
+    """What `build_tensors` fills for a batch of sessions."""
+
+    images: np.ndarray  # (n, image bytes) uint8
+    rows: np.ndarray  # (n, packets, packet bytes) uint8
+    times: np.ndarray  # kept packets of all sessions, session by session: time ...
+    sizes: np.ndarray  # ... IP size ...
+    dirs: np.ndarray  # ... direction ...
+    flags: np.ndarray  # ... TCP flags
+    lengths: np.ndarray  # (n,) kept packets per session
+
+
 @njit(cache=True, nogil=True)
-def build_tensors(slots, SI, PK, PT, ST, STT, arena, image_bytes, packets, packet_bytes,
-                  images, rows, times, sizes, dirs, flags, lengths, after, mask):
-    """Tensors.Featurizer._byte_rows (after Session.ordered_views) and the packet arrays of each slot;
-    `after` > 0: of its first `after` kept packets only (a session as it was at its live trigger).
-    The strict mask of hellos cut across segments is applied to the views in the arena (it can be
-    applied again: it only zeroes)."""
+def build_tensors(slots, st, out, after, mask):
+    """Tensors.Featurizer._byte_rows (after Session.ordered_views) and the packet arrays of each
+    slot into `out` (a `Tensors`); `after` > 0: of its first `after` kept packets only (a session
+    as it was at its live trigger). The strict mask of hellos cut across segments is applied to
+    the views in the arena (it can be applied again: it only zeroes)."""
     p = 0
+    views = np.empty((7, MAX_STORED), np.int64)  # per stored view: the _V_* fields
     ts = np.empty(MAX_STORED, np.float64)
-    dr = np.empty(MAX_STORED, np.int64)
-    rel = np.empty(MAX_STORED, np.int64)
-    hasrel = np.empty(MAX_STORED, np.int64)
-    off = np.empty(MAX_STORED, np.int64)
-    ln = np.empty(MAX_STORED, np.int64)
-    po = np.empty(MAX_STORED, np.int64)
-    segs_all = np.empty(MAX_STORED, np.int64)
-    order_all = np.empty(MAX_STORED, np.int64)
-    source = np.empty(MAX_STORED, np.int64)
-    slot_at = np.empty(MAX_STORED, np.int64)
-    by_seq_all = np.empty(MAX_STORED, np.int64)
+    work = np.empty((5, MAX_STORED), np.int64)  # sort orders and positions
     for j in range(slots.size):
-        slot = slots[j]
-        s = SI[slot]
-        # kept packets, in arrival order
-        node = s[C_PHEAD]
-        count = 0
-        limit = s[C_NPK] if after <= 0 else min(after, s[C_NPK])
-        while node >= 0 and count < limit:
-            times[p] = PT[node]
-            sizes[p] = PK[node, P_SIZE]
-            dirs[p] = PK[node, P_DIRFLAGS] >> 8
-            flags[p] = PK[node, P_DIRFLAGS] & 0xFF
-            p += 1
-            count += 1
-            node = PK[node, P_NEXT]
-        lengths[j] = count
-        # stored views: by time, then TCP payload segments of each direction in sequence order
-        k = s[C_NST] if after <= 0 else s[C_TNST]
-        e = s[C_SHEAD]
-        for i in range(k):
-            ts[i] = STT[e]
-            dr[i] = ST[e, E_DIR]
-            rel[i] = ST[e, E_REL]
-            hasrel[i] = ST[e, E_HASREL]
-            off[i] = ST[e, E_OFF]
-            ln[i] = ST[e, E_LEN]
-            po[i] = ST[e, E_L7]
-            e = ST[e, E_NEXT]
-        order = order_all[:k]
-        for i in range(k):
-            order[i] = i
-        _stable_order(ts, rel, order, True)
-        source[:k] = order  # the entry whose view fills each time slot
-        if s[C_OOO] and s[C_PROTO] == 6:
-            for direction in range(2):
-                m = 0
-                for i in range(k):
-                    if dr[order[i]] == direction and hasrel[order[i]]:
-                        slot_at[m] = i
-                        m += 1
-                by_seq = by_seq_all[:m]
-                for i in range(m):
-                    by_seq[i] = order[slot_at[i]]
-                _stable_order(ts, rel, by_seq, False)
-                for i in range(m):
-                    source[slot_at[i]] = by_seq[i]
+        s = st.slot_ints[slots[j]]
+        count = _kept_packets(s, st, after, out, p)
+        out.lengths[j] = count
+        p += count
+        k = _load_views(s, st, after, views, ts)
+        source = _ordered_views(s, k, views, ts, work)
         if mask == 2 and s[C_PROTO] == 6:  # Session.ordered_views: hellos on each direction's stream
-            for direction in range(2):
-                m = 0
-                for i in range(k):
-                    if dr[source[i]] == direction and hasrel[source[i]]:
-                        segs_all[m] = source[i]
-                        m += 1
-                if m > 1:
-                    segs = segs_all[:m]
-                    _stable_order(ts, rel, segs, False)
-                    _mask_hello_stream(arena, segs, rel, off, ln, po)
-        w = 0
-        for i in range(k):
-            e = source[i]
-            length = ln[e]
-            if i < packets:
-                take = min(length, packet_bytes)
-                rows[j, i, :take] = arena[off[e] : off[e] + take]
-            if w < image_bytes:
-                take = min(length, image_bytes - w)
-                images[j, w : w + take] = arena[off[e] : off[e] + take]
-                w += take
+            _mask_hellos(st.arena, k, source, views, ts, work)
+        _fill_rows(j, k, source, views, st.arena, out)
     return p
 
 
+_V_DIR, _V_REL, _V_HASREL, _V_OFF, _V_LEN, _V_L7 = 0, 1, 2, 3, 4, 5
+
+
 @njit(cache=True)
-def free_sessions(slots, SI, PK, ST, SFREE, K):
+def _kept_packets(s, st, after, out, p):
+    """A session's kept packets (all, or its first `after`) into out.times/sizes/dirs/flags from `p`."""
+    node = s[C_PHEAD]
+    count = 0
+    limit = s[C_NPK] if after <= 0 else min(after, s[C_NPK])
+    while node >= 0 and count < limit:
+        out.times[p + count] = st.packet_times[node]
+        out.sizes[p + count] = st.packet_pool[node, P_SIZE]
+        out.dirs[p + count] = st.packet_pool[node, P_DIRFLAGS] >> 8
+        out.flags[p + count] = st.packet_pool[node, P_DIRFLAGS] & 0xFF
+        count += 1
+        node = st.packet_pool[node, P_NEXT]
+    return count
+
+
+@njit(cache=True)
+def _load_views(s, st, after, views, ts):
+    """A session's stored views (all, or those it had at its live trigger) into `views`/`ts`; how many."""
+    k = s[C_NST] if after <= 0 else s[C_TNST]
+    e = s[C_SHEAD]
+    for i in range(k):
+        ts[i] = st.view_times[e]
+        views[_V_DIR, i] = st.view_pool[e, E_DIR]
+        views[_V_REL, i] = st.view_pool[e, E_REL]
+        views[_V_HASREL, i] = st.view_pool[e, E_HASREL]
+        views[_V_OFF, i] = st.view_pool[e, E_OFF]
+        views[_V_LEN, i] = st.view_pool[e, E_LEN]
+        views[_V_L7, i] = st.view_pool[e, E_L7]
+        e = st.view_pool[e, E_NEXT]
+    return k
+
+
+@njit(cache=True)
+def _ordered_views(s, k, views, ts, work):
+    """The view filling each place: by time, then TCP payload segments of each direction in
+    sequence order (Session.ordered_views); returns work[1, :k]."""
+    order, source, slot_at, by_seq_all = work[0, :k], work[1, :k], work[2], work[3]
+    rel = views[_V_REL]
+    for i in range(k):
+        order[i] = i
+    _stable_order(ts, rel, order, True)
+    source[:] = order  # the entry whose view fills each time slot
+    if s[C_OOO] and s[C_PROTO] == 6:
+        for direction in range(2):
+            m = 0
+            for i in range(k):
+                if views[_V_DIR, order[i]] == direction and views[_V_HASREL, order[i]]:
+                    slot_at[m] = i
+                    m += 1
+            by_seq = by_seq_all[:m]
+            for i in range(m):
+                by_seq[i] = order[slot_at[i]]
+            _stable_order(ts, rel, by_seq, False)
+            for i in range(m):
+                source[slot_at[i]] = by_seq[i]
+    return source
+
+
+@njit(cache=True)
+def _mask_hellos(arena, k, source, views, ts, work):
+    """The strict mask of a TLS hello cut across segments, on each direction's stream."""
+    segs_all = work[4]
+    for direction in range(2):
+        m = 0
+        for i in range(k):
+            if views[_V_DIR, source[i]] == direction and views[_V_HASREL, source[i]]:
+                segs_all[m] = source[i]
+                m += 1
+        if m > 1:
+            segs = segs_all[:m]
+            _stable_order(ts, views[_V_REL], segs, False)
+            _mask_hello_stream(arena, segs, views[_V_REL], views[_V_OFF], views[_V_LEN], views[_V_L7])
+
+
+@njit(cache=True)
+def _fill_rows(j, k, source, views, arena, out):
+    """Session j's image (first bytes of its ordered views) and packet rows."""
+    packets, packet_bytes = out.rows.shape[1], out.rows.shape[2]
+    image_bytes = out.images.shape[1]
+    w = 0
+    for i in range(k):
+        e = source[i]
+        length, off = views[_V_LEN, e], views[_V_OFF, e]
+        if i < packets:
+            take = min(length, packet_bytes)
+            out.rows[j, i, :take] = arena[off : off + take]
+        if w < image_bytes:
+            take = min(length, image_bytes - w)
+            out.images[j, w : w + take] = arena[off : off + take]
+            w += take
+
+
+@njit(cache=True)
+def free_sessions(slots, st):
     """Give the slots of harvested sessions and their pool nodes back to the free lists."""
+    slot_ints, packet_pool, view_pool, free_slots, counters = (st.slot_ints, st.packet_pool, st.view_pool,
+                                                               st.free_slots, st.counters)
     for j in range(slots.size):
         slot = slots[j]
-        s = SI[slot]
+        s = slot_ints[slot]
         node = s[C_PHEAD]
         while node >= 0:
-            nxt = PK[node, P_NEXT]
-            PK[node, P_NEXT] = K[K_PFREE]
-            K[K_PFREE] = node
+            nxt = packet_pool[node, P_NEXT]
+            packet_pool[node, P_NEXT] = counters[K_PFREE]
+            counters[K_PFREE] = node
             node = nxt
         e = s[C_SHEAD]
         while e >= 0:
-            nxt = ST[e, E_NEXT]
-            ST[e, E_NEXT] = K[K_EFREE]
-            K[K_EFREE] = e
+            nxt = view_pool[e, E_NEXT]
+            view_pool[e, E_NEXT] = counters[K_EFREE]
+            counters[K_EFREE] = e
             e = nxt
         s[C_STATE] = 0
         s[C_PHEAD] = -1
         s[C_SHEAD] = -1
-        SFREE[K[K_NSFREE]] = slot
-        K[K_NSFREE] += 1
+        free_slots[counters[K_NSFREE]] = slot
+        counters[K_NSFREE] += 1
 
 
 @njit(cache=True)
