@@ -119,12 +119,11 @@ def test_tampered_bundle_is_refused(bundles, tmp_path, damage):
         Classifier.load(run)
 
 
-def test_explain_refuses_a_baseline(bundles):
-    from trafficlens.errors import ConfigError
+def test_explain_refuses_a_baseline(bundles, ds):
+    from trafficlens.explain.maps import explain_session
 
-    clf = Classifier.load(bundles["rf-stats"])
-    with pytest.raises(ConfigError, match="need a deep model"):
-        clf.explain({"stats": np.zeros((1, 4), np.float32)})
+    with pytest.raises(BundleError, match="need a deep model; rf is a baseline"):
+        explain_session(bundles["rf-stats"], 0, ds.path)
 
 
 # -- on captures: predict and evaluate --on ------------------------------------------------------

@@ -116,7 +116,7 @@ def test_predictions_match_sklearn_directly(name, ds, split):
     X_fit, X_test = (baseline_features(ds, r, kind) for r in (split.train, split.test))
     y = ds.labels[split.train].astype(str)
     ours = create_baseline(name, kind, **ONE.get(name, {})).fit(X_fit, y)
-    direct = baseline_info(name).build(random_state=0, **ONE.get(name, {})).fit(X_fit, np.searchsorted(CLASSES, y))
+    direct = baseline_info(name).builder(random_state=0, **ONE.get(name, {})).fit(X_fit, np.searchsorted(CLASSES, y))
     assert np.array_equal(ours.predict(X_test), np.array(CLASSES)[direct.predict(X_test)])
     assert np.allclose(ours.predict_proba(X_test), direct.predict_proba(X_test))
 
@@ -156,7 +156,7 @@ def test_class_weight_and_row_cap(ds, split):
 
 
 def test_bad_arguments_name_the_fix(ds):
-    with pytest.raises(ConfigError, match="unknown baseline 'catboost'; choose from dt, rf"):
+    with pytest.raises(ConfigError, match="unknown model 'catboost'; choose one of: dt, knn, knn-seq, lightgbm, lr, nb, rf, svm, xgboost"):
         create_baseline("catboost")
     with pytest.raises(ConfigError, match="knn-seq compares packet-length sequences"):
         create_baseline("knn-seq", "stats")

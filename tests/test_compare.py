@@ -117,7 +117,7 @@ def test_comparison_files(comparison):
 def test_compare_refuses_bad_input(ds):
     from trafficlens.evaluation.compare import compare
 
-    with pytest.raises(ConfigError, match="unknown model 'forest'; deep models: .*baselines: dt, rf"):
+    with pytest.raises(ConfigError, match="unknown model 'forest'; deep models: .*baselines: dt, knn"):
         compare(ds.path, "forest", None, log=lambda message: None)
     with pytest.raises(ConfigError, match="listed twice"):
         compare(ds.path, "rf,rf:stats", None, log=lambda message: None)

@@ -100,7 +100,7 @@ def test_files_are_grouped_whole_in_input_order():
 
 
 def test_failed_tasks_are_retried_and_reported(tmp_path, threads_client, monkeypatch):
-    from trafficlens.datasets import distributed as engine
+    from trafficlens.prep import dask as engine
 
     caps = write_duplicates_corpus(tmp_path / "caps")
     real = engine.prepare_shard

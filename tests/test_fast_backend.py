@@ -267,11 +267,11 @@ def test_other_settings_identical(hand_built, tmp_path, settings):
 
 def test_growth_of_every_pool_keeps_results(hand_built, tmp_path, monkeypatch):
     """Tiny initial tables force every growth path (slots, packet and view pools, arena compaction)."""
-    from trafficlens.prep.engines import engine
+    from trafficlens.prep.engines.compiled import CompiledEngine
 
-    monkeypatch.setattr(engine.Engine, "INITIAL_SLOTS", 1)
-    monkeypatch.setattr(engine.Engine, "INITIAL_NODES", 1)
-    monkeypatch.setattr(engine.Engine, "INITIAL_ARENA", 1)
+    monkeypatch.setattr(CompiledEngine, "INITIAL_SLOTS", 1)
+    monkeypatch.setattr(CompiledEngine, "INITIAL_NODES", 1)
+    monkeypatch.setattr(CompiledEngine, "INITIAL_ARENA", 1)
     compare([hand_built], tmp_path, PrepConfig(image_bytes=100))
 
 

@@ -166,7 +166,8 @@ ONNX_FALLBACK = {"ge-inception-capsnet"}
 def test_onnx_runtime_gives_the_models_probabilities(name):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from trafficlens.inference.runtime import onnx_for_inference, probe_inputs, softmax
+    from trafficlens.inference.runtime import onnx_for_inference, probe_inputs
+    from trafficlens.training.metrics import softmax
 
     shapes = {**SHAPES, "image": (784,)}
     torch.manual_seed(0)

@@ -179,17 +179,20 @@ def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 def markdown_table(result: dict[str, Any]) -> str:
+    """One row per setting, one column per (model, features): test accuracy / macro-F1."""
+    from trafficlens.evaluation.tables import markdown_table as table
+
     rows, columns = result["rows"], _columns(result["rows"])
-    head = "| setting | split | mask | " + " | ".join(f"{m} on {f}" for m, f in columns) + " |"
-    lines = [head, "|" + "---|" * (3 + len(columns))]
+    names = [f"{m} on {f}" for m, f in columns]
+    pivot = []
     for s in result["settings"]:
-        cells = []
-        for model, features in columns:
+        row = {"setting": f"({s['key']}) {s['title']}", "split": s["split"], "mask": s["mask"]}
+        for name, (model, features) in zip(names, columns):
             hit = [r for r in rows if r["setting"] == s["key"] and r["model"] == model and r["features"] == features]
-            cells.append(f"{hit[0]['accuracy']:.3f} / {hit[0]['macro_f1']:.3f}"
+            row[name] = (f"{hit[0]['accuracy']:.3f} / {hit[0]['macro_f1']:.3f}"
                          if hit and hit[0]["accuracy"] is not None else "—")
-        lines.append(f"| ({s['key']}) {s['title']} | {s['split']} | {s['mask']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nCells: test accuracy / macro-F1.\n"
+        pivot.append(row)
+    return table(pivot, ["setting", "split", "mask", *names], bold_best=None) + "\nCells: test accuracy / macro-F1.\n"
 
 
 def figure(result: dict[str, Any]) -> str:

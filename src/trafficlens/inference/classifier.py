@@ -124,7 +124,7 @@ class Classifier:
         step = n if str(self.device).startswith("cuda") else _CPU_CHUNK
         out = []
         if self._onnx is not None:
-            from trafficlens.inference.runtime import softmax
+            from trafficlens.training.metrics import softmax
 
             for i in range(0, n, max(step, 1)):
                 out.append(softmax(self._onnx(*[np.ascontiguousarray(tensors[name][i : i + step]) for name in self.inputs])))

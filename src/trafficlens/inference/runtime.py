@@ -145,10 +145,3 @@ def _native_stderr_silenced():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(null)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float32) - logits.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z

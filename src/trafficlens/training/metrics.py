@@ -25,8 +25,11 @@ SCHEMA_VERSION = 3  # 3: macro over classes with test sessions; n_fit, n_select,
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    """Row-wise softmax of (n, classes) logits, in float32 (one copy, worked in place)."""
+    z = logits.astype(np.float32) - logits.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
 
 
 def classification_report(y_true: np.ndarray, proba: np.ndarray, labels: list[str], ks: tuple[int, ...] = (1, 3, 5)) -> dict[str, Any]:
