@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
+from trafficlens.training.metrics import softmax as _softmax
+
 
 def fold_batch_norm(model: nn.Module) -> int:
     """Fold every batch norm that directly follows a convolution or linear layer inside an
@@ -119,7 +121,7 @@ def onnx_for_inference(model: nn.Module, probe: list[torch.Tensor], threads: int
         with torch.inference_mode():
             for part in (probe, [x[:3] for x in probe]):
                 expect = torch.softmax(model(*part).float(), dim=1).numpy()
-                got = softmax(compiled(*[x.cpu().numpy() for x in part]))
+                got = _softmax(compiled(*[x.cpu().numpy() for x in part]))
                 if got.shape != expect.shape or not np.allclose(got, expect, atol=atol, rtol=0):
                     return None
     except Exception:  # an operator the exporter or the runtime lacks: PyTorch it is
