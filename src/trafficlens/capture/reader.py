@@ -108,24 +108,12 @@ class CaptureReader:
         return fh, head
 
     def __iter__(self) -> Iterator[RawPacket]:
-        self.packets = 0
-        self.warnings = []
-        fh, head = self._open()
-        buf = _Buffer(fh, head, self.chunk_size)
-        failure: Exception | None = None
-        try:
-            if len(head) < 4:  # empty, or a magic cut short
-                raise _Damage(0, "empty file" if not head else "file header cut short", cut=True)
+        def packets(buf):
             for packet in (_read_pcap if self.format == "pcap" else _read_pcapng)(buf):
                 self.packets += 1
                 yield packet
-            if not self.packets:
-                raise _Damage(buf.offset, "no packets after the headers", cut=True)
-        except (_Damage, OSError) as exc:
-            failure = exc
-        finally:
-            self._finish(fh)
-        self._settle(fh, failure, buf.offset)
+
+        return self._pass(self.chunk_size, packets)
 
     def pcap_windows(self, window_bytes: int | None = None) -> Iterator["PcapWindow"]:
         """A classic pcap's records for a scanner of one's own (the compiled prep engine's), in
@@ -138,14 +126,8 @@ class CaptureReader:
         """
         if self.format != "pcap":
             raise CaptureError(f"{self.path}: a {self.format or 'empty'} file, not classic pcap")
-        self.packets = 0
-        self.warnings = []
-        fh, head = self._open()
-        buf = _Buffer(fh, head, window_bytes or self.chunk_size)
-        failure: Exception | None = None
-        try:
-            if len(head) < 4:
-                raise _Damage(0, "empty file" if not head else "file header cut short", cut=True)
+
+        def windows(buf):
             f = _pcap_header(buf)
             while True:
                 window = PcapWindow(buf.data, buf.pos, f)
@@ -154,6 +136,21 @@ class CaptureReader:
                 buf.pos = window.stop
                 if not _pcap_continue(buf, f):
                     break
+
+        yield from self._pass(window_bytes or self.chunk_size, windows)
+
+    def _pass(self, chunk_size: int, items) -> Iterator:
+        """One pass over the file: `items(buffer)` yields what the caller wants and counts
+        `self.packets`; damage ends the pass with a warning (or an error before any packet)."""
+        self.packets = 0
+        self.warnings = []
+        fh, head = self._open()
+        buf = _Buffer(fh, head, chunk_size)
+        failure: Exception | None = None
+        try:
+            if len(head) < 4:  # empty, or a magic cut short
+                raise _Damage(0, "empty file" if not head else "file header cut short", cut=True)
+            yield from items(buf)
             if not self.packets:
                 raise _Damage(buf.offset, "no packets after the headers", cut=True)
         except (_Damage, OSError) as exc:
