@@ -14,7 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from trafficlens.evaluation.baselines import list_baselines, train_baseline
+from trafficlens.models.baselines.estimators import list_baselines
+from trafficlens.training.baselines import train_baseline
 
 HEADER_TOO = ("rf", "xgboost")
 

@@ -36,9 +36,9 @@ def main() -> None:
                  log=lambda line: print(line, file=sys.stderr))
     gen_s = time.perf_counter() - t0
 
-    from trafficlens.datasets.config import PrepConfig
+    from trafficlens.prep.config import PrepConfig
     from trafficlens.datasets.dataset import Dataset
-    from trafficlens.datasets.prep import prep
+    from trafficlens.prep.local import prep
 
     ds_dir = args.out.rstrip("/") + "-ds"
     t1 = time.perf_counter()

@@ -89,8 +89,8 @@ def tcpdump_run(capture: Path, pps: int) -> dict:
 
 
 def train_model(work: Path, model: str) -> Path:
-    from trafficlens.datasets.config import PrepConfig
-    from trafficlens.datasets.prep import prep
+    from trafficlens.prep.config import PrepConfig
+    from trafficlens.prep.local import prep
     from trafficlens.training.config import TrainConfig
     from trafficlens.training.run import train_run
 

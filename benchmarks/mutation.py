@@ -30,22 +30,22 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench-out" / "mutation"
 
 # module -> (files to mutate, tests that exercise them, mutant name patterns or None for all).
-# Names: "trafficlens.serving.classifier.x__meta_row__mutmut_3", methods "...xǁClassifierǁ_rows__mutmut_1".
+# Names: "trafficlens.inference.classifier.x__meta_row__mutmut_3", methods "...xǁClassifierǁ_rows__mutmut_1".
 MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     "capture/reader.py": (["src/trafficlens/capture/reader.py"],
                           ["tests/test_capture.py", "tests/test_capture_reader.py", "tests/test_capture_fuzz.py"], None),
-    "features/views.py": (["src/trafficlens/features/views.py"],
+    "features/views.py": (["src/trafficlens/prep/tensors/views.py"],
                           ["tests/test_mask_fields.py", "tests/test_strict_mask.py", "tests/test_prep_pipeline.py",
                            "tests/test_golden.py"], None),
-    "features/tls.py": (["src/trafficlens/features/tls.py"],
+    "features/tls.py": (["src/trafficlens/prep/tensors/tls.py"],
                         ["tests/test_strict_mask.py", "tests/test_mask_fields.py", "tests/test_golden.py"], None),
-    "features/quic.py": (["src/trafficlens/features/quic.py"],
+    "features/quic.py": (["src/trafficlens/prep/tensors/quic.py"],
                          ["tests/test_strict_mask.py", "tests/test_mask_fields.py", "tests/test_golden.py"], None),
-    "flows/": (["src/trafficlens/flows/assembler.py", "src/trafficlens/flows/session.py"],
+    "flows/": (["src/trafficlens/prep/sessions/assembler.py", "src/trafficlens/prep/sessions/session.py"],
                ["tests/test_flows.py", "tests/test_prep_pipeline.py", "tests/test_strict_mask.py",
                 "tests/test_mask_fields.py", "tests/test_golden.py"], None),
     "training/splits.py": (["src/trafficlens/training/splits.py"], ["tests/test_splits.py"], None),
-    "evaluation/metrics.py": (["src/trafficlens/evaluation/metrics.py"],
+    "evaluation/metrics.py": (["src/trafficlens/training/metrics.py"],
                               ["tests/test_evaluation.py::test_metrics_match_sklearn",
                                "tests/test_evaluation.py::test_metrics_by_hand",
                                "tests/test_evaluation.py::test_provenance_says_what_produced_the_metrics"], None),
@@ -53,7 +53,7 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
                          "tests/test_models.py::test_focal_loss_is_the_class_weighted_formula_of_ge_2021",
                          "tests/test_models.py::test_focal_loss_gradient_raises_the_true_class",
                          "tests/test_models.py::test_weighted_cross_entropy_and_plain_cross_entropy_by_hand"], None),
-    "serving/classifier.py (rows)": (["src/trafficlens/serving/classifier.py"], ["tests/test_prediction_rows.py"],
+    "serving/classifier.py (rows)": (["src/trafficlens/inference/classifier.py"], ["tests/test_prediction_rows.py"],
                                      ["*x__meta_row__*", "*ǁClassifierǁ_rows__*", "*ǁClassifierǁ_rows_for*"]),
     "serving/output.py": (["src/trafficlens/serving/output.py"], ["tests/test_prediction_rows.py"], None),
 }

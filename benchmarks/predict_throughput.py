@@ -40,8 +40,8 @@ def rf_end_to_end(rf, ds, capture: Path, out: Path) -> tuple[int, int]:
 
     Sessions under the filters are written as not judged, as `predict` does.
     """
-    from trafficlens.datasets.config import PrepConfig
-    from trafficlens.datasets.prep import prepare_capture
+    from trafficlens.prep.config import PrepConfig
+    from trafficlens.prep.local import prepare_capture
     from trafficlens.serving.output import write_rows
 
     classes = rf.classes_
@@ -82,8 +82,8 @@ def main() -> None:
     import torch
 
     from trafficlens.datasets import Dataset
-    from trafficlens.datasets.config import PrepConfig
-    from trafficlens.datasets.prep import prep
+    from trafficlens.prep.config import PrepConfig
+    from trafficlens.prep.local import prep
     from trafficlens.serving import Classifier
     from trafficlens.serving.output import write_rows
     from trafficlens.training import TrainConfig, train_run

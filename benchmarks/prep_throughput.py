@@ -98,8 +98,8 @@ def read_decode(path: Path) -> int:
 
 def trafficlens_prep(path: Path, out: Path, backend: str) -> int:
     from trafficlens.datasets import Dataset
-    from trafficlens.datasets.config import PrepConfig
-    from trafficlens.datasets.prep import prep
+    from trafficlens.prep.config import PrepConfig
+    from trafficlens.prep.local import prep
 
     prep([path], out, PrepConfig(), workers=1, overwrite=True, backend=backend)
     return len(Dataset.open(out))

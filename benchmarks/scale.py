@@ -56,9 +56,9 @@ def main() -> None:
     from distributed import Client, LocalCluster
 
     from trafficlens.datasets import Dataset
-    from trafficlens.datasets.config import PrepConfig
-    from trafficlens.datasets.distributed import discover_any, prep_dask
-    from trafficlens.datasets.prep import prep
+    from trafficlens.prep.config import PrepConfig
+    from trafficlens.prep.dask import discover_any, prep_dask
+    from trafficlens.prep.local import prep
 
     files, _ = discover_any([args.captures])
     total_mb = sum(size for _, _, size in files) / 1e6

@@ -65,7 +65,8 @@ def bench_model(name: str, shapes: dict, batch: int, classes: int, min_steps: in
 def bench_epoch(sessions: int, side: int, classes: int) -> tuple[float, float]:
     """(seconds, sessions/s) of one fit() epoch of chen-cnn over a memory-mapped image tensor."""
     from trafficlens.training.config import TrainConfig
-    from trafficlens.training.trainer import fit, setup
+    from trafficlens.training.device import setup
+    from trafficlens.training.trainer import fit
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "image.npy")
@@ -103,7 +104,7 @@ def main() -> None:
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     shapes = {"image": (args.side * args.side,), "packets": (args.packets, args.packet_bytes)}
-    names = args.models.split(",") if args.models else list_models()
+    names = args.models.split(",") if args.models else list_models("deep")
     print(f"torch {torch.__version__}, {threads} CPU threads, batch {args.batch}, image {args.side}x{args.side}, "
           f"packets {args.packets}x{args.packet_bytes}, {args.classes} classes\n")
     print("| model | inputs | parameters (trainable) | train samples/s | inference samples/s | s per 100k train |")

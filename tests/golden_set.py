@@ -100,8 +100,8 @@ def capture_hashes(shared: Path) -> dict[str, str]:
 def compute(shared: Path, work: Path, combo: str, backend: str) -> dict[str, Any]:
     """Prepare the golden captures with `COMBOS[combo]` on `backend` and summarise the dataset."""
     from trafficlens.datasets import Dataset
-    from trafficlens.datasets.config import PrepConfig
-    from trafficlens.datasets.prep import prep
+    from trafficlens.prep.config import PrepConfig
+    from trafficlens.prep.local import prep
 
     inputs = farm(shared, work / "captures")
     config = PrepConfig(labels="dir", **COMBOS[combo])

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from captures import tcp_session, write_pcap
 from trafficlens.cli import cli
-from trafficlens.datasets.config import PrepConfig
-from trafficlens.datasets.prep import prep
+from trafficlens.prep.config import PrepConfig
+from trafficlens.prep.local import prep
 from trafficlens.evaluation.audit import AuditConfig, audit
 
 PORTS = {"alpha": 443, "beta": 8443}
@@ -57,7 +57,7 @@ def test_audit_exposes_the_port_shortcut(shortcut_dataset):
     assert table.count("\n| (") == 5 and "chen-cnn on image" in table
     page = (out / "report.html").read_text()
     assert "http://" not in page and "https://" not in page
-    assert len(re.findall(r'src="data:image/png;base64,', page)) == 1
+    assert len(re.findall(r"src='data:image/png;base64,", page)) == 1
     assert len((out / "audit.csv").read_text().splitlines()) == len(result["rows"]) + 1
 
 

@@ -14,8 +14,9 @@ from click.testing import CliRunner
 from test_baselines import ONE, make_dataset
 from trafficlens.cli import cli
 from trafficlens.errors import BundleError
-from trafficlens.evaluation.baselines import baseline_info, expand_proba, list_baselines, score_baseline, train_baseline
-from trafficlens.evaluation.features import baseline_features
+from trafficlens.models.baselines.estimators import baseline_info, list_baselines
+from trafficlens.training.baselines import expand_proba, score_baseline, train_baseline
+from trafficlens.models.baselines.features import baseline_features
 from trafficlens.evaluation.evaluate import evaluate_run
 from trafficlens.serving import Classifier
 from trafficlens.training.config import TrainConfig
@@ -118,19 +119,18 @@ def test_tampered_bundle_is_refused(bundles, tmp_path, damage):
         Classifier.load(run)
 
 
-def test_explain_refuses_a_baseline(bundles):
-    from trafficlens.errors import ConfigError
+def test_explain_refuses_a_baseline(bundles, ds):
+    from trafficlens.explain.maps import explain_session
 
-    clf = Classifier.load(bundles["rf-stats"])
-    with pytest.raises(ConfigError, match="need a deep model"):
-        clf.explain({"stats": np.zeros((1, 4), np.float32)})
+    with pytest.raises(BundleError, match="need a deep model; rf is a baseline"):
+        explain_session(bundles["rf-stats"], 0, ds.path)
 
 
 # -- on captures: predict and evaluate --on ------------------------------------------------------
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
-    from trafficlens.datasets.config import PrepConfig
-    from trafficlens.datasets.prep import prep
+    from trafficlens.prep.config import PrepConfig
+    from trafficlens.prep.local import prep
 
     tmp = tmp_path_factory.mktemp("sample")
     config = PrepConfig(labels=f"csv:{SAMPLE / 'labels.csv'}", min_packets=5)

@@ -21,9 +21,10 @@ from sklearn.preprocessing import MinMaxScaler
 
 from trafficlens.datasets import Dataset, DatasetWriter
 from trafficlens.errors import ConfigError
-from trafficlens.evaluation.baselines import baseline_info, create_baseline, list_baselines, train_baseline
+from trafficlens.models.baselines.estimators import baseline_info, create_baseline, list_baselines
+from trafficlens.training.baselines import train_baseline
 from trafficlens.evaluation.cli import baseline as baseline_cmd
-from trafficlens.evaluation.features import FEATURE_KINDS, HEADER_BYTES, baseline_features
+from trafficlens.models.baselines.features import FEATURE_KINDS, HEADER_BYTES, baseline_features
 from trafficlens.training.config import TrainConfig
 from trafficlens.training.run import make_split
 from trafficlens.training.selection import select_classes
@@ -115,7 +116,7 @@ def test_predictions_match_sklearn_directly(name, ds, split):
     X_fit, X_test = (baseline_features(ds, r, kind) for r in (split.train, split.test))
     y = ds.labels[split.train].astype(str)
     ours = create_baseline(name, kind, **ONE.get(name, {})).fit(X_fit, y)
-    direct = baseline_info(name).build(random_state=0, **ONE.get(name, {})).fit(X_fit, np.searchsorted(CLASSES, y))
+    direct = baseline_info(name).builder(random_state=0, **ONE.get(name, {})).fit(X_fit, np.searchsorted(CLASSES, y))
     assert np.array_equal(ours.predict(X_test), np.array(CLASSES)[direct.predict(X_test)])
     assert np.allclose(ours.predict_proba(X_test), direct.predict_proba(X_test))
 
@@ -155,7 +156,7 @@ def test_class_weight_and_row_cap(ds, split):
 
 
 def test_bad_arguments_name_the_fix(ds):
-    with pytest.raises(ConfigError, match="unknown baseline 'catboost'; choose from dt, rf"):
+    with pytest.raises(ConfigError, match="unknown model 'catboost'; choose one of: dt, knn, knn-seq, lightgbm, lr, nb, rf, svm, xgboost"):
         create_baseline("catboost")
     with pytest.raises(ConfigError, match="knn-seq compares packet-length sequences"):
         create_baseline("knn-seq", "stats")
@@ -225,7 +226,7 @@ def test_tune_never_reads_the_test_side(ds, split, tmp_path):
 
 @pytest.mark.parametrize("name", list_baselines())
 def test_learned_parameters_are_counted(name, ds, split):
-    from trafficlens.evaluation.baselines import learned_parameters
+    from trafficlens.models.baselines.estimators import learned_parameters
 
     kind = baseline_info(name).features
     clf = create_baseline(name, kind, **ONE.get(name, {})).fit(baseline_features(ds, split.train, kind), ds.labels[split.train])

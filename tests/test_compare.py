@@ -120,7 +120,7 @@ def test_comparison_files(comparison):
 def test_compare_refuses_bad_input(ds):
     from trafficlens.evaluation.compare import compare
 
-    with pytest.raises(ConfigError, match="unknown model 'forest'; deep models: .*baselines: dt, rf"):
+    with pytest.raises(ConfigError, match="unknown model 'forest'; deep models: .*baselines: dt, knn"):
         compare(ds.path, "forest", None, log=lambda message: None)
     with pytest.raises(ConfigError, match="listed twice"):
         compare(ds.path, "rf,rf:stats", None, log=lambda message: None)
@@ -192,7 +192,7 @@ def test_one_estimator_interface_for_deep_models_and_baselines(ds):
     from sklearn.base import clone
 
     from trafficlens.evaluation.compare import create_estimator
-    from trafficlens.evaluation.features import baseline_features
+    from trafficlens.models.baselines.features import baseline_features
 
     rows = np.arange(len(ds))
     train, test = rows[rows % 4 != 0], rows[rows % 4 == 0]

@@ -13,8 +13,8 @@ import pytest
 
 from captures import tcp_session, write_pcap
 from trafficlens.datasets import Dataset
-from trafficlens.datasets.config import PrepConfig
-from trafficlens.datasets.prep import prep
+from trafficlens.prep.config import PrepConfig
+from trafficlens.prep.local import prep
 from trafficlens.errors import DatasetError
 
 distributed = pytest.importorskip("distributed", reason="Dask is an extra: pip install 'trafficlens[dask]'")
@@ -71,7 +71,7 @@ def write_duplicates_corpus(root):
 @pytest.mark.parametrize("settings,task_bytes", [({}, 1), ({}, 3000), ({"max_per_class": 2}, 1),
                                                  ({"deduplicate": False}, 1)])
 def test_dask_prep_equals_local_prep_with_duplicates_across_shards(tmp_path, threads_client, settings, task_bytes):
-    from trafficlens.datasets.distributed import prep_dask
+    from trafficlens.prep.dask import prep_dask
 
     caps = write_duplicates_corpus(tmp_path / "caps")
     config = PrepConfig(labels="dir", **settings)
@@ -90,7 +90,7 @@ def test_dask_prep_equals_local_prep_with_duplicates_across_shards(tmp_path, thr
 
 
 def test_files_are_grouped_whole_in_input_order():
-    from trafficlens.datasets.distributed import group_files
+    from trafficlens.prep.dask import group_files
 
     pairs = [[i, i + 1] for i in range(0, 16, 2)]
     assert group_files([10] * 16, task_bytes=25, workers=1) == pairs
@@ -100,7 +100,7 @@ def test_files_are_grouped_whole_in_input_order():
 
 
 def test_failed_tasks_are_retried_and_reported(tmp_path, threads_client, monkeypatch):
-    from trafficlens.datasets import distributed as engine
+    from trafficlens.prep import dask as engine
 
     caps = write_duplicates_corpus(tmp_path / "caps")
     real = engine.prepare_shard
@@ -134,7 +134,7 @@ def test_failed_tasks_are_retried_and_reported(tmp_path, threads_client, monkeyp
 
 
 def test_fsspec_url_inputs(tmp_path, threads_client):
-    from trafficlens.datasets.distributed import prep_dask
+    from trafficlens.prep.dask import prep_dask
 
     caps = write_duplicates_corpus(tmp_path / "caps")
     config = PrepConfig(labels="dir")
@@ -149,7 +149,7 @@ def test_fsspec_url_inputs(tmp_path, threads_client):
 
 
 def test_sharded_tensor_indexing_matches_numpy(tmp_path, threads_client):
-    from trafficlens.datasets.distributed import prep_dask
+    from trafficlens.prep.dask import prep_dask
 
     caps = write_duplicates_corpus(tmp_path / "caps")
     ds = Dataset.open(prep_dask([caps], tmp_path / "dask", PrepConfig(labels="dir"), client=threads_client, task_bytes=1))
@@ -189,7 +189,7 @@ def test_local_cluster_of_two_workers_preps_iot_sentinel_like_the_local_engine(s
     """The issue's bar: a LocalCluster of 2 worker processes, the real captures, the same result."""
     from distributed import Client, LocalCluster
 
-    from trafficlens.datasets.distributed import prep_dask
+    from trafficlens.prep.dask import prep_dask
 
     source = shared_data / "iot-sentinel"
     config = PrepConfig(labels="dir")
@@ -220,7 +220,7 @@ def write_learnable_corpus(root, per_class=24):
 def test_torchrun_two_processes_match_one_process(tmp_path, threads_client):
     """`torchrun --nproc-per-node 2 -m trafficlens train` on CPU (gloo), one epoch, on a sharded
     dataset: the gathered metrics equal single-process training on the same seed within tolerance."""
-    from trafficlens.datasets.distributed import prep_dask
+    from trafficlens.prep.dask import prep_dask
 
     caps = write_learnable_corpus(tmp_path / "caps")
     ds_path = prep_dask([caps], tmp_path / "ds", PrepConfig(labels="dir", image_bytes=64), client=threads_client, task_bytes=1)

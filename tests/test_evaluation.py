@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score, top_k_accuracy_score
 
 from test_predict import run  # noqa: F401  (the trained bundle fixture)
-from trafficlens.evaluation.metrics import classification_report, softmax
+from trafficlens.training.metrics import classification_report, softmax
 from trafficlens.evaluation.report import clustered_order
 
 
@@ -76,7 +76,7 @@ def test_metrics_by_hand():
 
 def test_provenance_says_what_produced_the_metrics(tmp_path):
     from trafficlens.datasets import DatasetWriter
-    from trafficlens.evaluation.metrics import provenance
+    from trafficlens.training.metrics import provenance
     from trafficlens.training.selection import ClassSelection
     from trafficlens.training.splits import PROTOCOL, Split
 

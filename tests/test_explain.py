@@ -17,13 +17,13 @@ from captures import tcp_session, udp_frame, write_pcap
 from trafficlens.capture import RawPacket, build, decode
 from trafficlens.cli import cli
 from trafficlens.datasets import Dataset
-from trafficlens.datasets.config import PrepConfig
-from trafficlens.datasets.prep import prep
+from trafficlens.prep.config import PrepConfig
+from trafficlens.prep.local import prep
 from trafficlens.errors import DatasetError
-from trafficlens.evaluation.explain import explain_tensors
-from trafficlens.features.fields import FILL, PacketLayout, dataset_layouts, packet_fields, tensor_fields
-from trafficlens.features.tls import hello_spans
-from trafficlens.features.views import packet_view
+from trafficlens.explain.maps import explain_tensors
+from trafficlens.prep.tensors.fields import FILL, PacketLayout, dataset_layouts, packet_fields, tensor_fields
+from trafficlens.prep.tensors.tls import hello_spans
+from trafficlens.prep.tensors.views import packet_view
 from trafficlens.models import create_model, list_models, model_info
 from trafficlens.models.layers import TrafficModel, square_image
 from trafficlens.training import TrainConfig, train_run
@@ -324,7 +324,7 @@ def test_attention_weights_are_distributions():
     assert maps.image_method == "grad-cam"  # through the frozen CNN branch, without changing the model
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("deep"))
 def test_every_model_gets_a_normalised_map(name):
     torch.manual_seed(0)
     shapes = {"image": (400,), "packets": (6, 32)}
@@ -370,8 +370,8 @@ def test_cli_writes_session_and_per_class_outputs(tiny, tmp_path):
 
 
 def test_shortcut_flags_only_identifying_fields_that_hold_values():
-    from trafficlens.evaluation.explain import Maps, field_weights, top_fields
-    from trafficlens.features.fields import TensorFields
+    from trafficlens.explain.maps import Maps, field_weights, top_fields
+    from trafficlens.prep.tensors.fields import TensorFields
 
     names = ["ip.src"] * 4 + ["ip.ttl"] + ["tls.app_data"] * 3 + [FILL] * 2
     fields = TensorFields("network", names, np.zeros(10, dtype=np.int32), [])
@@ -390,7 +390,7 @@ def test_pages_render_offline_with_every_figure(tiny, tmp_path):
 
     if CHROMIUM is None:
         pytest.skip("chromium not installed (Debian: apt-get install chromium)")
-    from trafficlens.evaluation.explain import ExplainConfig, explain_per_class, write_per_class
+    from trafficlens.explain.maps import ExplainConfig, explain_per_class, write_per_class
 
     _, page = write_per_class(tmp_path / "out", explain_per_class(tiny[1], cfg=ExplainConfig(per_class=3, split="all")))
     expected = len(re.findall(r"<img ", page.read_text()))

@@ -17,10 +17,10 @@ import pytest
 
 from captures import CLIENT, SERVER, tcp_frame, tcp_session, udp_frame, write_pcap
 from trafficlens.capture import CaptureReader, PcapngWriter, PcapWriter, build
-from trafficlens.datasets.config import PrepConfig
-from trafficlens.datasets.prep import prep
+from trafficlens.prep.config import PrepConfig
+from trafficlens.prep.local import prep
 from trafficlens.errors import ConfigError
-from trafficlens.fast import numba_available, resolve_backend
+from trafficlens.prep.engines import numba_available, resolve_backend
 
 pytestmark = pytest.mark.skipif(not numba_available(), reason="numba is not installed (the optional fast backend)")
 
@@ -267,11 +267,11 @@ def test_other_settings_identical(hand_built, tmp_path, settings):
 
 def test_growth_of_every_pool_keeps_results(hand_built, tmp_path, monkeypatch):
     """Tiny initial tables force every growth path (slots, packet and view pools, arena compaction)."""
-    from trafficlens.fast import engine
+    from trafficlens.prep.engines.compiled import CompiledEngine
 
-    monkeypatch.setattr(engine.Engine, "INITIAL_SLOTS", 1)
-    monkeypatch.setattr(engine.Engine, "INITIAL_NODES", 1)
-    monkeypatch.setattr(engine.Engine, "INITIAL_ARENA", 1)
+    monkeypatch.setattr(CompiledEngine, "INITIAL_SLOTS", 1)
+    monkeypatch.setattr(CompiledEngine, "INITIAL_NODES", 1)
+    monkeypatch.setattr(CompiledEngine, "INITIAL_ARENA", 1)
     compare([hand_built], tmp_path, PrepConfig(image_bytes=100))
 
 

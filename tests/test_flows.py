@@ -8,9 +8,9 @@ import pytest
 
 from captures import CLIENT, SERVER, tcp_frame, udp_frame
 from trafficlens.capture import RawPacket, decode
-from trafficlens.datasets.config import PrepConfig
-from trafficlens.flows.assembler import SessionAssembler
-from trafficlens.flows.session import Session
+from trafficlens.prep.config import PrepConfig
+from trafficlens.prep.sessions.assembler import SessionAssembler
+from trafficlens.prep.sessions.session import Session
 
 
 def packets(frames):

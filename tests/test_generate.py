@@ -123,9 +123,9 @@ def test_labels_follow_the_session_address(tmp_path):
     labels_csv = tmp_path / "lab" / "labels.csv"
     assert lab.write(str(labels_csv), rows) == 3
 
-    from trafficlens.datasets.config import PrepConfig
+    from trafficlens.prep.config import PrepConfig
     from trafficlens.datasets.dataset import Dataset
-    from trafficlens.datasets.prep import prep
+    from trafficlens.prep.local import prep
 
     for column, expected in (("label", {"robot-https", "robot-mqtt", "dns"}), ("command", {"move", "camera-stream", "udp-query"})):
         out = prep([tmp_path / "lab"], tmp_path / f"ds-{column}", PrepConfig(labels=f"csv:{labels_csv}", label_column=column), workers=1)
@@ -220,9 +220,9 @@ def test_small_run_captures_cleanly(small_run):
 @pytest.mark.slow
 def test_every_session_is_labelled_through_prep(small_run, tmp_path):
     out, manifest = small_run
-    from trafficlens.datasets.config import PrepConfig
+    from trafficlens.prep.config import PrepConfig
     from trafficlens.datasets.dataset import Dataset
-    from trafficlens.datasets.prep import prep
+    from trafficlens.prep.local import prep
 
     with open(out / "labels.csv") as fh:
         rows = list(csv.DictReader(fh))

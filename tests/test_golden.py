@@ -12,7 +12,7 @@ import json
 import pytest
 
 from golden_set import COMBOS, GOLDEN, capture_hashes, compute, differences, load
-from trafficlens.fast import numba_available
+from trafficlens.prep.engines import numba_available
 
 pytestmark = pytest.mark.shared_data
 BACKENDS = ["python", pytest.param("numba", marks=pytest.mark.skipif(not numba_available(), reason="numba not installed"))]

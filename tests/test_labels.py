@@ -2,7 +2,7 @@
 
 import pytest
 
-from trafficlens.datasets.labels import Labeler
+from trafficlens.prep.labels import Labeler
 from trafficlens.errors import ConfigError
 
 

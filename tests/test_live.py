@@ -11,7 +11,7 @@ import pytest
 from captures import tcp_frame, tcp_session, udp_frame, write_pcap
 from test_predict import KEY, SAMPLE, reference_sessions, run  # noqa: F401  (the trained bundle fixture)
 from trafficlens.errors import CaptureError
-from trafficlens.fast import numba_available
+from trafficlens.prep.engines import numba_available
 from trafficlens.serving import Classifier
 from trafficlens.serving.live import LiveClassifier, interface, replay
 

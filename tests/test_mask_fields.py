@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 
 from captures import write_pcap
 from trafficlens.capture import RawPacket, build, decode
-from trafficlens.datasets.config import LAYERS, MASKS, PrepConfig
-from trafficlens.datasets.prep import prepare_capture
-from trafficlens.fast import numba_available
-from trafficlens.features.views import packet_view
+from trafficlens.prep.config import LAYERS, MASKS, PrepConfig
+from trafficlens.prep.local import prepare_capture
+from trafficlens.prep.engines import numba_available
+from trafficlens.prep.tensors.views import packet_view
 
 BACKENDS = ["python", pytest.param("numba", marks=pytest.mark.skipif(not numba_available(), reason="numba not installed"))]
 # What README promises ("Masking"); `ipv6.tclass_flow` is the byte holding half the traffic class and
@@ -232,7 +232,7 @@ def test_each_view_zeroes_exactly_the_promised_fields(capture, layer, mask, back
 
 # -- the same promise on random header values (property-based), both engines' packet views -----------
 def numba_view(frame: bytes, layer: str, mask: str) -> bytes:
-    from trafficlens.fast import kernels as kn
+    from trafficlens.prep.engines import kernels as kn
 
     data = np.frombuffer(frame, np.uint8)
     rows = np.empty((1, kn.ND), np.int64)

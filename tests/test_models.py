@@ -23,13 +23,13 @@ def batch(model, n=4, seed=0):
 
 
 def test_registry_lists_every_model_of_the_issue():
-    assert set(list_models()) == {
+    assert set(list_models("deep")) == {
         "ge-inception-capsnet", "ge-elmo-lstm-attention", "ge-cnn-lstm", "chen-cnn", "chen-gru", "chen-han",
         "chen-model-a", "chen-model-b", "wang-1dcnn", "wang-2dcnn",
     }
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("deep"))
 def test_forward_backward(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=5, input_shapes=SHAPES)
@@ -52,7 +52,7 @@ def test_forward_backward(name):
 
 
 @pytest.mark.parametrize("side", [12, 28, 35])
-@pytest.mark.parametrize("name", [n for n in list_models() if "image" in model_info(n).inputs])
+@pytest.mark.parametrize("name", [n for n in list_models("deep") if "image" in model_info(n).inputs])
 def test_image_models_take_any_square_side(name, side):
     shapes = {**SHAPES, "image": (side * side,)}
     model = create_model(name, num_classes=3, input_shapes=shapes).eval()
@@ -181,11 +181,11 @@ def test_weighted_cross_entropy_and_plain_cross_entropy_by_hand():
         make_loss("hinge", np.ones(3))
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("deep"))
 def test_batch_norm_folding_keeps_every_model_s_outputs(name):
     import copy
 
-    from trafficlens.models.inference import fold_batch_norm, folded_for_inference
+    from trafficlens.inference.runtime import fold_batch_norm, folded_for_inference
 
     model = create_model(name, num_classes=5, input_shapes=SHAPES)
     g = torch.Generator().manual_seed(1)
@@ -212,11 +212,12 @@ def test_batch_norm_folding_keeps_every_model_s_outputs(name):
 ONNX_FALLBACK = {"ge-inception-capsnet"}
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("deep"))
 def test_onnx_runtime_gives_the_models_probabilities(name):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from trafficlens.models.inference import onnx_for_inference, probe_inputs, softmax
+    from trafficlens.inference.runtime import onnx_for_inference, probe_inputs
+    from trafficlens.training.metrics import softmax
 
     shapes = {**SHAPES, "image": (784,)}
     torch.manual_seed(0)

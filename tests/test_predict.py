@@ -18,10 +18,10 @@ from click.testing import CliRunner
 from captures import CLIENT, SERVER, tcp_session, write_pcap
 from trafficlens.cli import cli
 from trafficlens.datasets import Dataset
-from trafficlens.datasets.config import PrepConfig
-from trafficlens.datasets.prep import prep
+from trafficlens.prep.config import PrepConfig
+from trafficlens.prep.local import prep
 from trafficlens.serving import Classifier
-from trafficlens.serving.classifier import COLUMNS
+from trafficlens.inference.classifier import COLUMNS
 from trafficlens.training import TrainConfig, train_run
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample"

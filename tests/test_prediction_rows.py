@@ -17,9 +17,9 @@ import pytest
 
 from test_predict import FIELDS, KEY, assert_rows_hold_their_sessions, reference_sessions
 from trafficlens.errors import ConfigError
-from trafficlens.fast import numba_available
+from trafficlens.prep.engines import numba_available
 from trafficlens.serving import Classifier
-from trafficlens.serving.classifier import COLUMNS
+from trafficlens.inference.classifier import COLUMNS
 from trafficlens.serving.output import output_format, write_rows
 
 LAB = Path(__file__).resolve().parents[1] / "examples" / "lab"

@@ -9,9 +9,9 @@ from click.testing import CliRunner
 from captures import CLIENT, SERVER, tcp_frame, tcp_session, udp_frame, write_pcap
 from trafficlens.cli import cli
 from trafficlens.datasets import Dataset
-from trafficlens.datasets.config import PrepConfig
-from trafficlens.datasets.prep import prep
-from trafficlens.fast import numba_available
+from trafficlens.prep.config import PrepConfig
+from trafficlens.prep.local import prep
+from trafficlens.prep.engines import numba_available
 
 BACKENDS = ["python", pytest.param("numba", marks=pytest.mark.skipif(not numba_available(), reason="numba not installed"))]
 

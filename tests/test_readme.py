@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 from trafficlens.datasets import Dataset
-from trafficlens.datasets.config import PrepConfig
-from trafficlens.datasets.prep import prep
+from trafficlens.prep.config import PrepConfig
+from trafficlens.prep.local import prep
 from trafficlens.training import TrainConfig, train_run
 
 ROOT = Path(__file__).resolve().parents[1]

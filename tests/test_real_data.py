@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from trafficlens.datasets import Dataset
-from trafficlens.datasets.config import PrepConfig
-from trafficlens.datasets.prep import prep
+from trafficlens.prep.config import PrepConfig
+from trafficlens.prep.local import prep
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 pytestmark = [

@@ -83,7 +83,7 @@ def test_anything_changed_or_unsigned_is_refused(signed, damage):
 
 def test_a_baseline_bundle_is_signed_and_verified_too(tmp_path):
     from test_baselines import make_dataset
-    from trafficlens.evaluation.baselines import train_baseline
+    from trafficlens.training.baselines import train_baseline
     from trafficlens.training.config import TrainConfig
 
     ds = make_dataset(tmp_path / "ds", per_class=20)

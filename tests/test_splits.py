@@ -187,8 +187,8 @@ def test_bundled_sample_capture_splits_vary_with_the_seed(tmp_path):
     """On the 7 captures of examples/lab, seeds 0-3 test on at least 3 different captures."""
     from pathlib import Path
 
-    from trafficlens.datasets.config import PrepConfig
-    from trafficlens.datasets.prep import prep
+    from trafficlens.prep.config import PrepConfig
+    from trafficlens.prep.local import prep
 
     lab = Path(__file__).resolve().parents[1] / "examples" / "lab"
     ds = Dataset.open(prep([lab], tmp_path / "lab", PrepConfig(labels=f"csv:{lab / 'labels.csv'}"), workers=1))

@@ -20,13 +20,13 @@ import pytest
 
 from captures import CLIENT, SERVER, tcp_frame, udp_frame, write_pcap
 from trafficlens.datasets import Dataset
-from trafficlens.datasets.config import MASK_VERSION, PrepConfig
-from trafficlens.datasets.prep import prep
+from trafficlens.prep.config import MASK_VERSION, PrepConfig
+from trafficlens.prep.local import prep
 from trafficlens.errors import ConfigError, DatasetError
-from trafficlens.fast import numba_available
-from trafficlens.features.fields import dataset_layouts, tensor_fields
-from trafficlens.features.quic import mask_quic, scid_length
-from trafficlens.features.tls import hello_spans, mask_hello, record_end
+from trafficlens.prep.engines import numba_available
+from trafficlens.prep.tensors.fields import dataset_layouts, tensor_fields
+from trafficlens.prep.tensors.quic import mask_quic, scid_length
+from trafficlens.prep.tensors.tls import hello_spans, mask_hello, record_end
 
 BACKENDS = ["python"] + (["numba"] if numba_available() else [])
 K, M, B = 8192, 10, 1600  # big enough for every byte of every session to reach the tensors
@@ -351,7 +351,7 @@ def test_quic_ids_of_coalesced_packets():
 
 @pytest.mark.skipif(not numba_available(), reason="numba is not installed (the optional fast backend)")
 def test_compiled_parsers_match_the_reference_on_damaged_bytes():
-    from trafficlens.fast import kernels as kn
+    from trafficlens.prep.engines import kernels as kn
 
     rng = np.random.default_rng(12)
     for kind, message in _messages():

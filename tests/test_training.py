@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from trafficlens.datasets import Dataset, DatasetWriter
 from trafficlens.errors import ConfigError
-from trafficlens.models import list_models
+from trafficlens.models import list_models, model_info
 from trafficlens.training import TrainConfig, load_bundle, train_run
 from trafficlens.training.splits import capture_split, random_split
 
@@ -100,7 +100,7 @@ def test_chen_cnn_learns_separable_data_and_writes_a_bundle(dataset, tmp_path):
     assert set(metrics["per_class"]) == {"alpha", "beta", "gamma"}
 
 
-@pytest.mark.parametrize("name", [n for n in list_models() if n != "chen-model-a"])
+@pytest.mark.parametrize("name", [n for n in list_models("deep") if not model_info(n).from_runs])
 def test_every_model_reduces_its_training_loss(name, dataset, tmp_path):
     cfg = TrainConfig(max_epochs=3, patience=3, **FAST)
     s = train_run(dataset.path, tmp_path / name, name, cfg, progress=False, log=lambda m: None)

@@ -13,11 +13,11 @@ import click
 
 # name -> "module:attribute" of a click command, imported on first use.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prep": ("trafficlens.datasets.cli:prep", "Turn captures into a dataset directory."),
+    "prep": ("trafficlens.prep.cli:prep", "Turn captures into a dataset directory."),
     "audit": ("trafficlens.evaluation.audit_cli:audit", "How much of a score is leakage: papers' protocol vs honest splits and masks."),
     "baseline": ("trafficlens.evaluation.cli:baseline", "Fit a classical baseline (rf, xgboost, ...) on the same splits."),
     "evaluate": ("trafficlens.evaluation.cli:evaluate", "Score a trained run on its test split: metrics and an HTML report."),
-    "explain": ("trafficlens.evaluation.explain_cli:explain", "Which bytes and protocol fields a run relies on: Grad-CAM, attention, per class."),
+    "explain": ("trafficlens.explain.cli:explain", "Which bytes and protocol fields a run relies on: Grad-CAM, attention, per class."),
     "compare": ("trafficlens.evaluation.cli:compare", "Train deep models and baselines on one split: a table and an HTML report."),
     "cv": ("trafficlens.evaluation.cli:cv", "Stratified group k-fold cross-validation of one model: mean and spread."),
     "generate": ("trafficlens.generate.cli:generate", "Capture labelled traffic of real clients and servers in network namespaces."),

@@ -59,10 +59,10 @@ def held_out_capture(dataset, run_dir: Path, source: Path) -> Path:
 def quickstart(out: str | os.PathLike, sample: str | os.PathLike | None = None, cfg: QuickstartConfig | None = None,
                log: Callable[[str], None] = print, progress: bool = False) -> dict:
     """Run prep -> train -> evaluate -> predict into `out`; returns where everything went."""
-    from trafficlens.datasets.config import PrepConfig
-    from trafficlens.datasets.prep import prep
+    from trafficlens.prep.config import PrepConfig
+    from trafficlens.prep.local import prep
     from trafficlens.evaluation.evaluate import evaluate_run
-    from trafficlens.serving.classifier import Classifier
+    from trafficlens.inference.classifier import Classifier
     from trafficlens.serving.output import write_rows
     from trafficlens.training.config import TrainConfig
     from trafficlens.training.run import train_run

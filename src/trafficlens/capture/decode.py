@@ -162,59 +162,77 @@ def decode(raw: RawPacket) -> Packet | str:
             version = data[off] >> 4
     wire = raw[2]  # bytes from the IP header on, on the wire (never fewer than were captured)
     wire = (wire if wire > n else n) - off
-    fragmented = False
-    if version == 4:
-        if n < off + 20:
-            return "truncated"
-        vihl, total, frag, proto, src, dst = _IPV4(data, off)
-        ihl = (vihl & 0x0F) << 2
-        if vihl >> 4 != 4 or ihl < 20:
-            return "malformed"
-        if total == 0:  # segmentation offload: the length was never filled in
-            total = wire
-        if total < ihl or total > wire:
-            return "malformed"
-        if frag & 0x1FFF:
-            return "ip_fragment"
-        fragmented = frag & 0x2000 != 0
-        l4 = off + ihl
-    elif version == 6:
-        if n < off + 40:
-            return "truncated"
-        plen, proto, src, dst = _IPV6(data, off)
-        if data[off] >> 4 != 6:
-            return "malformed"
-        total = 40 + plen
-        if plen == 0 and wire > 40:  # jumbogram or offload: trust the frame
-            total = wire
-        if total > wire:
-            return "malformed"
-        l4 = off + 40
-        for _ in range(_MAX_IPV6_EXTENSIONS):
-            if proto in _IPV6_OPTIONS:
-                if n < l4 + 2:
-                    return "truncated"
-                proto, l4 = data[l4], l4 + ((data[l4 + 1] + 1) << 3)
-            elif proto == 44:  # fragment: offset in the upper 13 bits, M flag in the lowest
-                if n < l4 + 8:
-                    return "truncated"
-                if ((data[l4 + 2] << 8) | data[l4 + 3]) & 0xFFF8:
-                    return "ip_fragment"
-                fragmented = data[l4 + 3] & 1 == 1
-                proto, l4 = data[l4], l4 + 8
-            elif proto == 51:  # authentication header: length in 4-byte units, minus 2
-                if n < l4 + 2:
-                    return "truncated"
-                proto, l4 = data[l4], l4 + ((data[l4 + 1] + 2) << 2)
-            else:
-                break
-        if l4 > off + total:
-            return "malformed"
-    else:
-        return "malformed"
-
+    ip = _ipv4(data, off, wire) if version == 4 else (_ipv6(data, off, wire) if version == 6 else "malformed")
+    if type(ip) is str:
+        return ip
+    l4, total, proto, src, dst, fragmented = ip
     ip_end = off + total
-    end = ip_end if ip_end < n else n
+    l7 = _transport(data, l4, ip_end, proto, fragmented)
+    if type(l7) is str:
+        return l7
+    l7, sport, dport, flags, seq, ack, payload_len = l7
+    return _new(Packet, (raw[0], data, linktype, off, l4, l7, ip_end if ip_end < n else n, version, proto, src, dst,
+                         sport, dport, flags, seq, ack, payload_len, total, fragmented))
+
+
+def _ipv4(data: bytes, off: int, wire: int):
+    """(l4, total, proto, src, dst, first fragment) of an IPv4 header at `off`, or why to skip it."""
+    if len(data) < off + 20:
+        return "truncated"
+    vihl, total, frag, proto, src, dst = _IPV4(data, off)
+    ihl = (vihl & 0x0F) << 2
+    if vihl >> 4 != 4 or ihl < 20:
+        return "malformed"
+    if total == 0:  # segmentation offload: the length was never filled in
+        total = wire
+    if total < ihl or total > wire:
+        return "malformed"
+    if frag & 0x1FFF:
+        return "ip_fragment"
+    return off + ihl, total, proto, src, dst, frag & 0x2000 != 0
+
+
+def _ipv6(data: bytes, off: int, wire: int):
+    """`_ipv4` for IPv6, through its extension headers."""
+    n = len(data)
+    if n < off + 40:
+        return "truncated"
+    plen, proto, src, dst = _IPV6(data, off)
+    if data[off] >> 4 != 6:
+        return "malformed"
+    total = 40 + plen
+    if plen == 0 and wire > 40:  # jumbogram or offload: trust the frame
+        total = wire
+    if total > wire:
+        return "malformed"
+    l4 = off + 40
+    fragmented = False
+    for _ in range(_MAX_IPV6_EXTENSIONS):
+        if proto in _IPV6_OPTIONS:
+            if n < l4 + 2:
+                return "truncated"
+            proto, l4 = data[l4], l4 + ((data[l4 + 1] + 1) << 3)
+        elif proto == 44:  # fragment: offset in the upper 13 bits, M flag in the lowest
+            if n < l4 + 8:
+                return "truncated"
+            if ((data[l4 + 2] << 8) | data[l4 + 3]) & 0xFFF8:
+                return "ip_fragment"
+            fragmented = data[l4 + 3] & 1 == 1
+            proto, l4 = data[l4], l4 + 8
+        elif proto == 51:  # authentication header: length in 4-byte units, minus 2
+            if n < l4 + 2:
+                return "truncated"
+            proto, l4 = data[l4], l4 + ((data[l4 + 1] + 2) << 2)
+        else:
+            break
+    if l4 > off + total:
+        return "malformed"
+    return l4, total, proto, src, dst, fragmented
+
+
+def _transport(data: bytes, l4: int, ip_end: int, proto: int, fragmented: bool):
+    """(l7, sport, dport, flags, seq, ack, payload length) of a TCP or UDP header, or why to skip it."""
+    n = len(data)
     if proto == 6:
         if ip_end < l4 + 20:
             return "malformed"
@@ -226,8 +244,8 @@ def decode(raw: RawPacket) -> Packet | str:
             return "malformed"
         if l7 > n:
             return "truncated"
-        payload_len = ip_end - l7
-    elif proto == 17:
+        return l7, sport, dport, flags, seq, ack, ip_end - l7
+    if proto == 17:
         if ip_end < l4 + 8:
             return "malformed"
         if n < l4 + 8:
@@ -240,8 +258,5 @@ def decode(raw: RawPacket) -> Packet | str:
             if length < 8 or (length - 8 > payload_len and not fragmented):
                 return "malformed"
             payload_len = length - 8
-        flags = seq = ack = 0
-    else:
-        return "other_protocol"
-    return _new(Packet, (raw[0], data, linktype, off, l4, l7, end, version, proto, src, dst, sport, dport,
-                         flags, seq, ack, payload_len, total, fragmented))
+        return l7, sport, dport, 0, 0, 0, payload_len
+    return "other_protocol"

@@ -20,28 +20,18 @@ breaks before its first four bytes, raises `CaptureError`, and it does so before
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import zlib
 from typing import BinaryIO, Callable, Iterator, NamedTuple
 
+from trafficlens.capture.formats import GZIP_MAGIC, PCAP_MAGICS, PCAPNG_MAGIC
 from trafficlens.errors import CaptureError
 
 MAX_RECORD = 262144  # largest snap length libpcap writes; a record beyond max(snaplen, this) is damage
 MAX_BLOCK = 16 << 20  # a pcapng block (or pcap record, whatever the snap length) beyond this is damage
 
-PCAP_MAGICS = {  # magic -> (byte order, seconds per fraction tick, record header bytes)
-    b"\xd4\xc3\xb2\xa1": ("<", 1e-6, 16),
-    b"\xa1\xb2\xc3\xd4": (">", 1e-6, 16),
-    b"\x4d\x3c\xb2\xa1": ("<", 1e-9, 16),
-    b"\xa1\xb2\x3c\x4d": (">", 1e-9, 16),
-    # "modified" pcap (Kuznetzov's patched libpcap): each record header adds a 4-byte interface
-    # index, a 2-byte protocol, a 1-byte packet type and a pad byte; microseconds
-    b"\x34\xcd\xb2\xa1": ("<", 1e-6, 24),
-    b"\xa1\xb2\xcd\x34": (">", 1e-6, 24),
-}
-PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
-GZIP_MAGIC = b"\x1f\x8b"
 _SHB = 0x0A0D0D0A  # reads the same in both byte orders
 _BYTE_ORDER = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}
 _new = tuple.__new__  # builds a RawPacket without the NamedTuple's Python-level __new__
@@ -74,13 +64,17 @@ class CaptureReader:
     faster than 4 MiB or more: the buffer stays in cache).
     """
 
-    def __init__(self, path: str | os.PathLike, chunk_size: int = 1 << 20):
+    def __init__(self, path: str | os.PathLike, chunk_size: int = 1 << 20, digest: bool = False):
         self.path = os.fspath(path)
         self.chunk_size = chunk_size
         self.format = ""  # "pcap" or "pcapng"; "" for an empty file
         self.compressed = False
         self.packets = 0
         self.warnings: list[str] = []
+        # digest: the file's SHA-256 (of its bytes as stored) computed from the reads of a pass,
+        # so that prep's manifest costs no second read of the file
+        self.digest = digest
+        self.sha256: str | None = None
         _close(self._open()[0])  # fail now, before the caller plans around this file
 
     def _open(self) -> tuple[BinaryIO, bytes]:
@@ -89,6 +83,8 @@ class CaptureReader:
             fh: BinaryIO = open(self.path, "rb")
         except OSError as exc:
             raise CaptureError(f"{self.path}: cannot open ({exc.strerror or exc})") from None
+        if self.digest:
+            fh = _Hashing(fh)
         try:
             head = fh.read(4)
             if head[:2] == GZIP_MAGIC:
@@ -112,24 +108,66 @@ class CaptureReader:
         return fh, head
 
     def __iter__(self) -> Iterator[RawPacket]:
+        def packets(buf):
+            for packet in (_read_pcap if self.format == "pcap" else _read_pcapng)(buf):
+                self.packets += 1
+                yield packet
+
+        return self._pass(self.chunk_size, packets)
+
+    def pcap_windows(self, window_bytes: int | None = None) -> Iterator["PcapWindow"]:
+        """A classic pcap's records for a scanner of one's own (the compiled prep engine's), in
+        windows of the stream: the same records, checks, counts and warnings as iterating.
+
+        Each `PcapWindow` holds buffered bytes and where its first record starts; the scanner
+        reads whole records from there and sets `stop` (where the last whole record it read
+        ends) and `records` (how many). The reader then refills the window and checks the record
+        the scanner stopped at: a damaged one ends the pass with the usual warning.
+        """
+        if self.format != "pcap":
+            raise CaptureError(f"{self.path}: a {self.format or 'empty'} file, not classic pcap")
+
+        def windows(buf):
+            f = _pcap_header(buf)
+            while True:
+                window = PcapWindow(buf.data, buf.pos, f)
+                yield window
+                self.packets += window.records
+                buf.pos = window.stop
+                if not _pcap_continue(buf, f):
+                    break
+
+        yield from self._pass(window_bytes or self.chunk_size, windows)
+
+    def _pass(self, chunk_size: int, items) -> Iterator:
+        """One pass over the file: `items(buffer)` yields what the caller wants and counts
+        `self.packets`; damage ends the pass with a warning (or an error before any packet)."""
         self.packets = 0
         self.warnings = []
         fh, head = self._open()
-        buf = _Buffer(fh, head, self.chunk_size)
+        buf = _Buffer(fh, head, chunk_size)
         failure: Exception | None = None
         try:
             if len(head) < 4:  # empty, or a magic cut short
                 raise _Damage(0, "empty file" if not head else "file header cut short", cut=True)
-            for packet in (_read_pcap if self.format == "pcap" else _read_pcapng)(buf):
-                self.packets += 1
-                yield packet
+            yield from items(buf)
             if not self.packets:
                 raise _Damage(buf.offset, "no packets after the headers", cut=True)
         except (_Damage, OSError) as exc:
             failure = exc
         finally:
-            _close(fh)
+            self._finish(fh)
         self._settle(fh, failure, buf.offset)
+
+    def _finish(self, fh) -> None:
+        """Close the pass; with `digest`, hash what the pass left unread first (after damage)."""
+        hashing = fh if isinstance(fh, _Hashing) else getattr(fh, "fileobj", None)
+        if isinstance(hashing, _Hashing):
+            try:
+                self.sha256 = hashing.finish()
+            except OSError:
+                self.sha256 = None
+        _close(fh)
 
     def _settle(self, fh, failure: Exception | None, offset: int) -> None:
         """The pass's one warning, if any: what stopped the records, or, when they merely ran
@@ -267,6 +305,47 @@ def _salvage(member, piece: bytes) -> tuple[bytes, int, str]:
     return b"".join(out), len(piece), "inflate failed"  # the same bytes fail the same way: not reached
 
 
+class PcapWindow:
+    """Buffered bytes of a classic pcap from `start`, a record header there; see
+    `CaptureReader.pcap_windows`. `format` says how to read the records."""
+
+    __slots__ = ("data", "start", "format", "stop", "records")
+
+    def __init__(self, data: bytes, start: int, format: "PcapFormat"):
+        self.data, self.start, self.format = data, start, format
+        self.stop, self.records = start, 0
+
+
+class _Hashing:
+    """A raw file that feeds a SHA-256 with every byte read from it, in order."""
+
+    def __init__(self, fh: BinaryIO):
+        self.fh = fh
+        self._sha = hashlib.sha256()
+        self._at = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.fh.read(n)
+        self._sha.update(data)
+        self._at += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        # Only ever back to the start, before decompressing: what was hashed is read again.
+        if offset != 0 or whence != 0:
+            raise OSError("hashing file: seek to 0 only")
+        self._sha, self._at = hashlib.sha256(), 0
+        return self.fh.seek(0)
+
+    def finish(self) -> str:
+        for block in iter(lambda: self.fh.read(1 << 20), b""):
+            self._sha.update(block)
+        return self._sha.hexdigest()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
 class _Buffer:
     """A sliding window over the stream: `need(n)` makes data[pos:pos+n] available."""
 
@@ -298,7 +377,7 @@ class _Buffer:
         return len(self.data) - self.pos
 
 
-class _PcapFile(NamedTuple):
+class PcapFormat(NamedTuple):
     """What a classic pcap's file header says, for the record loops."""
 
     order: str  # "<" or ">"
@@ -310,7 +389,7 @@ class _PcapFile(NamedTuple):
     record: Callable  # unpacks (seconds, fraction, captured length, length) at an offset
 
 
-def _pcap_header(buf: _Buffer) -> _PcapFile:
+def _pcap_header(buf: _Buffer) -> PcapFormat:
     """A classic pcap's file header; leaves `buf` at the first record."""
     order, scale, header = PCAP_MAGICS[buf.data[:4]]
     if not buf.need(24):
@@ -319,10 +398,10 @@ def _pcap_header(buf: _Buffer) -> _PcapFile:
     linktype &= 0xFFFF  # the upper bits carry FCS information
     limit = min(max(snaplen, MAX_RECORD), MAX_BLOCK)  # a garbage snap length must not let a record eat memory
     buf.pos = 24
-    return _PcapFile(order, scale, snaplen, linktype, limit, header, struct.Struct(order + "IIII").unpack_from)
+    return PcapFormat(order, scale, snaplen, linktype, limit, header, struct.Struct(order + "IIII").unpack_from)
 
 
-def _pcap_continue(buf: _Buffer, f: _PcapFile) -> bool:
+def _pcap_continue(buf: _Buffer, f: PcapFormat) -> bool:
     """Where a fast loop over whole records stopped: False at a clean end of file, True when the
     next record is whole in the buffer now (loop again); a damaged record raises `_Damage`."""
     if not buf.need(f.header):

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from trafficlens.errors import ConfigError
+from trafficlens.pages import figure_png, page, pyplot
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,8 @@ class AuditConfig:
 def dataset_for_mask(dataset: Path, mask: str, cache: Path, cfg: AuditConfig, log: Callable[[str], None]) -> Path:
     """`dataset` itself when it was prepared with `mask`, else a re-prepared copy under `cache`."""
     from trafficlens.datasets import Dataset
-    from trafficlens.datasets.config import MASK_VERSION, PrepConfig
-    from trafficlens.datasets.prep import prep
+    from trafficlens.prep.config import MASK_VERSION, PrepConfig
+    from trafficlens.prep.local import prep
 
     ds = Dataset.open(dataset)
     if ds.config.get("mask") == mask:
@@ -115,7 +116,8 @@ def audit(dataset: str | os.PathLike, out: str | os.PathLike, cfg: AuditConfig |
           progress: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run every setting, write `audit.json`, `audit.md`, `audit.csv` and `report.html` to `out`."""
     from trafficlens.datasets import Dataset
-    from trafficlens.evaluation.baselines import baseline_info, train_baseline
+    from trafficlens.models.baselines.estimators import baseline_info
+    from trafficlens.training.baselines import train_baseline
     from trafficlens.models import model_info
     from trafficlens.training.config import TrainConfig
     from trafficlens.training.run import train_run
@@ -123,7 +125,7 @@ def audit(dataset: str | os.PathLike, out: str | os.PathLike, cfg: AuditConfig |
     cfg = cfg or AuditConfig()
     log = log or (lambda message: print(message, file=sys.stderr))
     if cfg.model:
-        model_info(cfg.model)  # unknown names fail before any work
+        model_info(cfg.model, "deep")  # unknown names fail before any work
     baseline_info(cfg.baseline)
     dataset, out = Path(dataset), Path(out)
     source = Dataset.open(dataset)
@@ -177,29 +179,27 @@ def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 def markdown_table(result: dict[str, Any]) -> str:
+    """One row per setting, one column per (model, features): test accuracy / macro-F1."""
+    from trafficlens.evaluation.tables import markdown_table as table
+
     rows, columns = result["rows"], _columns(result["rows"])
-    head = "| setting | split | mask | " + " | ".join(f"{m} on {f}" for m, f in columns) + " |"
-    lines = [head, "|" + "---|" * (3 + len(columns))]
+    names = [f"{m} on {f}" for m, f in columns]
+    pivot = []
     for s in result["settings"]:
-        cells = []
-        for model, features in columns:
+        row = {"setting": f"({s['key']}) {s['title']}", "split": s["split"], "mask": s["mask"]}
+        for name, (model, features) in zip(names, columns):
             hit = [r for r in rows if r["setting"] == s["key"] and r["model"] == model and r["features"] == features]
-            cells.append(f"{hit[0]['accuracy']:.3f} / {hit[0]['macro_f1']:.3f}"
+            row[name] = (f"{hit[0]['accuracy']:.3f} / {hit[0]['macro_f1']:.3f}"
                          if hit and hit[0]["accuracy"] is not None else "—")
-        lines.append(f"| ({s['key']}) {s['title']} | {s['split']} | {s['mask']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nCells: test accuracy / macro-F1.\n"
+        pivot.append(row)
+    return table(pivot, ["setting", "split", "mask", *names], bold_best=None) + "\nCells: test accuracy / macro-F1.\n"
 
 
 def figure(result: dict[str, Any]) -> str:
     """Grouped bars of macro-F1 per setting and model, as a data URI."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    from trafficlens.evaluation.report import _figure_png
-
+    plt = pyplot()
     keys = [s["key"] for s in result["settings"]]
     columns = _columns(result["rows"])
     fig, ax = plt.subplots(figsize=(1.6 * len(keys) + 2, 3.6))
@@ -216,7 +216,7 @@ def figure(result: dict[str, Any]) -> str:
     ax.set_ylabel("test macro-F1")
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(axis="y", alpha=0.3)
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 def write_outputs(out: Path, result: dict[str, Any]) -> None:
@@ -235,10 +235,8 @@ def write_outputs(out: Path, result: dict[str, Any]) -> None:
     head = "".join(f"<th>{html.escape(c.strip())}</th>" for c in cells[0].strip("|").split("|"))
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in line.strip("|").split("|")) + "</tr>"
                    for line in cells[2:] if line.startswith("|"))
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Leakage audit</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:2px 8px}}img{{max-width:100%}}</style></head><body>
-<h1>Leakage audit of {html.escape(result['dataset'])}</h1><ul>{settings}</ul>
-<table><tr>{head}</tr>{body}</table><p>Cells: test accuracy / macro-F1. Prep: {html.escape(json.dumps(result['prep']))}.</p>
-<h2>Test macro-F1 per setting</h2><img alt="Test macro-F1 per setting" src="{figure(result)}"></body></html>"""
-    (out / "report.html").write_text(page)
+
+    tables = (f"<table><tr>{head}</tr>{body}</table><p>Cells: test accuracy / macro-F1. Prep: "
+              f"{html.escape(json.dumps(result['prep']))}.</p>")
+    (out / "report.html").write_text(page(f"Leakage audit of {result['dataset']}", f"<ul>{settings}</ul>", tables,
+                                          [("Test macro-F1 per setting", figure(result))]))

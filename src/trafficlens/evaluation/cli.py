@@ -42,7 +42,7 @@ def baseline(dataset, model_name, features, split, seed, min_class_sessions, min
     Example:
       trafficlens baseline ds/iot --model xgboost --tune --min-class-sessions 50 -o runs/xgb
     """
-    from trafficlens.evaluation.baselines import train_baseline
+    from trafficlens.training.baselines import train_baseline
     from trafficlens.training.config import TrainConfig, parse_settings
 
     params = parse_settings(settings)
@@ -93,19 +93,19 @@ def evaluate(run, on, unseen, dataset, out):
 def _shared_options(command):
     """Options `compare` and `cv` share (CompareConfig fields)."""
     options = [
-        click.option("--split", type=click.Choice(tuple(s for s in SPLITS if s != "none")), default="capture",
-                     show_default=True, help=SPLIT_HELP),
+        click.option("--split", type=click.Choice(tuple(s for s in SPLITS if s != "none")), default=None,
+                     help=SPLIT_HELP + _d("split")),
         click.option("--mask", type=click.Choice(("none", "paper", "strict")), default=None,
                      help="Refuse a dataset prepared with another mask [default: take the dataset's]."),
         click.option("--tune", is_flag=True, help="Baselines: small grid search on the validation side."),
-        click.option("--balance", type=click.Choice(BALANCES), default="none", show_default=True,
+        click.option("--balance", type=click.Choice(BALANCES), default=None,
                      help="Every model: undersample draws the same training rows for all; weights weighs classes "
-                          "(deep: class-balanced batches; baselines: balanced sample weights)."),
-        click.option("--loss", type=click.Choice(LOSSES), default="ce", show_default=True, help="Deep models: the loss."),
-        click.option("--epochs", "max_epochs", type=click.IntRange(1), default=30, show_default=True, help="Deep models: most epochs."),
+                          "(deep: class-balanced batches; baselines: balanced sample weights)." + _d("balance")),
+        click.option("--loss", type=click.Choice(LOSSES), default=None, help="Deep models: the loss." + _d("loss")),
+        click.option("--epochs", "max_epochs", type=click.IntRange(1), default=None, help="Deep models: most epochs." + _d("max_epochs")),
         click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None, help="Deep models: seconds per training."),
-        click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True),
-        click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True),
+        click.option("--batch-size", type=click.IntRange(1), default=None, help="Deep models: training batch size." + _d("batch_size")),
+        click.option("--device", type=click.Choice(DEVICES), default=None, help="Where deep models train." + _d("device")),
         click.option("--progress", is_flag=True, help="Show the deep models' progress bars."),
     ]
     for option in reversed(options):
@@ -118,7 +118,16 @@ def _config(**kwargs):
 
     kwargs["include_classes"] = tuple(kwargs.get("include_classes", ()))
     kwargs["exclude_classes"] = tuple(kwargs.get("exclude_classes", ()))
-    return CompareConfig(**kwargs)
+    return CompareConfig(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def _d(name: str) -> str:
+    """` [default: X]` from CompareConfig (options default to None: the dataclass decides)."""
+    import dataclasses
+
+    from trafficlens.evaluation.compare import CompareConfig
+
+    return f" [default: {next(f.default for f in dataclasses.fields(CompareConfig) if f.name == name)}]"
 
 
 def _seeds(ctx, param, value: str) -> tuple[int, ...]:
@@ -167,7 +176,7 @@ def compare(dataset, models, out, seeds, save_models, **settings):
 @click.option("--folds", type=click.IntRange(2), default=4, show_default=True, help="k of the k-fold.")
 @click.option("--repeats", type=click.IntRange(1), default=1, show_default=True,
               help="Repeated k-fold: R deals of the folds with seeds SEED..SEED+R-1; mean, std and a 95% interval.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the first repeat's folds and training.")
+@click.option("--seed", type=int, default=None, help="Seed of the first repeat's folds and training. [default: 0]")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None, help="Report directory (cv.md, cv.csv, cv.json, report.html).")
 @_shared_options
 def cv(dataset, model_name, folds, repeats, seed, out, **settings):

@@ -13,8 +13,9 @@ made (identical tensors removed from the later side) and every model follows one
 row of a seed, checked), selects on the validation side (deep models: the early-stopping epoch;
 baselines with `--tune`: the grid point) and is scored on the test side; nothing is refitted on
 training + validation. `--balance` applies to every model alike: `undersample` draws the same
-training rows for all, `weights` weighs classes in deep training and baseline fits. `chen-model-a`
-is fused from the same seed's `chen-cnn` and `chen-gru` runs (trained for it when not listed).
+training rows for all, `weights` weighs classes in deep training and baseline fits. A model
+built on trained runs (`chen-model-a`: `chen-cnn` and `chen-gru`) is built from the same seed's
+runs of those models, trained for it when not listed.
 Writes, under `out`: `comparison.json`, `comparison.md`, `comparison.csv` (one row per model and
 seed), `report.html` (offline), `figures/*.png|svg`, `models/<model>/seed-<s>/metrics.json` and,
 with `save_models`, every fitted model as a bundle under `runs/seed-<s>/<model>/` (deep runs and
@@ -36,7 +37,6 @@ import numpy as np
 
 from trafficlens.errors import ConfigError
 
-MODEL_A_BRANCHES = ("chen-cnn", "chen-gru")
 
 
 @dataclass
@@ -92,7 +92,7 @@ class ModelSpec:
     @property
     def key(self) -> str:
         """The name, with `:features` where they are not the baseline's own (`rf:header`, but `rf`)."""
-        from trafficlens.evaluation.baselines import baseline_info
+        from trafficlens.models.baselines.estimators import baseline_info
 
         if self.kind == "deep" or self.features == baseline_info(self.name).features:
             return self.name
@@ -101,14 +101,14 @@ class ModelSpec:
 
 def parse_models(models: str | Sequence[str]) -> list[ModelSpec]:
     """`chen-cnn,rf,xgboost:header` (or a list) to specs; unknown names fail with both registries listed."""
-    from trafficlens.evaluation.baselines import baseline_info, list_baselines
-    from trafficlens.evaluation.features import FEATURE_KINDS
+    from trafficlens.models.baselines.estimators import baseline_info, list_baselines
+    from trafficlens.models.baselines.features import FEATURE_KINDS
     from trafficlens.models import list_models
 
     items = [m.strip() for m in (models.split(",") if isinstance(models, str) else models) if m.strip()]
     if not items:
         raise ConfigError("--models names no model; e.g. --models chen-cnn,rf,xgboost,lightgbm")
-    deep, baselines = set(list_models()), set(list_baselines())
+    deep, baselines = set(list_models("deep")), set(list_baselines())
     specs: list[ModelSpec] = []
     for item in items:
         name, _, features = item.partition(":")
@@ -139,7 +139,7 @@ def create_estimator(model: str, dataset=None, seed: int = 0, **params):
         create_estimator("rf:header", ds).fit(rows, ds.labels[rows])
         create_estimator("chen-cnn", ds, max_epochs=10).fit(rows, ds.labels[rows])
     """
-    from trafficlens.evaluation.baselines import create_baseline
+    from trafficlens.models.baselines.estimators import create_baseline
     from trafficlens.training.estimator import TrafficClassifier
 
     (spec,) = parse_models([model])
@@ -177,12 +177,12 @@ def run_model(p: Prepared, spec: ModelSpec, split, cfg: CompareConfig, runs: Pat
     """Train or fit one model on `split` (seeded by `cfg.seed`), score its test side; metrics in
     the metrics.json schema, with `n_fit` and `n_select`.
 
-    Deep runs are written to `runs/<name>` and recorded in `trained`; `chen-model-a` reuses the
-    `chen-cnn` / `chen-gru` runs in `trained`, training them first when absent. Baselines are
+    Deep runs are written to `runs/<name>` and recorded in `trained`; a model built on trained runs
+    (`ModelInfo.from_runs`) reuses those in `trained`, training them first when absent. Baselines are
     written there as bundles when `cfg.save_models`.
     """
-    from trafficlens.evaluation.baselines import score_baseline
-    from trafficlens.evaluation.metrics import provenance
+    from trafficlens.training.baselines import score_baseline
+    from trafficlens.training.metrics import provenance
     from trafficlens.training.run import train_run
 
     trained = {} if trained is None else trained
@@ -192,19 +192,20 @@ def run_model(p: Prepared, spec: ModelSpec, split, cfg: CompareConfig, runs: Pat
         m = fitted.metrics
         m.update(provenance(p.ds, split, classes=p.classes, seed=cfg.seed, selection=cfg.selection, dropped=p.dropped))
         if cfg.save_models:
-            from trafficlens.evaluation.baseline_bundle import save_baseline_bundle
+            from trafficlens.training.bundle import save_baseline_bundle
 
             target = runs / spec.key.replace(":", "-")
             save_baseline_bundle(target, fitted, p.ds, split, train=cfg.train_config().to_dict(), overwrite=True)
             m["run"] = str(target)
         return m
+    from trafficlens.models import model_info
+
     from_runs: list[str] = []
-    if spec.name == "chen-model-a":
-        for branch in MODEL_A_BRANCHES:
-            if branch not in trained:
-                log(f"chen-model-a: training its {branch} branch first")
-                run_model(p, ModelSpec(branch, "deep"), split, cfg, runs, log, trained)
-            from_runs.append(str(trained[branch]))
+    for branch in model_info(spec.name).from_runs:
+        if branch not in trained:
+            log(f"{spec.name}: training its {branch} branch first")
+            run_model(p, ModelSpec(branch, "deep"), split, cfg, runs, log, trained)
+        from_runs.append(str(trained[branch]))
     run_dir = runs / spec.name
     train_run(p.ds.path, run_dir, spec.name, cfg.train_config(), from_runs=from_runs, progress=cfg.progress,
               overwrite=True, log=log, split=split)
@@ -272,7 +273,7 @@ def compare(dataset: str | os.PathLike, models: str | Sequence[str], out: str | 
     overriding `cfg`; `seeds` defaults to `(cfg.seed,)`. Each seed draws its own split and seeds
     every model's training with it. Rows come per seed, in the order of `models`.
     """
-    from trafficlens.evaluation.metrics import provenance
+    from trafficlens.training.metrics import provenance
     from trafficlens.training.run import log_split, make_split
 
     cfg = dataclasses.replace(cfg or CompareConfig(), **settings) if settings else (cfg or CompareConfig())
@@ -297,7 +298,7 @@ def compare(dataset: str | os.PathLike, models: str | Sequence[str], out: str | 
                 f"test {len(split.test)} sessions")
             log_split(split, p.classes, log)
             trained: dict[str, Path] = {}
-            for spec in sorted(specs, key=lambda s: s.name == "chen-model-a"):  # fused model after its branches
+            for spec in sorted(specs, key=_built_on_runs):  # models built on runs after the runs
                 log(f"-- {spec.key} (seed {seed})")
                 m = run_model(p, spec, split, seed_cfg, runs_root / f"seed-{seed}", log, trained)
                 metrics[spec.key][str(seed)] = m
@@ -361,3 +362,9 @@ def comparison_markdown(result: dict[str, Any]) -> str:
             f"## Mean ± std over {len(result['seeds'])} seed(s)\n\n")
     return (head + summary_markdown(result) + "\n## Every model and seed\n\n"
             + markdown_table(result["rows"], ROW_KEYS))
+
+
+def _built_on_runs(spec: ModelSpec) -> bool:
+    from trafficlens.models import model_info
+
+    return spec.kind == "deep" and bool(model_info(spec.name).from_runs)

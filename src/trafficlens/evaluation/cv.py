@@ -58,7 +58,7 @@ def cross_validate(dataset: str | os.PathLike, model: str, out: str | os.PathLik
                    cfg: CompareConfig | None = None, *, repeats: int = 1, log: Callable[[str], None] | None = None,
                    **settings) -> dict[str, Any]:
     """k-fold scores of `model` (a deep model or `baseline[:features]`), `repeats` times; writes `out` when given."""
-    from trafficlens.evaluation.metrics import provenance
+    from trafficlens.training.metrics import provenance
     from trafficlens.evaluation.tables import spread
     from trafficlens.training.run import log_split
     from trafficlens.training.splits import deduplicate, kfold_splits, tensor_keys

@@ -89,7 +89,7 @@ def evaluate_run(run: str | os.PathLike, out: str | os.PathLike | None = None, d
                  *, on: str | os.PathLike | None = None, unseen: str = "ignore") -> dict[str, Any]:
     """Score a run directory; writes `metrics.json` and `report.html` into `out` (default:
     RUN/evaluation, or RUN/evaluation-<dataset name> with `on`) and returns the metrics."""
-    from trafficlens.serving import Classifier
+    from trafficlens.inference.classifier import Classifier
 
     if unseen not in UNSEEN:
         raise ConfigError(f"unseen must be one of {', '.join(UNSEEN)}, got {unseen!r}")
@@ -114,7 +114,7 @@ def evaluate_run(run: str | os.PathLike, out: str | os.PathLike | None = None, d
 
 def _on_own_split(clf, run: Path, dataset) -> tuple[dict[str, Any], str, dict]:
     from trafficlens.datasets import Dataset
-    from trafficlens.evaluation.metrics import classification_report, provenance
+    from trafficlens.training.metrics import classification_report, provenance
     from trafficlens.training.bundle import read_split
     from trafficlens.training.selection import ClassSelection
     from trafficlens.training.splits import Split
@@ -159,7 +159,7 @@ def _saved_metrics(run: Path) -> dict[str, Any]:
 
 def _on_other(clf, run: Path, on: Path, unseen: str) -> tuple[dict[str, Any], str, dict]:
     from trafficlens.datasets import Dataset
-    from trafficlens.evaluation.metrics import classification_report
+    from trafficlens.training.metrics import classification_report
 
     config = clf.bundle.config
     ds = Dataset.open(on)

@@ -10,36 +10,13 @@ also written as PNG and SVG files under `figures/`.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-
-def _figure_png(fig, save_as: Path | None = None) -> str:
-    """The figure as a PNG data URI; with `save_as` (a path without suffix) also as .png and .svg files."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    if save_as is not None:
-        save_as.parent.mkdir(parents=True, exist_ok=True)
-        save_as.with_suffix(".png").write_bytes(buf.getvalue())
-        fig.savefig(save_as.with_suffix(".svg"), format="svg", bbox_inches="tight")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from trafficlens.pages import figure_png, page, pyplot
 
 
 def clustered_order(matrix: np.ndarray) -> tuple[np.ndarray, Any]:
@@ -54,10 +31,7 @@ def clustered_order(matrix: np.ndarray) -> tuple[np.ndarray, Any]:
 
 
 def confusion_figure(labels: list[str], matrix: np.ndarray, save_as: Path | None = None) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from scipy.cluster.hierarchy import dendrogram
 
     order, link = clustered_order(matrix)
@@ -78,14 +52,11 @@ def confusion_figure(labels: list[str], matrix: np.ndarray, save_as: Path | None
     ax.set_xlabel("predicted")
     ax.set_ylabel("true (clustered: average linkage)")
     fig.colorbar(image, cax=fig.add_axes([box[0] + box[2] + 0.02, box[1], 0.03, box[3]]), label="share of the true class")
-    return _figure_png(fig, save_as)
+    return figure_png(fig, save_as)
 
 
 def per_class_figure(per_class: dict[str, dict[str, float]], save_as: Path | None = None) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     labels = list(per_class)
     x = np.arange(len(labels))
@@ -95,17 +66,14 @@ def per_class_figure(per_class: dict[str, dict[str, float]], save_as: Path | Non
     ax.set_xticks(x, labels, rotation=90, fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.legend(ncols=3, fontsize=8)
-    return _figure_png(fig, save_as)
+    return figure_png(fig, save_as)
 
 
 def curves_figure(history: dict[str, Any]) -> str | None:
     epochs = history.get("epochs") or []
     if not epochs:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
     xs = range(1, len(epochs) + 1)
@@ -119,7 +87,7 @@ def curves_figure(history: dict[str, Any]) -> str | None:
     right.set_xlabel("epoch")
     right.set_ylim(0, 1.05)
     right.legend(fontsize=8)
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 def write_report(path: Path, title: str, metrics: dict[str, Any], history: dict[str, Any] | None = None) -> Path:
@@ -159,27 +127,12 @@ def write_report(path: Path, title: str, metrics: dict[str, Any], history: dict[
     if metrics.get("protocol"):
         notes.append(f"Protocol: {metrics['protocol']}.")
     provenance += "".join(f"</p><p>{html.escape(n)}" for n in notes)
-    body = "".join(f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='{src}'>" for caption, src in figures)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}td:first-child{{text-align:left}}img{{max-width:100%}}</style>
-</head><body><h1>{html.escape(title)}</h1><p><b>{summary}</b></p><p>Produced by: {provenance}</p>
-<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{rows}</table>{body}</body></html>"""
-    path.write_text(page)
+    table = f"<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{rows}</table>"
+    path.write_text(page(title, f"<p><b>{summary}</b></p><p>Produced by: {provenance}</p>", table, figures))
     return path
 
 
 # -- comparisons and cross-validations ----------------------------------------------------------
-_STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse;margin:1em 0}
-td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"""
-
-
-def _page(title: str, intro: str, table: str, figures: list[tuple[str, str]]) -> str:
-    body = "".join(f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='{src}'>" for caption, src in figures)
-    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_STYLE}</style>'
-            f"</head><body><h1>{html.escape(title)}</h1>{intro}{table}{body}</body></html>")
-
-
 def _html_table(rows: list[dict[str, Any]], keys: list[str], fmt) -> str:
     head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(r.get(k), k))}</td>" for k in keys) + "</tr>" for r in rows)
@@ -197,7 +150,7 @@ def _provenance_html(result: dict[str, Any]) -> str:
 
 def scores_figure(rows: list[dict[str, Any]], save_as: Path | None = None) -> str:
     """Accuracy and macro-F1 per model; {"mean", "std"} values get error bars (std over seeds)."""
-    plt = _pyplot()
+    plt = pyplot()
     names = [r["model"] for r in rows]
     y = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
@@ -213,11 +166,11 @@ def scores_figure(rows: list[dict[str, Any]], save_as: Path | None = None) -> st
     ax.set_xlabel("test score (mean ± std over seeds)" if any(isinstance(r.get("macro_f1"), dict) for r in rows)
                   else "test score")
     ax.legend(fontsize=8, loc="lower right")
-    return _figure_png(fig, save_as)
+    return figure_png(fig, save_as)
 
 
 def class_f1_figure(metrics: dict[str, dict[str, Any]], labels: list[str], save_as: Path | None = None) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     models = list(metrics)
     grid = np.array([[metrics[m]["per_class"][c]["f1"] for c in labels] for m in models])
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(labels) + 3), 0.4 * len(models) + 2))
@@ -225,12 +178,12 @@ def class_f1_figure(metrics: dict[str, dict[str, Any]], labels: list[str], save_
     ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
     ax.set_yticks(range(len(models)), models, fontsize=8)
     fig.colorbar(image, ax=ax, label="test F1")
-    return _figure_png(fig, save_as)
+    return figure_png(fig, save_as)
 
 
 def cost_figure(rows: list[dict[str, Any]], save_as: Path | None = None) -> str:
     """Training seconds and learned parameters per model (Chen 2023 Table 9, Figure 13)."""
-    plt = _pyplot()
+    plt = pyplot()
     names = [r["model"] for r in rows]
     y = np.arange(len(rows))
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.4 * len(rows) + 1.4), sharey=True)
@@ -247,14 +200,14 @@ def cost_figure(rows: list[dict[str, Any]], save_as: Path | None = None) -> str:
         if r.get("seconds_per_epoch"):
             left.annotate(f"{r['seconds_per_epoch']:.1f} s/epoch", (r["train_seconds"], yy), fontsize=7,
                           xytext=(3, -3), textcoords="offset points")
-    return _figure_png(fig, save_as)
+    return figure_png(fig, save_as)
 
 
 def deep_curves_figure(histories: dict[str, dict[str, Any]], save_as: Path | None = None) -> str | None:
     histories = {k: h for k, h in histories.items() if h.get("epochs")}
     if not histories:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
     for name, h in histories.items():
         xs = range(1, len(h["epochs"]) + 1)
@@ -266,12 +219,12 @@ def deep_curves_figure(histories: dict[str, dict[str, Any]], save_as: Path | Non
     right.set_ylabel("validation macro-F1")
     right.set_ylim(0, 1.05)
     right.legend(fontsize=7)
-    return _figure_png(fig, save_as)
+    return figure_png(fig, save_as)
 
 
 def spread_figure(rows: list[dict[str, Any]], keys: list[str], save_as: Path | None = None) -> str:
     """Per-fold values of each metric, one line per fold, with the mean (Chen 2023 Figure 12)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(keys)), 3.6))
     x = np.arange(len(keys))
     for r in rows:
@@ -282,7 +235,7 @@ def spread_figure(rows: list[dict[str, Any]], keys: list[str], save_as: Path | N
     ax.set_xticks(x, [k.replace("_", " ") for k in keys], fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=7, ncols=2)
-    return _figure_png(fig, save_as)
+    return figure_png(fig, save_as)
 
 
 def pool_seeds(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -329,10 +282,10 @@ def write_comparison_report(out: Path, result: dict[str, Any], keys: Sequence[st
         f"val {info['sizes']['val']} / test {info['sizes']['test']}; captures {info['captures']['train']} / "
         f"{info['captures']['val']} / {info['captures']['test']}; identical tensors removed from later sides: "
         f"{info['deduplication'].get('removed')}.")
-    page = _page(f"Comparison on {result['dataset']['name']} ({result['split']} split, {result['mask']} mask)",
+    html_page = page(f"Comparison on {result['dataset']['name']} ({result['split']} split, {result['mask']} mask)",
                  f"<p>{intro}</p>", _html_table(summary, list(keys), cell), figures)
     path = out / "report.html"
-    path.write_text(page)
+    path.write_text(html_page)
     return path
 
 
@@ -356,7 +309,7 @@ def write_cv_report(out: Path, result: dict[str, Any]) -> Path:
     repeats = result.get("repeats", 1)
     title = f"{result['model']}: {result['folds']}-fold cross-validation" + (f" x {repeats}" if repeats > 1 else "")
     intro = _provenance_html(result) + f"<p>{html.escape(result.get('interval', ''))}</p>"
-    page = _page(f"{title} on {result['dataset']['name']}", intro, table, figures)
+    html_page = page(f"{title} on {result['dataset']['name']}", intro, table, figures)
     path = out / "report.html"
-    path.write_text(page)
+    path.write_text(html_page)
     return path

@@ -148,27 +148,8 @@ def _raise_interrupt(signum, frame):
 
 def generate(config: GenerateConfig, log=print) -> dict:
     """Run a generation; returns the manifest (also written to OUT/manifest.json)."""
-    out = os.path.abspath(config.out)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ConfigError(f"{config.out}: exists and is not a directory")
-    # Only what a run writes is replaced; anything else in the folder (a README) stays.
-    ours = [n for n in os.listdir(out) if OUTPUT_NAMES.fullmatch(n)] if os.path.isdir(out) else []
-    if ours and not config.overwrite:
-        raise ConfigError(f"{config.out}: holds the output of an earlier run ({ours[0]}, ...); pass --overwrite to replace it")
-    for name in ours:
-        os.remove(os.path.join(out, name))
-    os.makedirs(out, exist_ok=True)
-
-    classes, skipped = [], {}
-    for name in config.classes:
-        missing = CLASSES[name].missing()
-        if missing:
-            skipped[name] = f"missing {', '.join(missing)} ({CLASSES[name].install})"
-            warnings.warn(f"skipping {name}: {skipped[name]}", stacklevel=2)
-        else:
-            classes.append(name)
-    if not classes:
-        raise TrafficlensError(f"no class can run here: {'; '.join(f'{k}: {v}' for k, v in skipped.items())}")
+    out = _clear_output(config)
+    classes, skipped = _runnable_classes(config)
     from trafficlens.generate.topology import USERNS_ENV
 
     tool = cap.choose_tool(bool(os.environ.get(USERNS_ENV)))  # fail before building anything
@@ -179,7 +160,6 @@ def generate(config: GenerateConfig, log=print) -> dict:
     # Children run in their own sessions, so a Ctrl-C reaches only this process, and the
     # `finally` below stops them in order instead of each dying mid-write.
     procs: list[subprocess.Popen] = []
-    dump: cap.Tcpdump | None = None
     server_log = None
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     started = time.time()
@@ -202,49 +182,14 @@ def generate(config: GenerateConfig, log=print) -> dict:
             raise TrafficlensError(f"no server started: {status['failed']}")
         for k, r in enumerate(sorted({s["round"] for s in sessions})):
             batch = [s for s in sessions if s["round"] == r]
-            path = os.path.join(out, f"capture-{k:03d}.pcap")
-            dump = cap.Tcpdump(topo.exec_prefix(topo.server_ns), topo.SERVER_IF, path, config.snaplen, tool=tool).start()
-            client = _start_clients(topo, batch, k, paths, work, config)
-            procs.append(client)
-            # Sessions time out on their own; this bounds a client agent that hangs regardless.
-            try:
-                client.wait(timeout=max(s["start"] for s in batch) + 2 * config.session_timeout + 30)
-            except subprocess.TimeoutExpired:
-                client.kill()
-                client.wait()
-            procs.remove(client)
-            time.sleep(0.5)  # closing handshakes still on the wire
-            stats = dump.stop()
-            dump = None
-            round_results = _results(os.path.join(work, f"result-{k}.json"), batch, client.returncode, log)
+            capture, rows, round_results = _capture_round(k, batch, out, topo, paths, work, config, tool, procs, log)
             results.update(round_results)
-            ok = {s["client_ip"]: s for s in batch if round_results[s["id"]]["ok"]}
-            rows = lab.flows(path, ok)
-            frames = cap.check_frames(path)
-            name = _gzip(path) if config.gzip else os.path.basename(path)
-            for row in rows:
-                row["file"] = name
+            captures.append(capture)
             label_rows += rows
-            captures.append({"file": name, "tool": tool, "sessions": len(batch), "sessions_ok": len(ok),
-                             "flows": len(rows), **asdict(stats), **frames})
-            log(f"{name}: {len(ok)}/{len(batch)} sessions ok, {stats.captured} packets, {stats.dropped} dropped, "
-                f"{frames['ip_bad'] + frames['l4_bad']} bad checksums")
     except (_Interrupted, KeyboardInterrupt) as exc:
         raise TrafficlensError(f"interrupted ({exc or 'Ctrl-C'}); everything was torn down") from None
     finally:
-        if dump is not None:
-            dump.stop()
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout:
-                proc.stdout.close()
+        _stop(procs)
         if server_log is not None:
             server_log.close()
         topo.down()
@@ -256,6 +201,82 @@ def generate(config: GenerateConfig, log=print) -> dict:
     with open(os.path.join(out, "manifest.json"), "w") as fh:
         json.dump(manifest, fh, indent=2)
     return manifest
+
+
+def _clear_output(config: GenerateConfig) -> str:
+    """The output folder, emptied of an earlier run's files (only those: a README stays)."""
+    out = os.path.abspath(config.out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"{config.out}: exists and is not a directory")
+    ours = [n for n in os.listdir(out) if OUTPUT_NAMES.fullmatch(n)] if os.path.isdir(out) else []
+    if ours and not config.overwrite:
+        raise ConfigError(f"{config.out}: holds the output of an earlier run ({ours[0]}, ...); pass --overwrite to replace it")
+    for name in ours:
+        os.remove(os.path.join(out, name))
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+def _runnable_classes(config: GenerateConfig) -> tuple[list[str], dict[str, str]]:
+    """The classes whose programs are installed, and why the others are skipped."""
+    classes, skipped = [], {}
+    for name in config.classes:
+        missing = CLASSES[name].missing()
+        if missing:
+            skipped[name] = f"missing {', '.join(missing)} ({CLASSES[name].install})"
+            warnings.warn(f"skipping {name}: {skipped[name]}", stacklevel=2)
+        else:
+            classes.append(name)
+    if not classes:
+        raise TrafficlensError(f"no class can run here: {'; '.join(f'{k}: {v}' for k, v in skipped.items())}")
+    return classes, skipped
+
+
+def _capture_round(k: int, batch: list[dict], out: str, topo: Topology, paths, work: str, config: GenerateConfig,
+                   tool: str, procs: list, log) -> tuple[dict, list[dict], dict[int, dict]]:
+    """One capture file: its sessions' clients run while tcpdump records; (capture entry, label
+    rows, results per session)."""
+    path = os.path.join(out, f"capture-{k:03d}.pcap")
+    dump = cap.Tcpdump(topo.exec_prefix(topo.server_ns), topo.SERVER_IF, path, config.snaplen, tool=tool).start()
+    try:
+        client = _start_clients(topo, batch, k, paths, work, config)
+        procs.append(client)
+        # Sessions time out on their own; this bounds a client agent that hangs regardless.
+        try:
+            client.wait(timeout=max(s["start"] for s in batch) + 2 * config.session_timeout + 30)
+        except subprocess.TimeoutExpired:
+            client.kill()
+            client.wait()
+        procs.remove(client)
+        time.sleep(0.5)  # closing handshakes still on the wire
+    finally:
+        stats = dump.stop()
+    round_results = _results(os.path.join(work, f"result-{k}.json"), batch, client.returncode, log)
+    ok = {s["client_ip"]: s for s in batch if round_results[s["id"]]["ok"]}
+    rows = lab.flows(path, ok)
+    frames = cap.check_frames(path)
+    name = _gzip(path) if config.gzip else os.path.basename(path)
+    for row in rows:
+        row["file"] = name
+    log(f"{name}: {len(ok)}/{len(batch)} sessions ok, {stats.captured} packets, {stats.dropped} dropped, "
+        f"{frames['ip_bad'] + frames['l4_bad']} bad checksums")
+    return ({"file": name, "tool": tool, "sessions": len(batch), "sessions_ok": len(ok), "flows": len(rows),
+             **asdict(stats), **frames}, rows, round_results)
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """Stop the wire, the servers and any client left, newest first, then reap them."""
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
 
 
 def _start_wire(topo: Topology, sessions: list[dict], work: str, seed: int) -> subprocess.Popen:

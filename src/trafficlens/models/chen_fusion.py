@@ -86,6 +86,22 @@ class ChenModelA(TrafficModel):
             theta = spatial_sequential(self.cnn, self.gru, image)
         return self.weighting(theta)  # (B, n) theta_r
 
+    def features_for_gradients(self, image: torch.Tensor) -> torch.Tensor:
+        return self.weighting(spatial_sequential(self.cnn, self.gru, image))  # the branches with gradients
+
+    @classmethod
+    def from_branches(cls, num_classes: int, input_shapes: dict, branches: dict[str, tuple[Any, dict]]) -> "ChenModelA":
+        """Model A on top of trained `chen-cnn` and `chen-gru` models (`branches`: name -> (model,
+        its config dict)): their weights, all but their heads, are copied in and frozen."""
+        from trafficlens.models.registry import create_model
+
+        cnn, gru = branches["chen-cnn"], branches["chen-gru"]
+        model = create_model("chen-model-a", num_classes, input_shapes, cnn=cnn[1], gru=gru[1])
+        for branch, (trained, _) in ((model.cnn, cnn), (model.gru, gru)):
+            state = trained.state_dict()
+            branch.load_state_dict({k: state[k] for k in branch.state_dict()})
+        return model
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return x if pre_logits else self.head(x)
 
@@ -111,7 +127,8 @@ class ChenModelB(TrafficModel):
 
 
 @register_model("chen-model-a", config=ChenFusionConfig, paper=PAPER, inputs=("image",),
-                description="Frozen trained CNN + GRU, learned feature weighting (pretraining)")
+                description="Frozen trained CNN + GRU, learned feature weighting (pretraining)",
+                from_runs=("chen-cnn", "chen-gru"), assemble=ChenModelA.from_branches)
 def chen_model_a(cfg: ChenFusionConfig) -> ChenModelA:
     return ChenModelA(cfg)
 

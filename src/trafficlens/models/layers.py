@@ -35,6 +35,11 @@ class TrafficModel(nn.Module, metaclass=abc.ABCMeta):
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(*xs))
 
+    def features_for_gradients(self, *xs: torch.Tensor) -> torch.Tensor:
+        """`forward_features` with every part differentiable, for explanations (a model with
+        frozen parts that runs them under no_grad overrides it)."""
+        return self.forward_features(*xs)
+
 
 def unit_bytes(x: torch.Tensor) -> torch.Tensor:
     """uint8 bytes -> float in [0, 1]."""

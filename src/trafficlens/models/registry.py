@@ -1,4 +1,4 @@
-"""The model registry: every network registers by name and is built by `create_model`.
+"""The model registry: every model (deep networks and classical baselines) registers by name.
 
     from trafficlens.models import create_model, list_models
     model = create_model("chen-cnn", num_classes=10, input_shapes={"image": (1225,)})
@@ -35,30 +35,66 @@ _FAMILIES = (
     "chen_han",
     "chen_fusion",
     "wang_cnn",
+    "baselines.catalog",
 )
+
+
+KINDS = ("deep", "baseline")
 
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """One registered model: a deep network (`kind="deep"`: `builder(cfg)` makes an nn.Module
+    from its dataclass `config_cls`) or a classical baseline (`kind="baseline"`: `builder(random_state,
+    **params)` makes an unfitted scikit-learn estimator for its `features`, searched over `grid`
+    by `--tune`). `from_runs`: a model built on top of trained runs of these models, by
+    `assemble(num_classes, input_shapes, branches)`."""
+
     name: str
-    builder: Callable[[Any], Any]
-    config_cls: type
+    kind: str
+    builder: Callable[..., Any]
     paper: str
     inputs: tuple[str, ...]
     description: str
+    config_cls: type | None = None
+    features: str | None = None
+    grid: dict[str, tuple] | None = None
+    from_runs: tuple[str, ...] = ()
+    assemble: Callable[..., Any] | None = None
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 _loaded = False
 
 
-def register_model(name: str, *, config: type, paper: str, inputs: tuple[str, ...], description: str = ""):
-    """Decorator for a builder `fn(cfg) -> nn.Module`; `config` is the model's dataclass."""
+def _add(info: ModelInfo) -> None:
+    if info.name in _REGISTRY:
+        raise ValueError(f"model {info.name!r} registered twice")
+    _REGISTRY[info.name] = info
+
+
+def register_model(name: str, *, config: type, paper: str, inputs: tuple[str, ...], description: str = "",
+                   from_runs: tuple[str, ...] = (), assemble: Callable[..., Any] | None = None):
+    """Decorator for a deep model's builder `fn(cfg) -> nn.Module`; `config` is its dataclass."""
 
     def decorate(fn):
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelInfo(name, fn, config, paper, tuple(inputs), description or (fn.__doc__ or "").strip().split("\n")[0])
+        _add(ModelInfo(name, "deep", fn, paper, tuple(inputs),
+                       description or (fn.__doc__ or "").strip().split("\n")[0], config_cls=config,
+                       from_runs=tuple(from_runs), assemble=assemble))
+        return fn
+
+    return decorate
+
+
+def register_baseline(name: str, description: str, *, features: str = "stats", grid: dict[str, tuple] | None = None,
+                      paper: str = "", inputs: tuple[str, ...] = ()):
+    """Decorator for a baseline's builder `fn(random_state=..., **params) -> estimator`."""
+
+    def decorate(fn):
+        from trafficlens.models.baselines.features import TENSOR_OF
+
+        _add(ModelInfo(name, "baseline", fn, paper, tuple(inputs) or (TENSOR_OF[features],), description,
+                       features=features, grid=grid))
         return fn
 
     return decorate
@@ -72,16 +108,23 @@ def _ensure_loaded() -> None:
         _loaded = True
 
 
-def list_models() -> list[str]:
+def list_models(kind: str | None = None) -> list[str]:
+    """Registered names: every model, or those of one kind ("deep", "baseline")."""
     _ensure_loaded()
-    return sorted(_REGISTRY)
+    if kind is not None and kind not in KINDS:
+        raise ConfigError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    return sorted(n for n, info in _REGISTRY.items() if kind is None or info.kind == kind)
 
 
-def model_info(name: str) -> ModelInfo:
+def model_info(name: str, kind: str | None = None) -> ModelInfo:
+    """The registry entry of `name` (of `kind`, when given)."""
     _ensure_loaded()
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(sorted(_REGISTRY))} (see `trafficlens models`)")
-    return _REGISTRY[name]
+    info = _REGISTRY.get(name)
+    if info is None:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(list_models(kind))} (see `trafficlens models`)")
+    if kind is not None and info.kind != kind:
+        raise ConfigError(f"{name!r} is a {info.kind} model, not a {kind} one; {kind} models: {', '.join(list_models(kind))}")
+    return info
 
 
 def shape_kwargs(input_shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
@@ -129,9 +172,9 @@ def _coerce(owner: str, key: str, hint: Any, value: Any) -> Any:
 
 
 def create_model(name: str, num_classes: int | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None, **kwargs: Any):
-    """Build a registered model. `input_shapes` maps tensor name -> per-session shape, as in
+    """Build a registered deep model. `input_shapes` maps tensor name -> per-session shape, as in
     `Dataset.tensor(name).shape[1:]`; only the sizes of tensors the model consumes are used."""
-    info = model_info(name)
+    info = model_info(name, "deep")
     fields = {f.name for f in dataclasses.fields(info.config_cls)}
     merged: dict[str, Any] = {}
     if input_shapes:

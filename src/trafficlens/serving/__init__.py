@@ -4,6 +4,6 @@
     table = Classifier.load("runs/cnn").predict_pcap("capture.pcap")
 """
 
-from trafficlens.serving.classifier import Classifier
+from trafficlens.inference.classifier import Classifier
 
 __all__ = ["Classifier"]

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import click
 
+# predict, serve and live load a bundle the same way: one option, one help text.
+trusted_key_option = click.option(
+    "--trusted-key", "trusted_keys", multiple=True, type=click.Path(exists=True, dir_okay=False),
+    help="Ed25519 public key (PEM, from `trafficlens keygen`): load the run only if one of these keys signed it "
+         "(`trafficlens sign`); repeatable.")
+
 
 @click.command()
 @click.argument("run", type=click.Path())
@@ -11,13 +17,11 @@ import click
 @click.option("-o", "--out", default="-", show_default=True, help="Output file: .csv, .jsonl or .parquet; '-' for CSV on stdout.")
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True, help="Labels with probabilities per session.")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Below this, the label is 'unknown'.")
-@click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Ed25519 public key (PEM, from `trafficlens keygen`): load the run only if one of these keys signed it "
-                   "(`trafficlens sign`); repeatable.")
+@trusted_key_option
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def predict(run, captures, out, top_k, min_confidence, trusted_keys, device):
     """Label every session of new captures with a trained run (model bundle)."""
-    from trafficlens.serving.classifier import Classifier
+    from trafficlens.inference.classifier import Classifier
     from trafficlens.serving.output import output_format, write_rows
 
     output_format(out)  # a bad -o fails before the model loads
@@ -60,9 +64,7 @@ def predict(run, captures, out, top_k, min_confidence, trusted_keys, device):
               help="Classifier processes, each with the model loaded.")
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.0, show_default=True)
-@click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Ed25519 public key (PEM, from `trafficlens keygen`): load the run only if one of these keys signed it "
-                   "(`trafficlens sign`); repeatable.")
+@trusted_key_option
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def serve(run, host, port, token_file, certfile, keyfile, insecure, docs, max_upload_mb, max_capture_mb, max_packets,
           timeout_s, header_timeout, body_timeout, max_uploads, workers, top_k, min_confidence, trusted_keys, device):
@@ -85,7 +87,7 @@ def serve(run, host, port, token_file, certfile, keyfile, insecure, docs, max_up
         if token is not None and not certfile:
             click.secho(f"warning: --host {host} without --certfile: the token crosses the network in clear",
                         fg="yellow", err=True)
-    from trafficlens.serving.classifier import Classifier
+    from trafficlens.inference.classifier import Classifier
 
     clf = Classifier.load(run, device=device, trusted_keys=trusted_keys)  # a bad bundle fails here, in one line, before any worker starts
     mb = 1 << 20
@@ -114,8 +116,7 @@ def serve(run, host, port, token_file, certfile, keyfile, insecure, docs, max_up
 @click.option("--idle-exit", type=click.FloatRange(min=0, min_open=True), default=None, help="With -i: stop after this many seconds without packets.")
 @click.option("--backend", type=click.Choice(["numba", "python"]), default=None,
               help="Session engine: compiled blocks (numba, the default when installed) or the Python reference.")
-@click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Ed25519 public key (PEM): load the run only if one of these keys signed it; repeatable.")
+@trusted_key_option
 def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, top_k, min_confidence, device, max_batch,
          max_wait_ms, idle_exit, backend, trusted_keys):
     """Classify live traffic (or a replayed capture) session by session, as packets arrive.
@@ -130,7 +131,7 @@ def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, top_k, m
     from trafficlens.errors import ConfigError
     from trafficlens.files import atomic_output
     from trafficlens.serving import live as live_mod
-    from trafficlens.serving.classifier import Classifier
+    from trafficlens.inference.classifier import Classifier
 
     if (iface is None) == (replay_path is None):
         raise ConfigError("live needs exactly one source: -i INTERFACE or -r CAPTURE")

@@ -3,6 +3,6 @@ loads the compiled prep kernels from numba's disk cache (a CPU-second), once, in
 that every classifier worker is forked from, so that workers, replacements of killed ones
 included, inherit them instead of each loading them. No threads are started."""
 
-from trafficlens.fast.engine import warm_up
+from trafficlens.prep.engines.compiled import warm_up
 
 warm_up()

@@ -38,7 +38,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from trafficlens.errors import CaptureError, ConfigError
-from trafficlens.serving.classifier import Classifier
+from trafficlens.inference.classifier import Classifier
 from trafficlens.serving.limits import UploadTooLarge
 from trafficlens.serving.workers import Job, PoolBusy, WorkerPool, WorkFailed, WorkTimeout
 
@@ -108,10 +108,7 @@ def create_app(clf: Classifier, config: ServeConfig | None = None, *, pool: Work
         "preprocessing": clf.bundle.preprocessing,
         "metrics": json.loads(metrics_path.read_text()) if metrics_path.is_file() else None,
     }
-    job = Job(top_k=config.top_k, min_confidence=config.min_confidence,
-              max_capture_bytes=config.max_capture_bytes, max_packets=config.max_packets)
-    uploads = _Counter()
-    threads = _Threads(config.max_uploads)
+    classifier = _Uploads(clf.bundle.name, pool, config)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -123,17 +120,34 @@ def create_app(clf: Classifier, config: ServeConfig | None = None, *, pool: Work
 
     @app.post("/v1/classify")
     async def classify(request: Request):
-        if uploads.value >= config.max_uploads:
-            return _error(503, f"{config.max_uploads} uploads in progress already, the limit (--max-uploads); "
-                               "retry later", unread=request, retry_after=1)
-        uploads.value += 1
-        try:
-            return await _classify(request)
-        finally:
-            uploads.value -= 1
+        return await classifier.handle(request)
 
-    async def _classify(request: Request):
-        limit = config.max_upload_bytes
+    return app
+
+
+class _Uploads:
+    """POST /v1/classify: at most `max_uploads` at once, each written to a temporary file (counted
+    against the size limit as it comes) and classified by a worker process under the timeout."""
+
+    def __init__(self, model: str, pool: WorkerPool, config: ServeConfig):
+        self.model, self.pool, self.config = model, pool, config
+        self.job = Job(top_k=config.top_k, min_confidence=config.min_confidence,
+                       max_capture_bytes=config.max_capture_bytes, max_packets=config.max_packets)
+        self.uploads = _Counter()
+        self.threads = _Threads(config.max_uploads)
+
+    async def handle(self, request: Request):
+        if self.uploads.value >= self.config.max_uploads:
+            return _error(503, f"{self.config.max_uploads} uploads in progress already, the limit (--max-uploads); "
+                               "retry later", unread=request, retry_after=1)
+        self.uploads.value += 1
+        try:
+            return await self._classify(request)
+        finally:
+            self.uploads.value -= 1
+
+    async def _classify(self, request: Request):
+        limit = self.config.max_upload_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return _error(413, f"upload of {declared} bytes exceeds the limit of {limit} (--max-upload-mb)",
@@ -150,27 +164,29 @@ def create_app(clf: Classifier, config: ServeConfig | None = None, *, pool: Work
                     fh.write(chunk)
             if size == 0:
                 return _error(400, "empty body: POST a pcap or pcapng capture")
-            try:
-                rows = await threads.run(functools.partial(pool.classify, name, job, timeout_s=config.timeout_s))
-            except WorkTimeout as exc:
-                return _error(408, str(exc))
-            except PoolBusy as exc:
-                return _error(503, f"{exc}; retry later", retry_after=max(1, round(config.timeout_s)))
-            except UploadTooLarge as exc:
-                return _error(413, str(exc))
-            except (CaptureError, ConfigError) as exc:
-                return _error(400, str(exc))
-            except WorkFailed as exc:
-                log.error("classification failed: %s", exc)
-                return _error(500, "classification failed (logged on the server)")
-            return {"model": clf.bundle.name, "sessions": rows}
+            return await self._run(name)
         except ClientDisconnect:  # the client hung up (or its body timed out): nobody to answer
             return Response(status_code=400)
         finally:
             Path(name).unlink(missing_ok=True)
             Path(name + ".raw").unlink(missing_ok=True)  # a killed worker's decompressed copy
 
-    return app
+    async def _run(self, name: str):
+        timeout = self.config.timeout_s
+        try:
+            rows = await self.threads.run(functools.partial(self.pool.classify, name, self.job, timeout_s=timeout))
+        except WorkTimeout as exc:
+            return _error(408, str(exc))
+        except PoolBusy as exc:
+            return _error(503, f"{exc}; retry later", retry_after=max(1, round(timeout)))
+        except UploadTooLarge as exc:
+            return _error(413, str(exc))
+        except (CaptureError, ConfigError) as exc:
+            return _error(400, str(exc))
+        except WorkFailed as exc:
+            log.error("classification failed: %s", exc)
+            return _error(500, "classification failed (logged on the server)")
+        return {"model": self.model, "sessions": rows}
 
 
 def _error(status: int, message: str, *, unread: Request | dict | None = None, read: int = 0,

@@ -17,7 +17,7 @@ import struct
 import zlib
 from typing import BinaryIO, NamedTuple
 
-from trafficlens.capture.reader import GZIP_MAGIC, PCAP_MAGICS, PCAPNG_MAGIC
+from trafficlens.capture.formats import GZIP_MAGIC, PCAP_MAGICS, PCAPNG_MAGIC
 from trafficlens.errors import TrafficlensError
 
 _CHUNK = 1 << 20

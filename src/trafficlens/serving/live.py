@@ -5,32 +5,28 @@ a capture replayed at its recorded pace. A session is decided when its `after`-t
 kept (the papers classify on the first 6 packets), or when it ends or idles out if it never
 gets that far. State is bounded: sessions expire after the model's idle timeout, and past
 `max_sessions` the least recently active are evicted (and counted). Sessions are assembled by
-prep's compiled engine in blocks of packets (`trafficlens.fast.live`), or packet by packet by
-the Python reference (`backend="python"`).
+one of prep's session engines (`prep.engines`: the compiled one by default, the Python
+reference with `backend="python"`) in blocks of packets, in live mode (`after=M`).
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import queue
 import select
 import threading
 import time
-from array import array
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from trafficlens.capture.decode import decode
 from trafficlens.capture.reader import CaptureReader, RawPacket
 from trafficlens.errors import CaptureError
-from trafficlens.fast.blocks import packet_blocks
-from trafficlens.features.tensors import Example, Featurizer
-from trafficlens.flows.assembler import SessionAssembler
-from trafficlens.flows.session import Session
-from trafficlens.serving.classifier import _REASONS, Classifier, _meta_row
+from trafficlens.inference.classifier import Classifier, rejected_row
+from trafficlens.prep.engines import make_engine
+from trafficlens.prep.engines.base import EngineSink
+from trafficlens.prep.engines.blocks import block_from_pcapy, packet_blocks
 
 
 def replay(path: str | os.PathLike, speed: float | None = 1.0, heartbeats: bool = False) -> Iterator[RawPacket | None]:
@@ -122,8 +118,6 @@ class Interface:
     def blocks(self) -> Iterator[tuple[np.ndarray, ...] | None]:
         """libpcap's batches as arrays for the compiled engine (data, offsets, caplens, lengths,
         times, link types), without a Python object per packet; `None` when the line is quiet."""
-        from trafficlens.fast.live import block_from_pcapy
-
         if not hasattr(self._handle, "next_batch"):  # an old pcapy: packet by packet
             yield from packet_blocks(self)
             return
@@ -161,14 +155,6 @@ def interface(name: str, snaplen: int = 65535, bpf: str | None = None) -> Iterat
     return iter(Interface(name, snaplen, bpf))
 
 
-def _snapshot(s: Session) -> Session:
-    """A copy of a session as it is now: deciding in batches must not see packets that came later."""
-    snap = copy.copy(s)
-    snap.times, snap.sizes = array("d", s.times), array("l", s.sizes)
-    snap.dirs, snap.flags, snap.stored = array("B", s.dirs), array("B", s.flags), list(s.stored)
-    return snap
-
-
 @dataclass
 class LiveStats:
     packets: int = 0
@@ -186,10 +172,10 @@ class LiveStats:
 
 @dataclass
 class _Ready:
-    """Sessions waiting for the model: Examples (Python engine), an ExampleBatch (compiled
-    engine) or rejection metas; one trigger ("after" / "end") and one stamp per session."""
+    """Sessions waiting for the model: an ExampleBatch or rejected rows; one trigger ("after" /
+    "end") and one stamp per session."""
 
-    kind: str  # "examples", "batch" or "rejected"
+    kind: str  # "batch" or "rejected"
     items: Any
     triggers: list[str]
     stamps: list[float]
@@ -209,124 +195,75 @@ class LiveClassifier:
     and a model slower than the traffic for long shows up as capture drops. A session is
     decided on exactly the packets it had at its trigger.
     Delays are measured from the trigger packet's timestamp when `clock="capture"` (the
-    kernel's, for an interface: time queued in the capture buffer counts) or from when it was
-    read (`"arrival"`, for replays) to its row handed to `sink` (called from the worker thread;
-    `flush`, when given, after each batch of rows).
+    kernel's, for an interface: time queued in the capture buffer counts) or from when its
+    block was read (`"arrival"`, for replays) to its row handed to `sink` (called from the worker
+    thread; `flush`, when given, after each batch of rows).
 
-    `backend`: "numba" (the default when installed) decodes and assembles blocks of packets in
-    the compiled engine (`trafficlens.fast.live`), "python" packet by packet in the reference
-    assembler; both give the same rows. For small batches on CPU, one intra-op thread
-    (`torch.set_num_threads(1)`) is fastest; the `live` command sets it.
+    `backend`: the session engine (`prep.engines.make_engine`): "numba" (the default when
+    installed) or "python", the reference; both give the same rows. For small batches on CPU,
+    one intra-op thread (`torch.set_num_threads(1)`) is fastest; the `live` command sets it.
     """
 
     def __init__(self, clf: Classifier, sink: Callable[[dict[str, Any]], None], *, after: int = 6,
                  max_sessions: int = 100_000, top_k: int = 1, min_confidence: float = 0.0, name: str = "live",
                  max_batch: int = 256, max_wait_ms: float = 1.0, clock: str = "arrival", backend: str | None = None,
                  flush: Callable[[], None] | None = None, max_backlog: int = 50_000):
-        from trafficlens.fast import resolve_backend
-
         if clock not in ("arrival", "capture"):
             raise ValueError(f"clock must be 'arrival' or 'capture', got {clock!r}")
+        if after < 1:
+            raise ValueError(f"after must be >= 1, got {after}")
         self.clf = clf
         self.sink = sink
-        self.after = after
         self.top_k = top_k
         self.min_confidence = min_confidence
         self.max_batch = max_batch
         self.max_backlog = max_backlog
         self.max_wait = max_wait_ms / 1000
         self.clock = clock
-        self.backend = resolve_backend(backend)
         self.flush = flush
         self.stats = LiveStats()
         self._ready: list[_Ready] = []
         self._ready_count = 0
-        self._stamp = 0.0  # wall time of the packet (block) being added
+        self._stamp = 0.0  # wall time of the block being added
         self._jobs: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
-        if self.backend == "numba":
-            from trafficlens.fast.live import LiveEngine
-
-            self._engine = LiveEngine(clf.prep_config, name, after, max_sessions, self._on_batch, self._on_reject_fast)
-        else:
-            self._decided: set[int] = set()
-            self._pending: list[tuple[Session, str, float]] = []  # (frozen session, trigger, stamp)
-            self._examples: list[Example] = []
-            self._rejected: list[dict[str, Any]] = []
-            self._featurizer = Featurizer(clf.prep_config, name, None, self._examples.append, self._on_reject)
-            self._assembler = SessionAssembler(clf.prep_config, self._on_end, watch=self._on_packet,
-                                               max_sessions=max_sessions)
+        self._last_ts: float | None = None  # capture time of the latest packet
+        self._engine = make_engine(backend, clf.prep_config, name, EngineSink(self._on_sessions, self._on_reject),
+                                   after=after, max_sessions=max_sessions)
 
     @property
     def tracked_sessions(self) -> int:
         """Sessions held now (bounded by `max_sessions`)."""
-        return self._engine.tracked if self.backend == "numba" else len(self._assembler.sessions)
+        return self._engine.tracked
 
     def _add(self, part: _Ready) -> None:
         if part.triggers:
             self._ready.append(part)
             self._ready_count += len(part.triggers)
 
-    # -- the compiled engine's callbacks ---------------------------------------------------------
+    # -- the engine's callbacks ----------------------------------------------------------------
     def _stamps(self, trigger: str, trigger_ts: list[float]) -> list[float]:
         """Where each session's delay counts from: its trigger packet's capture time, or when that
-        packet's block was read (arrival clock); a session's end counts from now, as in Python."""
+        packet's block was read (arrival clock); a session's end counts from now."""
         if trigger == "after":
             return trigger_ts if self.clock == "capture" else [self._stamp] * len(trigger_ts)
         return [time.time()] * len(trigger_ts)
 
-    def _on_batch(self, batch, trigger: str, trigger_ts: np.ndarray) -> None:
+    def _on_sessions(self, batch, trigger: str, trigger_ts: np.ndarray) -> None:
         self._add(_Ready("batch", batch, [trigger] * len(batch), self._stamps(trigger, trigger_ts.tolist())))
 
-    def _on_reject_fast(self, meta: dict[str, Any], reason: str, trigger: str) -> None:
+    def _on_reject(self, meta: dict[str, Any], reason: str, trigger: str) -> None:
         stamps = self._stamps(trigger, [meta["ts_end"]])  # ts_end: the trigger packet's time
-        self._add(_Ready("rejected", [meta | {"reason": reason}], [trigger], stamps))
-
-    # -- the Python engine's callbacks -----------------------------------------------------------
-    def _on_reject(self, meta: dict[str, Any], reason: str) -> None:
-        self._rejected.append(meta | {"reason": reason})
-
-    def _on_packet(self, s) -> None:
-        if len(s.times) == self.after and id(s) not in self._decided:
-            self._decided.add(id(s))
-            self._pending.append((_snapshot(s), "after", self._stamp))
-            self._ready_count += 1
-
-    def _on_end(self, s) -> None:
-        if id(s) in self._decided:
-            self._decided.discard(id(s))
-        elif s.times:
-            self._pending.append((s, "end", time.time()))
-            self._ready_count += 1
-
-    def _featurize_pending(self) -> None:
-        """Build the tensors of the sessions the Python engine made ready."""
-        pending, self._pending = self._pending, []
-        accepted: list[tuple[str, float]] = []
-        rejected: list[tuple[str, float]] = []
-        for s, trigger, stamp in pending:
-            before = len(self._rejected)
-            self._featurizer(s)
-            (rejected if len(self._rejected) > before else accepted).append((trigger, stamp))
-        self._featurizer.flush()
-        self._ready_count -= len(pending)
-        self._add(_Ready("examples", list(self._examples), [t for t, _ in accepted], [s for _, s in accepted]))
-        self._add(_Ready("rejected", list(self._rejected), [t for t, _ in rejected], [s for _, s in rejected]))
-        self._examples.clear()
-        self._rejected.clear()
+        self._add(_Ready("rejected", [rejected_row(meta, reason)], [trigger], stamps))
 
     # -- hand-over and decisions -----------------------------------------------------------------
     def _oldest_stamp(self) -> float:
-        if self.backend == "python" and self._pending:
-            return self._pending[0][2]
         return min(part.stamps[0] for part in self._ready)
 
     def _dispatch(self, final: bool = False) -> None:
         """Queue every ready session for the worker. While two jobs already wait, ready sessions
         keep gathering instead (the model takes them together, in bigger and cheaper batches),
         so capture does not stop for a burst; only past `max_backlog` does it wait for the model."""
-        if self.backend == "python":
-            self._featurize_pending()
         if not final and self._jobs.full() and self._ready_count < self.max_backlog:
             return
         job, self._ready, self._ready_count = self._ready, [], 0
@@ -337,17 +274,9 @@ class LiveClassifier:
 
     def _decide(self, parts: list[_Ready]) -> None:
         batches = [p.items for p in parts if p.kind == "batch"]
-        examples = [e for p in parts if p.kind == "examples" for e in p.items]
-        rows = self.clf._rows_for_batches(batches, self.top_k, self.min_confidence) if batches else []
-        rows += self.clf._rows_for(examples, self.top_k, self.min_confidence) if examples else []
-        for p in parts:
-            if p.kind == "rejected":
-                for meta in p.items:
-                    row = _meta_row(meta)
-                    row.update(label=None, confidence=None, top_k=[], status="not_judged",
-                               reason=_REASONS.get(meta["reason"], meta["reason"]))
-                    rows.append(row)
-        order = [p for kind in ("batch", "examples", "rejected") for p in parts if p.kind == kind]
+        rows = self.clf.rows_for_batches(batches, self.top_k, self.min_confidence) if batches else []
+        rows += [row for p in parts if p.kind == "rejected" for row in p.items]
+        order = [p for kind in ("batch", "rejected") for p in parts if p.kind == kind]
         marks = [(t, s) for p in order for t, s in zip(p.triggers, p.stamps)]
         now = time.time()
         for row, (trigger, stamp) in zip(rows, marks):
@@ -384,17 +313,14 @@ class LiveClassifier:
     def run(self, packets: Iterable[RawPacket | None] | Interface) -> LiveStats:
         """Consume packets until the source ends (or Ctrl-C), then decide what is left.
 
-        `None` items are heartbeats from a quiet source: they hand over waiting sessions (and,
-        with the compiled engine, end the sessions idle past the timeout).
+        `None` items are heartbeats from a quiet source: they hand over waiting sessions and end
+        the sessions idle past the timeout.
         """
         self.clf.warm_up()  # not at the first decision: it would wait for the export
         worker = threading.Thread(target=self._work, name="trafficlens-live-inference", daemon=True)
         worker.start()
         try:
-            if self.backend == "numba":
-                self._run_blocks(packets)
-            else:
-                self._run_packets(packets)
+            self._run_blocks(packets)
         except KeyboardInterrupt:
             pass
         finally:
@@ -404,18 +330,6 @@ class LiveClassifier:
             raise self._error
         return self.stats
 
-    def _run_packets(self, packets: Iterable[RawPacket | None]) -> None:
-        capture_clock = self.clock == "capture"
-        for raw in packets:
-            if raw is not None:
-                self.stats.packets += 1
-                self._stamp = raw.ts if capture_clock else time.time()
-                packet = decode(raw)
-                if type(packet) is not str:
-                    self._assembler.add(packet)
-            if self._due(raw is None):
-                self._dispatch()
-
     def _run_blocks(self, source) -> None:
         engine = self._engine
         blocks = source.blocks() if isinstance(source, Interface) else packet_blocks(source)
@@ -424,25 +338,23 @@ class LiveClassifier:
             if block is None:  # a quiet line: end what idled out (capture time goes on with the wall clock)
                 now = time.monotonic()
                 quiet_since = quiet_since or now
-                if engine.last_ts is not None and now - (flushed or quiet_since) >= 1.0:
-                    engine.flush_idle(engine.last_ts + (now - quiet_since))
+                if self._last_ts is not None and now - (flushed or quiet_since) >= 1.0:
+                    engine.flush_idle(self._last_ts + (now - quiet_since))
                     flushed = now
             else:
                 quiet_since = flushed = None
-                self.stats.packets += len(block[1])
+                self.stats.packets += len(block)
                 self._stamp = time.time()
-                engine.feed(*block)
+                if len(block):
+                    self._last_ts = float(block.times[-1])
+                engine.feed(block)
             if self._due(block is None):
                 self._dispatch()
 
     def _finish(self) -> None:
         """End of input: every session still held is decided, then the worker stops."""
-        if self.backend == "numba":
-            self._engine.close()
-            self.stats.evicted = self._engine.evicted
-        else:
-            self._assembler.close()
-            self.stats.evicted = self._assembler.evicted
+        self._engine.close()
+        self.stats.evicted = self._engine.counts.evicted
         if self._error is None and (self._ready_count or self._ready):
             try:
                 self._dispatch(final=True)

@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 from trafficlens.errors import ConfigError
 from trafficlens.files import atomic_output
-from trafficlens.serving.classifier import COLUMNS
+from trafficlens.inference.classifier import COLUMNS
 
 FORMATS = (".csv", ".jsonl", ".parquet")
 

@@ -31,8 +31,8 @@ from trafficlens.serving.limits import UploadTooLarge, check_upload
 log = logging.getLogger("trafficlens.serve")
 # What the fork server imports before forking workers: the heavy modules, and the prep kernels
 # (loaded by importing forkserver_preload). A module that fails to import is skipped.
-_PRELOAD = ["torch", "onnxruntime", "trafficlens.serving.classifier", "trafficlens.training.bundle",
-            "trafficlens.models.inference", "trafficlens.serving.forkserver_preload"]
+_PRELOAD = ["torch", "onnxruntime", "trafficlens.inference.classifier", "trafficlens.training.bundle",
+            "trafficlens.inference.runtime", "trafficlens.serving.forkserver_preload"]
 _START_TIMEOUT_S = 300.0  # imports, bundle, kernels and the ONNX export of one worker on a busy machine
 
 
@@ -220,12 +220,12 @@ def _serve_jobs(conn, run: str, device: str, threads: int, trusted_keys: tuple[s
     try:
         import torch
 
-        from trafficlens.serving.classifier import Classifier
+        from trafficlens.inference.classifier import Classifier
 
         torch.set_num_threads(threads)
         clf = Classifier.load(run, device=device, trusted_keys=trusted_keys).warm_up()  # ONNX Runtime takes torch's thread count now
         try:
-            from trafficlens.fast.engine import warm_up as load_kernels
+            from trafficlens.prep.engines.compiled import warm_up as load_kernels
 
             load_kernels()  # inherited from the fork server already: then this takes a millisecond
         except ImportError:  # numba not installed: the Python backend needs no warming

@@ -1,4 +1,4 @@
-"""Model bundles: a run directory that rebuilds exactly the model that was trained.
+"""Model bundles: a run directory that rebuilds exactly the model that was trained (deep or baseline).
 
     runs/cnn/
       model.safetensors   the best weights (safetensors: plain tensors, loading runs no code)
@@ -198,7 +198,7 @@ def check_settings(value: Any, where: str, depth: int = 0) -> None:
 
 def check_preprocessing(path: Path, config: dict[str, Any]) -> None:
     """The bundle's prep settings are valid `PrepConfig` settings, tensor sizes within bounds."""
-    from trafficlens.datasets.config import PrepConfig
+    from trafficlens.prep.config import PrepConfig
     from trafficlens.errors import ConfigError
 
     prep = config.get("preprocessing") or {}
@@ -298,3 +298,93 @@ def load_bundle(path: str | os.PathLike, device: str = "cpu") -> Bundle:
     model.load_state_dict(state)
     model.to(device).eval()
     return Bundle(path, model, name, [str(x) for x in labels], dict(config.get("preprocessing") or {}), config)
+
+
+def check_output(out: str | os.PathLike, overwrite: bool) -> None:
+    """Before any work: refuse to write over a bundle without `overwrite`, or where no directory
+    can be made."""
+    from trafficlens.errors import ConfigError
+    from trafficlens.files import check_writable_dir
+
+    if (Path(out) / CONFIG).exists() and not overwrite:
+        raise ConfigError(f"{out}: already holds a trained model (choose another -o or pass --overwrite)")
+    check_writable_dir(out)
+
+
+def save_baseline_bundle(out: str | os.PathLike, fitted, ds, split, *, train: dict[str, Any] | None = None,
+                         overwrite: bool = False) -> Path:
+    """Write a fitted baseline (`training.baselines.FittedBaseline`) trained on `split` of `ds`."""
+    import numpy as np
+
+    from trafficlens.models.baselines.export import RUNTIMES, export_baseline
+    from trafficlens.models.baselines.features import TENSOR_OF, header_shape
+
+    check_output(out, overwrite)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in RUNTIMES.values():  # an --overwrite of another baseline kind
+        (out / stale).unlink(missing_ok=True)
+    model, metrics = fitted.model, fitted.metrics
+    stored = export_baseline(model, int(metrics["n_features"]), out)
+    tensor = TENSOR_OF[model.features]
+    shape = tuple(ds.tensor(tensor).shape[1:])
+    feature_config: dict[str, Any] = {}
+    if model.features == "header":
+        feature_config["header_packets"], feature_config["header_bytes"] = header_shape(ds.config.get("layer"), shape)
+    names = np.array(fitted.classes, dtype=str)
+    config = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "trafficlens_version": __version__, "created": utc_now(),
+        "model": {"name": metrics["model"], "kind": "baseline", "features": model.features,
+                  "feature_config": feature_config, "inputs": [tensor], "input_shape": list(shape),
+                  "n_features": int(metrics["n_features"]), "runtime": stored["runtime"],
+                  "runtime_config": stored["runtime_config"], "params": metrics.get("params") or {},
+                  "parameters": metrics.get("parameters"),
+                  "class_index": np.searchsorted(names, model.classes_.astype(str)).tolist()},
+        "labels": list(fitted.classes),
+        "preprocessing": ds.config,
+        "train": train or {},
+        "split": {**(metrics.get("split_info") or {}), "file": SPLIT},
+        "dataset": {"path": str(Path(ds.path).resolve()), "n_sessions": len(ds), "created": ds.manifest.get("created"),
+                    "format_version": ds.manifest.get("format_version"), "input_shapes": {tensor: list(shape)}},
+        "weights": {"file": stored["file"], "sha256": sha256_file(out / stored["file"])},
+    }
+    np.save(out / SPLIT, split.assignment(len(ds)), allow_pickle=False)
+    write_json(out / METRICS, metrics)
+    write_json(out / CONFIG, config)  # last: its presence marks a complete bundle
+    return out
+
+
+def load_baseline_bundle(path: str | os.PathLike, config: dict[str, Any] | None = None) -> Bundle:
+    """A `Bundle` whose `model` is a `models.baselines.export.BaselinePredictor`; every
+    inconsistency is a one-line `BundleError`."""
+    from trafficlens.models.baselines.export import RUNTIMES, load_predictor
+
+    path = Path(path)
+    config = config or read_config(path)
+    section, labels = config["model"], config["labels"]
+    if not isinstance(section, dict) or not isinstance(labels, list) or not labels:
+        raise BundleError(f"{path}: config.json has no model section or label list")
+    check_settings(section, f"{path}: model")
+    check_settings(labels, f"{path}: labels")
+    check_preprocessing(path, config)
+    runtime = section.get("runtime")
+    weights = config.get("weights") if isinstance(config.get("weights"), dict) else {}
+    if runtime not in RUNTIMES or weights.get("file") != RUNTIMES[runtime]:
+        raise BundleError(f"{path}: a {runtime} baseline is stored in {RUNTIMES.get(runtime, '?')}, "
+                          f"config.json names {weights.get('file')!r}")
+    target = path / RUNTIMES[runtime]
+    if not target.is_file():
+        raise BundleError(f"{path}: missing {target.name}")
+    if not weights.get("sha256") or sha256_file(target) != weights["sha256"]:
+        raise BundleError(f"{path}: {target.name} does not match the sha256 in config.json (tampered or mixed-up files)")
+    preprocessing = dict(config.get("preprocessing") or {})
+    predictor = load_predictor(path, section, len(labels), preprocessing.get("layer"))
+    return Bundle(path, predictor, section["name"], [str(x) for x in labels], preprocessing, config, kind="baseline")
+
+
+def load_any_bundle(path: str | os.PathLike, device: str = "cpu", config: dict[str, Any] | None = None) -> Bundle:
+    """A deep model's or a baseline's bundle, by its config's `model.kind`."""
+    config = config or read_config(path)
+    if bundle_kind(config) == "baseline":
+        return load_baseline_bundle(path, config)
+    return load_bundle(path, device)

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
-from trafficlens.training.config import BALANCES, DEVICES, LOSSES, SPLITS
+from trafficlens.training.config import BALANCES, DEVICES, LOSSES, SPLITS, TrainConfig
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+def _d(name: str) -> str:
+    """` [default: X]` from TrainConfig, for the help text (the options default to None: the
+    dataclass alone decides)."""
+    return f" [default: {_DEFAULTS[name]}]"
 
 
 def _class_names(ctx, param, values):
@@ -41,37 +51,40 @@ def class_options(min_sessions: int = 0):
 @click.command()
 @click.option("--classes", type=click.IntRange(2), default=10, show_default=True, help="Classes for the parameter count.")
 def models(classes):
-    """List the registered models: name, paper, inputs, parameters."""
+    """List the registered models, deep networks and classical baselines: name, paper, inputs, parameters."""
     from trafficlens.models import count_parameters, create_model, list_models, model_info
 
     rows = []
-    for name in list_models():
+    for name in list_models("deep"):
         info = model_info(name)
         params = count_parameters(create_model(name, num_classes=classes))
-        rows.append((name, info.paper, ",".join(info.inputs), f"{params:,}", info.description))
-    headers = ("model", "paper", "inputs", f"params ({classes} cl.)", "description")
+        rows.append((name, "deep", info.paper, ",".join(info.inputs), f"{params:,}", info.description))
+    for name in list_models("baseline"):
+        info = model_info(name)
+        rows.append((name, "baseline", info.paper or "-", info.features, "-", info.description))
+    headers = ("model", "kind", "paper", "inputs", f"params ({classes} cl.)", "description")
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
     for r in [headers, *rows]:
-        click.echo("  ".join(cell.rjust(w) if i == 3 else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip())
+        click.echo("  ".join(cell.rjust(w) if i == 4 else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip())
 
 
 @click.command()
 @click.argument("dataset", type=click.Path())
 @click.option("--model", "model_name", required=True, help="Registered model name (see `trafficlens models`).")
 @click.option("-o", "--out", required=True, type=click.Path(), help="Run directory to write (the model bundle).")
-@click.option("--loss", type=click.Choice(LOSSES), default="ce", show_default=True, help="Loss; focal is Ge 2021's class-weighted focal loss.")
-@click.option("--focal-gamma", type=click.FloatRange(0), default=2.0, show_default=True, help="Gamma of the focal loss.")
-@click.option("--epochs", "--max-epochs", "max_epochs", type=click.IntRange(1), default=30, show_default=True, help="Most epochs; early stopping may end sooner.")
-@click.option("--patience", type=click.IntRange(1), default=5, show_default=True, help="Epochs without better validation macro-F1 before stopping.")
+@click.option("--loss", type=click.Choice(LOSSES), default=None, help="Loss; focal is Ge 2021's class-weighted focal loss." + _d("loss"))
+@click.option("--focal-gamma", type=click.FloatRange(0), default=None, help="Gamma of the focal loss." + _d("focal_gamma"))
+@click.option("--epochs", "--max-epochs", "max_epochs", type=click.IntRange(1), default=None, help="Most epochs; early stopping may end sooner." + _d("max_epochs"))
+@click.option("--patience", type=click.IntRange(1), default=None, help="Epochs without better validation macro-F1 before stopping." + _d("patience"))
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None, help="Stop training after this many seconds.")
-@click.option("--split", type=click.Choice(SPLITS), default="capture", show_default=True, help="capture: grouped by capture file, no capture on two sides (honest default); random: stratified 60/20/20 by session (the papers, leaks); time: earlier sessions train, later test; packet-leak: random with identical tensors left on both sides (a demonstration of the papers' error); column: the dataset's split column; none: a deployment model fitted on every session (a 10% random slice for early stopping only, no test score).")
-@click.option("--balance", type=click.Choice(BALANCES), default="none", show_default=True, help="Class balancing of the training split only.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split, initialisation and batch order.")
-@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True, help="Adam learning rate.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="auto: CUDA (mixed precision) when present, else CPU on all cores.")
+@click.option("--split", type=click.Choice(SPLITS), default=None, help="capture: grouped by capture file, no capture on two sides (honest default); random: stratified 60/20/20 by session (the papers, leaks); time: earlier sessions train, later test; packet-leak: random with identical tensors left on both sides (a demonstration of the papers' error); column: the dataset's split column; none: a deployment model fitted on every session (a 10% random slice for early stopping only, no test score)." + _d("split"))
+@click.option("--balance", type=click.Choice(BALANCES), default=None, help="Class balancing of the training split only." + _d("balance"))
+@click.option("--seed", type=int, default=None, help="Seed of the split, initialisation and batch order." + _d("seed"))
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Training batch size." + _d("batch_size"))
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="Adam learning rate." + _d("lr"))
+@click.option("--device", type=click.Choice(DEVICES), default=None, help="auto: CUDA (mixed precision) when present, else CPU on all cores." + _d("device"))
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads [default: all cores].")
-@click.option("--from", "from_runs", default=None, help="chen-model-a: CNN_RUN,GRU_RUN, the two trained runs to fuse.")
+@click.option("--from", "from_runs", default=None, help="For a model built on trained runs (chen-model-a: CNN_RUN,GRU_RUN): the runs, comma-separated.")
 @class_options()
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Model setting, e.g. --set max_tokens=256 (JSON values).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
@@ -89,7 +102,7 @@ def train(dataset, model_name, out, loss, focal_gamma, max_epochs, patience, tim
     import sys
 
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
-        from trafficlens.training.distributed import launch
+        from trafficlens.training.torchrun import launch
 
         argv = sys.argv[1:]
         if "train" not in argv:
@@ -97,14 +110,15 @@ def train(dataset, model_name, out, loss, focal_gamma, max_epochs, patience, tim
         args = argv[argv.index("train"):]
         args = [a for i, a in enumerate(args) if not (a == "--nproc" or a.startswith("--nproc=") or (i and args[i - 1] == "--nproc"))]
         sys.exit(launch(nproc, args))
-    from trafficlens.training.config import TrainConfig, parse_settings
+    from trafficlens.training.config import parse_settings
     from trafficlens.training.run import train_run
 
     model_kwargs = parse_settings(settings)
-    cfg = TrainConfig(max_epochs=max_epochs, time_budget=time_budget, batch_size=batch_size, lr=lr, patience=patience,
-                      loss=loss, focal_gamma=focal_gamma, balance=balance, split=split, seed=seed, device=device,
-                      min_class_sessions=min_class_sessions, min_class_captures=min_class_captures,
-                      include_classes=include_classes, exclude_classes=exclude_classes, num_threads=threads)
+    given = dict(max_epochs=max_epochs, time_budget=time_budget, batch_size=batch_size, lr=lr, patience=patience,
+                 loss=loss, focal_gamma=focal_gamma, balance=balance, split=split, seed=seed, device=device,
+                 min_class_sessions=min_class_sessions, min_class_captures=min_class_captures,
+                 include_classes=include_classes, exclude_classes=exclude_classes, num_threads=threads)
+    cfg = TrainConfig(**{k: v for k, v in given.items() if v is not None})
     runs = [p.strip() for p in from_runs.split(",") if p.strip()] if from_runs else []
     log = (lambda message: click.echo(message, err=True))
     s = train_run(dataset, out, model_name, cfg, model_kwargs, runs, progress=not quiet, overwrite=overwrite, log=log)
@@ -113,7 +127,7 @@ def train(dataset, model_name, out, loss, focal_gamma, max_epochs, patience, tim
     if s["test_accuracy"] is not None:
         test = f"accuracy {s['test_accuracy']:.4f}, macro-F1 {s['test_macro_f1']:.4f}"
     else:
-        test = "none (--split none: score it with `trafficlens evaluate RUN --on DATASET`)" if split == "none" else "n/a"
+        test = "none (--split none: score it with `trafficlens evaluate RUN --on DATASET`)" if cfg.split == "none" else "n/a"
     click.echo(f"{s['model']}: best epoch {s['best_epoch']} of {s['epochs']} ({s['stopped']}, {s['seconds']:.1f} s); "
                f"test {test}; wrote {s['out']}")
 

@@ -70,12 +70,13 @@ class TrafficClassifier(ClassifierMixin, BaseEstimator):
         from trafficlens.models import create_model, model_info
         from trafficlens.training.config import TrainConfig
         from trafficlens.training.splits import random_split
-        from trafficlens.training.trainer import fit, setup
+        from trafficlens.training.device import setup
+        from trafficlens.training.trainer import fit
 
         cfg = TrainConfig(max_epochs=self.max_epochs, batch_size=self.batch_size, lr=self.lr, loss=self.loss,
                           balance=self.balance, patience=self.patience, time_budget=self.time_budget,
                           seed=self.seed, device=self.device)
-        info = model_info(self.model)
+        info = model_info(self.model, "deep")
         tensors, rows = self._tensors(X, info.inputs)
         self.classes_, y_ids = np.unique(np.asarray(y), return_inverse=True)
         self.n_features_in_ = 1

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -61,13 +62,16 @@ def log_split(split, classes: list[str], log: Callable[[str], None]) -> None:
             f"({split.kind} split keeps them: leakage on purpose)")
 
 
-def _model_a(from_runs: Sequence[str], ds, num_classes: int, input_shapes: dict, split_assignment: np.ndarray):
-    """Build chen-model-a from trained chen-cnn and chen-gru runs (frozen branches)."""
-    from trafficlens.models import create_model
+def model_from_runs(info, from_runs: Sequence[str], ds, num_classes: int, input_shapes: dict,
+                    split_assignment: np.ndarray):
+    """A model built on top of trained runs (`info.from_runs` names the models it needs, one run
+    each): the runs must come from this dataset's settings and this very split, or their test
+    sessions would leak into its training."""
     from trafficlens.training.bundle import SPLIT, load_bundle, read_split
 
-    if len(from_runs) != 2:
-        raise ConfigError("chen-model-a needs --from CNN_RUN,GRU_RUN (a chen-cnn run and a chen-gru run)")
+    needed = ", ".join(info.from_runs)
+    if len(from_runs) != len(info.from_runs):
+        raise ConfigError(f"{info.name} needs --from with one trained run of each of {needed}")
     bundles = {}
     for path in from_runs:
         b = load_bundle(path)
@@ -78,15 +82,35 @@ def _model_a(from_runs: Sequence[str], ds, num_classes: int, input_shapes: dict,
         if not (Path(path) / SPLIT).is_file() or not np.array_equal(read_split(path), split_assignment):
             raise ConfigError(f"{path} used another train/validation/test split; train the branches with the same "
                               "--split, --seed and --min-class-sessions, or its test sessions leak into training")
-    if set(bundles) != {"chen-cnn", "chen-gru"}:
-        raise ConfigError(f"chen-model-a needs one chen-cnn run and one chen-gru run, got {', '.join(sorted(bundles))}")
-    cnn, gru = bundles["chen-cnn"], bundles["chen-gru"]
-    model = create_model("chen-model-a", num_classes, input_shapes,
-                         cnn=cnn.config["model"]["config"], gru=gru.config["model"]["config"])
-    for branch, trained in ((model.cnn, cnn.model), (model.gru, gru.model)):
-        state = trained.state_dict()
-        branch.load_state_dict({k: state[k] for k in branch.state_dict()})  # all but their classifier heads
-    return model
+    if set(bundles) != set(info.from_runs):
+        raise ConfigError(f"{info.name} needs one run of each of {needed}, got {', '.join(sorted(bundles))}")
+    branches = {name: (b.model, b.config["model"]["config"]) for name, b in bundles.items()}
+    return info.assemble(num_classes, input_shapes, branches)
+
+
+@dataclass
+class Selected:
+    """An open dataset's selected classes and one split of their sessions."""
+
+    ds: Any
+    classes: list[str]
+    rows: np.ndarray  # the selected classes' rows
+    label_of: np.ndarray  # class id per dataset row, -1 outside the selection
+    dropped: dict[str, int]
+    split: Any  # training.splits.Split
+
+
+def select_and_split(ds, cfg: TrainConfig, split=None, log: Callable[[str], None] = lambda m: None) -> Selected:
+    """`cfg`'s classes of `ds` and its split of them (`split`: one made elsewhere, for these rows)."""
+    classes, rows, y_rows, dropped = cfg.selection.apply(ds, log)
+    if split is None:
+        split = make_split(ds, rows, y_rows, cfg)
+        log_split(split, classes, log)
+    elif not np.isin(np.concatenate([split.train, split.val, split.test]), rows).all():
+        raise ConfigError("the given split holds sessions outside the selected classes (check the class options)")
+    label_of = np.full(len(ds), -1, dtype=np.int64)
+    label_of[rows] = y_rows
+    return Selected(ds, classes, rows, label_of, dropped, split)
 
 
 def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name: str, cfg: TrainConfig,
@@ -99,89 +123,101 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
     Returns a summary: test accuracy and macro-F1, best epoch, why it stopped, seconds.
     """
     from trafficlens.datasets import Dataset
-    from trafficlens.evaluation.metrics import SCHEMA_VERSION, classification_report, provenance, softmax
-    from trafficlens.files import check_writable_dir
-    from trafficlens.models import count_parameters, create_model, model_info
-    from trafficlens.training.bundle import CONFIG, SPLIT, save_bundle
-    from trafficlens.training.distributed import init as init_distributed
+    from trafficlens.models import create_model, model_info
+    from trafficlens.training.bundle import check_output
     from trafficlens.training.splits import fit_rows
-    from trafficlens.training.trainer import fit, predict_logits
+    from trafficlens.training.torchrun import init as init_distributed
+    from trafficlens.training.trainer import fit
 
     log = log or (lambda message: print(message, file=sys.stderr))
-    out = Path(out_dir)
-    if (out / CONFIG).exists() and not overwrite:
-        raise ConfigError(f"{out}: already holds a trained model (choose another -o or pass --overwrite)")
-    check_writable_dir(out)
-    info = model_info(model_name)
-    if from_runs and model_name != "chen-model-a":
-        raise ConfigError(f"--from is only for chen-model-a, not {model_name}")
+    check_output(out_dir, overwrite)
+    info = model_info(model_name, "deep")
+    if from_runs and not info.from_runs:
+        raise ConfigError(f"--from is for models built on trained runs ({', '.join(_built_on_runs())}), not {model_name}")
+    if info.from_runs and not from_runs:
+        raise ConfigError(f"{model_name} trains on top of trained runs: pass --from with one run of each of "
+                          f"{', '.join(info.from_runs)}")
     dist = init_distributed(cfg)  # one process, or one rank of a torchrun launch
-    device = dist.device
     if not dist.main:
         log = (lambda message: None)
-    ds = Dataset.open(dataset)
-    classes, rows, y_rows, dropped = cfg.selection.apply(ds, log)
-    if split is None:
-        split = make_split(ds, rows, y_rows, cfg)
-        log_split(split, classes, log)
-    elif not np.isin(np.concatenate([split.train, split.val, split.test]), rows).all():
-        raise ConfigError("the given split holds sessions outside the selected classes (check the class options)")
-    label_of = np.full(len(ds), -1, dtype=np.int64)
-    label_of[rows] = y_rows
+    data = select_and_split(Dataset.open(dataset), cfg, split, log)
+    ds, split, label_of = data.ds, data.split, data.label_of
     train_idx = fit_rows(split, label_of, cfg.balance, cfg.seed)
-
     input_shapes = {t: tuple(ds.tensor(t).shape[1:]) for t in info.inputs}
-    assignment = split.assignment(len(ds))
-    if model_name == "chen-model-a":
-        if not from_runs:
-            raise ConfigError("chen-model-a trains on top of two trained runs: pass --from CNN_RUN,GRU_RUN")
-        model = _model_a(from_runs, ds, len(classes), input_shapes, assignment)
+    if info.from_runs:
+        model = model_from_runs(info, from_runs, ds, len(data.classes), input_shapes, split.assignment(len(ds)))
     else:
-        model = create_model(model_name, len(classes), input_shapes, **(model_kwargs or {}))
+        model = create_model(model_name, len(data.classes), input_shapes, **(model_kwargs or {}))
     tensors = {t: ds.tensor(t) for t in info.inputs}
-    log(f"{model_name}: {len(classes)} classes, train {len(train_idx)} / val {len(split.val)} / test {len(split.test)} "
-        f"sessions ({split.kind} split), device {device}" + (f", {dist.world} processes" if dist.enabled else ""))
-
-    result = fit(model, tensors, train_idx, label_of[train_idx], split.val, label_of[split.val], cfg, len(classes),
-                 progress=progress, device=device, dist=dist)
+    log(f"{model_name}: {len(data.classes)} classes, train {len(train_idx)} / val {len(split.val)} / test "
+        f"{len(split.test)} sessions ({split.kind} split), device {dist.device}"
+        + (f", {dist.world} processes" if dist.enabled else ""))
+    result = fit(model, tensors, train_idx, label_of[train_idx], split.val, label_of[split.val], cfg,
+                 len(data.classes), progress=progress, device=dist.device, dist=dist)
     for message in result.warnings:
         log(f"warning: {message}")
+    metrics = _run_metrics(model, tensors, data, train_idx, result, cfg, dist)
+    model.cpu()
+    if dist.main:  # every rank holds the same weights and metrics; one writes them
+        _save_run(Path(out_dir), model, data, cfg, metrics, result, input_shapes, len(train_idx), from_runs)
+    dist.barrier()
+    dist.close()
+    return {"out": str(out_dir), "model": model_name, "best_epoch": result.best_epoch, "stopped": result.stopped,
+            "epochs": len(result.history), "seconds": result.seconds, "val_macro_f1": result.best_val_macro_f1,
+            "test_accuracy": metrics.get("accuracy"), "test_macro_f1": metrics.get("macro_f1")}
 
-    metrics: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "model": model_name, "kind": "deep",
-                               "features": "+".join(info.inputs)}
+
+def _run_metrics(model, tensors, data: Selected, train_idx: np.ndarray, result, cfg: TrainConfig, dist) -> dict[str, Any]:
+    """metrics.json of a trained model: test scores, provenance, cost."""
+    from trafficlens.models import count_parameters
+    from trafficlens.training.metrics import SCHEMA_VERSION, classification_report, provenance, softmax
+    from trafficlens.training.trainer import predict_logits
+
+    split = data.split
+    metrics: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "model": model.model_name, "kind": "deep",
+                               "features": "+".join(model.inputs)}
     t0 = time.perf_counter()
-    logits = predict_logits(model, tensors, split.test, cfg.eval_batch_size, device, cfg.amp, dist) if len(split.test) else None
-    inference_seconds = time.perf_counter() - t0
-    if logits is not None:
-        metrics.update(classification_report(label_of[split.test], softmax(logits), classes))
+    if len(split.test):
+        logits = predict_logits(model, tensors, split.test, cfg.eval_batch_size, dist.device, cfg.amp, dist)
+        metrics.update(classification_report(data.label_of[split.test], softmax(logits), data.classes))
     elif split.kind == "none":
         metrics["no_test_score"] = ("trained with --split none (a deployment model: every session but a 10% "
                                     "early-stopping slice trains); score it with `trafficlens evaluate RUN --on DATASET`")
-    metrics.update(provenance(ds, split, classes=classes, seed=cfg.seed, selection=cfg.selection, dropped=dropped))
+    inference_seconds = time.perf_counter() - t0
+    metrics.update(provenance(data.ds, split, classes=data.classes, seed=cfg.seed, selection=cfg.selection,
+                              dropped=data.dropped))
     epochs = result.history
     metrics.update({
         "parameters": count_parameters(model), "train_seconds": result.seconds, "epochs": len(epochs),
         "seconds_per_epoch": float(np.mean([e["train_seconds"] for e in epochs])) if epochs else None,
         "inference_seconds": inference_seconds,
         "inference_sessions_per_s": len(split.test) / inference_seconds if len(split.test) and inference_seconds > 0 else None,
-        "device": str(device), "balance": cfg.balance, "train_rows": int(len(train_idx)),
+        "device": str(dist.device), "balance": cfg.balance, "train_rows": int(len(train_idx)),
         "n_fit": int(len(train_idx)), "n_select": int(len(split.val)),
         "selection": "early stopping on validation macro-F1", "processes": dist.world,
         "warnings": result.warnings,
     })
+    return metrics
+
+
+def _save_run(out: Path, model, data: Selected, cfg: TrainConfig, metrics: dict[str, Any], result, input_shapes,
+              n_fit: int, from_runs: Sequence[str]) -> None:
+    from trafficlens.training.bundle import SPLIT, save_bundle
+
+    ds = data.ds
     history = {"epochs": result.history, "best_epoch": result.best_epoch, "best_val_macro_f1": result.best_val_macro_f1,
                "stopped": result.stopped, "seconds": result.seconds}
-    split_info = {**metrics["split_info"], "train_after_balance": int(len(train_idx)), "file": SPLIT}
-    dataset_info = {"path": str(Path(dataset).resolve()), "n_sessions": len(ds), "created": ds.manifest.get("created"),
-                    "format_version": ds.manifest.get("format_version"), "input_shapes": {k: list(v) for k, v in input_shapes.items()}}
-    model.cpu()
-    if dist.main:  # every rank holds the same weights and metrics; one writes them
-        save_bundle(out, model, labels=classes, preprocessing=ds.config, train=cfg.to_dict(), split=split_info,
-                    dataset=dataset_info, history=history, metrics=metrics,
-                    extra={"from": [str(p) for p in from_runs]} if from_runs else None)
-        np.save(out / SPLIT, assignment, allow_pickle=False)
-    dist.barrier()
-    dist.close()
-    return {"out": str(out), "model": model_name, "best_epoch": result.best_epoch, "stopped": result.stopped,
-            "epochs": len(result.history), "seconds": result.seconds, "val_macro_f1": result.best_val_macro_f1,
-            "test_accuracy": metrics.get("accuracy"), "test_macro_f1": metrics.get("macro_f1")}
+    split_info = {**metrics["split_info"], "train_after_balance": n_fit, "file": SPLIT}
+    dataset_info = {"path": str(Path(ds.path).resolve()), "n_sessions": len(ds), "created": ds.manifest.get("created"),
+                    "format_version": ds.manifest.get("format_version"),
+                    "input_shapes": {k: list(v) for k, v in input_shapes.items()}}
+    save_bundle(out, model, labels=data.classes, preprocessing=ds.config, train=cfg.to_dict(), split=split_info,
+                dataset=dataset_info, history=history, metrics=metrics,
+                extra={"from": [str(p) for p in from_runs]} if from_runs else None)
+    np.save(out / SPLIT, data.split.assignment(len(ds)), allow_pickle=False)
+
+
+def _built_on_runs() -> list[str]:
+    from trafficlens.models import list_models, model_info
+
+    return [name for name in list_models("deep") if model_info(name).from_runs]

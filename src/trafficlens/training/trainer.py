@@ -10,8 +10,6 @@ validation macro-F1, best weights restored at the end. Same seed, same result on
 
 from __future__ import annotations
 
-import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -24,6 +22,7 @@ import torch.nn as nn
 
 from trafficlens.models.losses import make_loss
 from trafficlens.training.config import TrainConfig
+from trafficlens.training.device import resolve_device
 
 
 @dataclass
@@ -34,27 +33,6 @@ class FitResult:
     stopped: str = "max-epochs"  # max-epochs | early-stopping | time-budget
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)  # e.g. the kept model predicts one class only
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from trafficlens.errors import ConfigError
-
-        raise ConfigError("--device cuda, but no CUDA device is available; use --device auto or cpu")
-    return torch.device(name)
-
-
-def setup(cfg: TrainConfig) -> torch.device:
-    """Seed every generator, pick the device, use all CPU cores."""
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    if device.type == "cpu":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        torch.set_num_threads(cfg.num_threads or cores or 1)
-    return device
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -185,98 +163,37 @@ def fit(model: nn.Module, tensors: Mapping[str, np.ndarray], train_idx: np.ndarr
 
     Expects `setup(cfg)` to have run (seeds, threads); `train`/`val` indices are dataset rows,
     `*_y` their class ids. With no validation rows the last epoch's weights are kept.
-    `dist`: a `training.distributed.DistContext`; with several ranks each trains on its share
-    of every batch under DistributedDataParallel (see training/distributed.py), and the
-    reported losses and accuracies are summed over ranks.
+    `dist`: a `training.torchrun.DistContext`; with several ranks each trains on its share of
+    every batch under DistributedDataParallel (see training/torchrun.py), and the reported
+    losses and accuracies are summed over ranks.
     """
-    from tqdm.auto import tqdm
-
-    from trafficlens.training.distributed import DistContext, wrap
+    from trafficlens.training.torchrun import DistContext
 
     device = device or resolve_device(cfg.device)
     dist = dist or DistContext(device=device)
-    progress = progress and dist.main
-    model.to(device)
-    net = wrap(model, dist)  # the module trained; `model` (the same weights) is evaluated and saved
-    part = (dist.rank, dist.world) if dist.enabled else None
-    rng = np.random.default_rng(cfg.seed)
-    counts = np.bincount(train_y, minlength=num_classes)
-    criterion = make_loss(cfg.loss, counts, cfg.focal_gamma).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
-
+    run = _Epochs(model, tensors, train_idx, train_y, cfg, num_classes, device, dist)
     result = FitResult()
     best_f1, best_state, stale = -1.0, None, 0
-    start = time.perf_counter()
-    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
-    # Rows this rank really trains on in each global batch (0: a placeholder row, weighed 0).
-    global_sizes = [min(cfg.batch_size, len(train_idx) - i) for i in range(0, len(train_idx), cfg.batch_size)]
-    local_sizes = [len(dist.part(g)) for g in global_sizes]
     for epoch in range(1, cfg.max_epochs + 1):
-        t0 = time.perf_counter()
-        order = _epoch_order(rng, train_y, cfg.balance, num_classes)
-        net.train()
-        seen = correct = 0
-        loss_sum = 0.0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.max_epochs}", unit="batch",
-                   disable=not progress, leave=True, dynamic_ncols=True)
-        out_of_time = False
-        for step, (xs, ys) in enumerate(batches(tensors, model.inputs, train_idx, train_y, cfg.batch_size, device,
-                                                order, part)):
-            with autocast(device, use_amp):
-                logits = net(*xs)
-                loss = criterion(logits.float(), ys)
-            n = local_sizes[step] if part else len(ys)
-            # Scaled so that DDP's average over ranks is the whole batch's mean loss gradient.
-            scaled = loss * (n * dist.world / global_sizes[step]) if part else loss
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(scaled).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            if n:
-                seen += n
-                loss_sum += float(loss.detach()) * n
-                correct += int((logits.argmax(1) == ys).sum())
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}", acc=f"{correct / max(seen, 1):.3f}", refresh=False)
-            if cfg.time_budget is not None and dist.any(time.perf_counter() - start > cfg.time_budget):
-                out_of_time = True
-                break
-        train_seconds = time.perf_counter() - t0
-        loss_sum, correct, seen = dist.all_sum([loss_sum, correct, seen])
-        seen = int(seen)
-        row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-               "train_samples": seen, "lr": optimizer.param_groups[0]["lr"]}
+        row, out_of_time, bar = run.train(epoch, progress and dist.main)
         recalibrate_batch_norm(model, tensors, train_idx, cfg.bn_batches, cfg.batch_size, device, cfg.seed + epoch)
         if len(val_idx):
-            logits = predict_logits(model, tensors, val_idx, cfg.eval_batch_size, device, use_amp, dist)
-            with torch.no_grad():
-                row["val_loss"] = float(criterion(torch.from_numpy(logits).to(device), torch.from_numpy(val_y.astype(np.int64)).to(device)))
-            row.update({f"val_{k}": v for k, v in classification_metrics(val_y, logits.argmax(1)).items()})
-            row["val_predicted_classes"] = int(len(np.unique(logits.argmax(1))))
-        row["train_seconds"] = train_seconds
-        row["seconds"] = time.perf_counter() - t0
+            row.update(run.validate(val_idx, val_y))
+        row["seconds"] = time.perf_counter() - row.pop("_started")
         result.history.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.4f}", acc=f"{row['train_accuracy']:.3f}",
                         val_acc=f"{row.get('val_accuracy', float('nan')):.3f}",
                         val_f1=f"{row.get('val_macro_f1', float('nan')):.3f}")
         bar.close()
-
         f1 = row.get("val_macro_f1", -row["train_loss"])
         if f1 > best_f1 + 1e-4:
             best_f1, stale, result.best_epoch = f1, 0, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
-        scheduler.step(f1)
-        if out_of_time:
-            result.stopped = "time-budget"
-            break
-        if stale >= cfg.patience:
-            result.stopped = "early-stopping"
+        run.scheduler.step(f1)
+        if out_of_time or stale >= cfg.patience:
+            result.stopped = "time-budget" if out_of_time else "early-stopping"
             break
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -286,8 +203,87 @@ def fit(model: nn.Module, tensors: Mapping[str, np.ndarray], train_idx: np.ndarr
         result.warnings.append(f"the kept model (epoch {result.best_epoch}) predicts one class for every validation "
                                "session: it has not learned to separate the classes; train longer (--epochs, "
                                "--patience) or check the data")
-    result.seconds = time.perf_counter() - start
+    result.seconds = time.perf_counter() - run.start
     return result
+
+
+class _Epochs:
+    """The optimiser state of one `fit`, an epoch at a time."""
+
+    def __init__(self, model, tensors, train_idx, train_y, cfg: TrainConfig, num_classes: int, device, dist):
+        from trafficlens.training.torchrun import wrap
+
+        self.model, self.tensors, self.train_idx, self.train_y = model, tensors, train_idx, train_y
+        self.cfg, self.num_classes, self.device, self.dist = cfg, num_classes, device, dist
+        model.to(device)
+        self.net = wrap(model, dist)  # the module trained; `model` (the same weights) is evaluated and saved
+        self.part = (dist.rank, dist.world) if dist.enabled else None
+        self.rng = np.random.default_rng(cfg.seed)
+        self.criterion = make_loss(cfg.loss, np.bincount(train_y, minlength=num_classes), cfg.focal_gamma).to(device)
+        self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                          weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max", factor=cfg.lr_factor,
+                                                                    patience=cfg.lr_patience)
+        self.use_amp = cfg.amp and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and not torch.cuda.is_bf16_supported())
+        # Rows this rank really trains on in each global batch (0: a placeholder row, weighed 0).
+        self.global_sizes = [min(cfg.batch_size, len(train_idx) - i) for i in range(0, len(train_idx), cfg.batch_size)]
+        self.local_sizes = [len(dist.part(g)) for g in self.global_sizes]
+        self.start = time.perf_counter()
+
+    def train(self, epoch: int, progress: bool):
+        """One pass over the training rows: (the epoch's history row, whether the time budget ran
+        out, its progress bar, still open for the validation scores)."""
+        from tqdm.auto import tqdm
+
+        cfg, dist = self.cfg, self.dist
+        t0 = time.perf_counter()
+        order = _epoch_order(self.rng, self.train_y, cfg.balance, self.num_classes)
+        self.net.train()
+        seen = correct = 0
+        loss_sum = 0.0
+        bar = tqdm(total=len(self.global_sizes), desc=f"epoch {epoch}/{cfg.max_epochs}", unit="batch",
+                   disable=not progress, leave=True, dynamic_ncols=True)
+        out_of_time = False
+        for step, (xs, ys) in enumerate(batches(self.tensors, self.model.inputs, self.train_idx, self.train_y,
+                                                cfg.batch_size, self.device, order, self.part)):
+            n, loss, hits = self._step(step, xs, ys)
+            if n:
+                seen, loss_sum, correct = seen + n, loss_sum + loss * n, correct + hits
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}", acc=f"{correct / max(seen, 1):.3f}", refresh=False)
+            if cfg.time_budget is not None and dist.any(time.perf_counter() - self.start > cfg.time_budget):
+                out_of_time = True
+                break
+        train_seconds = time.perf_counter() - t0
+        loss_sum, correct, seen = dist.all_sum([loss_sum, correct, seen])
+        seen = int(seen)
+        return {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+                "train_samples": seen, "lr": self.optimizer.param_groups[0]["lr"], "train_seconds": train_seconds,
+                "_started": t0}, out_of_time, bar
+
+    def _step(self, step: int, xs, ys) -> tuple[int, float, int]:
+        """One optimiser step: (rows this rank trained on, their mean loss, correct predictions)."""
+        with autocast(self.device, self.use_amp):
+            logits = self.net(*xs)
+            loss = self.criterion(logits.float(), ys)
+        n = self.local_sizes[step] if self.part else len(ys)
+        # Scaled so that DDP's average over ranks is the whole batch's mean loss gradient.
+        scaled = loss * (n * self.dist.world / self.global_sizes[step]) if self.part else loss
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(scaled).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return n, float(loss.detach()), int((logits.argmax(1) == ys).sum())
+
+    def validate(self, val_idx: np.ndarray, val_y: np.ndarray) -> dict:
+        cfg, device = self.cfg, self.device
+        logits = predict_logits(self.model, self.tensors, val_idx, cfg.eval_batch_size, device, self.use_amp, self.dist)
+        with torch.no_grad():
+            loss = float(self.criterion(torch.from_numpy(logits).to(device), torch.from_numpy(val_y.astype(np.int64)).to(device)))
+        predicted = logits.argmax(1)
+        return {"val_loss": loss, **{f"val_{k}": v for k, v in classification_metrics(val_y, predicted).items()},
+                "val_predicted_classes": int(len(np.unique(predicted)))}
 
 
 def _epoch_order(rng: np.random.Generator, y: np.ndarray, balance: str, num_classes: int) -> np.ndarray:

@@ -1,1 +1,0 @@
-"""Features: a session's packets turned into the tensors models read."""

@@ -1,1 +1,0 @@
-"""Flows: decoded packets grouped into sessions (both directions) or flows (one direction)."""

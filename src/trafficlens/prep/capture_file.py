@@ -1,0 +1,57 @@
+"""One capture file through a session engine: what every prep driver (local, Dask) runs per file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trafficlens.capture import CaptureReader
+from trafficlens.errors import CaptureError
+from trafficlens.files import sha256_file
+from trafficlens.prep.config import PrepConfig
+from trafficlens.prep.engines import make_engine
+from trafficlens.prep.engines.base import EngineSink
+from trafficlens.prep.report import FileReport, file_warnings
+
+
+def prepare_capture(path: Path, relative: str, config: PrepConfig, labeler, sink: EngineSink,
+                    backend: str | None = None) -> FileReport:
+    """Read one capture into `sink` (its sessions, as `ExampleBatch`es); never raises for a bad
+    file: an unreadable one is the report's `error`, a damaged one its `warnings`."""
+    report = FileReport(str(path), relative, path.stat().st_size)
+    label_of = labeler.bind(path, relative) if labeler is not None else None
+    engine = make_engine(backend, config, relative, sink, label_of=label_of)
+    reader = None
+    try:
+        reader = CaptureReader(path, digest=True)  # an unreadable file is this file's error, not the run's
+        for block in engine.blocks(reader):
+            engine.feed(block)
+    except CaptureError as exc:
+        report.error = str(exc)
+    except OSError as exc:
+        report.error = f"{path}: {exc.strerror or exc}"
+    counts = engine.counts
+    skipped = report.skipped_packets
+    skipped.update(counts.skipped)
+    if counts.fragments_kept:
+        skipped["ip_fragment_first_kept"] = counts.fragments_kept
+    if reader is not None:
+        report.format = reader.format
+        report.packets = reader.packets
+    report.warnings = file_warnings(path, reader.warnings if reader is not None else [], skipped)
+    engine.close()
+    counts = engine.counts
+    report.dropped = dict(counts.dropped)
+    report.dropped["retransmission_packets"] = counts.retransmission_packets
+    report.dropped["pure_ack_packets"] = counts.pure_ack_packets
+    if config.mask == "strict":
+        report.unmasked["quic_short_dcid"] = counts.quic_short_unmasked
+    report.sha256 = (reader.sha256 if reader is not None else None) or file_digest(path)
+    return report
+
+
+def file_digest(path: Path) -> str:
+    """The manifest's SHA-256 of an input; "" when it cannot be read (its error says why)."""
+    try:
+        return sha256_file(path)
+    except OSError:
+        return ""
