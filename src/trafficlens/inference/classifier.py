@@ -14,14 +14,19 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from trafficlens.capture.flow_ids import community_id, zeek_uid
 from trafficlens.prep.config import PrepConfig
 from trafficlens.errors import BundleError, ConfigError
 from trafficlens.prep.tensors.examples import ExampleBatch, metas_of
 
 UNKNOWN = "unknown"
-# Output columns, named as Zeek / nfstream users know them (documented in the README).
-COLUMNS = ("capture", "src_ip", "src_port", "dst_ip", "dst_port", "protocol", "ts_start", "ts_end",
-           "packets", "bytes", "label", "confidence", "top_k", "status", "reason")
+# Output columns, named as Zeek / nfstream users know them (documented in the README): `uid` and
+# `community_id` join the rows to Zeek's conn.log, Suricata's and nfstream's flows; orig (the
+# client, src_*) and resp counts and IP bytes are Zeek's orig_pkts, orig_ip_bytes, ...
+COLUMNS = ("capture", "uid", "community_id", "src_ip", "src_port", "dst_ip", "dst_port", "protocol", "ts_start",
+           "ts_end", "duration", "packets", "bytes", "orig_pkts", "orig_ip_bytes", "resp_pkts", "resp_ip_bytes",
+           "label", "confidence", "top_k", "status", "reason")
+PROBABILITY_DIGITS = 4  # confidence and top-k probabilities, in every output format
 _BATCH = 1024
 _CPU_CHUNK = 256
 
@@ -168,8 +173,8 @@ class Classifier:
             row = _meta_row(meta)
             row.update(
                 label=self.labels[best[0]] if confident else UNKNOWN,
-                confidence=confidence,
-                top_k=[(self.labels[j], float(p[j])) for j in best],
+                confidence=round(confidence, PROBABILITY_DIGITS),
+                top_k=[(self.labels[j], round(float(p[j]), PROBABILITY_DIGITS)) for j in best],
                 status="ok" if confident else "low_confidence",
                 reason=None if confident else f"confidence {confidence:.3f} < {min_confidence}",
             )
@@ -285,7 +290,8 @@ class Classifier:
             for i in range(0, len(rows), _BATCH)
         ]) if len(rows) else np.zeros((0, len(self.labels)))
         best = probs.argmax(axis=1) if len(rows) else np.zeros(0, dtype=int)
-        return pd.DataFrame({"id": rows, "label": [self.labels[i] for i in best], "confidence": probs.max(axis=1) if len(rows) else []})
+        confidence = probs.max(axis=1).astype(np.float64).round(PROBABILITY_DIGITS) if len(rows) else []
+        return pd.DataFrame({"id": rows, "label": [self.labels[i] for i in best], "confidence": confidence})
 
 
 TENSOR_SETTINGS = ("unit", "layer", "mask", "image_bytes", "packets", "packet_bytes", "sequence_length", "idle_timeout")
@@ -299,8 +305,18 @@ def rejected_row(meta: dict[str, Any], reason: str) -> dict[str, Any]:
 
 
 def _meta_row(meta: dict[str, Any]) -> dict[str, Any]:
-    return {key: meta.get(key) for key in ("capture", "src_ip", "src_port", "dst_ip", "dst_port", "protocol",
-                                            "ts_start", "ts_end", "packets", "bytes")}
+    """A session's own columns of its output row, from the engine's metadata (which keeps the
+    addresses and ports under every mask: the mask hides them from the tensors only)."""
+    protocol = meta["protocol"].lower()  # as Zeek writes it
+    cid = community_id(protocol, meta["src_ip"], meta["src_port"], meta["dst_ip"], meta["dst_port"])
+    return {
+        "capture": meta["capture"], "uid": zeek_uid(meta["capture"], cid, meta["ts_start"]), "community_id": cid,
+        "src_ip": meta["src_ip"], "src_port": meta["src_port"], "dst_ip": meta["dst_ip"], "dst_port": meta["dst_port"],
+        "protocol": protocol, "ts_start": meta["ts_start"], "ts_end": meta["ts_end"],
+        "duration": round(meta["ts_end"] - meta["ts_start"], 6), "packets": meta["packets"], "bytes": meta["bytes"],
+        "orig_pkts": meta["packets_fwd"], "orig_ip_bytes": meta["bytes_fwd"],
+        "resp_pkts": meta["packets_bwd"], "resp_ip_bytes": meta["bytes_bwd"],
+    }
 
 
 class _Stopped(Exception):

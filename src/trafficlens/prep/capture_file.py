@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from trafficlens.capture import CaptureReader
+from trafficlens.capture.formats import is_stdin
 from trafficlens.errors import CaptureError
 from trafficlens.files import sha256_file
 from trafficlens.prep.config import PrepConfig
@@ -17,7 +18,7 @@ def prepare_capture(path: Path, relative: str, config: PrepConfig, labeler, sink
                     backend: str | None = None) -> FileReport:
     """Read one capture into `sink` (its sessions, as `ExampleBatch`es); never raises for a bad
     file: an unreadable one is the report's `error`, a damaged one its `warnings`."""
-    report = FileReport(str(path), relative, path.stat().st_size)
+    report = FileReport(str(path), relative, capture_size(path))
     label_of = labeler.bind(path, relative) if labeler is not None else None
     engine = make_engine(backend, config, relative, sink, label_of=label_of)
     reader = None
@@ -45,8 +46,13 @@ def prepare_capture(path: Path, relative: str, config: PrepConfig, labeler, sink
     report.dropped["pure_ack_packets"] = counts.pure_ack_packets
     if config.mask == "strict":
         report.unmasked["quic_short_dcid"] = counts.quic_short_unmasked
-    report.sha256 = (reader.sha256 if reader is not None else None) or file_digest(path)
+    report.sha256 = (reader.sha256 if reader is not None else None) or ("" if is_stdin(path) else file_digest(path))
     return report
+
+
+def capture_size(path: Path) -> int:
+    """Bytes of a capture file as stored; 0 for standard input (not known before it ends)."""
+    return 0 if is_stdin(path) else path.stat().st_size
 
 
 def file_digest(path: Path) -> str:

@@ -14,10 +14,10 @@ import signal
 from pathlib import Path
 from typing import Any, Callable
 
-from trafficlens.capture.formats import discover
+from trafficlens.capture.formats import discover, is_stdin
 from trafficlens.datasets.writer import DatasetWriter
 from trafficlens.errors import ConfigError
-from trafficlens.prep.capture_file import prepare_capture
+from trafficlens.prep.capture_file import capture_size, prepare_capture
 from trafficlens.prep.config import PrepConfig
 from trafficlens.system import cores
 from trafficlens.prep.engines import resolve_backend
@@ -99,7 +99,7 @@ def prep(
     writer = dataset_writer(out, config, labeler, overwrite=overwrite)
     sink = batch_writer(writer, labeler)
     reports: list[FileReport] = []
-    bar = progress_bar(sum(p.stat().st_size for p, _ in files), progress)
+    bar = progress_bar(sum(capture_size(p) for p, _ in files), progress)
 
     def done(report: FileReport) -> None:
         reports.append(report)
@@ -113,7 +113,7 @@ def prep(
     try:
         pool, results = _start_pool(files, workers, config, labeler, backend)
         for job in files:
-            if results is not None and job[0].stat().st_size <= STREAM_INLINE_BYTES:
+            if results is not None and _to_worker(job[0]):
                 report, batches = next(results)
                 for batch in batches:
                     sink.sessions(batch)
@@ -130,7 +130,7 @@ def prep(
         if config.max_per_class:
             writer.limit_per_class(config.max_per_class)
         # Absolute input roots: what `audit` re-prepares from under another mask.
-        sources = [str(Path(item).resolve()) for item in inputs]
+        sources = [str(item) if is_stdin(item) else str(Path(item).resolve()) for item in inputs]
         writer.finish(sources=sources, **summarize(reports, writer.duplicates, writer.sampled_out, not_captures))
     except BaseException:
         if pool is not None:
@@ -142,9 +142,15 @@ def prep(
     return Path(out)
 
 
+def _to_worker(path: Path) -> bool:
+    """Whether a worker process reads this capture and hands its results back whole: not a large
+    file (streamed by the main process instead), nor standard input (the main process's)."""
+    return not is_stdin(path) and path.stat().st_size <= STREAM_INLINE_BYTES
+
+
 def _start_pool(files, workers: int, config: PrepConfig, labeler, backend: str):
     """Worker processes for the files small enough to hand back whole, and their results in order."""
-    small = [job for job in files if job[0].stat().st_size <= STREAM_INLINE_BYTES]
+    small = [job for job in files if _to_worker(job[0])]
     if workers <= 1 or len(small) <= 1:
         return None, None
     ctx = mp.get_context("fork") if hasattr(os, "fork") else mp.get_context()
