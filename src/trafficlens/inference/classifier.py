@@ -183,21 +183,26 @@ class Classifier:
 
     # -- captures ----------------------------------------------------------------------------
     def iter_predictions(self, captures: Iterable[str | os.PathLike] | str | os.PathLike, *, top_k: int = 1,
-                         min_confidence: float = 0.0,
-                         on_warning: Callable[[str], None] | None = None) -> Iterator[list[dict[str, Any]]]:
-        """Batches of result rows, capture by capture, with memory bounded by the batch size."""
+                         min_confidence: float = 0.0, on_warning: Callable[[str], None] | None = None,
+                         bpf: str | None = None) -> Iterator[list[dict[str, Any]]]:
+        """Batches of result rows, capture by capture, with memory bounded by the batch size.
+
+        `captures`: files or folders of captures; "-" is standard input. `bpf`: a BPF expression
+        (tcpdump's): only the packets it matches are read."""
+        from trafficlens.capture.bpf import PacketFilter
         from trafficlens.capture.formats import discover
 
+        packet_filter = PacketFilter(bpf) if bpf is not None else None
         if isinstance(captures, (str, os.PathLike)):
             captures = [captures]
         files, _ = discover(captures)
         if not files:
             raise ConfigError(f"no capture files found in {', '.join(map(str, captures))}")
         for path, relative in files:
-            yield from self._predict_file(path, relative, top_k, min_confidence, on_warning)
+            yield from self._predict_file(path, relative, top_k, min_confidence, on_warning, packet_filter)
 
     def _predict_file(self, path: Path, relative: str, top_k: int, min_confidence: float,
-                      on_warning: Callable[[str], None] | None) -> Iterator[list[dict[str, Any]]]:
+                      on_warning: Callable[[str], None] | None, packet_filter=None) -> Iterator[list[dict[str, Any]]]:
         """Rows of one capture as they are made. The engine works by callbacks, so it runs in a
         thread that hands row batches over a small queue: memory stays bounded by a few batches
         however large the capture, and stopping the iterator stops the reading."""
@@ -236,7 +241,8 @@ class Classifier:
 
         def produce() -> None:
             try:
-                report = prepare_capture(path, relative, self.prep_config, None, EngineSink(sessions, reject))
+                report = prepare_capture(path, relative, self.prep_config, None, EngineSink(sessions, reject),
+                                         packet_filter=packet_filter)
                 flush_rejected()
                 put(("done", report))
             except _Stopped:
@@ -265,11 +271,12 @@ class Classifier:
             stop.set()
             worker.join()
 
-    def predict_pcap(self, captures, *, top_k: int = 1, min_confidence: float = 0.0):
-        """One row per session of the capture(s), as a pandas DataFrame (columns: `COLUMNS`)."""
+    def predict_pcap(self, captures, *, top_k: int = 1, min_confidence: float = 0.0, bpf: str | None = None):
+        """One row per session of the capture(s), as a pandas DataFrame (columns: `COLUMNS`);
+        `bpf`: read only the packets this BPF expression matches."""
         import pandas as pd
 
-        rows = [row for batch in self.iter_predictions(captures, top_k=top_k, min_confidence=min_confidence)
+        rows = [row for batch in self.iter_predictions(captures, top_k=top_k, min_confidence=min_confidence, bpf=bpf)
                 for row in batch]
         return pd.DataFrame(rows, columns=list(COLUMNS))
 

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from trafficlens.capture.bpf import PacketFilter
 from trafficlens.capture.reader import CaptureReader, RawPacket
 from trafficlens.errors import CaptureError
 from trafficlens.inference.classifier import Classifier, rejected_row
@@ -29,12 +30,16 @@ from trafficlens.prep.engines.base import EngineSink
 from trafficlens.prep.engines.blocks import block_from_pcapy, packet_blocks
 
 
-def replay(path: str | os.PathLike, speed: float | None = 1.0, heartbeats: bool = False) -> Iterator[RawPacket | None]:
-    """The packets of a capture, released at their recorded pace (`speed` x); None: at once.
-    `heartbeats`: a `None` before each pause, as an interface's read timeout gives, so that a
-    consumer working in blocks hands over what it has instead of waiting for more."""
+def replay(path: str | os.PathLike, speed: float | None = 1.0, heartbeats: bool = False,
+           packet_filter: PacketFilter | None = None) -> Iterator[RawPacket | None]:
+    """The packets of a capture ("-": standard input), released at their recorded pace (`speed`
+    x); None: at once. `heartbeats`: a `None` before each pause, as an interface's read timeout
+    gives, so that a consumer working in blocks hands over what it has instead of waiting for
+    more. `packet_filter`: only the packets it matches (as `Interface(bpf=...)` does)."""
     start_wall = start_ts = None
     for packet in CaptureReader(path):
+        if packet_filter is not None and not packet_filter.matches(packet.data, packet.linktype):
+            continue
         if speed is not None:
             if start_wall is None:
                 start_wall, start_ts = time.perf_counter(), packet.ts
