@@ -29,6 +29,7 @@ STDIN = "-"  # the capture name that means standard input, as for tcpdump -r -
 
 
 def is_stdin(path: str | os.PathLike) -> bool:
+    """Whether `path` names standard input ("-")."""
     return os.fspath(path) == STDIN
 
 

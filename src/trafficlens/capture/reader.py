@@ -43,6 +43,8 @@ _new = tuple.__new__  # builds a RawPacket without the NamedTuple's Python-level
 
 
 class RawPacket(NamedTuple):
+    """One captured frame as read from a file: time, bytes, length on the wire, link type."""
+
     ts: float  # seconds since the epoch
     data: bytes  # captured bytes
     orig_len: int  # length on the wire
@@ -86,6 +88,10 @@ class CaptureReader:
         self._kept: tuple[BinaryIO, bytes] | None = first if self.path == STDIN else None
         if self._kept is None:
             _close(first[0])
+
+    def __repr__(self) -> str:
+        kind = f"{self.format or 'empty'}{', gzip' if self.compressed else ''}"
+        return f"CaptureReader({self.path!r}, {kind}, packets read={self.packets})"
 
     def _open(self) -> tuple[BinaryIO, bytes]:
         """The open stream (decompressing) and its first four bytes; sets format and compressed."""

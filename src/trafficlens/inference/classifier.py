@@ -111,8 +111,15 @@ class Classifier:
         """`deep` or `baseline`."""
         return self.bundle.kind
 
+    def __repr__(self) -> str:
+        c = self.prep_config
+        return (f"Classifier({os.fspath(self.bundle.path)!r}, model={self.bundle.name!r}, "
+                f"kind={self.kind!r}, classes={len(self.labels)}, layer={c.layer!r}, mask={c.mask!r}, "
+                f"device={str(self.device)!r})")
+
     @property
     def inputs(self) -> tuple[str, ...]:
+        """The dataset tensors the model reads (`image`, `packets`, `sequence`, `stats`)."""
         return tuple(self.bundle.model.inputs)
 
     # -- inference ---------------------------------------------------------------------------

@@ -97,6 +97,7 @@ class Interface:
         self.linktype = handle.datalink()
 
     def stats(self) -> dict[str, int]:
+        """libpcap's counters: packets received, dropped by the kernel buffer, dropped by the interface."""
         received, dropped, if_dropped = self._handle.stats()
         return {"received": int(received), "dropped": int(dropped), "if_dropped": int(if_dropped)}
 
@@ -162,6 +163,8 @@ def interface(name: str, snaplen: int = 65535, bpf: str | None = None) -> Iterat
 
 @dataclass
 class LiveStats:
+    """What a `LiveClassifier.run` did: packets read, decisions, evictions, decision delays."""
+
     packets: int = 0
     decisions: int = 0
     decided_early: int = 0
@@ -169,6 +172,7 @@ class LiveStats:
     delays_ms: list[float] = field(default_factory=list)  # M-th packet kept -> decision written
 
     def summary(self) -> dict[str, Any]:
+        """The counts and the median and 99th-percentile delay (ms), as `live` prints them."""
         delays = sorted(self.delays_ms)
         pick = (lambda q: delays[min(len(delays) - 1, int(q * len(delays)))]) if delays else (lambda q: None)
         return {"packets": self.packets, "decisions": self.decisions, "decided_after_m": self.decided_early,
@@ -235,6 +239,10 @@ class LiveClassifier:
         self._last_ts: float | None = None  # capture time of the latest packet
         self._engine = make_engine(backend, clf.prep_config, name, EngineSink(self._on_sessions, self._on_reject),
                                    after=after, max_sessions=max_sessions)
+
+    def __repr__(self) -> str:
+        return (f"LiveClassifier({self.clf!r}, after={self._engine.after}, tracked={self.tracked_sessions}, "
+                f"decisions={self.stats.decisions})")
 
     @property
     def tracked_sessions(self) -> int:

@@ -74,6 +74,7 @@ class ZeekLog:
         fh.write("#types" + "".join(SEPARATOR + kind for _, kind, _ in FIELDS) + "\n")
 
     def write(self, row: dict[str, Any]) -> None:
+        """One prediction row (its top_k as (label, p) pairs or {"label", "probability"} dicts)."""
         self.fh.write(SEPARATOR.join(_value(kind, row.get(column)) for _, kind, column in FIELDS) + "\n")
         self.rows += 1
 
