@@ -56,13 +56,9 @@ class Classifier:
             self.runtime = self.bundle.config["model"]["runtime"]
             return self.bundle.model
         if self._inference_model is None:
-            from trafficlens.prep.tensors.statistics import STATS_NAMES
-            from trafficlens.inference.runtime import folded_for_inference, probe_inputs
+            from trafficlens.inference.runtime import folded_for_inference
 
-            c = self.prep_config
-            shapes = {"image": (c.image_bytes,), "packets": (c.packets, c.packet_bytes),
-                      "sequence": (c.sequence_length, 2), "stats": (len(STATS_NAMES),)}
-            probe = probe_inputs(self.inputs, shapes, device=self.device)
+            probe = self._probe()
             self._inference_model = folded_for_inference(self.bundle.model, probe)
             self.runtime = "torch"
             if self.device.type == "cpu" and os.environ.get("TRAFFICLENS_INFERENCE", "auto") != "torch":
@@ -70,10 +66,60 @@ class Classifier:
 
                 from trafficlens.inference.runtime import onnx_for_inference
 
-                self._onnx = onnx_for_inference(self._inference_model, probe, torch.get_num_threads())
+                self._onnx = onnx_for_inference(self._inference_model, probe, torch.get_num_threads(),
+                                                names=list(self.inputs))
                 if self._onnx is not None:
                     self.runtime = "onnxruntime"
         return self._inference_model
+
+    def _probe(self):
+        """Random inputs of the bundle's tensor shapes, to check rewrites of the model against it."""
+        from trafficlens.prep.tensors.statistics import STATS_NAMES
+        from trafficlens.inference.runtime import probe_inputs
+
+        c = self.prep_config
+        shapes = {"image": (c.image_bytes,), "packets": (c.packets, c.packet_bytes),
+                  "sequence": (c.sequence_length, 2), "stats": (len(STATS_NAMES),)}
+        return probe_inputs(self.inputs, shapes, device=self.device)
+
+    def export_onnx(self, path: str | os.PathLike) -> Path:
+        """Write the ONNX model predict runs on ONNX Runtime (batch norms folded; checked to give
+        the bundle's probabilities to 1e-4) to `path`. Inputs are named after the dataset tensors
+        (`image`, `packets`, ... as uint8 or float32, batch first), the output is `logits`; the
+        model's metadata holds the labels in logit order, the inputs and the prep settings.
+
+        >>> Classifier.load("runs/cnn", device="cpu").export_onnx("cnn.onnx")
+        """
+        import json
+
+        from trafficlens.files import atomic_output
+
+        if self.kind == "baseline":
+            raise ConfigError(f"{self.bundle.path}: a baseline run; its model file is already in the run "
+                              "(model.onnx, .xgb.json or .lgb.txt), on features rather than tensors")
+        if self.device.type != "cpu":
+            raise ConfigError("export_onnx: load the run with device='cpu'")
+        model = self._model_for_inference()
+        onnx_model = self._onnx
+        if onnx_model is None:
+            import torch
+
+            from trafficlens.inference.runtime import onnx_for_inference
+
+            onnx_model = onnx_for_inference(model, self._probe(), torch.get_num_threads(), names=list(self.inputs))
+        if onnx_model is None:
+            raise ConfigError(f"{self.bundle.path}: {self.bundle.name} cannot be exported to ONNX here (onnx and "
+                              "onnxruntime installed? pip install 'trafficlens[ml]'; or an operator the exporter lacks)")
+        import onnx
+
+        proto = onnx.load_from_string(onnx_model.model_bytes)
+        onnx.helper.set_model_props(proto, {
+            "trafficlens.model": self.bundle.name, "trafficlens.labels": json.dumps(self.labels),
+            "trafficlens.inputs": json.dumps(list(self.inputs)),
+            "trafficlens.preprocessing": json.dumps(self.bundle.preprocessing, sort_keys=True)})
+        with atomic_output(path, "wb") as fh:
+            fh.write(proto.SerializeToString())
+        return Path(path)
 
     def warm_up(self) -> "Classifier":
         """Build the inference model now (folded batch norms, the ONNX Runtime export: about a
