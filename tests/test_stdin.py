@@ -128,6 +128,11 @@ def test_prep_dash_with_label(tmp_path):
                                                                                 deduplicate=False), workers=1))
     assert len(from_stdin) == len(from_file) == 41 and set(from_stdin.table.column("label").to_pylist()) == {"web"}
     assert from_stdin.table.column("capture").to_pylist() == ["-"] * 41
+    [given] = from_stdin.manifest["inputs"]
+    [file] = from_file.manifest["inputs"]
+    assert given["path"] == "-" and (given["bytes"], given["sha256"], given["packets"]) == (
+        capture.stat().st_size, file["sha256"], file["packets"])
+    assert from_stdin.manifest["sources"] == ["-"]
     assert (from_stdin.tensor("image")[:] == from_file.tensor("image")[:]).all()
 
 

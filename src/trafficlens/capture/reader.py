@@ -83,6 +83,7 @@ class CaptureReader:
         # so that prep's manifest costs no second read of the file
         self.digest = digest
         self.sha256: str | None = None
+        self.stored_bytes: int | None = None  # with digest: the bytes hashed (standard input's size)
         self._stdin_read = False
         first = self._open()  # fail now, before the caller plans around this file
         self._kept: tuple[BinaryIO, bytes] | None = first if self.path == STDIN else None
@@ -188,6 +189,7 @@ class CaptureReader:
         if isinstance(hashing, _Hashing):
             try:
                 self.sha256 = hashing.finish()
+                self.stored_bytes = hashing._at
             except OSError:
                 self.sha256 = None
         _close(fh)
@@ -405,6 +407,7 @@ class _Hashing:
     def finish(self) -> str:
         for block in iter(lambda: self.fh.read(1 << 20), b""):
             self._sha.update(block)
+            self._at += len(block)
         return self._sha.hexdigest()
 
     def close(self) -> None:

@@ -49,6 +49,8 @@ def prepare_capture(path: Path, relative: str, config: PrepConfig, labeler, sink
     if reader is not None:
         report.format = reader.format
         report.packets = reader.packets
+        if is_stdin(path) and reader.stored_bytes is not None:
+            report.size = reader.stored_bytes  # known once the stream ended
     report.warnings = file_warnings(path, reader.warnings if reader is not None else [], skipped)
     engine.close()
     counts = engine.counts
