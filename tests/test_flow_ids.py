@@ -180,3 +180,21 @@ def test_predict_and_live_commands_write_zeek_logs(tmp_path):
     header, _, _, live_rows = read_zeek_log(out.read_text())
     assert header["path"] == "trafficlens_live" and "close" in header and len(live_rows) == 30
     assert {r["community_id"] for r in live_rows} == {r["community_id"] for r in rows}
+
+
+def test_zeek_log_reads_in_zat_a_zeek_log_library(lab, tmp_path):
+    """An independent reader of Zeek logs (zat, SuperCowPowers' Zeek Analysis Tools) types every
+    column from `#types`: times, intervals, ports, counts, doubles; `-` is unset."""
+    zat = pytest.importorskip("zat.log_to_dataframe")
+    rows = [r for batch in lab.iter_predictions(LAB / "capture-002.pcap.gz", top_k=2) for r in batch]
+    rows.append(dict(rows[0], label=None, confidence=None, top_k=[], status="not_judged", reason="no payload"))
+    write_rows([rows], str(tmp_path / "p.log"))
+    table = zat.LogToDataFrame().create_dataframe(str(tmp_path / "p.log"))
+    assert len(table) == 31
+    assert str(table["id.orig_p"].dtype) == "UInt16" and str(table["orig_ip_bytes"].dtype) == "UInt64"
+    assert str(table["duration"].dtype).startswith("timedelta64") and table["confidence"].dtype == "float64"
+    assert table["community_id"].astype(str).tolist() == [r["community_id"] for r in rows]
+    assert table["orig_ip_bytes"].tolist() == [r["orig_ip_bytes"] for r in rows]
+    assert table.index[0].timestamp() == pytest.approx(rows[0]["ts_start"], abs=1e-6)
+    assert table["duration"].dt.total_seconds().tolist() == pytest.approx([r["duration"] for r in rows], abs=1e-6)
+    assert table["confidence"].tolist()[:30] == [r["confidence"] for r in rows[:30]]
