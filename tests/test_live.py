@@ -10,6 +10,7 @@ import pytest
 
 from captures import tcp_frame, tcp_session, udp_frame, write_pcap
 from test_predict import KEY, SAMPLE, reference_sessions, run  # noqa: F401  (the trained bundle fixture)
+from trafficlens.capture.flow_ids import community_id
 from trafficlens.errors import CaptureError
 from trafficlens.prep.engines import numba_available
 from trafficlens.serving import Classifier
@@ -46,6 +47,9 @@ def assert_decided_on_the_first_packets(clf, rows, captures, tmp_path) -> None:
     sequence = np.asarray(ds.tensor("sequence"))
     for row in rows:
         i, ref = index[tuple(row[f] for f in KEY[1:])]
+        # orig/resp split the packets and bytes the row decided on (at its trigger)
+        assert (row["orig_pkts"] + row["resp_pkts"], row["orig_ip_bytes"] + row["resp_ip_bytes"]) == (row["packets"], row["bytes"])
+        assert row["community_id"] == community_id(row["protocol"], ref["src_ip"], ref["src_port"], ref["dst_ip"], ref["dst_port"])
         if row["trigger"] == "end":
             assert (row["ts_end"], row["packets"], row["bytes"]) == (ref["ts_end"], ref["packets"], ref["bytes"])
             continue
@@ -226,7 +230,7 @@ def test_interface_capture_decides_a_loopback_session(run):  # noqa: F811
     server.close()
     assert stats.packets == 8 and source.stats()["dropped"] == 0
     assert len(rows) == 1 and rows[0]["trigger"] == "after" and rows[0]["packets"] == 6
-    assert rows[0]["dst_port"] == port and rows[0]["protocol"] == "UDP"
+    assert rows[0]["dst_port"] == port and rows[0]["protocol"] == "udp"
     # measured from the kernel's timestamp of the 6th packet: positive and small
     assert 0 < rows[0]["delay_ms"] < 2000
 

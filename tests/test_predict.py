@@ -36,6 +36,8 @@ def reference_sessions(clf: Classifier, captures, out: Path) -> tuple[Dataset, d
     config = dataclasses.replace(clf.prep_config, min_packets=1, min_bytes=0)
     ds = Dataset.open(prep(captures, out, config, workers=1, backend="python"))
     rows = ds.table.to_pylist()
+    for r in rows:
+        r["protocol"] = r["protocol"].lower()  # datasets say TCP; rows say tcp, as Zeek does
     index = {tuple(r[f] for f in KEY): (i, r) for i, r in enumerate(rows)}
     assert len(index) == len(rows)
     return ds, index
@@ -51,6 +53,23 @@ def assert_rows_hold_their_sessions(rows: list[dict], index: dict, capture: str 
         _, ref = index[key]
         got = {f: row[f] for f in FIELDS if f != "capture"}
         assert got == {f: ref[f] for f in FIELDS if f != "capture"}, (key, got)
+        assert_flow_columns(row, ref)
+
+
+def assert_flow_columns(row: dict, ref: dict) -> None:
+    """The join keys and Zeek-like columns of a row whose session is `ref` (a dataset row):
+    community_id as the reference implementation computes it, a Zeek-shaped uid, the duration,
+    and the client's (orig) and server's (resp) packets and IP bytes."""
+    import communityid
+
+    make = communityid.FlowTuple.make_tcp if ref["protocol"] == "tcp" else communityid.FlowTuple.make_udp
+    flow = make(ref["src_ip"], ref["dst_ip"], ref["src_port"], ref["dst_port"])
+    assert row["community_id"] == communityid.CommunityID(0).calc(flow)
+    assert len(row["uid"]) == 18 and row["uid"][0] == "C" and row["uid"].isalnum()
+    assert row["duration"] == pytest.approx(ref["ts_end"] - ref["ts_start"], abs=1e-6)
+    assert (row["orig_pkts"], row["resp_pkts"]) == (ref["packets_fwd"], ref["packets_bwd"])
+    assert row["orig_ip_bytes"] + row["resp_ip_bytes"] == ref["bytes"]
+    assert row["orig_ip_bytes"] >= 20 * row["orig_pkts"] and row["resp_ip_bytes"] >= 20 * row["resp_pkts"]
 
 
 @pytest.fixture(scope="module")
@@ -122,14 +141,22 @@ def test_sessions_under_the_filters_are_listed_with_a_reason(run, tmp_path, monk
                          + tcp_session(sport=40001, requests=(), responses=()))
     table = Classifier.load(run[0]).predict_pcap(capture)
     rows = sorted(table.to_dict("records"), key=lambda r: r["src_port"])
-    common = dict(capture="short.pcap", src_ip=CLIENT, dst_ip=SERVER, dst_port=443, protocol="TCP", ts_start=0.0,
-                  label=None, confidence=None, top_k=[], status="not_judged")
+    common = dict(capture="short.pcap", src_ip=CLIENT, dst_ip=SERVER, dst_port=443, protocol="tcp", ts_start=0.0,
+                  label=None, confidence=None, top_k=[], status="not_judged", duration=pytest.approx(0.04),
+                  orig_pkts=2, resp_pkts=2)
+    ids = {r["src_port"]: (r.pop("uid"), r.pop("community_id")) for r in rows}
     # SYN, SYN-ACK, "hi", "yo": 4 packets of 40 + 40 + 42 + 42 bytes, the last at 0.04 s
     assert rows[0] == {**common, "src_port": 40000, "ts_end": pytest.approx(0.04), "packets": 4, "bytes": 164,
-                       "reason": "fewer packets than the model's min_packets"}
+                       "orig_ip_bytes": 82, "resp_ip_bytes": 82, "reason": "fewer packets than the model's min_packets"}
     # SYN, SYN-ACK, FIN, FIN: no payload
     assert rows[1] == {**common, "src_port": 40001, "ts_end": pytest.approx(0.04), "packets": 4, "bytes": 160,
-                       "reason": "no payload"}
+                       "orig_ip_bytes": 80, "resp_ip_bytes": 80, "reason": "no payload"}
+    # join keys: the reference Community ID, and one uid per session
+    import communityid
+
+    for port, (uid, cid) in ids.items():
+        assert cid == communityid.CommunityID(0).calc(communityid.FlowTuple.make_tcp(CLIENT, SERVER, port, 443))
+    assert len({uid for uid, _ in ids.values()}) == 2
 
 
 def test_dash_o_writes_csv_to_stdout(run):

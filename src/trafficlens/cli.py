@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("trafficlens.evaluation.audit_cli:audit", "How much of a score is leakage: papers' protocol vs honest splits and masks."),
     "baseline": ("trafficlens.evaluation.cli:baseline", "Fit a classical baseline (rf, xgboost, ...) on the same splits."),
     "evaluate": ("trafficlens.evaluation.cli:evaluate", "Score a trained run on its test split: metrics and an HTML report."),
+    "export": ("trafficlens.inference.cli:export", "Write a trained run's model as ONNX (the model predict runs)."),
     "explain": ("trafficlens.explain.cli:explain", "Which bytes and protocol fields a run relies on: Grad-CAM, attention, per class."),
     "compare": ("trafficlens.evaluation.cli:compare", "Train deep models and baselines on one split: a table and an HTML report."),
     "cv": ("trafficlens.evaluation.cli:cv", "Stratified group k-fold cross-validation of one model: mean and spread."),

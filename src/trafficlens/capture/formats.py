@@ -25,6 +25,12 @@ PCAP_MAGICS = {  # magic -> (byte order, seconds per fraction tick, record heade
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 GZIP_MAGIC = b"\x1f\x8b"
 CAPTURE_MAGICS = (*PCAP_MAGICS, PCAPNG_MAGIC)
+STDIN = "-"  # the capture name that means standard input, as for tcpdump -r -
+
+
+def is_stdin(path: str | os.PathLike) -> bool:
+    """Whether `path` names standard input ("-")."""
+    return os.fspath(path) == STDIN
 
 
 def sniff(head: bytes) -> str:
@@ -49,13 +55,19 @@ def discover(inputs: Iterable[str | os.PathLike]) -> tuple[list[tuple[Path, str]
     """Capture files under the inputs as (path, name relative to its input root), and skipped names.
 
     An explicitly named file is always taken; in directories, hidden entries are ignored and
-    files that do not start like a capture (READMEs, label lists) are skipped and listed.
+    files that do not start like a capture (READMEs, label lists) are skipped and listed. "-" is
+    standard input (`Path("-")`, named "-"), at most once.
     """
     files: list[tuple[Path, str]] = []
     skipped: list[str] = []
+    inputs = list(inputs)
+    if sum(map(is_stdin, inputs)) > 1:
+        raise ConfigError("- (standard input) is given more than once; it can be read only once")
     for item in inputs:
         root = Path(item)
-        if root.is_file():
+        if is_stdin(item):
+            files.append((root, STDIN))
+        elif root.is_file():
             files.append((root, root.name))
         elif root.is_dir():
             for path in sorted(p for p in root.rglob("*") if p.is_file()):

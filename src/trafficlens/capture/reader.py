@@ -16,17 +16,22 @@ breaks before its first four bytes, raises `CaptureError`, and it does so before
     >>> for raw in reader: ...
     >>> reader.warnings
     ['x.pcap: record length 70000 beyond the snap length 65535 at offset 1234; kept 12 packets before it']
+
+The path "-" is standard input (`tcpdump -w - | trafficlens live -r -`): read as a stream, in
+chunks like a file, and only once.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import struct
+import sys
 import zlib
 from typing import BinaryIO, Callable, Iterator, NamedTuple
 
-from trafficlens.capture.formats import GZIP_MAGIC, PCAP_MAGICS, PCAPNG_MAGIC
+from trafficlens.capture.formats import GZIP_MAGIC, PCAP_MAGICS, PCAPNG_MAGIC, STDIN
 from trafficlens.errors import CaptureError
 
 MAX_RECORD = 262144  # largest snap length libpcap writes; a record beyond max(snaplen, this) is damage
@@ -38,6 +43,8 @@ _new = tuple.__new__  # builds a RawPacket without the NamedTuple's Python-level
 
 
 class RawPacket(NamedTuple):
+    """One captured frame as read from a file: time, bytes, length on the wire, link type."""
+
     ts: float  # seconds since the epoch
     data: bytes  # captured bytes
     orig_len: int  # length on the wire
@@ -61,7 +68,8 @@ class CaptureReader:
     The format is checked when the reader is made (`CaptureError` if the file is not a
     capture); the file is opened again for each iteration, and `packets` and `warnings`
     describe the latest one. `chunk_size` bytes are read at a time (1 MiB measured a little
-    faster than 4 MiB or more: the buffer stays in cache).
+    faster than 4 MiB or more: the buffer stays in cache). Standard input ("-") allows one
+    iteration: the stream the format check opened is the one it reads on.
     """
 
     def __init__(self, path: str | os.PathLike, chunk_size: int = 1 << 20, digest: bool = False):
@@ -75,14 +83,29 @@ class CaptureReader:
         # so that prep's manifest costs no second read of the file
         self.digest = digest
         self.sha256: str | None = None
-        _close(self._open()[0])  # fail now, before the caller plans around this file
+        self.stored_bytes: int | None = None  # with digest: the bytes hashed (standard input's size)
+        self._stdin_read = False
+        first = self._open()  # fail now, before the caller plans around this file
+        self._kept: tuple[BinaryIO, bytes] | None = first if self.path == STDIN else None
+        if self._kept is None:
+            _close(first[0])
+
+    def __repr__(self) -> str:
+        kind = f"{self.format or 'empty'}{', gzip' if self.compressed else ''}"
+        return f"CaptureReader({self.path!r}, {kind}, packets read={self.packets})"
 
     def _open(self) -> tuple[BinaryIO, bytes]:
         """The open stream (decompressing) and its first four bytes; sets format and compressed."""
-        try:
-            fh: BinaryIO = open(self.path, "rb")
-        except OSError as exc:
-            raise CaptureError(f"{self.path}: cannot open ({exc.strerror or exc})") from None
+        if self.path == STDIN:
+            if self._stdin_read:
+                raise CaptureError("-: standard input can be read only once")
+            self._stdin_read = True
+            fh: BinaryIO = _Stdin(sys.stdin.buffer)
+        else:
+            try:
+                fh = open(self.path, "rb")
+            except OSError as exc:
+                raise CaptureError(f"{self.path}: cannot open ({exc.strerror or exc})") from None
         if self.digest:
             fh = _Hashing(fh)
         try:
@@ -144,7 +167,8 @@ class CaptureReader:
         `self.packets`; damage ends the pass with a warning (or an error before any packet)."""
         self.packets = 0
         self.warnings = []
-        fh, head = self._open()
+        fh, head = self._kept or self._open()
+        self._kept = None
         buf = _Buffer(fh, head, chunk_size)
         failure: Exception | None = None
         try:
@@ -165,6 +189,7 @@ class CaptureReader:
         if isinstance(hashing, _Hashing):
             try:
                 self.sha256 = hashing.finish()
+                self.stored_bytes = hashing._at
             except OSError:
                 self.sha256 = None
         _close(fh)
@@ -316,6 +341,48 @@ class PcapWindow:
         self.stop, self.records = start, 0
 
 
+class _Stdin:
+    """Standard input read like a file: in chunks, never whole, and back to the start only while
+    its first bytes are still held (the gzip check reads four bytes and goes back; a pipe cannot
+    seek). Closing it leaves the process's standard input open."""
+
+    KEEP = 64  # bytes held for going back
+
+    def __init__(self, stream: BinaryIO):
+        self.stream = stream
+        self._start: bytes | None = b""  # every byte read so far, until more than KEEP were
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        ahead = self._start[self._pos :] if self._start is not None else b""
+        data = ahead if n < 0 else ahead[:n]
+        if n < 0 or len(data) < n:
+            # A large read returns what the pipe holds now (at least a byte; b"" at the end): the
+            # reader's buffer asks again, and packets of `tcpdump -w - |` are not held back until
+            # a whole chunk arrived. A small read (a format check) waits for all its bytes.
+            read1 = getattr(self.stream, "read1", None)
+            if n > self.KEEP and read1 is not None:
+                more = read1(n - len(data))
+            else:
+                more = self.stream.read(-1 if n < 0 else n - len(data))
+            data += more
+            if self._start is not None:
+                self._start += more
+                if len(self._start) > self.KEEP:
+                    self._start = None
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if offset != 0 or whence != 0 or self._start is None:
+            raise OSError(errno.ESPIPE, "standard input cannot go back")
+        self._pos = 0
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
 class _Hashing:
     """A raw file that feeds a SHA-256 with every byte read from it, in order."""
 
@@ -340,6 +407,7 @@ class _Hashing:
     def finish(self) -> str:
         for block in iter(lambda: self.fh.read(1 << 20), b""):
             self._sha.update(block)
+            self._at += len(block)
         return self._sha.hexdigest()
 
     def close(self) -> None:

@@ -40,6 +40,13 @@ class Dataset:
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Dataset":
+        """The dataset directory `path` (what `prep -o` wrote), checked: its manifest, format
+        version and every tensor file's size; the table and tensors are read when first used.
+
+        >>> ds = Dataset.open("ds/iot")
+        >>> len(ds), ds.classes[:2], ds.tensor("image").shape
+        (1680, ['Aria', 'D-LinkCam'], (1680, 784))
+        """
         path = Path(path)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
@@ -88,6 +95,7 @@ class Dataset:
 
     @property
     def sharded(self) -> bool:
+        """Whether the rows lie in shards (`prep --engine dask`) rather than one directory."""
         return "shards" in self.manifest
 
     @property
@@ -130,6 +138,7 @@ class Dataset:
         return table.set_column(0, "id", pa.array(np.arange(table.num_rows, dtype=np.int64)))
 
     def column(self, name: str) -> np.ndarray:
+        """One column of the session table as a NumPy array (`ds.column("label")`)."""
         if name not in self.table.column_names:
             raise DatasetError(f"{self.path}: no column {name!r} (have {', '.join(self.table.column_names)})")
         return self.table.column(name).to_numpy(zero_copy_only=False)
@@ -141,14 +150,17 @@ class Dataset:
 
     @property
     def classes(self) -> list[str]:
+        """The class names, sorted (unlabeled sessions kept with --unlabeled keep are not a class)."""
         return sorted(k for k in self.manifest["classes"] if k != "<unlabeled>")
 
     @property
     def image_side(self) -> int | None:
+        """The side of the square `image` tensor (28 for 784 bytes); None when not square."""
         return self.manifest["tensors"]["image"].get("square")
 
     @property
     def stats_names(self) -> list[str]:
+        """The names of the `stats` tensor's columns, in order."""
         return list(self.manifest["stats"]["names"])
 
     def tensor(self, name: str) -> np.ndarray:
@@ -236,6 +248,7 @@ class ShardedTensor:
 
     @property
     def size(self) -> int:
+        """Elements in all (NumPy's `size`)."""
         return int(np.prod(self.shape))
 
     def __array__(self, dtype=None, copy=None):

@@ -14,14 +14,19 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from trafficlens.capture.flow_ids import community_id, zeek_uid
 from trafficlens.prep.config import PrepConfig
 from trafficlens.errors import BundleError, ConfigError
 from trafficlens.prep.tensors.examples import ExampleBatch, metas_of
 
 UNKNOWN = "unknown"
-# Output columns, named as Zeek / nfstream users know them (documented in the README).
-COLUMNS = ("capture", "src_ip", "src_port", "dst_ip", "dst_port", "protocol", "ts_start", "ts_end",
-           "packets", "bytes", "label", "confidence", "top_k", "status", "reason")
+# Output columns, named as Zeek / nfstream users know them (documented in the README): `uid` and
+# `community_id` join the rows to Zeek's conn.log, Suricata's and nfstream's flows; orig (the
+# client, src_*) and resp counts and IP bytes are Zeek's orig_pkts, orig_ip_bytes, ...
+COLUMNS = ("capture", "uid", "community_id", "src_ip", "src_port", "dst_ip", "dst_port", "protocol", "ts_start",
+           "ts_end", "duration", "packets", "bytes", "orig_pkts", "orig_ip_bytes", "resp_pkts", "resp_ip_bytes",
+           "label", "confidence", "top_k", "status", "reason")
+PROBABILITY_DIGITS = 4  # confidence and top-k probabilities, in every output format
 _BATCH = 1024
 _CPU_CHUNK = 256
 
@@ -51,13 +56,9 @@ class Classifier:
             self.runtime = self.bundle.config["model"]["runtime"]
             return self.bundle.model
         if self._inference_model is None:
-            from trafficlens.prep.tensors.statistics import STATS_NAMES
-            from trafficlens.inference.runtime import folded_for_inference, probe_inputs
+            from trafficlens.inference.runtime import folded_for_inference
 
-            c = self.prep_config
-            shapes = {"image": (c.image_bytes,), "packets": (c.packets, c.packet_bytes),
-                      "sequence": (c.sequence_length, 2), "stats": (len(STATS_NAMES),)}
-            probe = probe_inputs(self.inputs, shapes, device=self.device)
+            probe = self._probe()
             self._inference_model = folded_for_inference(self.bundle.model, probe)
             self.runtime = "torch"
             if self.device.type == "cpu" and os.environ.get("TRAFFICLENS_INFERENCE", "auto") != "torch":
@@ -65,10 +66,60 @@ class Classifier:
 
                 from trafficlens.inference.runtime import onnx_for_inference
 
-                self._onnx = onnx_for_inference(self._inference_model, probe, torch.get_num_threads())
+                self._onnx = onnx_for_inference(self._inference_model, probe, torch.get_num_threads(),
+                                                names=list(self.inputs))
                 if self._onnx is not None:
                     self.runtime = "onnxruntime"
         return self._inference_model
+
+    def _probe(self):
+        """Random inputs of the bundle's tensor shapes, to check rewrites of the model against it."""
+        from trafficlens.prep.tensors.statistics import STATS_NAMES
+        from trafficlens.inference.runtime import probe_inputs
+
+        c = self.prep_config
+        shapes = {"image": (c.image_bytes,), "packets": (c.packets, c.packet_bytes),
+                  "sequence": (c.sequence_length, 2), "stats": (len(STATS_NAMES),)}
+        return probe_inputs(self.inputs, shapes, device=self.device)
+
+    def export_onnx(self, path: str | os.PathLike) -> Path:
+        """Write the ONNX model predict runs on ONNX Runtime (batch norms folded; checked to give
+        the bundle's probabilities to 1e-4) to `path`. Inputs are named after the dataset tensors
+        (`image`, `packets`, ... as uint8 or float32, batch first), the output is `logits`; the
+        model's metadata holds the labels in logit order, the inputs and the prep settings.
+
+        >>> Classifier.load("runs/cnn", device="cpu").export_onnx("cnn.onnx")
+        """
+        import json
+
+        from trafficlens.files import atomic_output
+
+        if self.kind == "baseline":
+            raise ConfigError(f"{self.bundle.path}: a baseline run; its model file is already in the run "
+                              "(model.onnx, .xgb.json or .lgb.txt), on features rather than tensors")
+        if self.device.type != "cpu":
+            raise ConfigError("export_onnx: load the run with device='cpu'")
+        model = self._model_for_inference()
+        onnx_model = self._onnx
+        if onnx_model is None:
+            import torch
+
+            from trafficlens.inference.runtime import onnx_for_inference
+
+            onnx_model = onnx_for_inference(model, self._probe(), torch.get_num_threads(), names=list(self.inputs))
+        if onnx_model is None:
+            raise ConfigError(f"{self.bundle.path}: {self.bundle.name} cannot be exported to ONNX here (onnx and "
+                              "onnxruntime installed? pip install 'trafficlens[ml]'; or an operator the exporter lacks)")
+        import onnx
+
+        proto = onnx.load_from_string(onnx_model.model_bytes)
+        onnx.helper.set_model_props(proto, {
+            "trafficlens.model": self.bundle.name, "trafficlens.labels": json.dumps(self.labels),
+            "trafficlens.inputs": json.dumps(list(self.inputs)),
+            "trafficlens.preprocessing": json.dumps(self.bundle.preprocessing, sort_keys=True)})
+        with atomic_output(path, "wb") as fh:
+            fh.write(proto.SerializeToString())
+        return Path(path)
 
     def warm_up(self) -> "Classifier":
         """Build the inference model now (folded batch norms, the ONNX Runtime export: about a
@@ -106,8 +157,15 @@ class Classifier:
         """`deep` or `baseline`."""
         return self.bundle.kind
 
+    def __repr__(self) -> str:
+        c = self.prep_config
+        return (f"Classifier({os.fspath(self.bundle.path)!r}, model={self.bundle.name!r}, "
+                f"kind={self.kind!r}, classes={len(self.labels)}, layer={c.layer!r}, mask={c.mask!r}, "
+                f"device={str(self.device)!r})")
+
     @property
     def inputs(self) -> tuple[str, ...]:
+        """The dataset tensors the model reads (`image`, `packets`, `sequence`, `stats`)."""
         return tuple(self.bundle.model.inputs)
 
     # -- inference ---------------------------------------------------------------------------
@@ -168,8 +226,8 @@ class Classifier:
             row = _meta_row(meta)
             row.update(
                 label=self.labels[best[0]] if confident else UNKNOWN,
-                confidence=confidence,
-                top_k=[(self.labels[j], float(p[j])) for j in best],
+                confidence=round(confidence, PROBABILITY_DIGITS),
+                top_k=[(self.labels[j], round(float(p[j]), PROBABILITY_DIGITS)) for j in best],
                 status="ok" if confident else "low_confidence",
                 reason=None if confident else f"confidence {confidence:.3f} < {min_confidence}",
             )
@@ -178,21 +236,26 @@ class Classifier:
 
     # -- captures ----------------------------------------------------------------------------
     def iter_predictions(self, captures: Iterable[str | os.PathLike] | str | os.PathLike, *, top_k: int = 1,
-                         min_confidence: float = 0.0,
-                         on_warning: Callable[[str], None] | None = None) -> Iterator[list[dict[str, Any]]]:
-        """Batches of result rows, capture by capture, with memory bounded by the batch size."""
+                         min_confidence: float = 0.0, on_warning: Callable[[str], None] | None = None,
+                         bpf: str | None = None) -> Iterator[list[dict[str, Any]]]:
+        """Batches of result rows, capture by capture, with memory bounded by the batch size.
+
+        `captures`: files or folders of captures; "-" is standard input. `bpf`: a BPF expression
+        (tcpdump's): only the packets it matches are read."""
+        from trafficlens.capture.bpf import PacketFilter
         from trafficlens.capture.formats import discover
 
+        packet_filter = PacketFilter(bpf) if bpf is not None else None
         if isinstance(captures, (str, os.PathLike)):
             captures = [captures]
         files, _ = discover(captures)
         if not files:
             raise ConfigError(f"no capture files found in {', '.join(map(str, captures))}")
         for path, relative in files:
-            yield from self._predict_file(path, relative, top_k, min_confidence, on_warning)
+            yield from self._predict_file(path, relative, top_k, min_confidence, on_warning, packet_filter)
 
     def _predict_file(self, path: Path, relative: str, top_k: int, min_confidence: float,
-                      on_warning: Callable[[str], None] | None) -> Iterator[list[dict[str, Any]]]:
+                      on_warning: Callable[[str], None] | None, packet_filter=None) -> Iterator[list[dict[str, Any]]]:
         """Rows of one capture as they are made. The engine works by callbacks, so it runs in a
         thread that hands row batches over a small queue: memory stays bounded by a few batches
         however large the capture, and stopping the iterator stops the reading."""
@@ -231,7 +294,8 @@ class Classifier:
 
         def produce() -> None:
             try:
-                report = prepare_capture(path, relative, self.prep_config, None, EngineSink(sessions, reject))
+                report = prepare_capture(path, relative, self.prep_config, None, EngineSink(sessions, reject),
+                                         packet_filter=packet_filter)
                 flush_rejected()
                 put(("done", report))
             except _Stopped:
@@ -260,11 +324,12 @@ class Classifier:
             stop.set()
             worker.join()
 
-    def predict_pcap(self, captures, *, top_k: int = 1, min_confidence: float = 0.0):
-        """One row per session of the capture(s), as a pandas DataFrame (columns: `COLUMNS`)."""
+    def predict_pcap(self, captures, *, top_k: int = 1, min_confidence: float = 0.0, bpf: str | None = None):
+        """One row per session of the capture(s), as a pandas DataFrame (columns: `COLUMNS`);
+        `bpf`: read only the packets this BPF expression matches."""
         import pandas as pd
 
-        rows = [row for batch in self.iter_predictions(captures, top_k=top_k, min_confidence=min_confidence)
+        rows = [row for batch in self.iter_predictions(captures, top_k=top_k, min_confidence=min_confidence, bpf=bpf)
                 for row in batch]
         return pd.DataFrame(rows, columns=list(COLUMNS))
 
@@ -285,7 +350,8 @@ class Classifier:
             for i in range(0, len(rows), _BATCH)
         ]) if len(rows) else np.zeros((0, len(self.labels)))
         best = probs.argmax(axis=1) if len(rows) else np.zeros(0, dtype=int)
-        return pd.DataFrame({"id": rows, "label": [self.labels[i] for i in best], "confidence": probs.max(axis=1) if len(rows) else []})
+        confidence = probs.max(axis=1).astype(np.float64).round(PROBABILITY_DIGITS) if len(rows) else []
+        return pd.DataFrame({"id": rows, "label": [self.labels[i] for i in best], "confidence": confidence})
 
 
 TENSOR_SETTINGS = ("unit", "layer", "mask", "image_bytes", "packets", "packet_bytes", "sequence_length", "idle_timeout")
@@ -299,8 +365,18 @@ def rejected_row(meta: dict[str, Any], reason: str) -> dict[str, Any]:
 
 
 def _meta_row(meta: dict[str, Any]) -> dict[str, Any]:
-    return {key: meta.get(key) for key in ("capture", "src_ip", "src_port", "dst_ip", "dst_port", "protocol",
-                                            "ts_start", "ts_end", "packets", "bytes")}
+    """A session's own columns of its output row, from the engine's metadata (which keeps the
+    addresses and ports under every mask: the mask hides them from the tensors only)."""
+    protocol = meta["protocol"].lower()  # as Zeek writes it
+    cid = community_id(protocol, meta["src_ip"], meta["src_port"], meta["dst_ip"], meta["dst_port"])
+    return {
+        "capture": meta["capture"], "uid": zeek_uid(meta["capture"], cid, meta["ts_start"]), "community_id": cid,
+        "src_ip": meta["src_ip"], "src_port": meta["src_port"], "dst_ip": meta["dst_ip"], "dst_port": meta["dst_port"],
+        "protocol": protocol, "ts_start": meta["ts_start"], "ts_end": meta["ts_end"],
+        "duration": round(meta["ts_end"] - meta["ts_start"], 6), "packets": meta["packets"], "bytes": meta["bytes"],
+        "orig_pkts": meta["packets_fwd"], "orig_ip_bytes": meta["bytes_fwd"],
+        "resp_pkts": meta["packets_bwd"], "resp_ip_bytes": meta["bytes_bwd"],
+    }
 
 
 class _Stopped(Exception):

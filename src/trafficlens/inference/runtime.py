@@ -84,19 +84,20 @@ class OnnxModel:
     it computes, as PyTorch does.
     """
 
-    def __init__(self, session, names: list[str]):
+    def __init__(self, session, names: list[str], model_bytes: bytes = b""):
         self.session = session
         self.names = names
+        self.model_bytes = model_bytes  # the ONNX model itself (`trafficlens export` writes it)
 
     def __call__(self, *arrays: np.ndarray) -> np.ndarray:
         return self.session.run(None, dict(zip(self.names, arrays)))[0]
 
 
 def onnx_for_inference(model: nn.Module, probe: list[torch.Tensor], threads: int,
-                       atol: float = 1e-4) -> OnnxModel | None:
+                       atol: float = 1e-4, names: list[str] | None = None) -> OnnxModel | None:
     """`model` exported to ONNX Runtime when onnxruntime is installed, the export works and its
     probabilities match the model's on `probe` (whole, and an odd-sized slice: the batch axis is
-    dynamic); else None, and the caller keeps PyTorch."""
+    dynamic); else None, and the caller keeps PyTorch. `names`: the ONNX inputs' names (input0, ...)."""
     import io
     import warnings
 
@@ -105,7 +106,7 @@ def onnx_for_inference(model: nn.Module, probe: list[torch.Tensor], threads: int
         import onnxruntime as ort
     except ImportError:
         return None
-    names = [f"input{i}" for i in range(len(probe))]
+    names = list(names) if names else [f"input{i}" for i in range(len(probe))]
     buffer = io.BytesIO()
     model.eval()
     try:
@@ -117,7 +118,8 @@ def onnx_for_inference(model: nn.Module, probe: list[torch.Tensor], threads: int
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        compiled = OnnxModel(ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"]), names)
+        compiled = OnnxModel(ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"]), names,
+                             buffer.getvalue())
         with torch.inference_mode():
             for part in (probe, [x[:3] for x in probe]):
                 expect = torch.softmax(model(*part).float(), dim=1).numpy()

@@ -72,6 +72,7 @@ class PrepConfig:
             raise ConfigError(f"max_per_class must be >= 1, got {self.max_per_class}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON values (what a dataset's manifest and a bundle keep)."""
         return dataclasses.asdict(self)
 
     @classmethod

@@ -1,4 +1,5 @@
-"""Where session labels come from: `--labels dir | file:REGEX | csv:PATH | ndpi:PATH | preset:NAME`.
+"""Where session labels come from: `--labels dir | file:REGEX | csv:PATH | ndpi:PATH | preset:NAME |
+name:LABEL` (`--label LABEL`: one label for every session, as for a capture read from stdin).
 
 A `Labeler` is built once per run and bound to one capture file at a time; it maps a session's
 metadata (capture, 5-tuple, start time) to a label, or None when it has none.
@@ -97,13 +98,16 @@ class Labeler:
                 raise ConfigError(f"--labels file:REGEX: bad regular expression {arg!r} ({exc})") from None
         elif kind in ("csv", "ndpi"):
             self._load_table(kind, arg)
+        elif kind == "name":
+            if not arg.strip():
+                raise ConfigError("--label needs a name: every session read gets it (e.g. --label camera)")
         elif kind == "preset":
             if arg not in PRESETS:
                 raise ConfigError(f"--labels preset:NAME: unknown preset {arg!r}; choose from {', '.join(PRESETS)}")
             self.extra_columns = ("service", "vpn") if arg == "iscx-vpn2016" else ("kind",)
         else:
             raise ConfigError(
-                f"--labels: unknown source {spec!r}; use dir, file:REGEX, csv:PATH, ndpi:PATH or preset:NAME"
+                f"--labels: unknown source {spec!r}; use dir, file:REGEX, csv:PATH, ndpi:PATH, preset:NAME or name:LABEL"
             )
 
     # -- tables ------------------------------------------------------------------------------
@@ -195,6 +199,8 @@ class Labeler:
         return (match.group(1) if match.groups() else match.group(0)) or None
 
     def __call__(self, meta: dict[str, Any]) -> str | None:
+        if self.kind == "name":
+            return self.spec.partition(":")[2]
         name = self._file.name
         if self.kind == "dir":
             return self._file.parent.name or None

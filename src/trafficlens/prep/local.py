@@ -14,10 +14,11 @@ import signal
 from pathlib import Path
 from typing import Any, Callable
 
-from trafficlens.capture.formats import discover
+from trafficlens.capture.bpf import PacketFilter
+from trafficlens.capture.formats import discover, is_stdin
 from trafficlens.datasets.writer import DatasetWriter
 from trafficlens.errors import ConfigError
-from trafficlens.prep.capture_file import prepare_capture
+from trafficlens.prep.capture_file import capture_size, prepare_capture
 from trafficlens.prep.config import PrepConfig
 from trafficlens.system import cores
 from trafficlens.prep.engines import resolve_backend
@@ -54,15 +55,16 @@ def batch_writer(writer: DatasetWriter, labeler: Labeler | None) -> EngineSink:
 _worker_state: dict[str, Any] = {}
 
 
-def _init_worker(config: PrepConfig, labeler: Labeler | None, backend: str) -> None:
+def _init_worker(config: PrepConfig, labeler: Labeler | None, backend: str, packet_filter: PacketFilter | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and cleans up
-    _worker_state.update(config=config, labeler=labeler, backend=backend)
+    _worker_state.update(config=config, labeler=labeler, backend=backend, packet_filter=packet_filter)
 
 
 def _worker(job: tuple[Path, str]) -> tuple[FileReport, list[ExampleBatch]]:
     batches: list[ExampleBatch] = []
     report = prepare_capture(job[0], job[1], _worker_state["config"], _worker_state["labeler"],
-                             EngineSink(lambda batch, *_: batches.append(batch)), _worker_state["backend"])
+                             EngineSink(lambda batch, *_: batches.append(batch)), _worker_state["backend"],
+                             _worker_state["packet_filter"])
     return report, batches
 
 
@@ -77,11 +79,15 @@ def prep(
     progress: bool = False,
     on_warning: Callable[[str], None] | None = None,
     backend: str | None = None,
+    bpf: str | None = None,
 ) -> Path:
-    """Turn captures into a dataset directory at `out`; returns its path.
+    """Turn captures into a dataset directory at `out`; returns its path. `bpf`: a BPF
+    expression (tcpdump's); only the packets it matches are read. "-" reads standard input.
 
     >>> prep(["captures/"], "ds/x", PrepConfig(labels="dir"))
+    >>> prep(["-"], "ds/cam", PrepConfig(labels="name:camera"), bpf="tcp port 443")
     """
+    packet_filter = PacketFilter(bpf) if bpf is not None else None  # a bad expression fails before any work
     config = config or PrepConfig()
     config.require_current_mask()
     if isinstance(inputs, (str, os.PathLike)):
@@ -99,7 +105,7 @@ def prep(
     writer = dataset_writer(out, config, labeler, overwrite=overwrite)
     sink = batch_writer(writer, labeler)
     reports: list[FileReport] = []
-    bar = progress_bar(sum(p.stat().st_size for p, _ in files), progress)
+    bar = progress_bar(sum(capture_size(p) for p, _ in files), progress)
 
     def done(report: FileReport) -> None:
         reports.append(report)
@@ -111,14 +117,14 @@ def prep(
     writer.open()
     pool = None
     try:
-        pool, results = _start_pool(files, workers, config, labeler, backend)
+        pool, results = _start_pool(files, workers, config, labeler, backend, packet_filter)
         for job in files:
-            if results is not None and job[0].stat().st_size <= STREAM_INLINE_BYTES:
+            if results is not None and _to_worker(job[0]):
                 report, batches = next(results)
                 for batch in batches:
                     sink.sessions(batch)
             else:
-                report = prepare_capture(job[0], job[1], config, labeler, sink, backend)
+                report = prepare_capture(job[0], job[1], config, labeler, sink, backend, packet_filter)
             done(report)
         if pool is not None:
             pool.close()
@@ -130,8 +136,10 @@ def prep(
         if config.max_per_class:
             writer.limit_per_class(config.max_per_class)
         # Absolute input roots: what `audit` re-prepares from under another mask.
-        sources = [str(Path(item).resolve()) for item in inputs]
-        writer.finish(sources=sources, **summarize(reports, writer.duplicates, writer.sampled_out, not_captures))
+        sources = [str(item) if is_stdin(item) else str(Path(item).resolve()) for item in inputs]
+        # the packet filter decided what was read: a dataset names it beside its sources
+        extra = {"packet_filter": bpf} if bpf is not None else {}
+        writer.finish(sources=sources, **extra, **summarize(reports, writer.duplicates, writer.sampled_out, not_captures))
     except BaseException:
         if pool is not None:
             pool.terminate()
@@ -142,9 +150,15 @@ def prep(
     return Path(out)
 
 
-def _start_pool(files, workers: int, config: PrepConfig, labeler, backend: str):
+def _to_worker(path: Path) -> bool:
+    """Whether a worker process reads this capture and hands its results back whole: not a large
+    file (streamed by the main process instead), nor standard input (the main process's)."""
+    return not is_stdin(path) and path.stat().st_size <= STREAM_INLINE_BYTES
+
+
+def _start_pool(files, workers: int, config: PrepConfig, labeler, backend: str, packet_filter: PacketFilter | None):
     """Worker processes for the files small enough to hand back whole, and their results in order."""
-    small = [job for job in files if job[0].stat().st_size <= STREAM_INLINE_BYTES]
+    small = [job for job in files if _to_worker(job[0])]
     if workers <= 1 or len(small) <= 1:
         return None, None
     ctx = mp.get_context("fork") if hasattr(os, "fork") else mp.get_context()
@@ -152,7 +166,7 @@ def _start_pool(files, workers: int, config: PrepConfig, labeler, backend: str):
         from trafficlens.prep.engines.compiled import warm_up
 
         warm_up()  # forked workers inherit the loaded kernels instead of each loading them
-    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(config, labeler, backend))
+    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(config, labeler, backend, packet_filter))
     return pool, pool.imap(_worker, small, chunksize=1)
 
 

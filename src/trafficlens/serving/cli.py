@@ -13,21 +13,37 @@ trusted_key_option = click.option(
 
 @click.command()
 @click.argument("run", type=click.Path())
-@click.argument("captures", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("-o", "--out", default="-", show_default=True, help="Output file: .csv, .jsonl or .parquet; '-' for CSV on stdout.")
+@click.argument("captures", nargs=-1, required=True, type=click.Path(exists=True, allow_dash=True))
+@click.option("-o", "--out", default="-", show_default=True, help="Output file: .csv, .jsonl, .parquet or .log (Zeek); '-' for CSV on stdout.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "parquet", "zeek"]), default=None,
+              help="Output format [default: from -o's extension]; zeek: a Zeek TSV log that zeek-cut reads.")
+@click.option("--filter", "bpf", default=None, metavar="BPF", help="Read only the packets this BPF expression matches, as tcpdump would (e.g. 'tcp port 443').")
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True, help="Labels with probabilities per session.")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Below this, the label is 'unknown'.")
 @trusted_key_option
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def predict(run, captures, out, top_k, min_confidence, trusted_keys, device):
-    """Label every session of new captures with a trained run (model bundle)."""
+def predict(run, captures, out, fmt, bpf, top_k, min_confidence, trusted_keys, device):
+    """Label every session of new captures with a trained run (model bundle).
+
+    \b
+    Example:
+      trafficlens predict runs/cnn captures/ -o flows.csv
+      trafficlens predict runs/cnn x.pcap --format zeek | zeek-cut uid label confidence
+      tcpdump -r big.pcap -w - 'port 443' | trafficlens predict runs/cnn - -o flows.jsonl
+
+    A capture named `-` is read from standard input, as a stream.
+    """
+    from trafficlens.capture.bpf import PacketFilter
     from trafficlens.inference.classifier import Classifier
     from trafficlens.serving.output import output_format, write_rows
 
-    output_format(out)  # a bad -o fails before the model loads
+    output_format(out, fmt)  # a bad -o or --filter fails before the model loads
+    if bpf is not None:
+        PacketFilter(bpf)
     clf = Classifier.load(run, device=device, trusted_keys=trusted_keys)
     warn = (lambda message: click.secho(f"warning: {message}", fg="yellow", err=True))
-    rows = write_rows(clf.iter_predictions(list(captures), top_k=top_k, min_confidence=min_confidence, on_warning=warn), out)
+    rows = write_rows(clf.iter_predictions(list(captures), top_k=top_k, min_confidence=min_confidence, on_warning=warn,
+                                           bpf=bpf), out, fmt)
     if out != "-":
         click.echo(f"{rows} sessions -> {out}", err=True)
 
@@ -102,12 +118,15 @@ def serve(run, host, port, token_file, certfile, keyfile, insecure, docs, max_up
 @click.command()
 @click.option("--model", "run", required=True, type=click.Path(), help="Run directory (model bundle).")
 @click.option("-i", "--interface", "iface", default=None, help="Capture on this interface (root or CAP_NET_RAW).")
-@click.option("-r", "--read", "replay_path", default=None, type=click.Path(exists=True), help="Replay a capture instead, at its recorded pace.")
+@click.option("-r", "--read", "replay_path", default=None, type=click.Path(exists=True, allow_dash=True),
+              help="Replay a capture instead, at its recorded pace; '-' reads a pcap stream from stdin (tcpdump -w -).")
 @click.option("--speed", type=float, default=1.0, show_default=True, help="Replay speed factor; 0 replays as fast as possible.")
 @click.option("--after", type=click.IntRange(1), default=6, show_default=True, help="Decide a session at its M-th kept packet.")
 @click.option("--max-sessions", type=click.IntRange(1), default=100_000, show_default=True, help="Sessions tracked at once; the least recently active are evicted past it.")
-@click.option("--filter", "bpf", default=None, help="BPF filter for -i, e.g. 'tcp or udp'.")
-@click.option("-o", "--out", default="-", show_default=True, help="JSON lines file (in place when live stops), or '-' for stdout.")
+@click.option("--filter", "bpf", default=None, metavar="BPF", help="BPF expression (tcpdump's) for -i or -r: only matching packets are read, e.g. 'tcp or udp'.")
+@click.option("-o", "--out", default="-", show_default=True, help="Output file (in place when live stops), or '-' for stdout.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "zeek"]), default="jsonl", show_default=True,
+              help="JSON lines, or a Zeek TSV log that zeek-cut reads.")
 @click.option("--top-k", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -117,7 +136,7 @@ def serve(run, host, port, token_file, certfile, keyfile, insecure, docs, max_up
 @click.option("--backend", type=click.Choice(["numba", "python"]), default=None,
               help="Session engine: compiled blocks (numba, the default when installed) or the Python reference.")
 @trusted_key_option
-def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, top_k, min_confidence, device, max_batch,
+def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, fmt, top_k, min_confidence, device, max_batch,
          max_wait_ms, idle_exit, backend, trusted_keys):
     """Classify live traffic (or a replayed capture) session by session, as packets arrive.
 
@@ -139,15 +158,24 @@ def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, top_k, m
         if iface:
             source = live_mod.Interface(iface, bpf=bpf, idle_exit=idle_exit)
         else:
-            source = live_mod.replay(replay_path, speed or None, heartbeats=True)
+            from trafficlens.capture.bpf import PacketFilter
+
+            source = live_mod.replay(replay_path, speed or None, heartbeats=True,
+                                     packet_filter=PacketFilter(bpf) if bpf is not None else None)
         clf = Classifier.load(run, device=device, trusted_keys=trusted_keys)
         if clf.device.type == "cpu":
             import torch
 
             torch.set_num_threads(1)  # small batches: one intra-op thread is fastest, the other core reads packets
 
-        def sink(row):
-            fh.write(json.dumps(row) + "\n")
+        if fmt == "zeek":
+            from trafficlens.serving.zeek_log import ZeekLog
+
+            log = ZeekLog(fh, path="trafficlens_live")
+            sink = log.write
+        else:
+            def sink(row):
+                fh.write(json.dumps(row) + "\n")
 
         def stop(signum, frame):  # SIGTERM ends live as Ctrl-C does: what was decided is kept
             raise KeyboardInterrupt
@@ -161,6 +189,8 @@ def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, top_k, m
                                             flush=fh.flush).run(source)
         finally:
             signal.signal(signal.SIGTERM, previous)
+        if fmt == "zeek":
+            log.close()
     summary = stats.summary()
     if iface:
         summary["capture"] = source.stats()  # libpcap: received, dropped (buffer full), if_dropped

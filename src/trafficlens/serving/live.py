@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from trafficlens.capture.bpf import PacketFilter
 from trafficlens.capture.reader import CaptureReader, RawPacket
 from trafficlens.errors import CaptureError
 from trafficlens.inference.classifier import Classifier, rejected_row
@@ -29,12 +30,16 @@ from trafficlens.prep.engines.base import EngineSink
 from trafficlens.prep.engines.blocks import block_from_pcapy, packet_blocks
 
 
-def replay(path: str | os.PathLike, speed: float | None = 1.0, heartbeats: bool = False) -> Iterator[RawPacket | None]:
-    """The packets of a capture, released at their recorded pace (`speed` x); None: at once.
-    `heartbeats`: a `None` before each pause, as an interface's read timeout gives, so that a
-    consumer working in blocks hands over what it has instead of waiting for more."""
+def replay(path: str | os.PathLike, speed: float | None = 1.0, heartbeats: bool = False,
+           packet_filter: PacketFilter | None = None) -> Iterator[RawPacket | None]:
+    """The packets of a capture ("-": standard input), released at their recorded pace (`speed`
+    x); None: at once. `heartbeats`: a `None` before each pause, as an interface's read timeout
+    gives, so that a consumer working in blocks hands over what it has instead of waiting for
+    more. `packet_filter`: only the packets it matches (as `Interface(bpf=...)` does)."""
     start_wall = start_ts = None
     for packet in CaptureReader(path):
+        if packet_filter is not None and not packet_filter.matches(packet.data, packet.linktype):
+            continue
         if speed is not None:
             if start_wall is None:
                 start_wall, start_ts = time.perf_counter(), packet.ts
@@ -92,6 +97,7 @@ class Interface:
         self.linktype = handle.datalink()
 
     def stats(self) -> dict[str, int]:
+        """libpcap's counters: packets received, dropped by the kernel buffer, dropped by the interface."""
         received, dropped, if_dropped = self._handle.stats()
         return {"received": int(received), "dropped": int(dropped), "if_dropped": int(if_dropped)}
 
@@ -157,6 +163,8 @@ def interface(name: str, snaplen: int = 65535, bpf: str | None = None) -> Iterat
 
 @dataclass
 class LiveStats:
+    """What a `LiveClassifier.run` did: packets read, decisions, evictions, decision delays."""
+
     packets: int = 0
     decisions: int = 0
     decided_early: int = 0
@@ -164,6 +172,7 @@ class LiveStats:
     delays_ms: list[float] = field(default_factory=list)  # M-th packet kept -> decision written
 
     def summary(self) -> dict[str, Any]:
+        """The counts and the median and 99th-percentile delay (ms), as `live` prints them."""
         delays = sorted(self.delays_ms)
         pick = (lambda q: delays[min(len(delays) - 1, int(q * len(delays)))]) if delays else (lambda q: None)
         return {"packets": self.packets, "decisions": self.decisions, "decided_after_m": self.decided_early,
@@ -230,6 +239,10 @@ class LiveClassifier:
         self._last_ts: float | None = None  # capture time of the latest packet
         self._engine = make_engine(backend, clf.prep_config, name, EngineSink(self._on_sessions, self._on_reject),
                                    after=after, max_sessions=max_sessions)
+
+    def __repr__(self) -> str:
+        return (f"LiveClassifier({self.clf!r}, after={self._engine.after}, tracked={self.tracked_sessions}, "
+                f"decisions={self.stats.decisions})")
 
     @property
     def tracked_sessions(self) -> int:

@@ -1,4 +1,5 @@
-"""Write prediction rows as CSV, JSON lines or Parquet, chosen by the file's extension."""
+"""Write prediction rows as CSV, JSON lines, Parquet or a Zeek log, chosen by the file's
+extension or by name (`--format`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from trafficlens.errors import ConfigError
 from trafficlens.files import atomic_output
 from trafficlens.inference.classifier import COLUMNS
 
-FORMATS = (".csv", ".jsonl", ".parquet")
+FORMATS = (".csv", ".jsonl", ".parquet", ".log")
+FORMAT_NAMES = {"csv": ".csv", "jsonl": ".jsonl", "parquet": ".parquet", "zeek": ".log"}  # --format
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
@@ -22,22 +24,30 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def output_format(target: str) -> str:
-    """The format `write_rows` picks for `target`: ".csv", ".jsonl" or ".parquet" ('-': CSV)."""
+def output_format(target: str, name: str | None = None) -> str:
+    """The format `write_rows` writes: the one `name`d (csv, jsonl, parquet, zeek), else the one
+    `target`'s extension says: ".csv", ".jsonl", ".parquet" or ".log" (a Zeek log); '-': CSV."""
     if not target:
-        raise ConfigError("-o is empty: name the output file (.csv, .jsonl or .parquet), or - for stdout")
+        raise ConfigError("-o is empty: name the output file (.csv, .jsonl, .parquet or .log), or - for stdout")
+    if name is not None:
+        if name not in FORMAT_NAMES:
+            raise ConfigError(f"--format {name}: unknown format; use {', '.join(FORMAT_NAMES)}")
+        if name == "parquet" and target == "-":
+            raise ConfigError("--format parquet needs a file: -o NAME.parquet")
+        return FORMAT_NAMES[name]
     suffix = ".csv" if target == "-" else Path(target).suffix.lower()
     if suffix not in FORMATS:
-        raise ConfigError(f"-o {target}: unknown output format {suffix!r}; use .csv, .jsonl, .parquet or -")
+        raise ConfigError(f"-o {target}: unknown output format {suffix!r}; use .csv, .jsonl, .parquet, .log (Zeek) or -")
     return suffix
 
 
-def write_rows(batches: Iterable[list[dict[str, Any]]], target: str) -> int:
-    """Stream batches of rows to `target` ('-' is CSV on stdout); returns the row count.
+def write_rows(batches: Iterable[list[dict[str, Any]]], target: str, format: str | None = None) -> int:
+    """Stream batches of rows to `target` ('-' is stdout, CSV unless `format` names another);
+    returns the row count.
 
     A file is written beside `target` and renamed over it at the end: an error on the way
     (a bad input, Ctrl-C) leaves an existing `target` as it was."""
-    suffix = output_format(target)
+    suffix = output_format(target, format)
     if target == "-":
         return _write(batches, sys.stdout, suffix)
     with atomic_output(target, "wb" if suffix == ".parquet" else "w", **({} if suffix == ".parquet" else {"newline": ""})) as fh:
@@ -51,9 +61,11 @@ def _write(batches: Iterable[list[dict[str, Any]]], fh, suffix: str) -> int:
         import pyarrow.parquet as pq
 
         schema = pa.schema([
-            ("capture", pa.string()), ("src_ip", pa.string()), ("src_port", pa.int32()), ("dst_ip", pa.string()),
-            ("dst_port", pa.int32()), ("protocol", pa.string()), ("ts_start", pa.float64()), ("ts_end", pa.float64()),
-            ("packets", pa.int64()), ("bytes", pa.int64()), ("label", pa.string()), ("confidence", pa.float64()),
+            ("capture", pa.string()), ("uid", pa.string()), ("community_id", pa.string()), ("src_ip", pa.string()),
+            ("src_port", pa.int32()), ("dst_ip", pa.string()), ("dst_port", pa.int32()), ("protocol", pa.string()),
+            ("ts_start", pa.float64()), ("ts_end", pa.float64()), ("duration", pa.float64()), ("packets", pa.int64()),
+            ("bytes", pa.int64()), ("orig_pkts", pa.int64()), ("orig_ip_bytes", pa.int64()), ("resp_pkts", pa.int64()),
+            ("resp_ip_bytes", pa.int64()), ("label", pa.string()), ("confidence", pa.float64()),
             ("top_k", pa.list_(pa.struct([("label", pa.string()), ("probability", pa.float64())]))),
             ("status", pa.string()), ("reason", pa.string()),
         ])
@@ -63,6 +75,15 @@ def _write(batches: Iterable[list[dict[str, Any]]], fh, suffix: str) -> int:
                 writer.write_table(pa.Table.from_pylist(rows, schema=schema))
                 count += len(rows)
         return count
+    if suffix == ".log":
+        from trafficlens.serving.zeek_log import ZeekLog
+
+        log = ZeekLog(fh)
+        for batch in batches:
+            for row in batch:
+                log.write(row)
+        log.close()
+        return log.rows
     if suffix == ".jsonl":
         for batch in batches:
             for row in batch:

@@ -25,6 +25,14 @@ from sklearn.utils.validation import check_is_fitted
 
 
 class TrafficClassifier(ClassifierMixin, BaseEstimator):
+    """A registered deep model (`model`, `trafficlens models` lists them) as a scikit-learn
+    classifier: `fit`, `predict`, `predict_proba`, usable in pipelines and `GridSearchCV`.
+    The arguments are TrainConfig's; X is described in this module's docstring.
+
+    >>> est = TrafficClassifier(model="chen-cnn", dataset=Dataset.open("ds/iot"), max_epochs=5)
+    >>> est.fit(train_rows, labels[train_rows]).predict(test_rows)
+    """
+
     def __init__(self, model: str = "chen-cnn", dataset: Any = None, model_params: dict | None = None,
                  max_epochs: int = 20, batch_size: int = 256, lr: float = 1e-3, loss: str = "ce",
                  balance: str = "none", patience: int = 5, validation_fraction: float = 0.2,
@@ -67,6 +75,7 @@ class TrafficClassifier(ClassifierMixin, BaseEstimator):
         raise ConfigError("X must be session row numbers into `dataset`, a dict of tensors, or a uint8 (n, K) image array")
 
     def fit(self, X, y) -> "TrafficClassifier":
+        """Train a new network on X, y (early stopping on a stratified `validation_fraction`)."""
         from trafficlens.models import create_model, model_info
         from trafficlens.training.config import TrainConfig
         from trafficlens.training.splits import random_split
@@ -97,6 +106,7 @@ class TrafficClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def decision_function(self, X) -> np.ndarray:
+        """The network's logits, (n, classes) in the order of `classes_`."""
         from trafficlens.training.trainer import predict_logits
 
         check_is_fitted(self, "model_")
@@ -104,10 +114,12 @@ class TrafficClassifier(ClassifierMixin, BaseEstimator):
         return predict_logits(self.model_, tensors, rows, max(self.batch_size, 1024), self.device_)
 
     def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities (softmax of the logits), (n, classes)."""
         logits = self.decision_function(X)
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
 
     def predict(self, X) -> np.ndarray:
+        """The most probable class of each row, as values of `classes_`."""
         scores = self.decision_function(X)  # checks that the model is fitted
         return self.classes_[scores.argmax(axis=1)]

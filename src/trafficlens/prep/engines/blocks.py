@@ -54,3 +54,16 @@ def block_from_pcapy(data, meta, linktype: int) -> PacketBlock | None:
     caps = np.ascontiguousarray(records[:, 3])
     return PacketBlock(np.frombuffer(data, np.uint8), np.ascontiguousarray(records[:, 2]), caps, caps,
                        times, np.full(len(caps), linktype, np.int64))
+
+
+def filter_block(block: PacketBlock, keep) -> PacketBlock:
+    """The packets of `block` that `keep` (a `capture.bpf.PacketFilter`) matches."""
+    data = block.data
+    chosen = [i for i, (off, cap, link) in enumerate(zip(block.offsets.tolist(), block.caplens.tolist(),
+                                                         block.linktypes.tolist()))
+              if keep.matches(data[off : off + cap].tobytes(), link)]
+    if len(chosen) == len(block):
+        return block
+    idx = np.asarray(chosen, dtype=np.int64)
+    return PacketBlock(data, block.offsets[idx], block.caplens[idx], block.lengths[idx], block.times[idx],
+                       block.linktypes[idx])

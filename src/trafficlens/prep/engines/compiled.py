@@ -27,7 +27,7 @@ from trafficlens.prep.tensors.filters import REJECT_CODES, reject_codes, unlabel
 
 _PCAPNG_BLOCK = 8192  # packets per block when records come from the Python pcapng reader
 _PCAP_WINDOW = 4 << 20  # bytes per pcap window: fewer, larger blocks (damage offsets do not depend on it)
-_CONSTANT_LABELS = ("dir", "file", "preset")  # Labeler kinds that never read the session
+_CONSTANT_LABELS = ("dir", "file", "preset", "name")  # Labeler kinds that never read the session
 
 
 class CompiledEngine(SessionEngine):
@@ -273,6 +273,7 @@ class CompiledEngine(SessionEngine):
             si[:, kn.C_NPK] = lengths
             si[:, kn.C_BYTES] = np.add.reduceat(sizes, starts)
             si[:, kn.C_FWD] = np.add.reduceat((dirs == 0).astype(np.int64), starts)
+            si[:, kn.C_BYTESF] = np.add.reduceat(np.where(dirs == 0, sizes, 0), starts)
             si[:, kn.C_PAY] = si[:, kn.C_TPAY]
             sf[:, kn.F_TMIN] = np.minimum.reduceat(times, starts)
             sf[:, kn.F_TMAX] = np.maximum.reduceat(times, starts)
@@ -358,6 +359,8 @@ def session_columns(capture: str, slot_ints: np.ndarray, slot_floats: np.ndarray
         "payload_bytes": slot_ints[:, kn.C_PAY],
         "packets_fwd": fwd,
         "packets_bwd": npk - fwd,
+        "bytes_fwd": slot_ints[:, kn.C_BYTESF],
+        "bytes_bwd": slot_ints[:, kn.C_BYTES] - slot_ints[:, kn.C_BYTESF],
     }
 
 

@@ -40,7 +40,8 @@ C_KEY = 33  # 12 columns
 C_TNST, C_TPAY = 45, 46  # stored views and payload bytes when the live trigger (M-th kept packet) fired
 # strict mask, per direction (Session.hello_end, .quic, .cids), each + 1 so that 0 is "not yet"
 C_HELLO0, C_QUIC, C_CID0 = 47, 49, 50  # C_HELLO0 and C_CID0: 2 columns each
-NI = 52
+C_BYTESF = 52  # IP bytes of the kept packets from the client (C_BYTES: both directions)
+NI = 53
 F_START, F_LAST, F_TMIN, F_TMAX = 0, 1, 2, 3
 NF = 4
 # packet pool columns; stored-view pool columns
@@ -1043,6 +1044,7 @@ def _keep_packet(slot, row, ts, direction, st):
     s[C_BYTES] += row[D_IPLEN]
     if direction == 0:
         s[C_FWD] += 1
+        s[C_BYTESF] += row[D_IPLEN]
     if s[C_NPK] == 1 or ts < st.slot_floats[slot, F_TMIN]:
         st.slot_floats[slot, F_TMIN] = ts
     if s[C_NPK] == 1 or ts > st.slot_floats[slot, F_TMAX]:

@@ -100,6 +100,7 @@ def address(raw: bytes) -> str:
 
 def session_meta(s: Session, capture: str) -> dict[str, Any]:
     fwd = s.dirs.count(0)
+    bytes_fwd = sum(size for size, d in zip(s.sizes, s.dirs) if d == 0)
     return {
         "capture": capture,
         "src_ip": address(s.client[0]),
@@ -114,6 +115,8 @@ def session_meta(s: Session, capture: str) -> dict[str, Any]:
         "payload_bytes": s.payload_bytes,
         "packets_fwd": fwd,
         "packets_bwd": len(s.dirs) - fwd,
+        "bytes_fwd": bytes_fwd,
+        "bytes_bwd": int(sum(s.sizes)) - bytes_fwd,
     }
 
 

@@ -1,0 +1,66 @@
+"""`trafficlens export RUN --format onnx`: the file holds the model predict runs, and ONNX
+Runtime alone (no trafficlens, no PyTorch model code) gives the bundle's probabilities from it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from test_predict import reference_sessions
+from trafficlens.cli import cli
+from trafficlens.errors import ConfigError
+from trafficlens.serving import Classifier
+from trafficlens.training.metrics import softmax
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+LAB = Path(__file__).resolve().parents[1] / "examples" / "lab"
+
+
+def test_exported_model_gives_the_bundle_s_probabilities(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["export", str(LAB / "model"), "--format", "onnx"])
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "model.onnx"  # the run's name, in the current directory
+    assert result.stderr.strip() == "onnx model -> model.onnx"
+    clf = Classifier.load(LAB / "model", device="cpu")
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["trafficlens.labels"]) == clf.labels and meta["trafficlens.model"] == "chen-cnn"
+    assert json.loads(meta["trafficlens.inputs"]) == list(clf.inputs)
+    assert json.loads(meta["trafficlens.preprocessing"]) == clf.bundle.preprocessing
+    # real sessions' tensors, as a dataset of the bundle's settings holds them
+    ds, _ = reference_sessions(clf, [LAB / "capture-002.pcap.gz"], tmp_path / "ds")
+    tensors = {name: np.asarray(ds.tensor(name)) for name in clf.inputs}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == list(clf.inputs) and session.get_outputs()[0].name == "logits"
+    logits = session.run(None, tensors)[0]
+    assert logits.shape == (len(ds), len(clf.labels)) == (30, 7)
+    np.testing.assert_allclose(softmax(logits), clf.probabilities(tensors), atol=1e-4)
+    # the batch axis is free: one session alone gives its own probabilities
+    np.testing.assert_allclose(softmax(session.run(None, {k: v[3:4] for k, v in tensors.items()})[0]),
+                               clf.probabilities(tensors)[3:4], atol=1e-4)
+
+
+def test_export_with_torch_inference_still_writes_the_onnx_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAFFICLENS_INFERENCE", "torch")  # predict would not build ONNX; export does
+    out = Classifier.load(LAB / "model", device="cpu").export_onnx(tmp_path / "x.onnx")
+    assert out == tmp_path / "x.onnx" and onnx.load(str(out)).graph.output[0].name == "logits"
+
+
+def test_export_errors_are_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["export", str(LAB / "model"), "--format", "tflite"])
+    assert result.exit_code == 2 and "'tflite' is not 'onnx'" in result.output
+    result = CliRunner().invoke(cli, ["export", str(tmp_path / "nothing")])
+    assert result.exit_code != 0 and "nothing" in str(result.exception) and "\n" not in str(result.exception)
+    clf = Classifier.load(LAB / "model", device="cpu")
+    clf.bundle.kind = "baseline"
+    with pytest.raises(ConfigError, match="a baseline run"):
+        clf.export_onnx(tmp_path / "b.onnx")
+    assert not (tmp_path / "b.onnx").exists()
