@@ -177,6 +177,7 @@ def test_explanations_weigh_present_packets_and_their_bytes(sample_run):
     assert maps.packets_method == "gradient-x-input" and maps.packets.shape == (6, *ds.tensor("packets").shape[1:])
     assert np.allclose(maps.packets.sum(axis=(1, 2)), 1, atol=1e-6)
     assert maps.packets[:, 4:].max() < 1e-6  # masked out of attention and pooling: no gradient reaches them
+    assert maps.packets[tensors["packets"] == 0].max() < 1e-6 and (tensors["packets"][:, :4] == 0).any()  # masked bytes weigh 0
     assert maps.packet_attention.shape == (6, ds.tensor("sequence").shape[1])
     assert np.allclose(maps.packet_attention.sum(axis=1), 1, atol=1e-5) and maps.packet_attention[:, 4:].max() < 1e-3
     exp = explain_session(run, 0)

@@ -221,10 +221,16 @@ def _packet_map(maps: Maps, x, modules: dict, embeddings, grads) -> None:
         maps.packets = _normalise((grads[id(x)] * x).abs().detach().cpu().numpy())
         maps.packets_method = METHOD_GRADIENT_INPUT
     else:
+        import torch.nn as nn
+
         embedded = [e for e in embeddings if tuple(e.shape[:3]) == tuple(x.shape) and grads.get(id(e)) is not None]
-        if embedded:  # (n, M, B, e) -> (n, M, B)
+        tables = [m.weight for m in modules.values() if isinstance(m, nn.Embedding) and m.num_embeddings == 256]
+        if embedded and tables:  # (n, M, B, e) -> (n, M, B)
             e = embedded[0]
-            maps.packets = _normalise((grads[id(e)] * e).sum(dim=-1).abs().detach().cpu().numpy())
+            zero = [w[0] for w in tables if w.shape[1] == e.shape[-1]][0]
+            # measured from the embedding of byte 0 (masked, padding) as gradient x input is from
+            # value 0: a masked byte carries no weight, as in the models that read byte values
+            maps.packets = _normalise((grads[id(e)] * (e - zero)).sum(dim=-1).abs().detach().cpu().numpy())
             maps.packets_method = METHOD_GRADIENT_INPUT
 
 
