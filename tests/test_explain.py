@@ -327,7 +327,7 @@ def test_attention_weights_are_distributions():
 @pytest.mark.parametrize("name", list_models("deep"))
 def test_every_model_gets_a_normalised_map(name):
     torch.manual_seed(0)
-    shapes = {"image": (400,), "packets": (6, 32)}
+    shapes = {"image": (400,), "packets": (6, 32), "sequence": (8, 2), "stats": (3,)}
     model = create_model(name, num_classes=3, input_shapes=shapes).eval()
     rng = np.random.default_rng(0)
     tensors = {t: rng.integers(0, 256, (3, *shapes[t]), dtype=np.uint8) for t in model_info(name).inputs}

@@ -25,7 +25,7 @@ def batch(model, n=4, seed=0):
 def test_registry_lists_every_model_of_the_issue():
     assert set(list_models("deep")) == {
         "ge-inception-capsnet", "ge-elmo-lstm-attention", "ge-cnn-lstm", "chen-cnn", "chen-gru", "chen-han",
-        "chen-model-a", "chen-model-b", "wang-1dcnn", "wang-2dcnn",
+        "chen-model-a", "chen-model-b", "wang-1dcnn", "wang-2dcnn", "tl-fusion",
     }
 
 

@@ -12,6 +12,8 @@ Per model family (none of them is modified; everything goes through `forward_fea
 - `ge-elmo-lstm-attention` and the packet branch of `ge-cnn-lstm`: packet-level self-attention
   (how much each packet is attended to, averaged over the packets that attend) and gradient x
   input on the packets' bytes;
+- `tl-fusion`: its attention pooling over the packets, and gradient x input on the embeddings
+  of the packets' bytes;
 - `chen-model-a`: also its feature-attention distribution alpha over the 128 spatial (CNN) and
   128 sequential (GRU) features (Chen 2023 Figure 11).
 
@@ -130,7 +132,7 @@ def explain_tensors(model, tensors: dict[str, np.ndarray], targets: np.ndarray |
     if "image" in inputs:
         _image_map(maps, xs[inputs.index("image")], activations, embeddings, grads, cam)
     if "packets" in inputs:
-        _packet_map(maps, xs[inputs.index("packets")], modules, grads)
+        _packet_map(maps, xs[inputs.index("packets")], modules, embeddings, grads)
     weighting = [m.weights for m in modules.values() if isinstance(m, FeatureWeighting) and m.weights is not None]
     if weighting:
         maps.feature_attention = weighting[0].float().cpu().numpy()
@@ -199,8 +201,9 @@ def _image_map(maps: Maps, x, activations, embeddings, grads, cam: str) -> None:
         maps.image_method = METHOD_GRADIENT_INPUT
 
 
-def _packet_map(maps: Maps, x, modules: dict, grads) -> None:
-    """HAN's byte and packet attention, else gradient x input on the byte values."""
+def _packet_map(maps: Maps, x, modules: dict, embeddings, grads) -> None:
+    """HAN's byte and packet attention, else gradient x input on the byte values, or on the
+    bytes' embeddings where the model embeds them (`tl-fusion`: the values are only indices)."""
     from trafficlens.models.layers import AdditiveAttention, DotSelfAttention
 
     byte_att = [m.weights for name, m in modules.items() if isinstance(m, AdditiveAttention) and name.endswith("byte_attention")]
@@ -217,6 +220,18 @@ def _packet_map(maps: Maps, x, modules: dict, grads) -> None:
     elif grads.get(id(x)) is not None:
         maps.packets = _normalise((grads[id(x)] * x).abs().detach().cpu().numpy())
         maps.packets_method = METHOD_GRADIENT_INPUT
+    else:
+        import torch.nn as nn
+
+        embedded = [e for e in embeddings if tuple(e.shape[:3]) == tuple(x.shape) and grads.get(id(e)) is not None]
+        tables = [m.weight for m in modules.values() if isinstance(m, nn.Embedding) and m.num_embeddings == 256]
+        if embedded and tables:  # (n, M, B, e) -> (n, M, B)
+            e = embedded[0]
+            zero = [w[0] for w in tables if w.shape[1] == e.shape[-1]][0]
+            # measured from the embedding of byte 0 (masked, padding) as gradient x input is from
+            # value 0: a masked byte carries no weight, as in the models that read byte values
+            maps.packets = _normalise((grads[id(e)] * (e - zero)).sum(dim=-1).abs().detach().cpu().numpy())
+            maps.packets_method = METHOD_GRADIENT_INPUT
 
 
 def position_names(image_bytes: int, packets: int, packet_bytes: int):

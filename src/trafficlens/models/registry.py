@@ -35,6 +35,7 @@ _FAMILIES = (
     "chen_han",
     "chen_fusion",
     "wang_cnn",
+    "tl_fusion",
     "baselines.catalog",
 )
 

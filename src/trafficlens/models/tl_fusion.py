@@ -1,0 +1,177 @@
+"""`tl-fusion`: trafficlens's own model, reading every view prep writes (issue 15).
+
+    packets  (M x B masked header+payload bytes) -> byte embedding (e) -> flatten -> linear (d)  \\
+    sequence (L x [signed size, inter-arrival s]) -> [direction, log size, log gap, present] -> MLP (d)
+        one token per packet: bytes (first M packets) + size/timing + learned position  (B, L, d)
+    -> sequence model over the packets: pre-norm transformer (default) or bidirectional GRU
+    -> attention pooling over the packets present                                    (B, d)
+    stats    (flow statistics) -> signed log -> batch norm -> MLP (d), joined late  -> concat (B, 2d)
+    -> dense `hidden` + GELU -> one head
+
+Why this shape: the session bytes (what the CNNs read) and the flow statistics (what the trees
+read) each win on some datasets (issue 15); a packet token carries both the packet's bytes and
+its size and timing, so the sequence model sees the exchange, and the statistics of the whole
+flow (beyond the L packets kept) join after pooling. Byte values are embedded, not scaled:
+a field's value is a category (a port, a flag, a TLS type), not a magnitude.
+
+After a forward pass `model.packet_attention.weights` is (B, L): how much each packet weighs in
+the session vector; each transformer block's `attention.weights` is (B, heads, L, L).
+`use_bytes`, `use_sizes` and `use_stats` switch views off for the ablations; the inputs stay
+the same three tensors so that every run goes through the same bundle, predict and serve paths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from trafficlens.errors import ConfigError
+from trafficlens.models.layers import AdditiveAttention, TrafficModel
+from trafficlens.models.registry import register_model
+
+ENCODERS = ("transformer", "gru")
+
+
+@dataclass
+class TLFusionConfig:
+    num_classes: int = 10
+    packets: int = 6
+    packet_bytes: int = 96
+    sequence_length: int = 32
+    stats_features: int = 45
+    dim: int = 64  # token and session width d
+    byte_dim: int = 16  # embedding per byte value
+    encoder: str = "transformer"  # or "gru"
+    layers: int = 2
+    heads: int = 4
+    dropout: float = 0.1
+    hidden: int = 128
+    use_bytes: bool = True
+    use_sizes: bool = True  # signed size, direction and inter-arrival time of each packet
+    use_stats: bool = True
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ConfigError(f"encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
+        if self.dim % self.heads or (self.encoder == "gru" and self.dim % 2):
+            raise ConfigError(f"dim ({self.dim}) must divide by heads ({self.heads}) and, for the GRU, by 2")
+        if not (self.use_bytes or self.use_sizes or self.use_stats):
+            raise ConfigError("tl-fusion needs at least one of use_bytes, use_sizes, use_stats")
+
+
+def signed_log(x: torch.Tensor) -> torch.Tensor:
+    """sign(x) log(1 + |x|): flow statistics span bytes to megabytes and microseconds to minutes."""
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a key mask; `weights` keeps (B, heads, T, T)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.weights: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        h = self.heads
+        q, k, v = self.qkv(x).reshape(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)  # each (B, h, T, d/h)
+        a = ((q @ k.transpose(-1, -2)) * (d // h) ** -0.5 + key_bias).softmax(dim=-1)  # (B, h, T, T)
+        self.weights = a.detach()
+        return self.out((a @ v).transpose(1, 2).reshape(b, t, d))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (attention, then a 2d-wide feed-forward)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attention = SelfAttention(dim, heads)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attention(self.norm1(x), key_bias))
+        return x + self.drop(self.ff(self.norm2(x)))
+
+
+class TLFusion(TrafficModel):
+    inputs = ("packets", "sequence", "stats")
+
+    def __init__(self, cfg: TLFusionConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.position = nn.Parameter(0.02 * torch.randn(cfg.sequence_length, d))
+        if cfg.use_bytes:
+            self.byte_embed = nn.Embedding(256, cfg.byte_dim)
+            self.byte_proj = nn.Sequential(nn.Linear(cfg.packet_bytes * cfg.byte_dim, d), nn.LayerNorm(d))
+        if cfg.use_sizes:
+            self.size_proj = nn.Sequential(nn.Linear(4, d), nn.GELU(), nn.Linear(d, d))
+        if cfg.encoder == "transformer":
+            self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
+        else:
+            self.gru = nn.GRU(d, d // 2, num_layers=cfg.layers, batch_first=True, bidirectional=True,
+                              dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.norm = nn.LayerNorm(d)
+        self.packet_attention = AdditiveAttention(d)
+        if cfg.use_stats:
+            self.stats_norm = nn.BatchNorm1d(cfg.stats_features)
+            self.stats_mlp = nn.Sequential(nn.Linear(cfg.stats_features, cfg.hidden), nn.GELU(),
+                                           nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, d))
+        self.fc = nn.Sequential(nn.Linear(2 * d if cfg.use_stats else d, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout))
+        self.num_features = cfg.hidden
+        self.head = nn.Linear(cfg.hidden, cfg.num_classes)
+
+    def packet_tokens(self, packets: torch.Tensor, sequence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, d) tokens and (B, L) which packets are present (always the first, so that a
+        session with nothing kept still attends somewhere)."""
+        cfg = self.cfg
+        sequence = sequence.float()
+        size, gap = sequence[..., 0], sequence[..., 1]  # (B, L): signed bytes (sign: direction), seconds
+        present = size != 0
+        tokens = self.position.unsqueeze(0).expand(sequence.shape[0], -1, -1)
+        if cfg.use_sizes:
+            # scales put each feature near [0, 1]: log(1500) ~ 7.3 bytes, log(1 + 1e6 ms) ~ 14
+            features = torch.stack([torch.sign(size), torch.log1p(size.abs()) / 7.3,
+                                    torch.log1p(gap.clamp(min=0) * 1000) / 10, present.float()], dim=-1)
+            tokens = tokens + self.size_proj(features)
+        if cfg.use_bytes:
+            m = min(packets.shape[1], sequence.shape[1])
+            e = self.byte_embed(packets[:, :m].long())  # (B, M, Bb, e)
+            per_packet = self.byte_proj(e.flatten(2))  # (B, M, d)
+            pad = sequence.shape[1] - m
+            tokens = tokens + F.pad(per_packet, (0, 0, 0, pad))
+            present = present | F.pad(packets[:, :m].amax(dim=2) > 0, (0, pad))
+        present = torch.cat([torch.ones_like(present[:, :1]), present[:, 1:]], dim=1)
+        return tokens, present
+
+    def forward_features(self, packets: torch.Tensor, sequence: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        tokens, present = self.packet_tokens(packets, sequence)
+        if self.cfg.encoder == "transformer":
+            key_bias = ((~present).float() * -1e4)[:, None, None, :]  # (B, 1, 1, L): padding is never attended
+            h = tokens
+            for block in self.blocks:
+                h = block(h, key_bias)
+        else:
+            h, _ = self.gru(tokens)  # (B, L, d)
+        session = self.packet_attention(self.norm(h), mask=present)  # (B, d)
+        if not self.cfg.use_stats:
+            return session
+        return torch.cat([session, self.stats_mlp(self.stats_norm(signed_log(stats.float())))], dim=1)  # (B, 2d)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.fc(x)
+        return x if pre_logits else self.head(x)
+
+
+@register_model("tl-fusion", config=TLFusionConfig, paper="trafficlens (issue 15)", inputs=("packets", "sequence", "stats"),
+                description="Packet tokens (bytes + size/direction/timing) -> transformer, flow statistics joined late")
+def tl_fusion(cfg: TLFusionConfig) -> TLFusion:
+    return TLFusion(cfg)

@@ -1,0 +1,185 @@
+"""tl-fusion (issue 15): every view reaches the head, it learns from each one, and a trained run
+goes through the bundle, ONNX Runtime, predict and explain like the papers' models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trafficlens.datasets import Dataset, DatasetWriter
+from trafficlens.errors import ConfigError
+from trafficlens.models import create_model
+from trafficlens.training import TrainConfig, load_bundle, train_run
+
+SHAPES = {"packets": (6, 32), "sequence": (8, 2), "stats": (3,)}
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sample"
+
+
+def inputs(n=5, seed=0, present=3):
+    """Random bytes, sizes and gaps; packets past `present` are padding (zero)."""
+    rng = np.random.default_rng(seed)
+    packets = rng.integers(0, 256, (n, *SHAPES["packets"]), dtype=np.uint8)
+    packets[:, present:] = 0
+    sequence = np.zeros((n, *SHAPES["sequence"]), dtype=np.float32)
+    sequence[:, :present, 0] = rng.choice([-1, 1], (n, present)) * rng.integers(40, 1500, (n, present))
+    sequence[:, 1:present, 1] = rng.random((n, present - 1))
+    stats = rng.random((n, *SHAPES["stats"]), dtype=np.float32) * 1000
+    return [torch.from_numpy(x) for x in (packets, sequence, stats)]
+
+
+def test_shapes_attention_over_present_packets_and_views_switched_off():
+    torch.manual_seed(0)
+    model = create_model("tl-fusion", num_classes=4, input_shapes=SHAPES).eval()
+    assert model.inputs == ("packets", "sequence", "stats") and model.cfg.sequence_length == 8
+    with torch.no_grad():
+        logits = model(*inputs())
+    assert logits.shape == (5, 4) and torch.isfinite(logits).all()
+    attention = model.packet_attention.weights  # (B, L)
+    assert attention.shape == (5, 8)
+    assert torch.allclose(attention.sum(dim=1), torch.ones(5), atol=1e-5)
+    assert attention[:, 3:].max() < 1e-3  # padding packets get no weight
+    assert model.blocks[0].attention.weights.shape == (5, 4, 8, 8)
+    assert model.forward_features(*inputs()).shape == (5, 2 * model.cfg.dim)  # packets + statistics
+
+    # each switch removes its branch, and the output no longer depends on that view
+    for view, flag, branch in ((0, "use_bytes", "byte_embed"), (1, "use_sizes", "size_proj"), (2, "use_stats", "stats_mlp")):
+        ablated = create_model("tl-fusion", num_classes=4, input_shapes=SHAPES, **{flag: False}).eval()
+        assert not hasattr(ablated, branch)
+        changed = inputs()
+        other = inputs(seed=1)
+        changed[view] = other[view] if view != 1 else changed[1] * 3  # sizes: same padding, other values
+        with torch.no_grad():
+            assert torch.allclose(ablated(*inputs()), ablated(*changed), atol=1e-5), flag
+            assert not torch.allclose(model(*inputs()), model(*changed), atol=1e-5), flag
+    gru = create_model("tl-fusion", num_classes=4, input_shapes=SHAPES, encoder="gru")
+    assert gru(*inputs()).shape == (5, 4)
+
+
+def test_bad_settings_name_the_fix():
+    with pytest.raises(ConfigError, match="encoder must be one of transformer, gru"):
+        create_model("tl-fusion", num_classes=2, input_shapes=SHAPES, encoder="lstm")
+    with pytest.raises(ConfigError, match="at least one of"):
+        create_model("tl-fusion", num_classes=2, input_shapes=SHAPES, use_bytes=False, use_sizes=False, use_stats=False)
+    with pytest.raises(ConfigError, match="needs dataset tensor"):
+        create_model("tl-fusion", num_classes=2, input_shapes={"packets": (6, 32)})
+
+
+def views_dataset(path, per_class=60, seed=0):
+    """Three classes that differ from a fourth, noise only (delta), in one view each: alpha by a
+    byte block in packet 0, beta by the direction and size of its packets, gamma by its flow
+    statistics. A model that ignores a view cannot tell that view's class from delta."""
+    rng = np.random.default_rng(seed)
+    classes = ("alpha", "beta", "gamma", "delta")
+    with DatasetWriter(path, {"layer": "all", "mask": "strict", "image_bytes": 400}, image_bytes=400, packets=6,
+                       packet_bytes=32, sequence_length=8, stats_names=["duration", "packets", "bytes"]) as w:
+        for i in range(per_class):
+            for c, label in enumerate(classes):
+                packets = rng.integers(0, 8, (6, 32), dtype=np.uint8)
+                packets[4:] = 0
+                sequence = np.zeros((8, 2), dtype=np.float32)
+                sequence[:4, 0] = rng.integers(60, 200, 4) * np.array([1, -1, 1, -1])
+                sequence[1:4, 1] = rng.random(3) * 0.1
+                stats = rng.random(3).astype(np.float32) * 10
+                if label == "alpha":
+                    packets[0, :8] = 200
+                elif label == "beta":
+                    sequence[:4, 0] = -rng.integers(1000, 1400, 4)
+                elif label == "gamma":
+                    stats[2] = 5000 + rng.random() * 1000
+                meta = {"capture": f"{label}/cap{i % 5}.pcap", "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2",
+                        "src_port": 40000 + i, "dst_port": 443, "protocol": "TCP", "ts_start": float(i), "ts_end": i + 1.0,
+                        "packets": 4, "bytes": 400, "payload_bytes": 200, "packets_fwd": 2, "packets_bwd": 2, "label": label}
+                w.add(meta, rng.integers(0, 60, 400, dtype=np.uint8), packets, sequence, stats)
+    return Dataset.open(path)
+
+
+FAST = dict(batch_size=16, eval_batch_size=256, lr=3e-3, split="random", max_epochs=12, patience=6)
+SMALL = dict(dim=32, hidden=64, layers=1)
+
+
+@pytest.fixture(scope="module")
+def views(tmp_path_factory):
+    return views_dataset(tmp_path_factory.mktemp("views") / "ds")
+
+
+def per_class_recall(run: Path) -> dict[str, float]:
+    metrics = json.loads((run / "metrics.json").read_text())
+    return {label: row["recall"] for label, row in metrics["per_class"].items()}
+
+
+def test_learns_every_view_and_an_ablation_loses_its_class(views, tmp_path):
+    torch.manual_seed(0)
+    s = train_run(views.path, tmp_path / "all", "tl-fusion", TrainConfig(**FAST), model_kwargs=SMALL, progress=False,
+                  log=lambda m: None)
+    assert s["test_accuracy"] >= 0.85, s  # chance is 1/4
+    recall = per_class_recall(tmp_path / "all")
+    assert min(recall.values()) >= 0.75, recall
+    # without statistics gamma is noise like delta: the two are confused, and only they
+    torch.manual_seed(0)
+    train_run(views.path, tmp_path / "nostats", "tl-fusion", TrainConfig(**FAST), model_kwargs={**SMALL, "use_stats": False},
+              progress=False, log=lambda m: None)
+    ablated = per_class_recall(tmp_path / "nostats")
+    assert ablated["gamma"] + ablated["delta"] <= recall["gamma"] + recall["delta"] - 0.4, (recall, ablated)
+    assert ablated["alpha"] >= 0.75, ablated
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory):
+    """tl-fusion trained with no settings of its own on the bundled lab captures."""
+    from trafficlens.prep.config import PrepConfig
+    from trafficlens.prep.local import prep
+
+    tmp = tmp_path_factory.mktemp("fusion-sample")
+    ds = prep([SAMPLE], tmp / "ds", PrepConfig(labels=f"csv:{SAMPLE / 'labels.csv'}", min_packets=5), workers=1)
+    torch.manual_seed(0)
+    summary = train_run(ds, tmp / "run", "tl-fusion", TrainConfig(batch_size=16, max_epochs=8), progress=False,
+                        log=lambda m: None)
+    return tmp / "run", Dataset.open(ds), summary
+
+
+def test_bundle_round_trip_onnx_and_predict(sample_run, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from trafficlens.serving import Classifier
+    from trafficlens.training.trainer import predict_logits
+
+    run, ds, summary = sample_run
+    classes = json.loads((run / "config.json").read_text())["labels"]
+    assert summary["test_macro_f1"] > 1 / len(classes), summary  # above chance on held-out sessions
+    bundle = load_bundle(run)
+    assert bundle.name == "tl-fusion" and bundle.config["model"]["config"]["sequence_length"] == ds.tensor("sequence").shape[1]
+    rows = np.arange(len(ds))
+    tensors = {t: ds.tensor(t) for t in bundle.model.inputs}
+    reloaded = predict_logits(bundle.model, tensors, rows)
+    clf = Classifier.load(run)
+    probs = clf.probabilities({t: ds.tensor(t)[:] for t in clf.inputs})
+    assert clf.runtime == "onnxruntime"  # the export is exact, so predict serves it
+    np.testing.assert_allclose(probs, torch.softmax(torch.from_numpy(reloaded), 1).numpy(), atol=1e-4)
+    table = clf.predict_pcap(SAMPLE / "capture-2.pcapng", top_k=2)
+    monkeypatch.setenv("TRAFFICLENS_INFERENCE", "torch")
+    plain = Classifier.load(run).predict_pcap(SAMPLE / "capture-2.pcapng", top_k=2)
+    assert len(table) > 0 and table.label.tolist() == plain.label.tolist()
+    assert set(table.label.dropna()) <= set(classes)
+
+
+def test_explanations_weigh_present_packets_and_their_bytes(sample_run):
+    from trafficlens.explain.maps import explain_session, explain_tensors
+
+    run, ds, _ = sample_run
+    model = load_bundle(run).model
+    tensors = {t: np.array(ds.tensor(t)[:6]) for t in model.inputs}
+    tensors["packets"][:, 4:] = 0  # the last two packets absent from every view
+    tensors["sequence"][:, 4:] = 0
+    maps = explain_tensors(model, tensors)
+    assert maps.packets_method == "gradient-x-input" and maps.packets.shape == (6, *ds.tensor("packets").shape[1:])
+    assert np.allclose(maps.packets.sum(axis=(1, 2)), 1, atol=1e-6)
+    assert maps.packets[:, 4:].max() < 1e-6  # masked out of attention and pooling: no gradient reaches them
+    assert maps.packets[tensors["packets"] == 0].max() < 1e-6 and (tensors["packets"][:, :4] == 0).any()  # masked bytes weigh 0
+    assert maps.packet_attention.shape == (6, ds.tensor("sequence").shape[1])
+    assert np.allclose(maps.packet_attention.sum(axis=1), 1, atol=1e-5) and maps.packet_attention[:, 4:].max() < 1e-3
+    exp = explain_session(run, 0)
+    assert exp["methods"]["packets"] == "gradient-x-input" and exp["top_fields"]  # bytes mapped to protocol fields
+    assert len(exp["packets"]["packet_attention"]) == ds.tensor("sequence").shape[1]
