@@ -14,9 +14,10 @@ from trafficlens.prep.report import FileReport, file_warnings
 
 
 def prepare_capture(path: Path, relative: str, config: PrepConfig, labeler, sink: EngineSink,
-                    backend: str | None = None) -> FileReport:
+                    backend: str | None = None, watch=None) -> FileReport:
     """Read one capture into `sink` (its sessions, as `ExampleBatch`es); never raises for a bad
-    file: an unreadable one is the report's `error`, a damaged one its `warnings`."""
+    file: an unreadable one is the report's `error`, a damaged one its `warnings`. `watch(block)`
+    sees each packet block before the engine does (`prep.hosts.HostAddresses.watch`)."""
     report = FileReport(str(path), relative, path.stat().st_size)
     label_of = labeler.bind(path, relative) if labeler is not None else None
     engine = make_engine(backend, config, relative, sink, label_of=label_of)
@@ -24,6 +25,8 @@ def prepare_capture(path: Path, relative: str, config: PrepConfig, labeler, sink
     try:
         reader = CaptureReader(path, digest=True)  # an unreadable file is this file's error, not the run's
         for block in engine.blocks(reader):
+            if watch is not None:
+                watch(block)
             engine.feed(block)
     except CaptureError as exc:
         report.error = str(exc)

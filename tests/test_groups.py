@@ -1,0 +1,295 @@
+"""Decisions per host and per capture: grouping, pooling, MAC keys, predict --by and live --by host."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from captures import tcp_session, write_pcap
+from trafficlens.cli import cli
+from trafficlens.errors import ConfigError
+from trafficlens.inference.groups import (GroupConfig, GroupDecisions, calibrated_log_probs, fit_temperature,
+                                          group_probabilities, parse_window)
+from trafficlens.prep.hosts import HostAddresses
+
+GATEWAY_MAC = bytes.fromhex("020000000001")
+SERVER = "172.16.0.1"
+# Three device types that differ in what they send: what the tiny model learns.
+KINDS = {"camera": (b"CAMERA-STREAM ", 8554), "plug": (b"plug?state=on ", 9999), "bulb": (b"{\"bulb\":1,\"hue\":", 5683)}
+
+
+def _with_macs(frames, client: str, client_mac: bytes):
+    """Ethernet addresses of each frame: from the client's MAC when it sent it, else from the gateway's."""
+    sender = bytes(int(x) for x in client.split("."))
+    out = []
+    for ts, frame in frames:
+        macs = GATEWAY_MAC + client_mac if frame[26:30] == sender else client_mac + GATEWAY_MAC  # destination, source
+        out.append((ts, macs + frame[12:]))
+    return out
+
+
+def device_sessions(kind: str, client: str, mac: bytes, t0: float, n: int, seed: int, sport: int = 40000):
+    """`n` TCP sessions of one device type, each with its own random bytes after the type's marker."""
+    marker, port = KINDS[kind]
+    rng = random.Random(seed)
+    frames = []
+    for i in range(n):
+        noise = bytes(rng.randrange(256) for _ in range(40))
+        request = marker + noise + marker
+        frames += _with_macs(tcp_session(client, SERVER, sport=sport + i, dport=port, t0=t0 + 7.0 * i,
+                                         isn_c=1000 + i, requests=(request, request[::-1]),
+                                         responses=(b"OK " + noise[:8], b"OK")), client, mac)
+    return frames
+
+
+def mac(n: int) -> bytes:
+    return bytes([2, 0, 0, 0, 0x10, n])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """chen-cnn trained on three device types, one capture per device."""
+    from trafficlens.prep.config import PrepConfig
+    from trafficlens.prep.local import prep
+    from trafficlens.training import TrainConfig, train_run
+
+    tmp = tmp_path_factory.mktemp("groups")
+    for k, kind in enumerate(KINDS):
+        for part in range(3):  # three captures per type: a capture split has one for each side
+            write_pcap(tmp / "train" / kind / f"{part}.pcap",
+                       device_sessions(kind, f"10.0.{k}.{part + 1}", mac(16 * k + part), 1.7e9, 14, seed=100 * k + part))
+    ds = prep([tmp / "train"], tmp / "ds", PrepConfig(labels="dir"), workers=1)
+    train_run(ds, tmp / "run", "chen-cnn", TrainConfig(batch_size=16, max_epochs=10), progress=False, log=lambda m: None)
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory):
+    """One capture of three hosts of known types: the camera changes its IP (a DHCP renewal) half way."""
+    tmp = tmp_path_factory.mktemp("network")
+    t0 = 1.8e9
+    frames = (device_sessions("camera", "192.168.1.10", mac(1), t0, 4, seed=1)
+              + device_sessions("camera", "192.168.1.50", mac(1), t0 + 40, 4, seed=2)
+              + device_sessions("plug", "192.168.1.11", mac(2), t0 + 1, 8, seed=3)
+              + device_sessions("bulb", "192.168.1.12", mac(3), t0 + 2, 8, seed=4))
+    return write_pcap(tmp / "home.pcap", frames)
+
+
+EXPECTED_BY_MAC = {"02:00:00:00:10:01": "camera", "02:00:00:00:10:02": "plug", "02:00:00:00:10:03": "bulb"}
+EXPECTED_BY_IP = {"192.168.1.10": "camera", "192.168.1.50": "camera", "192.168.1.11": "plug", "192.168.1.12": "bulb"}
+
+
+# -- the pieces ------------------------------------------------------------------------------
+def test_pooling_outvotes_a_confident_minority_and_vote_counts_heads():
+    labels = ["a", "b"]
+    # two sessions barely for a, one very sure of b: the vote says a, pooled evidence says b
+    proba = np.array([[0.55, 0.45], [0.55, 0.45], [0.01, 0.99]])
+    metas = [{"capture": "x", "src_ip": "1.1.1.1", "ts_start": float(i), "ts_end": i + 0.5} for i in range(3)]
+    for aggregator, label in (("vote", "a"), ("pool", "b")):
+        groups = GroupDecisions(labels, GroupConfig(aggregator=aggregator))
+        assert groups.add(metas, proba) == [("x", "1.1.1.1", None)]
+        (row,) = groups.rows()
+        assert row["label"] == label and row["sessions"] == 3 and row["votes"] == {"a": 2, "b": 1}
+        assert (row["window_start"], row["window_end"]) == (0.0, 2.5)
+    vote = GroupDecisions(labels, GroupConfig(aggregator="vote"))
+    vote.add(metas, proba)
+    assert vote.rows()[0]["confidence"] == pytest.approx(2 / 3)
+    pooled = np.log([0.55 * 0.55 * 0.01, 0.45 * 0.45 * 0.99])
+    assert group_probabilities(np.zeros(2), pooled, "pool")[1] == pytest.approx(0.45**2 * 0.99 / (0.55**2 * 0.01 + 0.45**2 * 0.99))
+
+
+def test_a_group_of_one_session_is_the_session_model():
+    proba = np.array([[0.2, 0.5, 0.3]])
+    for aggregator in ("vote", "pool"):
+        groups = GroupDecisions(["a", "b", "c"], GroupConfig(aggregator=aggregator, top_k=3))
+        groups.add([{"capture": "x", "src_ip": "h", "ts_start": 0.0, "ts_end": 1.0}], proba)
+        (row,) = groups.rows()
+        assert row["label"] == "b" and [label for label, _ in row["top_k"]] == ["b", "c", "a"]
+    assert row["top_k"][0][1] == pytest.approx(0.5)  # pool of one at temperature 1: the session's own probability
+
+
+def test_vote_ties_go_to_the_better_pooled_score():
+    groups = GroupDecisions(["a", "b"], GroupConfig(aggregator="vote"))
+    groups.add([{"capture": "x", "src_ip": "h", "ts_start": 0.0, "ts_end": 1.0}] * 2, np.array([[0.6, 0.4], [0.1, 0.9]]))
+    assert groups.rows()[0]["label"] == "b"
+
+
+def test_keys_windows_and_bounded_groups():
+    proba = np.array([[0.9, 0.1]] * 4)
+    metas = [{"capture": "c", "src_ip": ip, "ts_start": t, "ts_end": t + 1} for ip, t in
+             (("h1", 10.0), ("h1", 299.0), ("h1", 301.0), ("h2", 5.0))]
+    windows = GroupDecisions(["a", "b"], GroupConfig(by="host-window", window=300))
+    windows.add(metas, proba)
+    assert [(r["host"], r["window_start"], r["window_end"], r["sessions"]) for r in windows.rows()] == \
+        [("h1", 0.0, 300.0, 2), ("h1", 300.0, 600.0, 1), ("h2", 0.0, 300.0, 1)]
+    captures = GroupDecisions(["a", "b"], GroupConfig(by="capture"))
+    captures.add(metas, proba)
+    assert [(r["capture"], r["host"], r["sessions"]) for r in captures.rows()] == [("c", None, 4)]
+    capped = GroupDecisions(["a", "b"], GroupConfig(max_groups=1))
+    capped.add(metas, proba)
+    assert [(r["host"], r["sessions"]) for r in capped.pop_evicted()] == [("h1", 3)]
+    assert len(capped) == 1 and capped.evicted_count == 1 and capped.rows()[0]["host"] == "h2"
+    assert [r["host"] for r in capped.expire(now=100.0, idle=60.0)] == ["h2"] and len(capped) == 0
+
+
+def test_temperature_fit_recovers_an_overconfident_model():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4000, 4)) * 2
+    true_p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = np.array([rng.choice(4, p=p) for p in true_p])
+    overconfident = np.exp(logits * 3) / np.exp(logits * 3).sum(1, keepdims=True)
+    assert fit_temperature(overconfident, y) == pytest.approx(3.0, rel=0.15)
+    # exact but for the floor under probabilities (a tree's zero must not veto a class for ever)
+    assert np.allclose(np.exp(calibrated_log_probs(overconfident, 3.0)), true_p, atol=2e-3)
+    assert fit_temperature(np.zeros((0, 4)), np.zeros(0)) == 1.0
+
+
+def test_bad_settings_are_one_line_errors():
+    assert parse_window("5m") == 300.0 and parse_window("300s") == 300.0 and parse_window("2") == 2.0
+    for bad in ("", "soon", "-5s", "0"):
+        with pytest.raises(ConfigError, match="--window"):
+            parse_window(bad)
+    with pytest.raises(ConfigError, match="by must be one of"):
+        GroupConfig(by="subnet")
+    with pytest.raises(ConfigError, match="host_key"):
+        GroupConfig(host_key="name")
+
+
+def test_host_addresses_name_a_session_by_its_initiators_mac(network):
+    from trafficlens.capture import CaptureReader
+    from trafficlens.prep.engines.blocks import packet_blocks
+
+    hosts = HostAddresses()
+    for block in packet_blocks(CaptureReader(network)):
+        hosts.watch(block)
+    meta = {"src_ip": "192.168.1.50", "dst_ip": SERVER, "src_port": 40000, "dst_port": 8554, "protocol": "TCP",
+            "ts_start": 1.8e9 + 40}
+    assert hosts.mac_of(meta) == "02:00:00:00:10:01"
+    # the responder's frames carry the gateway's MAC: the session is still named by its initiator
+    assert hosts.mac_of(dict(meta, src_port=40001)) == "02:00:00:00:10:01"
+    assert hosts.mac_of(dict(meta, src_ip="192.168.1.11", src_port=55555)) == "02:00:00:00:10:02"  # by its IP
+    assert hosts.mac_of(dict(meta, src_ip="8.8.8.8")) is None
+    small = HostAddresses(max_entries=3)
+    for block in packet_blocks(CaptureReader(network)):
+        small.watch(block)
+    assert len(small) == 3
+
+
+# -- end to end --------------------------------------------------------------------------------
+@pytest.mark.parametrize("host_key, expected", [("mac", EXPECTED_BY_MAC), ("ip", EXPECTED_BY_IP)])
+def test_predict_by_host_names_every_device(run, network, tmp_path, host_key, expected):
+    out = tmp_path / "hosts.jsonl"
+    result = CliRunner().invoke(cli, ["predict", str(run), str(network), "--by", "host", "--host-key", host_key,
+                                      "--top-k", "2", "-o", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["host"]: r["label"] for r in rows} == expected
+    sessions = {r["host"]: r["sessions"] for r in rows}
+    assert sum(sessions.values()) == 24 and sum(sum(r["votes"].values()) for r in rows) == 24
+    if host_key == "mac":
+        assert sessions["02:00:00:00:10:01"] == 8  # both of the camera's addresses
+    assert all(r["capture"] == "home.pcap" and len(r["top_k"]) == 2 and r["status"] == "ok" for r in rows)
+    assert all(r["window_start"] <= r["window_end"] for r in rows)
+
+
+def test_predict_by_capture_and_by_window_through_the_api(run, network):
+    from trafficlens.inference.classifier import Classifier
+
+    clf = Classifier.load(run, device="cpu")
+    (row,) = clf.predict_hosts(network, by="capture").to_dict("records")
+    assert row["sessions"] == 24 and row["host"] is None and row["capture"] == "home.pcap"
+    assert set(row["votes"]) <= {"camera", "plug", "bulb"} and sum(row["votes"].values()) == 24
+    windows = clf.predict_hosts(network, by="host-window", window=30.0, aggregator="vote")
+    assert (windows.window_end - windows.window_start == 30.0).all()
+    assert windows.sessions.sum() == 24 and len(windows) > 4
+    assert dict(zip(windows.host, windows.label)) == EXPECTED_BY_IP
+
+
+def test_predict_by_host_writes_csv_and_parquet(run, network, tmp_path):
+    import pandas as pd
+
+    for name in ("hosts.csv", "hosts.parquet"):
+        result = CliRunner().invoke(cli, ["predict", str(run), str(network), "--by", "host", "-o", str(tmp_path / name),
+                                          "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+    csv = pd.read_csv(tmp_path / "hosts.csv")
+    parquet = pd.read_parquet(tmp_path / "hosts.parquet")
+    assert list(csv.columns) == list(parquet.columns)
+    assert dict(zip(csv.host, csv.label)) == dict(zip(parquet.host, parquet.label)) == EXPECTED_BY_IP
+    assert csv.votes.str.fullmatch(r"(\w+:\d+;?)+").all()
+
+
+def test_predict_bad_window_is_a_one_line_error(run, network):
+    """Raised as a ConfigError before the model loads: `trafficlens.cli.main` prints it as one line."""
+    result = CliRunner().invoke(cli, ["predict", str(run), str(network), "--by", "host-window", "--window", "soon"])
+    assert isinstance(result.exception, ConfigError) and str(result.exception) == \
+        "--window 'soon': give seconds, e.g. 300s, 5m or 1h"
+
+
+def _live(args, tmp_path):
+    import torch
+
+    out = tmp_path / "live.jsonl"
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(cli, ["live", *args, "-o", str(out), "--device", "cpu"])
+    finally:
+        torch.set_num_threads(threads)  # the command sets one intra-op thread for itself
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in out.read_text().splitlines()], json.loads(result.stderr.strip().splitlines()[-1])
+
+
+def test_live_by_host_prints_each_device_once_it_is_sure(run, network, tmp_path):
+    rows, summary = _live(["--model", str(run), "-r", str(network), "--speed", "0", "--by", "host", "--host-key", "mac",
+                           "--min-confidence", "0.9"], tmp_path)
+    confident = [r for r in rows if r["event"] == "confident"]
+    assert {r["host"]: r["label"] for r in confident} == EXPECTED_BY_MAC
+    assert all(r["confidence"] >= 0.9 and r["status"] == "ok" for r in confident)
+    final = {r["host"]: (r["label"], r["sessions"]) for r in rows if r["event"] == "final"}
+    assert final == {host: (label, 8) for host, label in EXPECTED_BY_MAC.items()}
+    assert summary["decisions"] == 24 and summary["hosts"] == {"events": len(rows), "evicted": 0, "expired": 0}
+
+
+def test_live_by_host_prints_a_change_of_mind(run, tmp_path):
+    """A host that first looks like a camera, then keeps behaving as a plug: one row for each label."""
+    from trafficlens.inference.classifier import Classifier
+    from trafficlens.inference.groups import GroupConfig
+    from trafficlens.serving.live import LiveClassifier, replay
+
+    frames = (device_sessions("camera", "192.168.1.20", mac(9), 1.8e9, 2, seed=7)
+              + device_sessions("plug", "192.168.1.20", mac(9), 1.8e9 + 100, 6, seed=8, sport=41000))
+    path = write_pcap(tmp_path / "changing.pcap", frames)
+
+    def paced():  # a heartbeat after every packet: sessions reach the model one by one, in order
+        for packet in replay(path, None):
+            yield packet
+            yield None
+
+    rows = []
+    clf = Classifier.load(run, device="cpu")
+    stats = LiveClassifier(clf, rows.append, groups=GroupConfig(aggregator="vote", min_confidence=0.6)).run(paced())
+    events = [(r["event"], r["label"]) for r in rows]
+    assert events == [("confident", "camera"), ("changed", "plug"), ("final", "plug")]
+    assert rows[1]["votes"] == {"plug": 3, "camera": 2} and rows[-1]["sessions"] == 8
+    assert stats.decisions == 8
+
+
+def test_live_by_host_memory_is_bounded(run, network):
+    """Past max_groups hosts the least recently active is dropped; idle ones expire."""
+    from trafficlens.inference.classifier import Classifier
+    from trafficlens.inference.groups import GroupConfig
+    from trafficlens.serving.live import LiveClassifier, replay
+
+    clf = Classifier.load(run, device="cpu")
+    rows = []
+    live = LiveClassifier(clf, rows.append, groups=GroupConfig(max_groups=2), host_idle=20.0)
+    stats = live.run(replay(network, None))
+    dropped = [r for r in rows if r["event"] in ("evicted", "expired")]
+    assert stats.hosts["evicted"] + stats.hosts["expired"] == len(dropped) >= 2
+    assert len([r for r in rows if r["event"] == "final"]) <= 2
+    # every session is in exactly one dropped or final row
+    assert sum(r["sessions"] for r in rows if r["event"] in ("evicted", "expired", "final")) == 24
