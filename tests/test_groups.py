@@ -19,7 +19,7 @@ from trafficlens.prep.hosts import HostAddresses
 GATEWAY_MAC = bytes.fromhex("020000000001")
 SERVER = "172.16.0.1"
 # Three device types that differ in what they send: what the tiny model learns.
-KINDS = {"camera": (b"CAMERA-STREAM ", 8554), "plug": (b"plug?state=on ", 9999), "bulb": (b"{\"bulb\":1,\"hue\":", 5683)}
+KINDS = {"camera": (b"\x00\x01CAM" * 8, 8554), "plug": (b"\xfe\xffPLG" * 8, 9999), "bulb": (b'{"bulb":1}' * 3, 5683)}
 
 
 def _with_macs(frames, client: str, client_mac: bytes):
@@ -245,7 +245,7 @@ def _live(args, tmp_path):
 
 def test_live_by_host_prints_each_device_once_it_is_sure(run, network, tmp_path):
     rows, summary = _live(["--model", str(run), "-r", str(network), "--speed", "0", "--by", "host", "--host-key", "mac",
-                           "--min-confidence", "0.9"], tmp_path)
+                           "--min-confidence", "0.9", "--after", "8"], tmp_path)
     confident = [r for r in rows if r["event"] == "confident"]
     assert {r["host"]: r["label"] for r in confident} == EXPECTED_BY_MAC
     assert all(r["confidence"] >= 0.9 and r["status"] == "ok" for r in confident)
@@ -271,7 +271,7 @@ def test_live_by_host_prints_a_change_of_mind(run, tmp_path):
 
     rows = []
     clf = Classifier.load(run, device="cpu")
-    stats = LiveClassifier(clf, rows.append, groups=GroupConfig(aggregator="vote", min_confidence=0.6)).run(paced())
+    stats = LiveClassifier(clf, rows.append, after=8, groups=GroupConfig(aggregator="vote", min_confidence=0.6)).run(paced())
     events = [(r["event"], r["label"]) for r in rows]
     assert events == [("confident", "camera"), ("changed", "plug"), ("final", "plug")]
     assert rows[1]["votes"] == {"plug": 3, "camera": 2} and rows[-1]["sessions"] == 8
@@ -293,3 +293,64 @@ def test_live_by_host_memory_is_bounded(run, network):
     assert len([r for r in rows if r["event"] == "final"]) <= 2
     # every session is in exactly one dropped or final row
     assert sum(r["sessions"] for r in rows if r["event"] in ("evicted", "expired", "final")) == 24
+
+
+def test_evaluate_by_capture_pools_the_test_captures(run, tmp_path):
+    """metrics-by-capture.json: metrics.json's schema, one decision per test capture, recomputed here by hand."""
+    from trafficlens.datasets import Dataset
+    from trafficlens.inference.classifier import Classifier
+    from trafficlens.training.bundle import read_split
+
+    result = CliRunner().invoke(cli, ["evaluate", str(run), "--by", "capture", "-o", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    assert CliRunner().invoke(cli, ["evaluate", str(run), "-o", str(tmp_path / "eval")]).exit_code == 0
+    sessions = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    groups = json.loads((tmp_path / "eval" / "metrics-by-capture.json").read_text())
+    assert set(sessions) - {"train_seconds", "epochs", "seconds_per_epoch", "parameters", "run",
+                            "inference_sessions_per_s"} <= set(groups)
+    assert groups["split"] == sessions["split"] == "capture" and groups["mask"] == "strict"
+    assert (tmp_path / "eval" / "report-by-capture.html").read_text().count("<img") == 3
+
+    clf = Classifier.load(run, device="cpu")
+    temperature = groups["groups"]["temperature"]
+    assert clf.temperature == temperature  # stored for predict --by and live --by host
+    ds = Dataset.open(clf.bundle.config["dataset"]["path"])
+    test = np.flatnonzero(read_split(run, len(ds)) == 2)
+    proba = clf.probabilities({name: ds.tensor(name)[test] for name in clf.inputs})
+    logp = calibrated_log_probs(proba, temperature)
+    captures = np.array(ds.table.column("capture").to_pylist())[test]
+    truth = np.array(ds.labels[test]).astype(str)
+    right = [clf.labels[logp[captures == c].sum(0).argmax()] == truth[captures == c][0] for c in sorted(set(captures))]
+    assert groups["n"] == groups["groups"]["n_groups"] == len(right) == 3
+    assert groups["accuracy"] == pytest.approx(np.mean(right))
+    assert groups["groups"]["aggregators"]["session"]["accuracy"] == pytest.approx(sessions["accuracy"])
+    curve = groups["groups"]["curve"]["pool"]
+    assert curve[-1]["sessions"] == max(np.sum(captures == c) for c in set(captures))
+    assert curve[-1]["accuracy"] == pytest.approx(groups["accuracy"])
+
+
+def test_evaluate_by_refuses_what_it_cannot_score(run):
+    result = CliRunner().invoke(cli, ["evaluate", str(run), "--by", "capture", "--window", "5m"])
+    assert isinstance(result.exception, ConfigError) and "--window" in str(result.exception)
+
+
+def test_groups_curve_and_fit_follow_each_group_in_time_order():
+    from trafficlens.evaluation.by_group import Groups
+
+    # group g1 (class 0): wrong first (b), then right twice; g2 (class 1): one session, right
+    keys = [("g1",), ("g2",), ("g1",), ("g1",)]
+    times = np.array([2.0, 0.0, 0.0, 1.0])  # g1 in time order: row 2 (a), row 3 (b), row 0 (a)
+    proba = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9]])
+    groups = Groups(keys, times, np.array([0, 1, 0, 0]), 2)
+    assert groups.n == 2 and list(groups.sizes) == [3, 1] and groups.mixed == 0
+    vote = groups.curve(proba, "vote", 1.0)
+    # g1 after 1 session: a (right); after 2: a-b tie, pooled 0.6*0.1 < 0.4*0.9 -> b (wrong); after 3: a
+    assert [(p["sessions"], p["accuracy"], p["groups_with_n"]) for p in vote] == [(1, 1.0, 2), (2, 0.5, 1), (3, 1.0, 1)]
+    until = groups.until_right(proba, "vote", 1.0, ["a", "b"])
+    assert until["a"] == {"groups": 1, "right_at_end": 1.0, "median_sessions_until_right": 3.0}
+    assert until["b"]["median_sessions_until_right"] == 1.0
+    fit = groups.fit(proba, 1.0)
+    # pooled, g1 goes to b (0.4 * 0.9 * 0.2 > 0.6 * 0.1 * 0.8): its fit is b's mean log-probability
+    assert fit[0] == pytest.approx(np.log([0.4, 0.9, 0.2]).mean()) and fit[1] == pytest.approx(np.log(0.7))
+    report = groups.report(proba, "pool", 1.0, ["a", "b"])
+    assert report["n"] == 2 and report["accuracy"] == 0.5 and report["per_class"]["b"]["precision"] == 0.5

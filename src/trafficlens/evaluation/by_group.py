@@ -9,6 +9,13 @@ and by majority vote. The temperature is fitted here, on the run's validation sp
 in RUN/calibration.json for `predict --by` and `live --by host`. A group's true label is the
 majority of its sessions' labels (`mixed_groups` counts the groups where they differ). The curve
 gives accuracy against the number of sessions seen per group, in time order.
+
+Open set: when the dataset holds labelled sessions of classes the run never learned (trained
+with --exclude-class), their groups are scored too. A group's fit is the mean calibrated
+log-probability of its decided class over its sessions (a geometric mean: it does not grow with
+the number of sessions as the pooled confidence does); the threshold is the fit that calls
+`UNKNOWN_RATE` of the validation groups unknown, and the report gives the share of held-out
+groups and of known test groups under it.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from trafficlens.inference.groups import (AGGREGATORS, CALIBRATION, calibrated_l
                                           group_probabilities)
 
 BY = ("capture", "host")
+UNKNOWN_RATE = 0.05  # of known validation groups called unknown: where the open-set threshold sits
 CURVE_POINTS = (1, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000)
 
 
@@ -90,6 +98,24 @@ def evaluate_groups(run: str | os.PathLike, by: str, window: float | None = None
         "curve": {a: groups.curve(proba_test, a, temperature) for a in AGGREGATORS},
         "sessions_until_right": groups.until_right(proba_test, "pool", temperature, clf.labels),
     }
+    held_out = np.flatnonzero(np.isin(np.array([str(x) for x in ds.labels], dtype=object),
+                                      [str(x) for x in set(ds.labels.tolist()) - set(clf.labels) - {None}]))
+    if len(held_out):
+        val_table = ds.table.select(["capture", "src_ip", "ts_start"]).take(val).to_pydict()
+        val_groups = Groups(_group_keys(val_table, by, window), np.asarray(val_table["ts_start"]), y_val, len(clf.labels))
+        held_table = ds.table.select(["capture", "src_ip", "ts_start"]).take(held_out).to_pydict()
+        held_groups = Groups(_group_keys(held_table, by, window), np.asarray(held_table["ts_start"]),
+                             np.zeros(len(held_out), np.int64), len(clf.labels))
+        proba_held, _ = _probabilities(clf, ds, held_out)
+        threshold = float(np.quantile(val_groups.fit(proba_val, temperature), UNKNOWN_RATE))
+        known = groups.fit(proba_test, temperature) < threshold
+        metrics["groups"]["open_set"] = {
+            "held_out_classes": sorted(str(x) for x in set(ds.labels[held_out].tolist())),
+            "held_out_groups": held_groups.n, "threshold": threshold,
+            "threshold_from": f"{UNKNOWN_RATE:.0%} of the validation groups ({val_groups.n}) under it",
+            "held_out_called_unknown": float((held_groups.fit(proba_held, temperature) < threshold).mean()),
+            "known_test_called_unknown": float(known.mean()) if groups.n else 0.0,
+        }
     metrics["inference_seconds"] = seconds
     target = Path(out) if out else run / "evaluation"
     target.mkdir(parents=True, exist_ok=True)
@@ -146,6 +172,12 @@ class Groups:
 
         last = self.starts + self.sizes - 1
         return classification_report(self.y, self._prefix(proba, aggregator, temperature)[last], labels)
+
+    def fit(self, proba: np.ndarray, temperature: float) -> np.ndarray:
+        """(G,): the mean calibrated log-probability of each group's pooled decision over its sessions."""
+        logp = calibrated_log_probs(proba[self.order], temperature)
+        total = _grouped_cumsum(logp, self.starts, self.sizes)[self.starts + self.sizes - 1]  # (G, C)
+        return total.max(axis=1) / np.maximum(self.sizes, 1)
 
     def curve(self, proba: np.ndarray, aggregator: str, temperature: float) -> list[dict[str, Any]]:
         """Accuracy over all groups when each is decided on its first n sessions (all it has when

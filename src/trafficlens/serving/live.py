@@ -213,7 +213,7 @@ class LiveClassifier:
 
     `groups` (a `GroupConfig`, by="host"): instead of one row per session, a rolling decision per
     host (`inference.groups`); a row (`event`) when a host's confidence first reaches
-    `groups.min_confidence` ("confident"), whenever its label changes after that ("changed"),
+    `groups.min_confidence` ("confident"), whenever another label reaches it after that ("changed"),
     when it is dropped (past `groups.max_groups` hosts, "evicted"; `host_idle` seconds of capture
     time without a session, "expired") and for every host held when live stops ("final").
     """
@@ -331,12 +331,9 @@ class LiveClassifier:
         for key in groups.add(metas, proba, macs):
             state, row = groups.state(key), groups.row(key)
             top = row["top_k"][0][0]
-            if state.announced is None and row["confidence"] >= threshold:
-                events.append(("confident", row))
-            elif state.announced is not None and top != state.announced:
-                events.append(("changed", row))
-            else:
-                continue
+            if row["confidence"] < threshold or top == state.announced:
+                continue  # only a confident label is printed, and only once until it changes
+            events.append(("confident" if state.announced is None else "changed", row))
             state.announced = top
         evicted = groups.pop_evicted()
         expired = groups.expire(max(m["ts_end"] for m in metas), self.host_idle) if metas else []
