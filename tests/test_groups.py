@@ -295,7 +295,7 @@ def test_live_by_host_memory_is_bounded(run, network):
     assert sum(r["sessions"] for r in rows if r["event"] in ("evicted", "expired", "final")) == 24
 
 
-def test_evaluate_by_capture_pools_the_test_captures(run, tmp_path):
+def test_evaluate_by_capture_pools_the_test_captures(run, network, tmp_path):
     """metrics-by-capture.json: metrics.json's schema, one decision per test capture, recomputed here by hand."""
     from trafficlens.datasets import Dataset
     from trafficlens.inference.classifier import Classifier
@@ -328,6 +328,38 @@ def test_evaluate_by_capture_pools_the_test_captures(run, tmp_path):
     assert curve[-1]["sessions"] == max(np.sum(captures == c) for c in set(captures))
     assert curve[-1]["accuracy"] == pytest.approx(groups["accuracy"])
 
+    # the learned aggregator, fitted on the validation captures, is stored for predict
+    learned = json.loads((run / "calibration.json").read_text())["learned"]["capture"]
+    assert np.array(learned["coef"]).shape == (3, 10) and learned["C"] in (1.0, 10.0, 100.0)
+    assert set(groups["groups"]["aggregators"]) == {"pool", "vote", "learned", "pool_uncalibrated", "session"}
+    out = tmp_path / "captures.jsonl"
+    result = CliRunner().invoke(cli, ["predict", str(run), str(network), "--by", "capture", "--aggregator",
+                                      "learned", "-o", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["sessions"] == 24 and row["label"] in KINDS and 0 < row["confidence"] <= 1
+
+
+def test_learned_aggregator_needs_fitting_first(run, network, tmp_path):
+    import shutil
+
+    from trafficlens.inference.classifier import Classifier
+    from trafficlens.inference.groups import LearnedAggregator
+
+    bare = tmp_path / "run"
+    shutil.copytree(run, bare, ignore=shutil.ignore_patterns("calibration.json", "evaluation"))
+    with pytest.raises(ConfigError, match="evaluate .* --by host"):
+        Classifier.load(bare, device="cpu").predict_hosts(network, aggregator="learned")
+    coef = np.zeros((3, 10))
+    coef[2, 3 + 2] = 1.0  # reads the mean probability of class 2 ("c" below)
+    learned = LearnedAggregator(coef, np.zeros(3))
+    groups = GroupDecisions(["a", "b", "c"], GroupConfig(aggregator="learned"), LearnedAggregator.from_dict(learned.to_dict(), 3))
+    groups.add([{"capture": "x", "src_ip": "h", "ts_start": 0.0, "ts_end": 1.0}], np.array([[0.5, 0.2, 0.3]]))
+    row = groups.rows()[0]
+    assert row["label"] == "c" and row["confidence"] == pytest.approx(np.exp(0.3) / (2 + np.exp(0.3)))
+    with pytest.raises(ConfigError, match="does not fit"):
+        LearnedAggregator.from_dict(learned.to_dict(), 4)
+
 
 def test_evaluate_by_refuses_what_it_cannot_score(run):
     result = CliRunner().invoke(cli, ["evaluate", str(run), "--by", "capture", "--window", "5m"])
@@ -354,3 +386,36 @@ def test_groups_curve_and_fit_follow_each_group_in_time_order():
     assert fit[0] == pytest.approx(np.log([0.4, 0.9, 0.2]).mean()) and fit[1] == pytest.approx(np.log(0.7))
     report = groups.report(proba, "pool", 1.0, ["a", "b"])
     assert report["n"] == 2 and report["accuracy"] == 0.5 and report["per_class"]["b"]["precision"] == 0.5
+
+
+def test_evaluate_by_capture_scores_held_out_classes_as_open_set(run, tmp_path):
+    """A class left out of training: its captures are scored against a threshold set on validation."""
+    from trafficlens.datasets import Dataset
+    from trafficlens.evaluation.by_group import UNKNOWN_RATE, evaluate_groups
+    from trafficlens.inference.classifier import Classifier
+    from trafficlens.training import TrainConfig, train_run
+    from trafficlens.training.bundle import read_split
+
+    ds_path = Classifier.load(run, device="cpu").bundle.config["dataset"]["path"]
+    open_run = tmp_path / "run"
+    train_run(ds_path, open_run, "chen-cnn", TrainConfig(batch_size=16, max_epochs=10, exclude_classes=("bulb",)),
+              progress=False, log=lambda m: None)
+    open_set = evaluate_groups(open_run, "capture", out=tmp_path / "eval")["groups"]["open_set"]
+    assert open_set["held_out_classes"] == ["bulb"] and open_set["held_out_groups"] == 3
+
+    clf = Classifier.load(open_run, device="cpu")
+    ds = Dataset.open(ds_path)
+    side = read_split(open_run, len(ds))
+    captures = np.array(ds.table.column("capture").to_pylist())
+    labels = np.array(ds.labels).astype(str)
+    temperature = json.loads((open_run / "calibration.json").read_text())["temperature"]
+
+    def fits(rows):  # per capture: the best class's mean calibrated log-probability
+        logp = calibrated_log_probs(clf.probabilities({n: ds.tensor(n)[rows] for n in clf.inputs}), temperature)
+        return np.array([logp[captures[rows] == c].mean(0).max() for c in sorted(set(captures[rows]))])
+
+    threshold = np.quantile(fits(np.flatnonzero(side == 1)), UNKNOWN_RATE)
+    assert open_set["threshold"] == pytest.approx(threshold)
+    held = fits(np.flatnonzero(labels == "bulb"))
+    assert open_set["held_out_called_unknown"] == pytest.approx(np.mean(held < threshold))
+    assert open_set["known_test_called_unknown"] == pytest.approx(np.mean(fits(np.flatnonzero(side == 2)) < threshold))

@@ -5,8 +5,9 @@
 The run's test sessions are grouped by capture file, by host (the session initiator's IP within
 its capture: the dataset keeps no MAC) or by host and time window, and each group is decided by
 pooling its sessions' calibrated log-probabilities (the headline, same schema as metrics.json)
-and by majority vote. The temperature is fitted here, on the run's validation split, and stored
-in RUN/calibration.json for `predict --by` and `live --by host`. A group's true label is the
+by majority vote and by a learned aggregator. The temperature and the learned aggregator are
+fitted here, on the run's validation split (its groups), and stored in RUN/calibration.json for
+`predict --by` and `live --by host`; the test split is only scored. A group's true label is the
 majority of its sessions' labels (`mixed_groups` counts the groups where they differ). The curve
 gives accuracy against the number of sessions seen per group, in time order.
 
@@ -29,11 +30,13 @@ from typing import Any
 import numpy as np
 
 from trafficlens.errors import ConfigError
-from trafficlens.inference.groups import (AGGREGATORS, CALIBRATION, calibrated_log_probs, fit_temperature,
-                                          group_probabilities)
+from trafficlens.inference.groups import (AGGREGATORS, CALIBRATION, LearnedAggregator, calibrated_log_probs,
+                                          fit_temperature, group_features, group_probabilities, read_calibration)
 
 BY = ("capture", "host")
 UNKNOWN_RATE = 0.05  # of known validation groups called unknown: where the open-set threshold sits
+LEARNED_C = (1.0, 10.0, 100.0)  # inverse regularisation strengths tried, chosen by 3-fold CV on validation groups
+PREFIXES = (1, 2, 3, 5, 10, 20)  # besides whole groups, the learned aggregator learns from their first n sessions
 CURVE_POINTS = (1, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000)
 
 
@@ -67,9 +70,14 @@ def evaluate_groups(run: str | os.PathLike, by: str, window: float | None = None
     proba_test, seconds = _probabilities(clf, ds, test)
 
     temperature = fit_temperature(proba_val, y_val)
-    calibration = {"temperature": temperature, "fitted_on": "validation split", "dataset": str(ds.path.resolve()),
-                   "sessions": int(len(val)), "nll_uncalibrated": _nll(proba_val, y_val, 1.0),
-                   "nll_calibrated": _nll(proba_val, y_val, temperature)}
+    val_table = ds.table.select(["capture", "src_ip", "ts_start"]).take(val).to_pydict()
+    val_groups = Groups(_group_keys(val_table, by, window), np.asarray(val_table["ts_start"]), y_val, len(clf.labels))
+    learned = fit_learned(val_groups, proba_val, temperature, len(clf.labels))
+    calibration = read_calibration(run)
+    calibration.update({"temperature": temperature, "fitted_on": "validation split", "dataset": str(ds.path.resolve()),
+                        "sessions": int(len(val)), "nll_uncalibrated": _nll(proba_val, y_val, 1.0),
+                        "nll_calibrated": _nll(proba_val, y_val, temperature)})
+    calibration.setdefault("learned", {})["capture" if by == "capture" else "host"] = learned.to_dict()
     atomic_write_text(run / CALIBRATION, json.dumps(calibration, indent=2) + "\n")
 
     table = ds.table.select(["capture", "src_ip", "ts_start"]).take(test).to_pydict()
@@ -77,8 +85,8 @@ def evaluate_groups(run: str | os.PathLike, by: str, window: float | None = None
     groups = Groups(key, np.asarray(table["ts_start"], dtype=np.float64), y_test, len(clf.labels))
     metrics, comparison = {}, {}
     for name, (aggregator, t) in {"pool": ("pool", temperature), "vote": ("vote", temperature),
-                                  "pool_uncalibrated": ("pool", 1.0)}.items():
-        scored = groups.report(proba_test, aggregator, t, clf.labels)
+                                  "learned": ("learned", temperature), "pool_uncalibrated": ("pool", 1.0)}.items():
+        scored = groups.report(proba_test, aggregator, t, clf.labels, learned)
         comparison[name] = {k: scored[k] for k in ("accuracy", "macro_f1", "weighted_f1", "n")}
         if name == "pool":
             metrics = scored
@@ -90,19 +98,18 @@ def evaluate_groups(run: str | os.PathLike, by: str, window: float | None = None
     metrics["groups"] = {
         "by": f"host-window ({window:g} s)" if window else by,
         "key": {"capture": "capture file", "host": "session initiator's IP within its capture file"}[by],
-        "aggregator": "pool", "temperature": temperature, "calibration": calibration, "aggregators": comparison,
+        "aggregator": "pool", "temperature": temperature, "aggregators": comparison,
+        "calibration": {k: v for k, v in calibration.items() if k != "learned"}, "learned": learned.info,
         "n_groups": groups.n, "sessions": int(len(test)), "mixed_groups": groups.mixed,
         "sessions_per_group": {"min": int(groups.sizes.min()) if groups.n else 0,
                                "median": float(np.median(groups.sizes)) if groups.n else 0.0,
                                "max": int(groups.sizes.max()) if groups.n else 0},
-        "curve": {a: groups.curve(proba_test, a, temperature) for a in AGGREGATORS},
+        "curve": {a: groups.curve(proba_test, a, temperature, learned) for a in AGGREGATORS},
         "sessions_until_right": groups.until_right(proba_test, "pool", temperature, clf.labels),
     }
     held_out = np.flatnonzero(np.isin(np.array([str(x) for x in ds.labels], dtype=object),
                                       [str(x) for x in set(ds.labels.tolist()) - set(clf.labels) - {None}]))
     if len(held_out):
-        val_table = ds.table.select(["capture", "src_ip", "ts_start"]).take(val).to_pydict()
-        val_groups = Groups(_group_keys(val_table, by, window), np.asarray(val_table["ts_start"]), y_val, len(clf.labels))
         held_table = ds.table.select(["capture", "src_ip", "ts_start"]).take(held_out).to_pydict()
         held_groups = Groups(_group_keys(held_table, by, window), np.asarray(held_table["ts_start"]),
                              np.zeros(len(held_out), np.int64), len(clf.labels))
@@ -160,18 +167,31 @@ class Groups:
         self.y = counts.argmax(axis=1)
         self.mixed = int((counts.max(axis=1) < self.sizes).sum())
 
-    def _prefix(self, proba: np.ndarray, aggregator: str, temperature: float) -> np.ndarray:
-        """(n sessions, C): each group's scores after its first 1, 2, ... sessions (sorted order)."""
+    def _sums(self, proba: np.ndarray, temperature: float) -> tuple[np.ndarray, ...]:
+        """(votes, log_sum, prob_sum, sessions) after each group's first 1, 2, ... sessions (sorted order)."""
         logp = calibrated_log_probs(proba[self.order], temperature)
         votes = np.eye(proba.shape[1])[proba[self.order].argmax(axis=1)]
-        log_sum, vote_sum = (_grouped_cumsum(a, self.starts, self.sizes) for a in (logp, votes))
-        return group_probabilities(vote_sum, log_sum, aggregator)
+        sums = [_grouped_cumsum(a, self.starts, self.sizes) for a in (votes, logp, np.exp(logp))]
+        seen = np.arange(len(self.group)) - np.repeat(self.starts, self.sizes) + 1
+        return (*sums, seen)
 
-    def report(self, proba: np.ndarray, aggregator: str, temperature: float, labels: list[str]) -> dict[str, Any]:
+    def _prefix(self, proba: np.ndarray, aggregator: str, temperature: float,
+                learned: LearnedAggregator | None = None) -> np.ndarray:
+        """(n sessions, C): each group's scores after its first 1, 2, ... sessions (sorted order)."""
+        votes, log_sum, prob_sum, seen = self._sums(proba, temperature)
+        return group_probabilities(votes, log_sum, aggregator, prob_sum, seen, learned)
+
+    def features(self, proba: np.ndarray, temperature: float, prefixes: bool = False) -> np.ndarray:
+        """`group_features` of each whole group (G, F), or of every prefix of every group."""
+        features = group_features(*self._sums(proba, temperature))
+        return features if prefixes else features[self.starts + self.sizes - 1]
+
+    def report(self, proba: np.ndarray, aggregator: str, temperature: float, labels: list[str],
+               learned: LearnedAggregator | None = None) -> dict[str, Any]:
         from trafficlens.training.metrics import classification_report
 
         last = self.starts + self.sizes - 1
-        return classification_report(self.y, self._prefix(proba, aggregator, temperature)[last], labels)
+        return classification_report(self.y, self._prefix(proba, aggregator, temperature, learned)[last], labels)
 
     def fit(self, proba: np.ndarray, temperature: float) -> np.ndarray:
         """(G,): the mean calibrated log-probability of each group's pooled decision over its sessions."""
@@ -179,10 +199,11 @@ class Groups:
         total = _grouped_cumsum(logp, self.starts, self.sizes)[self.starts + self.sizes - 1]  # (G, C)
         return total.max(axis=1) / np.maximum(self.sizes, 1)
 
-    def curve(self, proba: np.ndarray, aggregator: str, temperature: float) -> list[dict[str, Any]]:
+    def curve(self, proba: np.ndarray, aggregator: str, temperature: float,
+              learned: LearnedAggregator | None = None) -> list[dict[str, Any]]:
         """Accuracy over all groups when each is decided on its first n sessions (all it has when
         fewer), and over the groups that have at least n."""
-        right = self._prefix(proba, aggregator, temperature).argmax(axis=1) == self.y[self.group]
+        right = self._prefix(proba, aggregator, temperature, learned).argmax(axis=1) == self.y[self.group]
         points = []
         for n in [p for p in CURVE_POINTS if p < self.sizes.max(initial=0)] + [int(self.sizes.max(initial=0))]:
             at = self.starts + np.minimum(n, self.sizes) - 1
@@ -208,6 +229,44 @@ class Groups:
                 out[label] = {"groups": len(needed), "right_at_end": len(solved) / len(needed),
                               "median_sessions_until_right": float(np.median(solved)) if solved else None}
         return out
+
+
+def fit_learned(groups: Groups, proba: np.ndarray, temperature: float, n_classes: int) -> LearnedAggregator:
+    """A multinomial logistic regression over the features of the validation groups and of their
+    first `PREFIXES` sessions (so that it knows small groups too), on standardised features
+    (folded back into its weights), its strength chosen by 3-fold cross-validation over groups."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold
+
+    seen = np.arange(len(groups.group)) - np.repeat(groups.starts, groups.sizes) + 1
+    last = seen == np.repeat(groups.sizes, groups.sizes)
+    keep = np.isin(seen, PREFIXES) | last
+    x = groups.features(proba, temperature, prefixes=True)[keep]
+    y, owner, whole = groups.y[groups.group][keep], groups.group[keep], last[keep]
+    if len(np.unique(y)) < 2:
+        raise ConfigError("the validation split has groups of fewer than two classes: no aggregator can be learned")
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-9
+    z = (x - mean) / scale
+    scores = {}
+    for c in LEARNED_C:
+        right = []
+        for fit, held in GroupKFold(n_splits=min(3, groups.n)).split(z, y, owner):
+            model = LogisticRegression(C=c, max_iter=500).fit(z[fit], y[fit])
+            held = held[whole[held]]  # scored on whole held-out groups
+            right += list(model.predict(z[held]) == y[held])
+        scores[str(c)] = float(np.mean(right))
+    best = max(LEARNED_C, key=lambda c: (scores[str(c)], -c))
+    model = LogisticRegression(C=best, max_iter=500).fit(z, y)
+    weights, bias = model.coef_ / scale, model.intercept_ - (model.coef_ / scale) @ mean  # on raw features
+    coef, intercept = np.zeros((n_classes, x.shape[1])), np.full(n_classes, -1e4)  # classes it never saw: never chosen
+    classes = model.classes_
+    if len(classes) == 2:  # binary: sklearn keeps one row, the second class's logit against the first's 0
+        coef[classes[1]], intercept[classes[1]], intercept[classes[0]] = weights[0], bias[0], 0.0
+    else:
+        coef[classes], intercept[classes] = weights, bias
+    return LearnedAggregator(coef, intercept, {"fitted_on": "validation split groups and their first sessions",
+                                               "groups": groups.n, "examples": int(len(y)), "C": best,
+                                               "cv_accuracy": scores})
 
 
 def _grouped_cumsum(values: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:

@@ -299,17 +299,18 @@ class Classifier:
         named within their capture file, so memory holds one capture's groups (at most
         `config.max_groups`, the least recently updated closed early)."""
         from trafficlens.capture.formats import discover
-        from trafficlens.inference.groups import GroupConfig, GroupDecisions
+        from trafficlens.inference.groups import GroupConfig, GroupDecisions, load_learned
         from trafficlens.prep.hosts import HostAddresses
 
         config = config or GroupConfig(temperature=self.temperature)
+        learned = load_learned(self.bundle.path, config.by, len(self.labels)) if config.aggregator == "learned" else None
         if isinstance(captures, (str, os.PathLike)):
             captures = [captures]
         files, _ = discover(captures)
         if not files:
             raise ConfigError(f"no capture files found in {', '.join(map(str, captures))}")
         for path, relative in files:
-            groups = GroupDecisions(self.labels, config)
+            groups = GroupDecisions(self.labels, config, learned)
             hosts = HostAddresses() if config.host_key == "mac" and config.by != "capture" else None
 
             def decide(batch: ExampleBatch, groups=groups, hosts=hosts) -> list[dict[str, Any]]:

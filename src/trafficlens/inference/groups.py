@@ -10,6 +10,11 @@ class probabilities of sessions by group and decides each group by
   agree; it is optimistic when they are not independent.
 - `vote`: the majority of the sessions' top labels (ties broken by the pooled score); the
   confidence is the winner's share of the votes.
+- `learned`: a multinomial logistic regression over a group's summary (mean calibrated
+  log-probabilities, mean probabilities, vote shares, log of its session count), fitted by
+  `evaluate --by` on the validation split's groups (`LearnedAggregator`): it learns which
+  mixtures of session labels each class makes, e.g. a platform's shared sessions beside a
+  device's own.
 
 A group of one session gets the session model's label under both.
 
@@ -32,7 +37,7 @@ from trafficlens.errors import ConfigError
 
 BY = ("host", "capture", "host-window")
 HOST_KEYS = ("ip", "mac")
-AGGREGATORS = ("pool", "vote")
+AGGREGATORS = ("pool", "vote", "learned")
 UNKNOWN = "unknown"
 # One row per group (documented in the README). window_*: the window's bounds for host-window,
 # else the first session's start and the last one's end.
@@ -135,15 +140,61 @@ def read_calibration(run) -> dict[str, Any]:
     return record
 
 
+def load_learned(run, by: str, n_classes: int) -> LearnedAggregator:
+    """The learned aggregator `evaluate RUN --by` fitted for captures or hosts (host-window uses
+    the hosts'); a ConfigError naming the command when there is none."""
+    kind = "capture" if by == "capture" else "host"
+    record = (read_calibration(run).get("learned") or {}).get(kind)
+    if record is None:
+        raise ConfigError(f"{run} has no learned aggregator for {kind} groups: fit it with "
+                          f"`trafficlens evaluate {run} --by {kind}`")
+    return LearnedAggregator.from_dict(record, n_classes)
+
+
 def softmax(scores: np.ndarray) -> np.ndarray:
     z = scores - scores.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def group_probabilities(votes: np.ndarray, log_sum: np.ndarray, aggregator: str) -> np.ndarray:
-    """(G, C) scores that sum to 1 per group: the pooled posterior, or vote shares (a tie goes to
-    the better pooled score through a nudge far below one vote)."""
+def group_features(votes: np.ndarray, log_sum: np.ndarray, prob_sum: np.ndarray, sessions: np.ndarray) -> np.ndarray:
+    """(G, 3C + 1): what the learned aggregator reads of a group: mean calibrated log-probability,
+    mean probability and vote share per class, and the log of the session count."""
+    n = np.maximum(np.asarray(sessions, dtype=np.float64), 1)[..., None]
+    return np.concatenate([log_sum / n, prob_sum / n, votes / n, np.log(n)], axis=-1)
+
+
+@dataclass
+class LearnedAggregator:
+    """Multinomial logistic regression over `group_features`; `coef` (C, 3C + 1), `intercept` (C,).
+    A class without validation groups gets a very low intercept: it is never chosen."""
+
+    coef: np.ndarray
+    intercept: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)  # how it was fitted (groups, C, cross-validation)
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        return softmax(np.asarray(features, dtype=np.float64) @ self.coef.T + self.intercept)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"coef": self.coef.tolist(), "intercept": self.intercept.tolist(), **self.info}
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any], n_classes: int) -> "LearnedAggregator":
+        coef, intercept = np.asarray(record["coef"], dtype=np.float64), np.asarray(record["intercept"], dtype=np.float64)
+        if coef.shape != (n_classes, 3 * n_classes + 1) or intercept.shape != (n_classes,):
+            raise ConfigError(f"learned aggregator of shape {coef.shape} does not fit {n_classes} classes")
+        return cls(coef, intercept, {k: v for k, v in record.items() if k not in ("coef", "intercept")})
+
+
+def group_probabilities(votes: np.ndarray, log_sum: np.ndarray, aggregator: str, prob_sum: np.ndarray | None = None,
+                        sessions: np.ndarray | None = None, learned: LearnedAggregator | None = None) -> np.ndarray:
+    """(G, C) scores that sum to 1 per group: the pooled posterior, vote shares (a tie goes to
+    the better pooled score through a nudge far below one vote), or the learned aggregator's."""
+    if aggregator == "learned":
+        if learned is None:
+            raise ConfigError("the learned aggregator is fitted by `trafficlens evaluate RUN --by capture` (or host)")
+        return learned.probabilities(group_features(votes, log_sum, prob_sum, sessions))
     pooled = softmax(np.asarray(log_sum, dtype=np.float64))
     if aggregator == "pool":
         return pooled
@@ -159,6 +210,7 @@ class GroupState:
 
     votes: np.ndarray  # (C,) int64
     log_sum: np.ndarray  # (C,) float64
+    prob_sum: np.ndarray  # (C,) float64: calibrated probabilities, summed
     sessions: int = 0
     start: float = math.inf
     end: float = -math.inf
@@ -179,9 +231,12 @@ class GroupDecisions:
 
     labels: Sequence[str]
     config: GroupConfig = field(default_factory=GroupConfig)
+    learned: LearnedAggregator | None = None
 
     def __post_init__(self):
         self.labels = list(self.labels)
+        if self.config.aggregator == "learned" and self.learned is None:
+            raise ConfigError("aggregator 'learned' needs the aggregator `evaluate --by` fits (RUN/calibration.json)")
         self._groups: OrderedDict[tuple, GroupState] = OrderedDict()
         self._evicted: list[dict[str, Any]] = []
         self.evicted_count = 0
@@ -212,10 +267,11 @@ class GroupDecisions:
             key = self.key_of(meta, macs[i] if macs is not None else None)
             state = groups.pop(key, None)
             if state is None:
-                state = GroupState(np.zeros(n_classes, np.int64), np.zeros(n_classes, np.float64))
+                state = GroupState(np.zeros(n_classes, np.int64), np.zeros(n_classes), np.zeros(n_classes))
             groups[key] = state  # most recently updated last
             state.votes[top[i]] += 1
             state.log_sum += logp[i]
+            state.prob_sum += np.exp(logp[i])
             state.sessions += 1
             start, end = float(meta.get("ts_start") or 0.0), float(meta.get("ts_end") or meta.get("ts_start") or 0.0)
             state.start, state.end = min(state.start, start), max(state.end, end)
@@ -250,7 +306,7 @@ class GroupDecisions:
 
     def _row(self, key: tuple, state: GroupState) -> dict[str, Any]:
         c = self.config
-        scores = group_probabilities(state.votes, state.log_sum, c.aggregator)
+        scores = group_probabilities(state.votes, state.log_sum, c.aggregator, state.prob_sum, state.sessions, self.learned)
         k = max(1, min(c.top_k, len(self.labels)))
         order = np.argsort(-scores)[:k]
         best = int(order[0])

@@ -25,8 +25,9 @@ trusted_key_option = click.option(
 @click.option("--window", default="300s", show_default=True, help="With --by host-window: the window, e.g. 300s, 5m, 1h.")
 @click.option("--host-key", type=click.Choice(["ip", "mac"]), default="ip", show_default=True,
               help="Name a host by its IP or by the MAC its frames came from (kept when DHCP changes the IP).")
-@click.option("--aggregator", type=click.Choice(["pool", "vote"]), default="pool", show_default=True,
-              help="pool: sum of calibrated session log-probabilities; vote: majority of session labels.")
+@click.option("--aggregator", type=click.Choice(["pool", "vote", "learned"]), default="pool", show_default=True,
+              help="pool: sum of calibrated session log-probabilities; vote: majority of session labels; learned: the "
+                   "aggregator `evaluate --by` fitted on the validation split.")
 @click.option("--temperature", type=click.FloatRange(0, min_open=True), default=None,
               help="Calibration temperature of the pooled log-probabilities [default: RUN/calibration.json, "
                    "fitted on validation by `evaluate --by`; else 1].")
@@ -155,8 +156,9 @@ def serve(run, host, port, token_file, certfile, keyfile, insecure, docs, max_up
                    "whenever its label changes, when it is dropped, and for every host when live stops.")
 @click.option("--host-key", type=click.Choice(["ip", "mac"]), default="ip", show_default=True,
               help="With --by host: name a host by its IP or by the MAC its frames came from.")
-@click.option("--aggregator", type=click.Choice(["pool", "vote"]), default="pool", show_default=True,
-              help="With --by host: pooled calibrated log-probabilities, or the majority of session labels.")
+@click.option("--aggregator", type=click.Choice(["pool", "vote", "learned"]), default="pool", show_default=True,
+              help="With --by host: pooled calibrated log-probabilities, the majority of session labels, or the "
+                   "aggregator `evaluate --by host` fitted on the validation split.")
 @click.option("--max-hosts", type=click.IntRange(1), default=10_000, show_default=True,
               help="With --by host: hosts held at once; the least recently active is dropped past it.")
 @click.option("--host-idle", type=click.FloatRange(0, min_open=True), default=600.0, show_default=True,

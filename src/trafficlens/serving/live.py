@@ -24,7 +24,7 @@ import numpy as np
 from trafficlens.capture.reader import CaptureReader, RawPacket
 from trafficlens.errors import CaptureError
 from trafficlens.inference.classifier import Classifier, rejected_row
-from trafficlens.inference.groups import GroupConfig, GroupDecisions
+from trafficlens.inference.groups import GroupConfig, GroupDecisions, load_learned
 from trafficlens.prep.engines import make_engine
 from trafficlens.prep.engines.base import EngineSink
 from trafficlens.prep.engines.blocks import block_from_pcapy, packet_blocks
@@ -243,7 +243,10 @@ class LiveClassifier:
         self._jobs: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._last_ts: float | None = None  # capture time of the latest packet
-        self._groups = GroupDecisions(clf.labels, groups) if groups is not None else None
+        learned = None
+        if groups is not None and groups.aggregator == "learned":
+            learned = load_learned(clf.bundle.path, groups.by, len(clf.labels))
+        self._groups = GroupDecisions(clf.labels, groups, learned) if groups is not None else None
         self._hosts = HostAddresses() if groups is not None and groups.host_key == "mac" else None
         self.host_idle = host_idle
         if groups is not None:
