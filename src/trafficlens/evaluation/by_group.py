@@ -251,11 +251,13 @@ def fit_learned(groups: Groups, proba: np.ndarray, temperature: float, n_classes
     for c in LEARNED_C:
         right = []
         for fit, held in GroupKFold(n_splits=min(3, groups.n)).split(z, y, owner):
+            if len(np.unique(y[fit])) < 2:  # too few validation groups for this fold to learn anything
+                continue
             model = LogisticRegression(C=c, max_iter=500).fit(z[fit], y[fit])
             held = held[whole[held]]  # scored on whole held-out groups
             right += list(model.predict(z[held]) == y[held])
-        scores[str(c)] = float(np.mean(right))
-    best = max(LEARNED_C, key=lambda c: (scores[str(c)], -c))
+        scores[str(c)] = float(np.mean(right)) if right else None
+    best = max(LEARNED_C, key=lambda c: (scores[str(c)] or 0.0, c == 10.0, -c))  # ties, or no folds: C = 10
     model = LogisticRegression(C=best, max_iter=500).fit(z, y)
     weights, bias = model.coef_ / scale, model.intercept_ - (model.coef_ / scale) @ mean  # on raw features
     coef, intercept = np.zeros((n_classes, x.shape[1])), np.full(n_classes, -1e4)  # classes it never saw: never chosen

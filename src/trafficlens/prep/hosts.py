@@ -39,7 +39,7 @@ class HostAddresses:
 
     def __init__(self, max_entries: int = 200_000):
         self.max_entries = max_entries
-        # (sender, sport, receiver, dport, proto) -> [(first time, MAC)], one entry per change of MAC
+        # sender + receiver + ports + protocol (the 37 bytes `_frames` packs) -> [(first time, MAC)], one per change
         self._macs: OrderedDict[bytes, list[tuple[float, bytes]]] = OrderedDict()
         self._by_ip: OrderedDict[bytes, bytes] = OrderedDict()  # sender address -> its latest MAC
 
