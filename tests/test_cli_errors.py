@@ -91,6 +91,7 @@ CASES = {
     "predict -o file/sub": (PREDICT + ["-o", "afile/sub.csv"], "afile/sub.csv: Not a directory"),
     "predict -o ''": (PREDICT + ["-o", ""], "-o is empty"),
     "predict -o dir": (PREDICT + ["-o", "dir.csv"], "dir.csv: is a directory"),
+    "predict --by host as Zeek": (PREDICT + ["--by", "host", "--format", "zeek"], "a Zeek log holds one row per session"),
     # damaged datasets, at train and at info
     "train npy cut": (TRAIN + ["ds-npy-cut", "-o", "r"], "image.npy: 131740 bytes where its header promises 131840"),
     "train npy garbled": (TRAIN + ["ds-npy-garbled", "-o", "r"], "packets.npy: not a readable .npy file"),

@@ -68,14 +68,34 @@ def baseline(dataset, model_name, features, split, seed, min_class_sessions, min
 @click.option("--dataset", type=click.Path(), default=None, help="The dataset the run was trained on [default: the path in its config].")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
               help="Report directory [default: RUN/evaluation, or RUN/evaluation-<dataset> with --on].")
-def evaluate(run, on, unseen, dataset, out):
+@click.option("--by", type=click.Choice(["session", "capture", "host"]), default="session", show_default=True,
+              help="Score one decision per capture file or per host (pooled calibrated log-probabilities, and the "
+                   "vote beside it): metrics-by-capture.json / metrics-by-host.json. Fits the pooling temperature on "
+                   "the validation split and stores it in RUN/calibration.json.")
+@click.option("--window", default=None, help="With --by host: one decision per host and time window, e.g. 300s.")
+def evaluate(run, on, unseen, dataset, out, by, window):
     """Score a trained run (deep or baseline): metrics.json and a self-contained report.html.
 
     \b
     Examples:
       trafficlens evaluate runs/cnn                       # its own test split
+      trafficlens evaluate runs/cnn --by capture          # one decision per test capture
       trafficlens evaluate runs/cnn --on ds/other         # trained on one dataset, tested on another
     """
+    if by != "session":
+        from trafficlens.errors import ConfigError
+        from trafficlens.evaluation.by_group import evaluate_groups
+        from trafficlens.inference.groups import parse_window
+
+        if on is not None:
+            raise ConfigError("--by scores the run's own test split; it does not combine with --on")
+        m = evaluate_groups(run, by, parse_window(window) if window is not None else None, out, dataset)
+        g = m["groups"]
+        others = ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in g["aggregators"].items() if k != "pool")
+        click.echo(f"{m['model']}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro']['f1']:.4f} on {m['n']} "
+                   f"{g['by']} groups of {g['sessions']} sessions (pooled, temperature {g['temperature']:.3f}; {others}; "
+                   f"{m['split']} split, {m['mask']} mask); {m['out']}/metrics-by-{by}.json")
+        return
     from trafficlens.evaluation.evaluate import evaluate_run
 
     m = evaluate_run(run, out, dataset, on=on, unseen=unseen)

@@ -114,10 +114,8 @@ def evaluate_run(run: str | os.PathLike, out: str | os.PathLike | None = None, d
 
 def _on_own_split(clf, run: Path, dataset) -> tuple[dict[str, Any], str, dict]:
     from trafficlens.datasets import Dataset
-    from trafficlens.training.metrics import classification_report, provenance
+    from trafficlens.training.metrics import classification_report
     from trafficlens.training.bundle import read_split
-    from trafficlens.training.selection import ClassSelection
-    from trafficlens.training.splits import Split
 
     config = clf.bundle.config
     split_cfg = config.get("split") or {}
@@ -131,22 +129,34 @@ def _on_own_split(clf, run: Path, dataset) -> tuple[dict[str, Any], str, dict]:
     y = np.array([index[str(label)] for label in ds.labels[test]], dtype=np.int64)
     proba, seconds = _probabilities(clf, ds, test)
     metrics = classification_report(y, proba, clf.labels)
-    split = Split(split_cfg.get("kind", "?"), *(np.flatnonzero(assignment == side) for side in range(3)),
-                  dedup=split_cfg.get("deduplication", {}))
-    metrics.update(_identity(clf))
-    metrics.update(provenance(ds, split, classes=list(clf.labels), seed=split_cfg.get("seed"),
-                              selection=ClassSelection.from_config(split_cfg), dropped=split_cfg.get("dropped_classes")))
-    metrics["split_info"]["missing"] = split_cfg.get("missing", {})
-    for key in ("coverage", "warnings"):
-        if key in split_cfg:
-            metrics["split_info"][key] = split_cfg[key]
-    saved = _saved_metrics(run)
-    metrics.update(n_fit=saved.get("n_fit"), n_select=saved.get("n_select"))
+    metrics.update(own_split_provenance(clf, run, ds, assignment))
     metrics.update(_cost(clf, run, len(test), seconds))
     history_path = run / "history.json"
     history = json.loads(history_path.read_text()) if history_path.is_file() else {}
     title = f"{clf.bundle.name} on {ds.path.name} ({metrics['split']} split, {metrics['mask']} mask)"
     return metrics, title, history
+
+
+def own_split_provenance(clf, run: Path, ds, assignment: np.ndarray) -> dict[str, Any]:
+    """The model, dataset, split, side, mask and protocol behind a score on the run's own test
+    split (what metrics.json carries beside the scores; `evaluate --by` shares it)."""
+    from trafficlens.training.metrics import provenance
+    from trafficlens.training.selection import ClassSelection
+    from trafficlens.training.splits import Split
+
+    split_cfg = clf.bundle.config.get("split") or {}
+    split = Split(split_cfg.get("kind", "?"), *(np.flatnonzero(assignment == side) for side in range(3)),
+                  dedup=split_cfg.get("deduplication", {}))
+    out = _identity(clf)
+    out.update(provenance(ds, split, classes=list(clf.labels), seed=split_cfg.get("seed"),
+                          selection=ClassSelection.from_config(split_cfg), dropped=split_cfg.get("dropped_classes")))
+    out["split_info"]["missing"] = split_cfg.get("missing", {})
+    for key in ("coverage", "warnings"):
+        if key in split_cfg:
+            out["split_info"][key] = split_cfg[key]
+    saved = _saved_metrics(run)
+    out.update(n_fit=saved.get("n_fit"), n_select=saved.get("n_select"))
+    return out
 
 
 def _saved_metrics(run: Path) -> dict[str, Any]:

@@ -90,10 +90,28 @@ def curves_figure(history: dict[str, Any]) -> str | None:
     return figure_png(fig)
 
 
-def write_report(path: Path, title: str, metrics: dict[str, Any], history: dict[str, Any] | None = None) -> Path:
+def group_curve_figure(curve: dict[str, list[dict[str, Any]]], by: str) -> str:
+    """Accuracy against the sessions seen per group, one line per aggregator (`evaluate --by`)."""
+    plt = pyplot()
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for aggregator, points in curve.items():
+        ax.plot([p["sessions"] for p in points], [p["accuracy"] for p in points], marker="o", markersize=3,
+                label=aggregator)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"sessions seen per {by} (its first n, in time order)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return figure_png(fig)
+
+
+def write_report(path: Path, title: str, metrics: dict[str, Any], history: dict[str, Any] | None = None,
+                 extra_figures: list[tuple[str, str]] = ()) -> Path:
     """One self-contained HTML file with the tables and figures of an evaluation."""
     cm = metrics["confusion_matrix"]
-    figures = [("Per-class precision, recall and F1", per_class_figure(metrics["per_class"])),
+    figures = [*extra_figures, ("Per-class precision, recall and F1", per_class_figure(metrics["per_class"])),
                ("Confusion matrix, classes ordered by hierarchical clustering", confusion_figure(cm["labels"], np.array(cm["matrix"])))]
     curves = curves_figure(history or {})
     if curves:
@@ -124,6 +142,12 @@ def write_report(path: Path, title: str, metrics: dict[str, Any], history: dict[
     if metrics.get("classes_without_test_sessions"):
         notes.append("Classes without test sessions, left out of the macro averages: "
                      + ", ".join(metrics["classes_without_test_sessions"]) + ".")
+    groups = metrics.get("groups")
+    if groups:
+        scores = "; ".join(f"{name} {v['accuracy']:.4f}" for name, v in groups["aggregators"].items())
+        notes.append(f"Decided per {groups['by']} ({groups['key']}): {groups['n_groups']} groups of "
+                     f"{groups['sessions']} test sessions; accuracy by aggregator: {scores}. Pooling uses temperature "
+                     f"{groups['temperature']:.3f}, fitted on the validation split. The scores above are pooled.")
     if metrics.get("protocol"):
         notes.append(f"Protocol: {metrics['protocol']}.")
     provenance += "".join(f"</p><p>{html.escape(n)}" for n in notes)

@@ -146,7 +146,8 @@ class Classifier:
             from trafficlens.training.signing import verify_bundle
 
             weights = (config.get("weights") or {}).get("file") if isinstance(config.get("weights"), dict) else None
-            verify_bundle(path, trusted_keys, needed=[CONFIG, *([weights] if weights else [])])
+            calibration = ["calibration.json"] if (Path(path) / "calibration.json").is_file() else []  # groups read it
+            verify_bundle(path, trusted_keys, needed=[CONFIG, *([weights] if weights else []), *calibration])
             config = read_config(path)  # as verified
         clf = cls(load_any_bundle(path, str(dev), config), dev)
         clf.trusted_keys = trusted_keys
@@ -198,6 +199,22 @@ class Classifier:
                          min_confidence: float = 0.0) -> list[dict[str, Any]]:
         """One output row per session of `ExampleBatch`es (what a prep engine emits), inferred
         together: live hands over many small ones."""
+        metas, tensors = self._inputs_of(batches)
+        rows: list[dict[str, Any]] = []
+        for i in range(0, len(metas), _BATCH):
+            part = {name: tensors[name][i : i + _BATCH] for name in self.inputs}
+            rows += self._rows(metas[i : i + _BATCH], part, top_k, min_confidence)
+        return rows
+
+    def session_probabilities(self, batches: list[ExampleBatch]) -> tuple[list[dict[str, Any]], np.ndarray]:
+        """(session metadata, class probabilities (n, classes)) of `ExampleBatch`es: what group
+        decisions (`inference.groups`) pool."""
+        metas, tensors = self._inputs_of(batches)
+        parts = [self.probabilities({name: tensors[name][i : i + _BATCH] for name in self.inputs})
+                 for i in range(0, len(metas), _BATCH)]
+        return metas, np.concatenate(parts) if parts else np.zeros((0, len(self.labels)), dtype=np.float32)
+
+    def _inputs_of(self, batches: list[ExampleBatch]) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
         metas: list[dict[str, Any]] = []
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.inputs}
         derived = bool({"sequence", "stats"} & set(self.inputs))  # else not built at all
@@ -207,12 +224,7 @@ class Classifier:
             metas += metas_of(columns)
             for name in self.inputs:
                 parts[name].append(built[name])
-        tensors = {name: np.concatenate(arrays) if len(arrays) > 1 else arrays[0] for name, arrays in parts.items()}
-        rows: list[dict[str, Any]] = []
-        for i in range(0, len(metas), _BATCH):
-            part = {name: tensors[name][i : i + _BATCH] for name in self.inputs}
-            rows += self._rows(metas[i : i + _BATCH], part, top_k, min_confidence)
-        return rows
+        return metas, {name: np.concatenate(arrays) if len(arrays) > 1 else arrays[0] for name, arrays in parts.items()}
 
     def _rows(self, metas: list[dict[str, Any]], tensors: dict[str, np.ndarray], top_k: int,
               min_confidence: float) -> list[dict[str, Any]]:
@@ -255,10 +267,14 @@ class Classifier:
             yield from self._predict_file(path, relative, top_k, min_confidence, on_warning, packet_filter)
 
     def _predict_file(self, path: Path, relative: str, top_k: int, min_confidence: float,
-                      on_warning: Callable[[str], None] | None, packet_filter=None) -> Iterator[list[dict[str, Any]]]:
+                      on_warning: Callable[[str], None] | None, packet_filter=None, decide=None,
+                      watch=None) -> Iterator[list[dict[str, Any]]]:
         """Rows of one capture as they are made. The engine works by callbacks, so it runs in a
         thread that hands row batches over a small queue: memory stays bounded by a few batches
-        however large the capture, and stopping the iterator stops the reading."""
+        however large the capture, and stopping the iterator stops the reading.
+        `decide(batch)`: rows of an `ExampleBatch` instead of one per session, and no rows for
+        rejected sessions (group decisions); `watch(block)`: sees every packet block (both run
+        in the reading thread)."""
         import queue
         import threading
 
@@ -285,7 +301,7 @@ class Classifier:
 
         def sessions(batch: ExampleBatch, trigger: str, times) -> None:
             flush_rejected()  # in the order the engine decided them
-            put(("rows", self.rows_for_batches([batch], top_k, min_confidence)))
+            put(("rows", decide(batch) if decide else self.rows_for_batches([batch], top_k, min_confidence)))
 
         def reject(meta: dict[str, Any], reason: str, trigger: str) -> None:
             rejected.append(rejected_row(meta, reason))
@@ -294,8 +310,9 @@ class Classifier:
 
         def produce() -> None:
             try:
-                report = prepare_capture(path, relative, self.prep_config, None, EngineSink(sessions, reject),
-                                         packet_filter=packet_filter)
+                report = prepare_capture(path, relative, self.prep_config, None,
+                                         EngineSink(sessions, None if decide else reject),
+                                         packet_filter=packet_filter, watch=watch)
                 flush_rejected()
                 put(("done", report))
             except _Stopped:
@@ -332,6 +349,65 @@ class Classifier:
         rows = [row for batch in self.iter_predictions(captures, top_k=top_k, min_confidence=min_confidence, bpf=bpf)
                 for row in batch]
         return pd.DataFrame(rows, columns=list(COLUMNS))
+
+    # -- groups of sessions --------------------------------------------------------------------
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature `evaluate --by` fitted on the run's validation split
+        (RUN/calibration.json); 1.0 when none was fitted."""
+        from trafficlens.inference.groups import read_calibration
+
+        return read_calibration(self.bundle.path).get("temperature", 1.0)
+
+    def iter_group_predictions(self, captures, config=None, *, on_warning: Callable[[str], None] | None = None,
+                               bpf: str | None = None) -> Iterator[list[dict[str, Any]]]:
+        """Batches of group rows (`inference.groups.GROUP_COLUMNS`), capture by capture: hosts are
+        named within their capture file, so memory holds one capture's groups (at most
+        `config.max_groups`, the least recently updated closed early). `bpf`: as in `iter_predictions`."""
+        from trafficlens.capture.bpf import PacketFilter
+        from trafficlens.capture.formats import discover
+        from trafficlens.inference.groups import GroupConfig, GroupDecisions, load_learned
+        from trafficlens.prep.hosts import HostAddresses
+
+        config = config or GroupConfig(temperature=self.temperature)
+        packet_filter = PacketFilter(bpf) if bpf is not None else None
+        learned = load_learned(self.bundle.path, config.by, len(self.labels)) if config.aggregator == "learned" else None
+        if isinstance(captures, (str, os.PathLike)):
+            captures = [captures]
+        files, _ = discover(captures)
+        if not files:
+            raise ConfigError(f"no capture files found in {', '.join(map(str, captures))}")
+        for path, relative in files:
+            groups = GroupDecisions(self.labels, config, learned)
+            hosts = HostAddresses() if config.host_key == "mac" and config.by != "capture" else None
+
+            def decide(batch: ExampleBatch, groups=groups, hosts=hosts) -> list[dict[str, Any]]:
+                metas, proba = self.session_probabilities([batch])
+                groups.add(metas, proba, [hosts.mac_of(m) for m in metas] if hosts is not None else None)
+                return groups.pop_evicted()
+
+            for rows in self._predict_file(path, relative, 1, 0.0, on_warning, packet_filter, decide=decide,
+                                           watch=hosts.watch if hosts is not None else None):
+                if rows:
+                    yield rows
+            yield groups.rows()
+
+    def predict_hosts(self, captures, *, by: str = "host", host_key: str = "ip", window: float = 300.0,
+                      aggregator: str = "pool", top_k: int = 1, min_confidence: float = 0.0,
+                      temperature: float | None = None):
+        """One row per host (or capture, or host and time window) of the capture(s), as a pandas
+        DataFrame (columns: `inference.groups.GROUP_COLUMNS`).
+
+        >>> clf.predict_hosts("capture.pcap", by="host", host_key="mac", aggregator="pool")"""
+        import pandas as pd
+
+        from trafficlens.inference.groups import GROUP_COLUMNS, GroupConfig
+
+        config = GroupConfig(by=by, host_key=host_key, window=window, aggregator=aggregator, top_k=top_k,
+                             min_confidence=min_confidence,
+                             temperature=self.temperature if temperature is None else temperature)
+        rows = [row for batch in self.iter_group_predictions(captures, config) for row in batch]
+        return pd.DataFrame(rows, columns=list(GROUP_COLUMNS))
 
     def predict_sessions(self, dataset, rows: np.ndarray | None = None):
         """Label rows of a prepared dataset (made with this bundle's settings): DataFrame."""

@@ -17,11 +17,12 @@ from trafficlens.prep.report import FileReport, file_warnings
 
 
 def prepare_capture(path: Path, relative: str, config: PrepConfig, labeler, sink: EngineSink,
-                    backend: str | None = None, packet_filter: PacketFilter | None = None) -> FileReport:
+                    backend: str | None = None, packet_filter: PacketFilter | None = None, watch=None) -> FileReport:
     """Read one capture into `sink` (its sessions, as `ExampleBatch`es); never raises for a bad
     file: an unreadable one is the report's `error`, a damaged one its `warnings`.
     `packet_filter`: only the packets it matches are read (the others are counted as skipped,
-    `filtered_out`)."""
+    `filtered_out`). `watch(block)` sees each packet block the engine gets, before it does
+    (`prep.hosts.HostAddresses.watch`)."""
     report = FileReport(str(path), relative, capture_size(path))
     label_of = labeler.bind(path, relative) if labeler is not None else None
     engine = make_engine(backend, config, relative, sink, label_of=label_of)
@@ -34,6 +35,8 @@ def prepare_capture(path: Path, relative: str, config: PrepConfig, labeler, sink
                 kept = filter_block(block, packet_filter)
                 filtered += len(block) - len(kept)
                 block = kept
+            if watch is not None:
+                watch(block)
             engine.feed(block)
     except CaptureError as exc:
         report.error = str(exc)

@@ -22,14 +22,29 @@ trusted_key_option = click.option(
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.0, show_default=True, help="Below this, the label is 'unknown'.")
 @trusted_key_option
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def predict(run, captures, out, fmt, bpf, top_k, min_confidence, trusted_keys, device):
-    """Label every session of new captures with a trained run (model bundle).
+@click.option("--by", type=click.Choice(["session", "host", "capture", "host-window"]), default="session", show_default=True,
+              help="One row per session, or one decision per host (the sessions it opened, within its capture file), "
+                   "per capture file, or per host and time window.")
+@click.option("--window", default="300s", show_default=True, help="With --by host-window: the window, e.g. 300s, 5m, 1h.")
+@click.option("--host-key", type=click.Choice(["ip", "mac"]), default="ip", show_default=True,
+              help="Name a host by its IP or by the MAC its frames came from (kept when DHCP changes the IP).")
+@click.option("--aggregator", type=click.Choice(["pool", "vote", "learned"]), default="pool", show_default=True,
+              help="pool: sum of calibrated session log-probabilities; vote: majority of session labels; learned: the "
+                   "aggregator `evaluate --by` fitted on the validation split.")
+@click.option("--temperature", type=click.FloatRange(0, min_open=True), default=None,
+              help="Calibration temperature of the pooled log-probabilities [default: RUN/calibration.json, "
+                   "fitted on validation by `evaluate --by`; else 1].")
+def predict(run, captures, out, fmt, bpf, top_k, min_confidence, trusted_keys, device, by, window, host_key, aggregator,
+            temperature):
+    """Label every session of new captures with a trained run (model bundle), or decide per host
+    or capture (--by).
 
     \b
     Example:
       trafficlens predict runs/cnn captures/ -o flows.csv
       trafficlens predict runs/cnn x.pcap --format zeek | zeek-cut uid label confidence
       tcpdump -r big.pcap -w - 'port 443' | trafficlens predict runs/cnn - -o flows.jsonl
+      trafficlens predict runs/cnn captures/ --by host --host-key mac -o hosts.csv
 
     A capture named `-` is read from standard input, as a stream.
     """
@@ -40,12 +55,37 @@ def predict(run, captures, out, fmt, bpf, top_k, min_confidence, trusted_keys, d
     output_format(out, fmt)  # a bad -o or --filter fails before the model loads
     if bpf is not None:
         PacketFilter(bpf)
+    if by != "session":
+        from trafficlens.errors import ConfigError
+        from trafficlens.inference.groups import GroupConfig, parse_window
+
+        if output_format(out, fmt) == ".log":
+            raise ConfigError(f"--by {by}: a Zeek log holds one row per session; write group rows as .csv, .jsonl or .parquet")
+        seconds = parse_window(window)
     clf = Classifier.load(run, device=device, trusted_keys=trusted_keys)
     warn = (lambda message: click.secho(f"warning: {message}", fg="yellow", err=True))
-    rows = write_rows(clf.iter_predictions(list(captures), top_k=top_k, min_confidence=min_confidence, on_warning=warn,
-                                           bpf=bpf), out, fmt)
+    if by == "session":
+        rows = write_rows(clf.iter_predictions(list(captures), top_k=top_k, min_confidence=min_confidence, on_warning=warn,
+                                               bpf=bpf), out, fmt)
+        if out != "-":
+            click.echo(f"{rows} sessions -> {out}", err=True)
+        return
+    from trafficlens.inference.groups import GROUP_COLUMNS
+
+    if temperature is None:
+        from trafficlens.inference.groups import read_calibration
+
+        fitted = read_calibration(run)
+        temperature = fitted.get("temperature", 1.0)
+        if not fitted and aggregator == "pool":
+            click.echo(f"note: {run} has no calibration.json; pooling uncalibrated probabilities "
+                       f"(`trafficlens evaluate {run} --by capture` fits a temperature on its validation split)", err=True)
+    config = GroupConfig(by=by, host_key=host_key, window=seconds, aggregator=aggregator, temperature=temperature,
+                         top_k=top_k, min_confidence=min_confidence)
+    rows = write_rows(clf.iter_group_predictions(list(captures), config, on_warning=warn, bpf=bpf), out, fmt,
+                      GROUP_COLUMNS)
     if out != "-":
-        click.echo(f"{rows} sessions -> {out}", err=True)
+        click.echo(f"{rows} groups ({by}) -> {out}", err=True)
 
 
 @click.command()
@@ -136,9 +176,21 @@ def serve(run, host, port, token_file, certfile, keyfile, insecure, docs, max_up
 @click.option("--backend", type=click.Choice(["numba", "python"]), default=None,
               help="Session engine: compiled blocks (numba, the default when installed) or the Python reference.")
 @trusted_key_option
+@click.option("--by", type=click.Choice(["session", "host"]), default="session", show_default=True,
+              help="host: a rolling decision per host, printed when its confidence first reaches --min-confidence, "
+                   "whenever its label changes, when it is dropped, and for every host when live stops.")
+@click.option("--host-key", type=click.Choice(["ip", "mac"]), default="ip", show_default=True,
+              help="With --by host: name a host by its IP or by the MAC its frames came from.")
+@click.option("--aggregator", type=click.Choice(["pool", "vote", "learned"]), default="pool", show_default=True,
+              help="With --by host: pooled calibrated log-probabilities, the majority of session labels, or the "
+                   "aggregator `evaluate --by host` fitted on the validation split.")
+@click.option("--max-hosts", type=click.IntRange(1), default=10_000, show_default=True,
+              help="With --by host: hosts held at once; the least recently active is dropped past it.")
+@click.option("--host-idle", type=click.FloatRange(0, min_open=True), default=600.0, show_default=True,
+              help="With --by host: drop a host after this many seconds (capture time) without a session.")
 def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, fmt, top_k, min_confidence, device, max_batch,
-         max_wait_ms, idle_exit, backend, trusted_keys):
-    """Classify live traffic (or a replayed capture) session by session, as packets arrive.
+         max_wait_ms, idle_exit, backend, trusted_keys, by, host_key, aggregator, max_hosts, host_idle):
+    """Classify live traffic (or a replayed capture) session by session, as packets arrive, or per host (--by host).
 
     A file given with -o is written beside its name and takes it when live stops (at the end of
     a replay, on Ctrl-C or SIGTERM): until then an earlier file of that name stays as it was."""
@@ -154,6 +206,8 @@ def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, fmt, top
 
     if (iface is None) == (replay_path is None):
         raise ConfigError("live needs exactly one source: -i INTERFACE or -r CAPTURE")
+    if by == "host" and fmt == "zeek":
+        raise ConfigError("--by host: a Zeek log holds one row per session; use --format jsonl")
     with contextlib.nullcontext(sys.stdout) if out == "-" else atomic_output(out) as fh:
         if iface:
             source = live_mod.Interface(iface, bpf=bpf, idle_exit=idle_exit)
@@ -180,13 +234,19 @@ def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, fmt, top
         def stop(signum, frame):  # SIGTERM ends live as Ctrl-C does: what was decided is kept
             raise KeyboardInterrupt
 
+        groups = None
+        if by == "host":
+            from trafficlens.inference.groups import GroupConfig
+
+            groups = GroupConfig(by="host", host_key=host_key, aggregator=aggregator, temperature=clf.temperature,
+                                 top_k=top_k, min_confidence=min_confidence, max_groups=max_hosts)
         previous = signal.signal(signal.SIGTERM, stop)
         try:
             stats = live_mod.LiveClassifier(clf, sink, after=after, max_sessions=max_sessions, top_k=top_k,
                                             min_confidence=min_confidence, name=iface or replay_path,
                                             max_batch=max_batch, max_wait_ms=max_wait_ms,
                                             clock="capture" if iface else "arrival", backend=backend,
-                                            flush=fh.flush).run(source)
+                                            flush=fh.flush, groups=groups, host_idle=host_idle).run(source)
         finally:
             signal.signal(signal.SIGTERM, previous)
         if fmt == "zeek":

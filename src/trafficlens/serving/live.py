@@ -25,9 +25,12 @@ from trafficlens.capture.bpf import PacketFilter
 from trafficlens.capture.reader import CaptureReader, RawPacket
 from trafficlens.errors import CaptureError
 from trafficlens.inference.classifier import Classifier, rejected_row
+from trafficlens.inference.groups import GroupConfig, GroupDecisions, load_learned
 from trafficlens.prep.engines import make_engine
 from trafficlens.prep.engines.base import EngineSink
 from trafficlens.prep.engines.blocks import block_from_pcapy, packet_blocks
+from trafficlens.prep.hosts import HostAddresses
+from trafficlens.prep.tensors.examples import metas_of
 
 
 def replay(path: str | os.PathLike, speed: float | None = 1.0, heartbeats: bool = False,
@@ -170,13 +173,17 @@ class LiveStats:
     decided_early: int = 0
     evicted: int = 0
     delays_ms: list[float] = field(default_factory=list)  # M-th packet kept -> decision written
+    hosts: dict[str, int] | None = None  # by host: events printed, hosts evicted (cap) and expired (idle)
 
     def summary(self) -> dict[str, Any]:
         """The counts and the median and 99th-percentile delay (ms), as `live` prints them."""
         delays = sorted(self.delays_ms)
         pick = (lambda q: delays[min(len(delays) - 1, int(q * len(delays)))]) if delays else (lambda q: None)
-        return {"packets": self.packets, "decisions": self.decisions, "decided_after_m": self.decided_early,
-                "evicted_sessions": self.evicted, "delay_ms_median": pick(0.5), "delay_ms_p99": pick(0.99)}
+        out = {"packets": self.packets, "decisions": self.decisions, "decided_after_m": self.decided_early,
+               "evicted_sessions": self.evicted, "delay_ms_median": pick(0.5), "delay_ms_p99": pick(0.99)}
+        if self.hosts is not None:
+            out["hosts"] = dict(self.hosts)
+        return out
 
 
 @dataclass
@@ -188,6 +195,7 @@ class _Ready:
     items: Any
     triggers: list[str]
     stamps: list[float]
+    macs: list[str | None] | None = None  # by host with MAC keys: each session's initiator MAC
 
 
 class LiveClassifier:
@@ -211,12 +219,19 @@ class LiveClassifier:
     `backend`: the session engine (`prep.engines.make_engine`): "numba" (the default when
     installed) or "python", the reference; both give the same rows. For small batches on CPU,
     one intra-op thread (`torch.set_num_threads(1)`) is fastest; the `live` command sets it.
+
+    `groups` (a `GroupConfig`, by="host"): instead of one row per session, a rolling decision per
+    host (`inference.groups`); a row (`event`) when a host's confidence first reaches
+    `groups.min_confidence` ("confident"), whenever another label reaches it after that ("changed"),
+    when it is dropped (past `groups.max_groups` hosts, "evicted"; `host_idle` seconds of capture
+    time without a session, "expired") and for every host held when live stops ("final").
     """
 
     def __init__(self, clf: Classifier, sink: Callable[[dict[str, Any]], None], *, after: int = 6,
                  max_sessions: int = 100_000, top_k: int = 1, min_confidence: float = 0.0, name: str = "live",
                  max_batch: int = 256, max_wait_ms: float = 1.0, clock: str = "arrival", backend: str | None = None,
-                 flush: Callable[[], None] | None = None, max_backlog: int = 50_000):
+                 flush: Callable[[], None] | None = None, max_backlog: int = 50_000,
+                 groups: GroupConfig | None = None, host_idle: float = 600.0):
         if clock not in ("arrival", "capture"):
             raise ValueError(f"clock must be 'arrival' or 'capture', got {clock!r}")
         if after < 1:
@@ -237,6 +252,16 @@ class LiveClassifier:
         self._jobs: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._last_ts: float | None = None  # capture time of the latest packet
+        learned = None
+        if groups is not None and groups.aggregator == "learned":
+            learned = load_learned(clf.bundle.path, groups.by, len(clf.labels))
+        self._groups = GroupDecisions(clf.labels, groups, learned) if groups is not None else None
+        self._hosts = HostAddresses() if groups is not None and groups.host_key == "mac" else None
+        self.host_idle = host_idle
+        if groups is not None:
+            if groups.by != "host":
+                raise ValueError(f"live decides per session or per host, not by {groups.by!r}")
+            self.stats.hosts = {"events": 0, "evicted": 0, "expired": 0}
         self._engine = make_engine(backend, clf.prep_config, name, EngineSink(self._on_sessions, self._on_reject),
                                    after=after, max_sessions=max_sessions)
 
@@ -263,9 +288,14 @@ class LiveClassifier:
         return [time.time()] * len(trigger_ts)
 
     def _on_sessions(self, batch, trigger: str, trigger_ts: np.ndarray) -> None:
-        self._add(_Ready("batch", batch, [trigger] * len(batch), self._stamps(trigger, trigger_ts.tolist())))
+        macs = None
+        if self._hosts is not None:  # here, in the reading thread, while the frames are the latest seen
+            macs = [self._hosts.mac_of(m) for m in metas_of(batch.rows(np.arange(len(batch)), tensors=False)[0])]
+        self._add(_Ready("batch", batch, [trigger] * len(batch), self._stamps(trigger, trigger_ts.tolist()), macs))
 
     def _on_reject(self, meta: dict[str, Any], reason: str, trigger: str) -> None:
+        if self._groups is not None:  # a session the model cannot judge tells nothing about its host
+            return
         stamps = self._stamps(trigger, [meta["ts_end"]])  # ts_end: the trigger packet's time
         self._add(_Ready("rejected", [rejected_row(meta, reason)], [trigger], stamps))
 
@@ -286,6 +316,9 @@ class LiveClassifier:
             raise self._error
 
     def _decide(self, parts: list[_Ready]) -> None:
+        if self._groups is not None:
+            self._decide_hosts(parts)
+            return
         batches = [p.items for p in parts if p.kind == "batch"]
         rows = self.clf.rows_for_batches(batches, self.top_k, self.min_confidence) if batches else []
         rows += [row for p in parts if p.kind == "rejected" for row in p.items]
@@ -302,6 +335,35 @@ class LiveClassifier:
                 self.stats.delays_ms.append(delay)
             self.sink(row)
         if self.flush is not None:
+            self.flush()
+
+    def _decide_hosts(self, parts: list[_Ready]) -> None:
+        """Add the sessions to their hosts; print what changed (see the class doc)."""
+        groups, threshold = self._groups, self._groups.config.min_confidence
+        metas, proba = self.clf.session_probabilities([p.items for p in parts])
+        macs = [m for p in parts for m in p.macs] if self._hosts is not None else None
+        self.stats.decisions += len(metas)
+        events = []
+        for key in groups.add(metas, proba, macs):
+            state, row = groups.state(key), groups.row(key)
+            top = row["top_k"][0][0]
+            if row["confidence"] < threshold or top == state.announced:
+                continue  # only a confident label is printed, and only once until it changes
+            events.append(("confident" if state.announced is None else "changed", row))
+            state.announced = top
+        evicted = groups.pop_evicted()
+        expired = groups.expire(max(m["ts_end"] for m in metas), self.host_idle) if metas else []
+        self.stats.hosts["evicted"] += len(evicted)
+        self.stats.hosts["expired"] += len(expired)
+        self._emit(events + [("evicted", r) for r in evicted] + [("expired", r) for r in expired])
+
+    def _emit(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        for event, row in events:
+            row = dict(row, event=event)
+            row["top_k"] = [{"label": label, "probability": p} for label, p in row["top_k"]]
+            self.stats.hosts["events"] += 1
+            self.sink(row)
+        if events and self.flush is not None:
             self.flush()
 
     def _work(self) -> None:
@@ -341,6 +403,8 @@ class LiveClassifier:
             worker.join()
         if self._error is not None:
             raise self._error
+        if self._groups is not None:
+            self._emit([("final", row) for row in self._groups.rows()])
         return self.stats
 
     def _run_blocks(self, source) -> None:
@@ -360,6 +424,8 @@ class LiveClassifier:
                 self._stamp = time.time()
                 if len(block):
                     self._last_ts = float(block.times[-1])
+                if self._hosts is not None:
+                    self._hosts.watch(block)
                 engine.feed(block)
             if self._due(block is None):
                 self._dispatch()

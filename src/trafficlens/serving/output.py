@@ -18,9 +18,11 @@ FORMAT_NAMES = {"csv": ".csv", "jsonl": ".jsonl", "parquet": ".parquet", "zeek":
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
-    """top_k as `label:prob;label:prob` for CSV."""
+    """top_k as `label:prob;label:prob` for CSV (a group's votes as `label:count;...`)."""
     out = dict(row)
     out["top_k"] = ";".join(f"{label}:{p:.4f}" for label, p in row["top_k"])
+    if "votes" in row:
+        out["votes"] = ";".join(f"{label}:{n}" for label, n in row["votes"].items())
     return out
 
 
@@ -41,26 +43,30 @@ def output_format(target: str, name: str | None = None) -> str:
     return suffix
 
 
-def write_rows(batches: Iterable[list[dict[str, Any]]], target: str, format: str | None = None) -> int:
+def write_rows(batches: Iterable[list[dict[str, Any]]], target: str, format: str | None = None,
+               columns: tuple[str, ...] = COLUMNS) -> int:
     """Stream batches of rows to `target` ('-' is stdout, CSV unless `format` names another);
-    returns the row count.
+    returns the row count. `columns`: the session rows' `COLUMNS`, or
+    `inference.groups.GROUP_COLUMNS` for group rows (which a Zeek log cannot hold).
 
     A file is written beside `target` and renamed over it at the end: an error on the way
     (a bad input, Ctrl-C) leaves an existing `target` as it was."""
     suffix = output_format(target, format)
+    if suffix == ".log" and columns != COLUMNS:
+        raise ConfigError(f"-o {target}: a Zeek log holds one row per session; write group rows as .csv, .jsonl or .parquet")
     if target == "-":
-        return _write(batches, sys.stdout, suffix)
+        return _write(batches, sys.stdout, suffix, columns)
     with atomic_output(target, "wb" if suffix == ".parquet" else "w", **({} if suffix == ".parquet" else {"newline": ""})) as fh:
-        return _write(batches, fh, suffix)
+        return _write(batches, fh, suffix, columns)
 
 
-def _write(batches: Iterable[list[dict[str, Any]]], fh, suffix: str) -> int:
+def _write(batches: Iterable[list[dict[str, Any]]], fh, suffix: str, columns: tuple[str, ...]) -> int:
     count = 0
     if suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        schema = pa.schema([
+        schema = _group_schema(pa) if columns != COLUMNS else pa.schema([
             ("capture", pa.string()), ("uid", pa.string()), ("community_id", pa.string()), ("src_ip", pa.string()),
             ("src_port", pa.int32()), ("dst_ip", pa.string()), ("dst_port", pa.int32()), ("protocol", pa.string()),
             ("ts_start", pa.float64()), ("ts_end", pa.float64()), ("duration", pa.float64()), ("packets", pa.int64()),
@@ -71,7 +77,7 @@ def _write(batches: Iterable[list[dict[str, Any]]], fh, suffix: str) -> int:
         ])
         with pq.ParquetWriter(fh, schema) as writer:
             for batch in batches:
-                rows = [dict(r, top_k=[{"label": l, "probability": p} for l, p in r["top_k"]]) for r in batch]
+                rows = [_structured(r, parquet=True) for r in batch]
                 writer.write_table(pa.Table.from_pylist(rows, schema=schema))
                 count += len(rows)
         return count
@@ -87,12 +93,30 @@ def _write(batches: Iterable[list[dict[str, Any]]], fh, suffix: str) -> int:
     if suffix == ".jsonl":
         for batch in batches:
             for row in batch:
-                fh.write(json.dumps(dict(row, top_k=[{"label": l, "probability": p} for l, p in row["top_k"]])) + "\n")
+                fh.write(json.dumps(_structured(row)) + "\n")
                 count += 1
     else:
-        writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
+        writer = csv.DictWriter(fh, fieldnames=list(columns))
         writer.writeheader()
         for batch in batches:
             writer.writerows(_flat(row) for row in batch)
             count += len(batch)
     return count
+
+
+def _structured(row: dict[str, Any], parquet: bool = False) -> dict[str, Any]:
+    """top_k as a list of {label, probability} (JSON lines, Parquet); a group's votes as a
+    Parquet map (pairs)."""
+    out = dict(row, top_k=[{"label": l, "probability": p} for l, p in row["top_k"]])
+    if parquet and "votes" in row:
+        out["votes"] = list(row["votes"].items())
+    return out
+
+
+def _group_schema(pa):
+    return pa.schema([
+        ("capture", pa.string()), ("host", pa.string()), ("window_start", pa.float64()), ("window_end", pa.float64()),
+        ("sessions", pa.int64()), ("label", pa.string()), ("confidence", pa.float64()),
+        ("top_k", pa.list_(pa.struct([("label", pa.string()), ("probability", pa.float64())]))),
+        ("votes", pa.map_(pa.string(), pa.int64())), ("status", pa.string()),
+    ])

@@ -1,0 +1,279 @@
+"""Score decisions over many sessions: `evaluate RUN --by capture|host [--window S]`.
+
+    evaluate_groups("runs/cnn", by="capture")   # RUN/evaluation/metrics-by-capture.json, report-by-capture.html
+
+The run's test sessions are grouped by capture file, by host (the session initiator's IP within
+its capture: the dataset keeps no MAC) or by host and time window, and each group is decided by
+pooling its sessions' calibrated log-probabilities (the headline, same schema as metrics.json)
+by majority vote and by a learned aggregator. The temperature and the learned aggregator are
+fitted here, on the run's validation split (its groups), and stored in RUN/calibration.json for
+`predict --by` and `live --by host`; the test split is only scored. A group's true label is the
+majority of its sessions' labels (`mixed_groups` counts the groups where they differ). The curve
+gives accuracy against the number of sessions seen per group, in time order.
+
+Open set: when the dataset holds labelled sessions of classes the run never learned (trained
+with --exclude-class), their groups are scored too. A group's fit is the mean calibrated
+log-probability of its decided class over its sessions (a geometric mean: it does not grow with
+the number of sessions as the pooled confidence does); the threshold is the fit that calls
+`UNKNOWN_RATE` of the validation groups unknown, and the report gives the share of held-out
+groups and of known test groups under it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trafficlens.errors import ConfigError
+from trafficlens.inference.groups import (AGGREGATORS, CALIBRATION, LearnedAggregator, calibrated_log_probs,
+                                          fit_temperature, group_features, group_probabilities, read_calibration)
+
+BY = ("capture", "host")
+UNKNOWN_RATE = 0.05  # of known validation groups called unknown: where the open-set threshold sits
+LEARNED_C = (1.0, 10.0, 100.0)  # inverse regularisation strengths tried, chosen by 3-fold CV on validation groups
+PREFIXES = (1, 2, 3, 5, 10, 20)  # besides whole groups, the learned aggregator learns from their first n sessions
+CURVE_POINTS = (1, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000)
+
+
+def evaluate_groups(run: str | os.PathLike, by: str, window: float | None = None, out: str | os.PathLike | None = None,
+                    dataset: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Score `run` per group on its own test split; writes metrics-by-BY.json and report-by-BY.html
+    into `out` (default RUN/evaluation) and RUN/calibration.json; returns the metrics."""
+    from trafficlens.datasets import Dataset
+    from trafficlens.evaluation.evaluate import _probabilities, own_split_provenance
+    from trafficlens.evaluation.report import group_curve_figure, write_report
+    from trafficlens.files import atomic_write_text
+    from trafficlens.inference.classifier import Classifier
+    from trafficlens.training.bundle import read_split
+
+    if by not in BY:
+        raise ConfigError(f"--by must be one of {', '.join(BY)}, got {by!r}")
+    if window is not None and by != "host":
+        raise ConfigError("--window splits hosts into time windows: give it with --by host")
+    run = Path(run)
+    clf = Classifier.load(run, device="auto")
+    config = clf.bundle.config
+    if (config.get("split") or {}).get("kind") == "none":
+        raise ConfigError(f"{run} was trained with --split none: it has no validation or test side to score groups on")
+    ds = Dataset.open(dataset or (config.get("dataset") or {}).get("path"))
+    assignment = read_split(run, len(ds))
+    index = {label: i for i, label in enumerate(clf.labels)}
+    val, test = np.flatnonzero(assignment == 1), np.flatnonzero(assignment == 2)
+    y_val = np.array([index[str(label)] for label in ds.labels[val]], dtype=np.int64)
+    y_test = np.array([index[str(label)] for label in ds.labels[test]], dtype=np.int64)
+    proba_val, _ = _probabilities(clf, ds, val)
+    proba_test, seconds = _probabilities(clf, ds, test)
+
+    temperature = fit_temperature(proba_val, y_val)
+    val_table = ds.table.select(["capture", "src_ip", "ts_start"]).take(val).to_pydict()
+    val_groups = Groups(_group_keys(val_table, by, window), np.asarray(val_table["ts_start"]), y_val, len(clf.labels))
+    learned = fit_learned(val_groups, proba_val, temperature, len(clf.labels))
+    calibration = read_calibration(run)
+    calibration.update({"temperature": temperature, "fitted_on": "validation split", "dataset": str(ds.path.resolve()),
+                        "sessions": int(len(val)), "nll_uncalibrated": _nll(proba_val, y_val, 1.0),
+                        "nll_calibrated": _nll(proba_val, y_val, temperature)})
+    calibration.setdefault("learned", {})["capture" if by == "capture" else "host"] = learned.to_dict()
+    atomic_write_text(run / CALIBRATION, json.dumps(calibration, indent=2) + "\n")
+
+    table = ds.table.select(["capture", "src_ip", "ts_start"]).take(test).to_pydict()
+    key = _group_keys(table, by, window)
+    groups = Groups(key, np.asarray(table["ts_start"], dtype=np.float64), y_test, len(clf.labels))
+    metrics, comparison = {}, {}
+    for name, (aggregator, t) in {"pool": ("pool", temperature), "vote": ("vote", temperature),
+                                  "learned": ("learned", temperature), "pool_uncalibrated": ("pool", 1.0)}.items():
+        scored = groups.report(proba_test, aggregator, t, clf.labels, learned)
+        comparison[name] = {k: scored[k] for k in ("accuracy", "macro_f1", "weighted_f1", "n")}
+        if name == "pool":
+            metrics = scored
+    from trafficlens.training.metrics import classification_report
+
+    session = classification_report(y_test, proba_test, clf.labels)
+    comparison["session"] = {k: session[k] for k in ("accuracy", "macro_f1", "weighted_f1", "n")}
+    metrics.update(own_split_provenance(clf, run, ds, assignment))
+    metrics["groups"] = {
+        "by": f"host-window ({window:g} s)" if window else by,
+        "key": {"capture": "capture file", "host": "session initiator's IP within its capture file"}[by],
+        "aggregator": "pool", "temperature": temperature, "aggregators": comparison,
+        "calibration": {k: v for k, v in calibration.items() if k != "learned"}, "learned": learned.info,
+        "n_groups": groups.n, "sessions": int(len(test)), "mixed_groups": groups.mixed,
+        "sessions_per_group": {"min": int(groups.sizes.min()) if groups.n else 0,
+                               "median": float(np.median(groups.sizes)) if groups.n else 0.0,
+                               "max": int(groups.sizes.max()) if groups.n else 0},
+        "curve": {a: groups.curve(proba_test, a, temperature, learned) for a in AGGREGATORS},
+        "sessions_until_right": groups.until_right(proba_test, "pool", temperature, clf.labels),
+    }
+    held_out = np.flatnonzero(np.isin(np.array([str(x) for x in ds.labels], dtype=object),
+                                      [str(x) for x in set(ds.labels.tolist()) - set(clf.labels) - {None}]))
+    if len(held_out):
+        held_table = ds.table.select(["capture", "src_ip", "ts_start"]).take(held_out).to_pydict()
+        held_groups = Groups(_group_keys(held_table, by, window), np.asarray(held_table["ts_start"]),
+                             np.zeros(len(held_out), np.int64), len(clf.labels))
+        proba_held, _ = _probabilities(clf, ds, held_out)
+        threshold = float(np.quantile(val_groups.fit(proba_val, temperature), UNKNOWN_RATE))
+        known = groups.fit(proba_test, temperature) < threshold
+        metrics["groups"]["open_set"] = {
+            "held_out_classes": sorted(str(x) for x in set(ds.labels[held_out].tolist())),
+            "held_out_groups": held_groups.n, "threshold": threshold,
+            "threshold_from": f"{UNKNOWN_RATE:.0%} of the validation groups ({val_groups.n}) under it",
+            "held_out_called_unknown": float((held_groups.fit(proba_held, temperature) < threshold).mean()),
+            "known_test_called_unknown": float(known.mean()) if groups.n else 0.0,
+        }
+    metrics["inference_seconds"] = seconds
+    target = Path(out) if out else run / "evaluation"
+    target.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(target / f"metrics-by-{by}.json", json.dumps(metrics, indent=2) + "\n")
+    title = (f"{clf.bundle.name} on {ds.path.name}, decided per {metrics['groups']['by']} "
+             f"({metrics['split']} split, {metrics['mask']} mask)")
+    write_report(target / f"report-by-{by}.html", title, metrics,
+                 extra_figures=[("Accuracy against the sessions seen per group (test split)",
+                                 group_curve_figure(metrics["groups"]["curve"], by))])
+    metrics["out"] = str(target)
+    return metrics
+
+
+def _nll(proba: np.ndarray, y: np.ndarray, temperature: float) -> float | None:
+    if not len(y):
+        return None
+    return float(-calibrated_log_probs(proba, temperature)[np.arange(len(y)), y].mean())
+
+
+def _group_keys(table: dict[str, list], by: str, window: float | None) -> list[tuple]:
+    captures = table["capture"]
+    if by == "capture":
+        return [(c,) for c in captures]
+    if window is None:
+        return list(zip(captures, table["src_ip"]))
+    return [(c, ip, math.floor(t / window)) for c, ip, t in zip(captures, table["src_ip"], table["ts_start"])]
+
+
+class Groups:
+    """Test sessions sorted into groups, each in time order, with each group's true label."""
+
+    def __init__(self, keys: list[tuple], times: np.ndarray, y: np.ndarray, n_classes: int):
+        codes = {k: i for i, k in enumerate(sorted(set(keys), key=str))}
+        group = np.array([codes[k] for k in keys], dtype=np.int64)
+        self.order = np.lexsort((times, group))  # by group, then time
+        self.group = group[self.order]
+        self.n = len(codes)
+        self.sizes = np.bincount(self.group, minlength=self.n)
+        self.starts = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
+        counts = np.zeros((self.n, n_classes), np.int64)
+        np.add.at(counts, (group, y), 1)
+        self.y = counts.argmax(axis=1)
+        self.mixed = int((counts.max(axis=1) < self.sizes).sum())
+
+    def _sums(self, proba: np.ndarray, temperature: float) -> tuple[np.ndarray, ...]:
+        """(votes, log_sum, prob_sum, sessions) after each group's first 1, 2, ... sessions (sorted order)."""
+        logp = calibrated_log_probs(proba[self.order], temperature)
+        votes = np.eye(proba.shape[1])[proba[self.order].argmax(axis=1)]
+        sums = [_grouped_cumsum(a, self.starts, self.sizes) for a in (votes, logp, np.exp(logp))]
+        seen = np.arange(len(self.group)) - np.repeat(self.starts, self.sizes) + 1
+        return (*sums, seen)
+
+    def _prefix(self, proba: np.ndarray, aggregator: str, temperature: float,
+                learned: LearnedAggregator | None = None) -> np.ndarray:
+        """(n sessions, C): each group's scores after its first 1, 2, ... sessions (sorted order)."""
+        votes, log_sum, prob_sum, seen = self._sums(proba, temperature)
+        return group_probabilities(votes, log_sum, aggregator, prob_sum, seen, learned)
+
+    def features(self, proba: np.ndarray, temperature: float, prefixes: bool = False) -> np.ndarray:
+        """`group_features` of each whole group (G, F), or of every prefix of every group."""
+        features = group_features(*self._sums(proba, temperature))
+        return features if prefixes else features[self.starts + self.sizes - 1]
+
+    def report(self, proba: np.ndarray, aggregator: str, temperature: float, labels: list[str],
+               learned: LearnedAggregator | None = None) -> dict[str, Any]:
+        from trafficlens.training.metrics import classification_report
+
+        last = self.starts + self.sizes - 1
+        return classification_report(self.y, self._prefix(proba, aggregator, temperature, learned)[last], labels)
+
+    def fit(self, proba: np.ndarray, temperature: float) -> np.ndarray:
+        """(G,): the mean calibrated log-probability of each group's pooled decision over its sessions."""
+        logp = calibrated_log_probs(proba[self.order], temperature)
+        total = _grouped_cumsum(logp, self.starts, self.sizes)[self.starts + self.sizes - 1]  # (G, C)
+        return total.max(axis=1) / np.maximum(self.sizes, 1)
+
+    def curve(self, proba: np.ndarray, aggregator: str, temperature: float,
+              learned: LearnedAggregator | None = None) -> list[dict[str, Any]]:
+        """Accuracy over all groups when each is decided on its first n sessions (all it has when
+        fewer), and over the groups that have at least n."""
+        right = self._prefix(proba, aggregator, temperature, learned).argmax(axis=1) == self.y[self.group]
+        points = []
+        for n in [p for p in CURVE_POINTS if p < self.sizes.max(initial=0)] + [int(self.sizes.max(initial=0))]:
+            at = self.starts + np.minimum(n, self.sizes) - 1
+            full = self.sizes >= n
+            points.append({"sessions": n, "accuracy": float(right[at].mean()) if self.n else 0.0,
+                           "groups_with_n": int(full.sum()),
+                           "accuracy_groups_with_n": float(right[at][full].mean()) if full.any() else None})
+        return points
+
+    def until_right(self, proba: np.ndarray, aggregator: str, temperature: float, labels: list[str]) -> dict[str, Any]:
+        """Per class: the median number of sessions after which a group's decision is right and
+        stays right, and the share of groups whose final decision is right."""
+        right = self._prefix(proba, aggregator, temperature).argmax(axis=1) == self.y[self.group]
+        out = {}
+        for c, label in enumerate(labels):
+            needed = []
+            for g in np.flatnonzero(self.y == c):
+                r = right[self.starts[g]: self.starts[g] + self.sizes[g]]
+                wrong = np.flatnonzero(~r)
+                needed.append(None if not r[-1] else (int(wrong[-1]) + 2 if len(wrong) else 1))
+            if needed:
+                solved = [n for n in needed if n is not None]
+                out[label] = {"groups": len(needed), "right_at_end": len(solved) / len(needed),
+                              "median_sessions_until_right": float(np.median(solved)) if solved else None}
+        return out
+
+
+def fit_learned(groups: Groups, proba: np.ndarray, temperature: float, n_classes: int) -> LearnedAggregator:
+    """A multinomial logistic regression over the features of the validation groups and of their
+    first `PREFIXES` sessions (so that it knows small groups too), on standardised features
+    (folded back into its weights), its strength chosen by 3-fold cross-validation over groups."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold
+
+    seen = np.arange(len(groups.group)) - np.repeat(groups.starts, groups.sizes) + 1
+    last = seen == np.repeat(groups.sizes, groups.sizes)
+    keep = np.isin(seen, PREFIXES) | last
+    x = groups.features(proba, temperature, prefixes=True)[keep]
+    y, owner, whole = groups.y[groups.group][keep], groups.group[keep], last[keep]
+    if len(np.unique(y)) < 2:
+        raise ConfigError("the validation split has groups of fewer than two classes: no aggregator can be learned")
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-9
+    z = (x - mean) / scale
+    scores = {}
+    for c in LEARNED_C:
+        right = []
+        for fit, held in GroupKFold(n_splits=min(3, groups.n)).split(z, y, owner):
+            if len(np.unique(y[fit])) < 2:  # too few validation groups for this fold to learn anything
+                continue
+            model = LogisticRegression(C=c, max_iter=500).fit(z[fit], y[fit])
+            held = held[whole[held]]  # scored on whole held-out groups
+            right += list(model.predict(z[held]) == y[held])
+        scores[str(c)] = float(np.mean(right)) if right else None
+    best = max(LEARNED_C, key=lambda c: (scores[str(c)] or 0.0, c == 10.0, -c))  # ties, or no folds: C = 10
+    model = LogisticRegression(C=best, max_iter=500).fit(z, y)
+    weights, bias = model.coef_ / scale, model.intercept_ - (model.coef_ / scale) @ mean  # on raw features
+    coef, intercept = np.zeros((n_classes, x.shape[1])), np.full(n_classes, -1e4)  # classes it never saw: never chosen
+    classes = model.classes_
+    if len(classes) == 2:  # binary: sklearn keeps one row, the second class's logit against the first's 0
+        coef[classes[1]], intercept[classes[1]], intercept[classes[0]] = weights[0], bias[0], 0.0
+    else:
+        coef[classes], intercept[classes] = weights, bias
+    return LearnedAggregator(coef, intercept, {"fitted_on": "validation split groups and their first sessions",
+                                               "groups": groups.n, "examples": int(len(y)), "C": best,
+                                               "cv_accuracy": scores})
+
+
+def _grouped_cumsum(values: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Cumulative sums restarted at each group's first row (rows sorted by group)."""
+    total = np.cumsum(values, axis=0)
+    before = np.repeat(np.vstack([np.zeros((1, values.shape[1])), total])[starts], sizes, axis=0)
+    return total - before
+
