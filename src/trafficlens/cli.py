@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("trafficlens.evaluation.cli:evaluate", "Score a trained run on its test split: metrics and an HTML report."),
     "export": ("trafficlens.inference.cli:export", "Write a trained run's model as ONNX (the model predict runs)."),
     "explain": ("trafficlens.explain.cli:explain", "Which bytes and protocol fields a run relies on: Grad-CAM, attention, per class."),
+    "card": ("trafficlens.training.cli:card", "Write a run's model card (README.md): data, protocol, metrics, limits."),
     "compare": ("trafficlens.evaluation.cli:compare", "Train deep models and baselines on one split: a table and an HTML report."),
     "cv": ("trafficlens.evaluation.cli:cv", "Stratified group k-fold cross-validation of one model: mean and spread."),
     "generate": ("trafficlens.generate.cli:generate", "Capture labelled traffic of real clients and servers in network namespaces."),

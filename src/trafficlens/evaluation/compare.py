@@ -193,9 +193,11 @@ def run_model(p: Prepared, spec: ModelSpec, split, cfg: CompareConfig, runs: Pat
         m.update(provenance(p.ds, split, classes=p.classes, seed=cfg.seed, selection=cfg.selection, dropped=p.dropped))
         if cfg.save_models:
             from trafficlens.training.bundle import save_baseline_bundle
+            from trafficlens.training.card import write_card
 
             target = runs / spec.key.replace(":", "-")
             save_baseline_bundle(target, fitted, p.ds, split, train=cfg.train_config().to_dict(), overwrite=True)
+            write_card(target, p.ds)
             m["run"] = str(target)
         return m
     from trafficlens.models import model_info

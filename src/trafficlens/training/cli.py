@@ -166,3 +166,30 @@ def sign(run, key):
     from trafficlens.training.signing import sign_bundle
 
     click.echo(f"wrote {sign_bundle(run, key)}")
+
+
+@click.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--dataset", type=click.Path(exists=True, file_okay=False), default=None,
+              help="The dataset the run was trained on, for sessions per class on every side [default: the path in config.json, when it is there].")
+@click.option("--force", is_flag=True, help="Rewrite the card of a signed run (then sign it again).")
+def card(run, dataset, force):
+    """Write the model card RUN/README.md from the run's own files: data, protocol, test metrics
+    beside chance level, intended use and known limits. `train` and `baseline -o` write it already.
+
+    \b
+    Example:
+      trafficlens card examples/lab/model --dataset ds/lab
+    """
+    from trafficlens.errors import ConfigError
+    from trafficlens.training.card import card_is_signed, write_card
+
+    ds = None
+    if dataset:
+        from trafficlens.datasets import Dataset
+
+        ds = Dataset.open(dataset)
+    if card_is_signed(run) and not force:
+        raise ConfigError(f"{run}: signed, and the signature covers README.md; rewriting it breaks the signature "
+                          f"(pass --force, then `trafficlens sign {run} --key KEY` again)")
+    click.echo(f"wrote {write_card(run, ds)}")

@@ -215,6 +215,9 @@ def _save_run(out: Path, model, data: Selected, cfg: TrainConfig, metrics: dict[
                 dataset=dataset_info, history=history, metrics=metrics,
                 extra={"from": [str(p) for p in from_runs]} if from_runs else None)
     np.save(out / SPLIT, data.split.assignment(len(ds)), allow_pickle=False)
+    from trafficlens.training.card import write_card
+
+    write_card(out, ds)  # last: it reads the files above
 
 
 def _built_on_runs() -> list[str]:
