@@ -51,7 +51,7 @@ def test_known_limits_come_from_the_numbers():
     assert confused_pairs(confusion) == [("a", "b", 4, 9), ("b", "a", 1, 9)]
     limits = known_limits({"n": 27, "accuracy": 22 / 27, "confusion_matrix": confusion},
                           {"kind": "random", "coverage": {"single_test_capture": ["c"]}}, {"mask": "none"},
-                          ["a", "b", "c"], None)
+                          ["a", "b", "c"])
     text = "\n".join(limits)
     assert "a is confused with b: 4 of 9 test sessions" in text
     assert "single test capture" in text and ": c." in text
@@ -80,3 +80,14 @@ def test_card_command_regenerates_and_guards_a_signature(run, tmp_path):
     refused = CliRunner().invoke(cli, ["card", str(out)])
     assert refused.exit_code != 0 and "signature" in str(refused.exception or refused.output)
     assert model_card(out).startswith("# Model card: wang-1dcnn (deep)")
+
+
+def test_bundled_model_card_is_current(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    text = Path("examples/lab/model/README.md").read_text()
+    fresh = model_card("examples/lab/model")
+    # From "## Protocol" on, a card depends on the run's files only, not on its dataset being at hand.
+    assert text.split("## Protocol", 1)[1] == fresh.split("## Protocol", 1)[1]
+    assert "| accuracy | 0.933 |" in text and "0.143 (1/7 classes)" in text

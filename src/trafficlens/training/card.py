@@ -151,6 +151,9 @@ def model_card(run: str | os.PathLike, ds=None) -> str:
         lines += [f"| {c} | {v['train']} | {v['val']} | {v['test']} |" for c, v in counts.items()]
         lines += [f"| all | {sum(v['train'] for v in counts.values())} | {sum(v['val'] for v in counts.values())} | "
                   f"{sum(v['test'] for v in counts.values())} |", ""]
+        small = [c for c, v in counts.items() if v["train"] < 30]
+        if small:  # here, not under Known limits: that section must not depend on the dataset being at hand
+            lines += [f"Fewer than 30 training sessions: {', '.join(small)}.", ""]
     elif per_class:
         lines += ["Sessions per class on the test side (the dataset was not at hand for the other sides; "
                   f"sizes: {split.get('sizes')}): " + ", ".join(f"{c} {v.get('support')}" for c, v in per_class.items()), ""]
@@ -195,13 +198,12 @@ def model_card(run: str | os.PathLike, ds=None) -> str:
               "'none of these' answer: traffic of any other application still gets one of these labels, so score it on "
               "your own captures (`trafficlens evaluate RUN --on DATASET`) before relying on it.", ""]
     lines += ["## Known limits", ""]
-    lines += [f"- {item}" for item in known_limits(metrics, split, prep, labels, counts)]
+    lines += [f"- {item}" for item in known_limits(metrics, split, prep, labels)]
     lines.append("")
     return "\n".join(lines)
 
 
-def known_limits(metrics: dict[str, Any], split: dict[str, Any], prep: dict[str, Any], labels: list[str],
-                 counts: dict[str, dict[str, int]] | None) -> list[str]:
+def known_limits(metrics: dict[str, Any], split: dict[str, Any], prep: dict[str, Any], labels: list[str]) -> list[str]:
     """The limits that this run's own numbers show."""
     out = []
     n = int(metrics.get("n") or 0)
@@ -218,10 +220,6 @@ def known_limits(metrics: dict[str, Any], split: dict[str, Any], prep: dict[str,
     for true, predicted, count, support in confused_pairs(metrics.get("confusion_matrix") or {}):
         out.append(f"{true} is confused with {predicted}: {count} of {support} test sessions of {true} were "
                    f"labelled {predicted}.")
-    if counts:
-        small = [c for c, v in counts.items() if v["train"] < 30]
-        if small:
-            out.append(f"Fewer than 30 training sessions for: {', '.join(small)}.")
     if split.get("kind") in ("random", "packet-leak"):
         out.append(f"{split['kind']} split: sessions of one capture sit on both sides, so the test score overstates "
                    "what new captures get (train with --split capture for an honest figure).")
