@@ -58,6 +58,9 @@ class CompareConfig:
     time_budget: float | None = None  # seconds per deep model
     batch_size: int = 256
     device: str = "auto"
+    lr: float | None = None  # None: TrainConfig's
+    focal_gamma: float | None = None
+    num_threads: int | None = None
     progress: bool = False
     save_models: bool = False  # keep every fitted model as a bundle under OUT/runs/
 
@@ -80,7 +83,9 @@ class CompareConfig:
                            min_class_sessions=self.min_class_sessions, min_class_captures=self.min_class_captures,
                            include_classes=self.include_classes, exclude_classes=self.exclude_classes,
                            balance=self.balance, loss=self.loss, max_epochs=self.max_epochs, patience=self.patience,
-                           time_budget=self.time_budget, batch_size=self.batch_size, device=self.device)
+                           time_budget=self.time_budget, batch_size=self.batch_size, device=self.device,
+                           **{k: v for k, v in (("lr", self.lr), ("focal_gamma", self.focal_gamma),
+                                                ("num_threads", self.num_threads)) if v is not None})
 
 
 @dataclass(frozen=True)

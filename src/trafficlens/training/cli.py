@@ -68,31 +68,77 @@ def models(classes):
         click.echo("  ".join(cell.rjust(w) if i == 4 else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip())
 
 
-@click.command()
+def training_options(time_budget: float | None = None, max_epochs: int | None = None, scope: str = ""):
+    """The optimisation options of `train`, shared by `compare`, `cv` and `audit` so that one
+    command line trains one way everywhere: --loss, --focal-gamma, --epochs/--max-epochs,
+    --patience, --time-budget, --batch-size, --lr, --balance, --device, --threads.
+
+    They default to None (TrainConfig decides) unless a command passes its own default
+    (`audit` bounds its three trainings with a time budget). `training_settings` turns the
+    parsed values into TrainConfig keyword arguments.
+    """
+    def default(name, given):
+        return f" [default: {given if given is not None else _DEFAULTS[name]}]"
+
+    options = [
+        click.option("--loss", type=click.Choice(LOSSES), default=None,
+                     help=scope + "Loss; focal is Ge 2021's class-weighted focal loss." + _d("loss")),
+        click.option("--focal-gamma", type=click.FloatRange(0), default=None, help=scope + "Gamma of the focal loss." + _d("focal_gamma")),
+        click.option("--epochs", "--max-epochs", "max_epochs", type=click.IntRange(1), default=max_epochs,
+                     help=scope + "Most epochs; early stopping may end sooner." + default("max_epochs", max_epochs)),
+        click.option("--patience", type=click.IntRange(1), default=None,
+                     help=scope + "Epochs without better validation macro-F1 before stopping." + _d("patience")),
+        click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=time_budget,
+                     help=scope + "Stop each training after this many seconds"
+                     + (f". [default: {time_budget}]" if time_budget else " [default: no limit]")),
+        click.option("--batch-size", type=click.IntRange(1), default=None,
+                     help=scope + "Training batch size; on a small dataset keep several batches per epoch "
+                          "(the bundled sample: 16)." + _d("batch_size")),
+        click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help=scope + "Adam learning rate." + _d("lr")),
+        click.option("--balance", type=click.Choice(BALANCES), default=None,
+                     help="Class balancing of the training side only (baselines: balanced sample weights)." + _d("balance")),
+        click.option("--device", type=click.Choice(DEVICES), default=None,
+                     help=scope + "auto: CUDA (mixed precision) when present, else CPU on all cores." + _d("device")),
+        click.option("--threads", type=click.IntRange(1), default=None, help=scope + "CPU threads [default: all cores]."),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+TRAINING_OPTIONS = ("loss", "focal_gamma", "max_epochs", "patience", "time_budget", "batch_size", "lr", "balance",
+                    "device", "threads")
+
+
+def training_settings(values: dict) -> dict:
+    """The TrainConfig keyword arguments that `training_options` parsed (None: TrainConfig's default);
+    the options' keys are removed from `values`."""
+    out = {name: values.pop(name, None) for name in TRAINING_OPTIONS}
+    out["num_threads"] = out.pop("threads")
+    return {k: v for k, v in out.items() if v is not None}
+
+
+@click.command(epilog="""\b
+Example:
+  trafficlens train ds/lab --model chen-cnn -o runs/cnn --batch-size 16 --epochs 40 --patience 8""")
 @click.argument("dataset", type=click.Path())
 @click.option("--model", "model_name", required=True, help="Registered model name (see `trafficlens models`).")
 @click.option("-o", "--out", required=True, type=click.Path(), help="Run directory to write (the model bundle).")
-@click.option("--loss", type=click.Choice(LOSSES), default=None, help="Loss; focal is Ge 2021's class-weighted focal loss." + _d("loss"))
-@click.option("--focal-gamma", type=click.FloatRange(0), default=None, help="Gamma of the focal loss." + _d("focal_gamma"))
-@click.option("--epochs", "--max-epochs", "max_epochs", type=click.IntRange(1), default=None, help="Most epochs; early stopping may end sooner." + _d("max_epochs"))
-@click.option("--patience", type=click.IntRange(1), default=None, help="Epochs without better validation macro-F1 before stopping." + _d("patience"))
-@click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None, help="Stop training after this many seconds.")
+@training_options()
 @click.option("--split", type=click.Choice(SPLITS), default=None, help="capture: grouped by capture file, no capture on two sides (honest default); random: stratified 60/20/20 by session (the papers, leaks); time: earlier sessions train, later test; packet-leak: random with identical tensors left on both sides (a demonstration of the papers' error); column: the dataset's split column; none: a deployment model fitted on every session (a 10% random slice for early stopping only, no test score)." + _d("split"))
-@click.option("--balance", type=click.Choice(BALANCES), default=None, help="Class balancing of the training split only." + _d("balance"))
 @click.option("--seed", type=int, default=None, help="Seed of the split, initialisation and batch order." + _d("seed"))
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="Training batch size." + _d("batch_size"))
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="Adam learning rate." + _d("lr"))
-@click.option("--device", type=click.Choice(DEVICES), default=None, help="auto: CUDA (mixed precision) when present, else CPU on all cores." + _d("device"))
-@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads [default: all cores].")
 @click.option("--from", "from_runs", default=None, help="For a model built on trained runs (chen-model-a: CNN_RUN,GRU_RUN): the runs, comma-separated.")
 @class_options()
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Model setting, e.g. --set max_tokens=256 (JSON values).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--nproc", type=click.IntRange(1), default=1, show_default=True, help="Data-parallel processes on this machine (torchrun; one per GPU, or sharing the CPU cores).")
-def train(dataset, model_name, out, loss, focal_gamma, max_epochs, patience, time_budget, split, balance, seed,
-          batch_size, lr, device, threads, from_runs, min_class_sessions, min_class_captures, include_classes,
-          exclude_classes, settings, overwrite, quiet, nproc):
+def train(dataset, model_name, out, split, seed, from_runs, min_class_sessions, min_class_captures, include_classes,
+          exclude_classes, settings, overwrite, quiet, nproc, **training):
     """Train a model on a dataset directory and write a run directory (model bundle).
 
     Under torchrun (`torchrun --nproc-per-node N -m trafficlens train ...`) or with --nproc N,
@@ -114,10 +160,9 @@ def train(dataset, model_name, out, loss, focal_gamma, max_epochs, patience, tim
     from trafficlens.training.run import train_run
 
     model_kwargs = parse_settings(settings)
-    given = dict(max_epochs=max_epochs, time_budget=time_budget, batch_size=batch_size, lr=lr, patience=patience,
-                 loss=loss, focal_gamma=focal_gamma, balance=balance, split=split, seed=seed, device=device,
+    given = dict(training_settings(training), split=split, seed=seed,
                  min_class_sessions=min_class_sessions, min_class_captures=min_class_captures,
-                 include_classes=include_classes, exclude_classes=exclude_classes, num_threads=threads)
+                 include_classes=include_classes, exclude_classes=exclude_classes)
     cfg = TrainConfig(**{k: v for k, v in given.items() if v is not None})
     runs = [p.strip() for p in from_runs.split(",") if p.strip()] if from_runs else []
     log = (lambda message: click.echo(message, err=True))
