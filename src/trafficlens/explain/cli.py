@@ -45,7 +45,7 @@ def explain(run, session, per_class, sessions, rows, target, cam, top, dataset, 
         click.echo(f"session {session}: label {result['label']}, predicted {result['predicted']} "
                    f"({result['probabilities'][result['predicted']]:.3f}); {fields}")
         if result["empty_map"]:
-            click.echo(f"warning: the map is zero everywhere: no region raises the score of {result['target']}", err=True)
+            click.echo(f"warning: {result['empty_reason']}", err=True)
     if result["fields_from"] != "capture":
         click.echo(f"warning: field names from {result['fields_from']}; pass --captures DIR", err=True)
     click.echo(f"wrote {json_path} and {html_path}")
