@@ -125,9 +125,12 @@ def training_settings(values: dict) -> dict:
 @click.command(epilog="""\b
 Example:
   trafficlens train ds/lab --model chen-cnn -o runs/cnn --batch-size 16 --epochs 40 --patience 8""")
-@click.argument("dataset", type=click.Path())
-@click.option("--model", "model_name", required=True, help="Registered model name (see `trafficlens models`).")
+@click.argument("dataset", type=click.Path(), required=False)
+@click.option("--model", "model_name", default=None, help="Registered model name (see `trafficlens models`).")
 @click.option("-o", "--out", required=True, type=click.Path(), help="Run directory to write (the model bundle).")
+@click.option("--config", "replay_from", type=click.Path(exists=True), default=None,
+              help="Train again as a run did: its RUN/config.json (or RUN) gives the dataset, model, model settings "
+                   "and training settings; options given here override them.")
 @training_options()
 @click.option("--split", type=click.Choice(SPLITS), default=None, help="capture: grouped by capture file, no capture on two sides (honest default); random: stratified 60/20/20 by session (the papers, leaks); time: earlier sessions train, later test; packet-leak: random with identical tensors left on both sides (a demonstration of the papers' error); column: the dataset's split column; none: a deployment model fitted on every session (a 10% random slice for early stopping only, no test score)." + _d("split"))
 @click.option("--seed", type=int, default=None, help="Seed of the split, initialisation and batch order." + _d("seed"))
@@ -137,8 +140,9 @@ Example:
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--nproc", type=click.IntRange(1), default=1, show_default=True, help="Data-parallel processes on this machine (torchrun; one per GPU, or sharing the CPU cores).")
-def train(dataset, model_name, out, split, seed, from_runs, min_class_sessions, min_class_captures, include_classes,
-          exclude_classes, settings, overwrite, quiet, nproc, **training):
+@click.pass_context
+def train(ctx, dataset, model_name, out, replay_from, split, seed, from_runs, min_class_sessions, min_class_captures,
+          include_classes, exclude_classes, settings, overwrite, quiet, nproc, **training):
     """Train a model on a dataset directory and write a run directory (model bundle).
 
     Under torchrun (`torchrun --nproc-per-node N -m trafficlens train ...`) or with --nproc N,
@@ -160,11 +164,22 @@ def train(dataset, model_name, out, split, seed, from_runs, min_class_sessions, 
     from trafficlens.training.run import train_run
 
     model_kwargs = parse_settings(settings)
-    given = dict(training_settings(training), split=split, seed=seed,
-                 min_class_sessions=min_class_sessions, min_class_captures=min_class_captures,
-                 include_classes=include_classes, exclude_classes=exclude_classes)
-    cfg = TrainConfig(**{k: v for k, v in given.items() if v is not None})
+    given = dict(training_settings(training), split=split, seed=seed)
+    for name, value in (("min_class_sessions", min_class_sessions), ("min_class_captures", min_class_captures),
+                        ("include_classes", include_classes), ("exclude_classes", exclude_classes)):
+        if not replay_from or ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
+            given[name] = value  # a replay keeps the run's classes unless told otherwise
     runs = [p.strip() for p in from_runs.split(",") if p.strip()] if from_runs else []
+    if replay_from:
+        from trafficlens.training.run import replay
+
+        r = replay(replay_from)
+        dataset, model_name = dataset or r.dataset, model_name or r.model
+        given = {**r.train, **{k: v for k, v in given.items() if v is not None}}
+        model_kwargs, runs = {**r.model_kwargs, **model_kwargs}, runs or r.from_runs
+    if not dataset or not model_name:
+        raise click.UsageError("give DATASET and --model NAME, or --config RUN/config.json")
+    cfg = TrainConfig.from_dict(given)
     log = (lambda message: click.echo(message, err=True))
     s = train_run(dataset, out, model_name, cfg, model_kwargs, runs, progress=not quiet, overwrite=overwrite, log=log)
     if os.environ.get("RANK", "0") != "0":

@@ -152,8 +152,15 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
     log(f"{model_name}: {len(data.classes)} classes, train {len(train_idx)} / val {len(split.val)} / test "
         f"{len(split.test)} sessions ({split.kind} split), device {dist.device}"
         + (f", {dist.world} processes" if dist.enabled else ""))
-    result = fit(model, tensors, train_idx, label_of[train_idx], split.val, label_of[split.val], cfg,
-                 len(data.classes), progress=progress, device=dist.device, dist=dist)
+    board = _tensorboard(Path(out_dir)) if dist.main else None
+    try:
+        result = fit(model, tensors, train_idx, label_of[train_idx], split.val, label_of[split.val], cfg,
+                     len(data.classes), progress=progress, device=dist.device, dist=dist,
+                     on_epoch=board and (lambda epoch, row: [board.add_scalar(k, v, epoch) for k, v in row.items()
+                                                             if isinstance(v, (int, float)) and not k.startswith("_")]))
+    finally:
+        if board is not None:
+            board.close()
     for message in result.warnings:
         log(f"warning: {message}")
     metrics = _run_metrics(model, tensors, data, train_idx, result, cfg, dist)
@@ -215,9 +222,68 @@ def _save_run(out: Path, model, data: Selected, cfg: TrainConfig, metrics: dict[
                 dataset=dataset_info, history=history, metrics=metrics,
                 extra={"from": [str(p) for p in from_runs]} if from_runs else None)
     np.save(out / SPLIT, data.split.assignment(len(ds)), allow_pickle=False)
+    write_history_csv(out / HISTORY_CSV, result.history)
     from trafficlens.training.card import write_card
 
     write_card(out, ds)  # last: it reads the files above
+
+
+HISTORY_CSV = "history.csv"
+# Keys of a model's config that the dataset's tensor shapes decide (`models.registry.shape_kwargs`)
+# and the class count: a replay takes them from the dataset it trains on.
+_FROM_DATA = {"num_classes", "image_side", "image_bytes", "packets", "packet_bytes", "sequence_length", "stats_features"}
+
+
+def _tensorboard(out: Path):
+    """A TensorBoard writer into RUN/tensorboard when tensorboard is installed (optional: None otherwise)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(out / "tensorboard"))
+
+
+def write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    """history.json's epochs as CSV, one row per epoch (for a spreadsheet or pandas)."""
+    import csv
+    import io
+
+    columns = ["epoch"] + sorted({k for row in history for k in row if not k.startswith("_") and k != "epoch"})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns, extrasaction="ignore")
+    writer.writeheader()
+    for i, row in enumerate(history, 1):
+        writer.writerow({"epoch": i, **{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}})
+    from trafficlens.files import atomic_write_text
+
+    atomic_write_text(path, buf.getvalue())
+
+
+@dataclass
+class Replay:
+    """What a run's config.json says to train again (`train --config`)."""
+
+    dataset: str
+    model: str
+    train: dict[str, Any]  # TrainConfig settings
+    model_kwargs: dict[str, Any]
+    from_runs: list[str]
+
+
+def replay(path: str | os.PathLike) -> Replay:
+    """The settings of the run at `path` (its directory or its config.json), to train it again."""
+    from trafficlens.training.bundle import CONFIG, bundle_kind, read_config
+
+    path = Path(path)
+    run = path.parent if path.name == CONFIG and path.is_file() else path
+    config = read_config(run)
+    if bundle_kind(config) != "deep":
+        raise ConfigError(f"{run}: a {bundle_kind(config)} bundle; replay it with `trafficlens baseline`")
+    model = config["model"]
+    kwargs = {k: v for k, v in (model.get("config") or {}).items() if k not in _FROM_DATA}
+    return Replay(dataset=str((config.get("dataset") or {}).get("path") or ""), model=str(model.get("name")),
+                  train=dict(config.get("train") or {}), model_kwargs=kwargs,
+                  from_runs=[str(p) for p in config.get("from") or []])
 
 
 def _built_on_runs() -> list[str]:

@@ -158,14 +158,15 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
 
 def fit(model: nn.Module, tensors: Mapping[str, np.ndarray], train_idx: np.ndarray, train_y: np.ndarray,
         val_idx: np.ndarray, val_y: np.ndarray, cfg: TrainConfig, num_classes: int,
-        progress: bool = True, device: torch.device | None = None, dist=None) -> FitResult:
+        progress: bool = True, device: torch.device | None = None, dist=None, on_epoch=None) -> FitResult:
     """Train `model` in place; on return it holds the weights of the best validation epoch.
 
     Expects `setup(cfg)` to have run (seeds, threads); `train`/`val` indices are dataset rows,
     `*_y` their class ids. With no validation rows the last epoch's weights are kept.
     `dist`: a `training.torchrun.DistContext`; with several ranks each trains on its share of
     every batch under DistributedDataParallel (see training/torchrun.py), and the reported
-    losses and accuracies are summed over ranks.
+    losses and accuracies are summed over ranks. `on_epoch(epoch, row)` sees every epoch's
+    history row (TensorBoard logging).
     """
     from trafficlens.training.torchrun import DistContext
 
@@ -185,6 +186,8 @@ def fit(model: nn.Module, tensors: Mapping[str, np.ndarray], train_idx: np.ndarr
                         val_acc=f"{row.get('val_accuracy', float('nan')):.3f}",
                         val_f1=f"{row.get('val_macro_f1', float('nan')):.3f}")
         bar.close()
+        if on_epoch is not None:
+            on_epoch(epoch, row)
         f1 = row.get("val_macro_f1", -row["train_loss"])
         if f1 > best_f1 + 1e-4:
             best_f1, stale, result.best_epoch = f1, 0, epoch
