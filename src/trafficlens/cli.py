@@ -7,6 +7,7 @@ Subcommands live beside the code they drive and are imported only when invoked, 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -53,16 +54,26 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+_COLOR = {"on": True}  # --no-color turns it off for the process (the NO_COLOR variable too)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Example: trafficlens quickstart, then trafficlens predict examples/lab/model examples/lab/capture-004.pcap.gz -o -")
 @click.version_option(package_name="trafficlens")
-def cli() -> None:
+@click.option("--no-color", is_flag=True, help="No colour in messages (also when NO_COLOR is set).")
+@click.pass_context
+def cli(ctx: click.Context, no_color: bool) -> None:
     """trafficlens: which application made this traffic?"""
+    if no_color or os.environ.get("NO_COLOR"):
+        _COLOR["on"] = False
+        ctx.color = False
 
 
 def fail(message: str) -> None:
     """Print one red line to stderr and exit 2: the one way commands report user errors."""
     message = " ".join(str(message).split())  # a library's message may run over lines
-    click.secho(f"error: {message}", fg="red", err=True)
+    color = _COLOR["on"] and not os.environ.get("NO_COLOR")
+    click.secho(f"error: {message}", fg="red" if color else None, err=True, color=None if color else False)
     sys.exit(2)
 
 

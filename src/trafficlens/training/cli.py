@@ -110,6 +110,17 @@ def training_options(time_budget: float | None = None, max_epochs: int | None = 
     return decorate
 
 
+class _ModelNameOption(click.Option):
+    """--model whose help lists the registered names, looked up only when help is shown (the
+    registry imports torch, which `trafficlens train --help` otherwise need not)."""
+
+    def get_help_record(self, ctx):
+        from trafficlens.models import list_models
+
+        self.help = f"Registered model: {', '.join(list_models('deep'))} (details: `trafficlens models`)."
+        return super().get_help_record(ctx)
+
+
 TRAINING_OPTIONS = ("loss", "focal_gamma", "max_epochs", "patience", "time_budget", "batch_size", "lr", "balance",
                     "device", "threads")
 
@@ -126,7 +137,7 @@ def training_settings(values: dict) -> dict:
 Example:
   trafficlens train ds/lab --model chen-cnn -o runs/cnn --batch-size 16 --epochs 40 --patience 8""")
 @click.argument("dataset", type=click.Path(), required=False)
-@click.option("--model", "model_name", default=None, help="Registered model name (see `trafficlens models`).")
+@click.option("--model", "model_name", default=None, cls=_ModelNameOption, help="Registered model name.")
 @click.option("-o", "--out", required=True, type=click.Path(), help="Run directory to write (the model bundle).")
 @click.option("--config", "replay_from", type=click.Path(exists=True), default=None,
               help="Train again as a run did: its RUN/config.json (or RUN) gives the dataset, model, model settings "
