@@ -61,3 +61,23 @@ def test_options_given_override_the_replayed_ones(run, tmp_path):
     assert missing.exit_code == 2 and "--config" in missing.output
     with pytest.raises(BundleError):
         replay(tmp_path)
+
+
+def test_resume_continues_from_the_last_checkpoint_as_if_never_stopped(run, tmp_path):
+    ds, _ = run
+    common = ["--model", "wang-1dcnn", "--batch-size", "16", "--seed", "2", "--split", "random", "--threads", "1",
+              "--patience", "10", "--quiet"]
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    assert CliRunner().invoke(cli, ["train", str(ds.path), "-o", str(straight), "--epochs", "4", *common]).exit_code == 0
+    assert CliRunner().invoke(cli, ["train", str(ds.path), "-o", str(halves), "--epochs", "2", *common]).exit_code == 0
+    assert json.loads((halves / "config.json").read_text())["train"]["max_epochs"] == 2
+    resumed = CliRunner().invoke(cli, ["train", "--resume", str(halves), "--epochs", "4", "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    history = json.loads((halves / "history.json").read_text())["epochs"]
+    assert len(history) == 4
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(halves / "model.safetensors"))
+    assert all(np.array_equal(a[k], b[k]) for k in a)  # epochs 3-4 ran as they would have without the stop
+    first = json.loads((straight / "history.json").read_text())["epochs"]
+    assert [round(r["train_loss"], 6) for r in history] == [round(r["train_loss"], 6) for r in first]
+    nothing = CliRunner().invoke(cli, ["train", "--resume", str(tmp_path)])
+    assert nothing.exit_code != 0 and "checkpoint.pt" in str(nothing.exception)

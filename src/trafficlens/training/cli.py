@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import click
 
@@ -138,7 +139,10 @@ Example:
   trafficlens train ds/lab --model chen-cnn -o runs/cnn --batch-size 16 --epochs 40 --patience 8""")
 @click.argument("dataset", type=click.Path(), required=False)
 @click.option("--model", "model_name", default=None, cls=_ModelNameOption, help="Registered model name.")
-@click.option("-o", "--out", required=True, type=click.Path(), help="Run directory to write (the model bundle).")
+@click.option("-o", "--out", default=None, type=click.Path(), help="Run directory to write (the model bundle).")
+@click.option("--resume", "resume_run", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Continue RUN from its last checkpoint (RUN/checkpoint.pt, saved after every epoch) with its "
+                   "settings; options given here override them (e.g. more --epochs).")
 @click.option("--config", "replay_from", type=click.Path(exists=True), default=None,
               help="Train again as a run did: its RUN/config.json (or RUN) gives the dataset, model, model settings "
                    "and training settings; options given here override them.")
@@ -152,7 +156,7 @@ Example:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--nproc", type=click.IntRange(1), default=1, show_default=True, help="Data-parallel processes on this machine (torchrun; one per GPU, or sharing the CPU cores).")
 @click.pass_context
-def train(ctx, dataset, model_name, out, replay_from, split, seed, from_runs, min_class_sessions, min_class_captures,
+def train(ctx, dataset, model_name, out, resume_run, replay_from, split, seed, from_runs, min_class_sessions, min_class_captures,
           include_classes, exclude_classes, settings, overwrite, quiet, nproc, **training):
     """Train a model on a dataset directory and write a run directory (model bundle).
 
@@ -188,11 +192,26 @@ def train(ctx, dataset, model_name, out, replay_from, split, seed, from_runs, mi
         dataset, model_name = dataset or r.dataset, model_name or r.model
         given = {**r.train, **{k: v for k, v in given.items() if v is not None}}
         model_kwargs, runs = {**r.model_kwargs, **model_kwargs}, runs or r.from_runs
-    if not dataset or not model_name:
-        raise click.UsageError("give DATASET and --model NAME, or --config RUN/config.json")
+    if resume_run:
+        from trafficlens.training.run import load_checkpoint
+
+        if replay_from:
+            raise click.UsageError("--resume continues a run with its own settings; --config is for a new run")
+        saved = load_checkpoint(resume_run)["settings"]
+        if model_name and model_name != saved["model"]:
+            raise click.UsageError(f"{resume_run} trains {saved['model']}, not {model_name}")
+        if out and Path(out).resolve() != Path(resume_run).resolve():
+            raise click.UsageError("--resume continues RUN in place; leave out -o")
+        dataset, model_name, out = dataset or saved["dataset"], saved["model"], resume_run
+        given = {**saved["train"], **{k: v for k, v in given.items()
+                                     if v is not None and ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}}
+        model_kwargs, runs = {**saved["model_kwargs"], **model_kwargs}, runs or saved["from_runs"]
+    if not dataset or not model_name or not out:
+        raise click.UsageError("give DATASET, --model NAME and -o RUN (or --config RUN/config.json, or --resume RUN)")
     cfg = TrainConfig.from_dict(given)
     log = (lambda message: click.echo(message, err=True))
-    s = train_run(dataset, out, model_name, cfg, model_kwargs, runs, progress=not quiet, overwrite=overwrite, log=log)
+    s = train_run(dataset, out, model_name, cfg, model_kwargs, runs, progress=not quiet, overwrite=overwrite, log=log,
+                  resume=bool(resume_run))
     if os.environ.get("RANK", "0") != "0":
         return
     if s["test_accuracy"] is not None:
