@@ -62,3 +62,25 @@ def test_no_color(monkeypatch):
     with pytest.raises(SystemExit):
         cli_module.fail("x")
     assert seen["fg"] is None and seen["color"] is False
+
+
+def test_quiet_and_verbose_on_every_command(tmp_path):
+    import subprocess
+    import sys
+
+    from trafficlens.cli import COMMANDS
+
+    for name in COMMANDS:
+        flags = {o for p in cli.get_command(None, name).params for o in p.opts}
+        assert {"--quiet", "--verbose"} <= flags, name
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT / "src")}
+    base = [sys.executable, "-m", "trafficlens", "predict", str(MODEL), str(CAPTURE), "-o"]
+    loud, quiet = (subprocess.run(base + extra, capture_output=True, text=True, env=env, timeout=300)
+                   for extra in ([str(tmp_path / "a.csv")], [str(tmp_path / "b.csv"), "--quiet"]))
+    assert loud.returncode == quiet.returncode == 0
+    assert "30 sessions" in loud.stderr and quiet.stderr == ""
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()  # the output itself alike
+    bad = [sys.executable, "-m", "trafficlens", "predict", str(ROOT), str(CAPTURE)]
+    plain, verbose = (subprocess.run(bad + extra, capture_output=True, text=True, env=env, timeout=300) for extra in ([], ["--verbose"]))
+    assert plain.returncode == verbose.returncode == 2
+    assert plain.stderr.count("\n") == 1 and "Traceback" in verbose.stderr and "not a model bundle" in verbose.stderr

@@ -36,6 +36,40 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+_VERBOSE = {"on": False}  # --verbose: an error's traceback follows its one-line message
+
+
+def with_common_options(command: click.Command) -> click.Command:
+    """--quiet and --verbose on every command, the same everywhere. --quiet: no progress bars or
+    log lines on stderr (what this process writes there; an error's line still comes) unless the
+    command has a --quiet of its own (prep, train: no progress bars). --verbose: an error is
+    followed by its traceback."""
+    import contextlib
+    import functools
+    import io
+
+    if getattr(command, "_common_options", False) or command.callback is None:
+        return command
+    own = {p.name for p in command.params}
+    if "quiet" not in own:
+        command.params.append(click.Option(["--quiet"], is_flag=True,
+                                           help="No progress or log lines on stderr (errors still)."))
+    if "verbose" not in own:
+        command.params.append(click.Option(["--verbose"], is_flag=True, help="Print an error's traceback too."))
+    callback = command.callback
+
+    @functools.wraps(callback)
+    def run(*args, **kwargs):
+        quiet = kwargs.get("quiet", False) if "quiet" in own else kwargs.pop("quiet", False)
+        _VERBOSE["on"] = kwargs.get("verbose", False) if "verbose" in own else kwargs.pop("verbose", False)
+        with contextlib.redirect_stderr(io.StringIO()) if quiet and "quiet" not in own else contextlib.nullcontext():
+            return callback(*args, **kwargs)
+
+    command.callback = run
+    command._common_options = True
+    return command
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -45,7 +79,7 @@ class LazyGroup(click.Group):
             return None
         target, _ = COMMANDS[name]
         module_name, attr = target.split(":")
-        return getattr(importlib.import_module(module_name), attr)
+        return with_common_options(getattr(importlib.import_module(module_name), attr))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Help text from the table above, so listing commands imports none of them.
@@ -83,6 +117,10 @@ def main() -> None:
     try:
         cli(standalone_mode=True)
     except TrafficlensError as exc:
+        if _VERBOSE["on"]:
+            import traceback
+
+            traceback.print_exc()
         fail(str(exc))
     except OSError as exc:
         # A file or folder the system refused (an -o that cannot be written, a missing input):
