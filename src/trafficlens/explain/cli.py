@@ -5,7 +5,10 @@ from __future__ import annotations
 import click
 
 
-@click.command()
+@click.command(epilog="""\b
+Example:
+  trafficlens explain examples/lab/model --per-class --dataset ds/lab -o reports/lab-explain
+  trafficlens explain runs/cnn --session 12""")
 @click.argument("run", type=click.Path())
 @click.option("--session", type=click.IntRange(0), default=None, help="Dataset row (its `id`) to explain.")
 @click.option("--per-class", "per_class", is_flag=True, help="Summarise the fields carrying each class's weight (the shortcut detector).")

@@ -49,7 +49,9 @@ def class_options(min_sessions: int = 0):
     return decorate
 
 
-@click.command()
+@click.command(epilog="""\b
+Example:
+  trafficlens models --classes 7""")
 @click.option("--classes", type=click.IntRange(2), default=10, show_default=True, help="Classes for the parameter count.")
 def models(classes):
     """List the registered models, deep networks and classical baselines: name, paper, inputs, parameters."""
