@@ -77,3 +77,44 @@ def test_audit_cli_reuses_prepared_masks_and_names_missing_captures(shortcut_dat
     assert proc.returncode == 2
     assert "pass --captures PATH" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_audit_cv_compare_take_trains_options():
+    """One option set: every training option of `train` is on compare, cv and audit too."""
+    from trafficlens.cli import COMMANDS
+    from trafficlens.training.cli import TRAINING_OPTIONS
+
+    for name in ("train", "compare", "cv", "audit"):
+        command = cli.get_command(None, name)
+        params = {p.name for p in command.params}
+        assert set(TRAINING_OPTIONS) <= params, (name, set(TRAINING_OPTIONS) - params)
+        flags = {o for p in command.params for o in p.opts}
+        assert {"--batch-size", "--epochs", "--max-epochs", "--lr", "--patience"} <= flags, name
+    assert "audit" in COMMANDS
+    # audit keeps every class unless asked, as train does (a 7 x 30 sample must not lose them all)
+    assert next(p for p in cli.get_command(None, "audit").params if p.name == "min_class_sessions").default == 0
+    assert AuditConfig().min_class_sessions == 0
+
+
+def test_audit_passes_training_options_to_its_deep_runs(shortcut_dataset, tmp_path):
+    tmp, ds = shortcut_dataset
+    out = tmp_path / "r"
+    result = CliRunner().invoke(cli, ["audit", str(ds), "-o", str(out), "--model", "wang-1dcnn", "--workers", "1",
+                                      "--epochs", "1", "--batch-size", "8", "--lr", "0.002", "--patience", "2",
+                                      "--time-budget", "30"])
+    assert result.exit_code == 0, result.output
+    runs = sorted((out / "runs").iterdir())
+    assert len(runs) == 3
+    for run in runs:
+        train = json.loads((run / "config.json").read_text())["train"]
+        assert (train["batch_size"], train["lr"], train["patience"], train["max_epochs"], train["time_budget"]) == \
+            (8, 0.002, 2, 1, 30.0)
+
+
+def test_compare_and_cv_settings_reach_the_trainer():
+    from trafficlens.evaluation.cli import _config
+
+    cfg = _config(batch_size=16, lr=0.01, patience=7, focal_gamma=1.5, threads=2, max_epochs=3, loss="focal",
+                  split="capture").train_config(seed=4)
+    assert (cfg.batch_size, cfg.lr, cfg.patience, cfg.focal_gamma, cfg.num_threads, cfg.max_epochs, cfg.loss,
+            cfg.seed) == (16, 0.01, 7, 1.5, 2, 3, "focal", 4)

@@ -71,7 +71,7 @@ def test_bundle_files_load_without_pickle(bundles):
         config = json.loads((run / "config.json").read_text())
         assert config["format_version"] == 2 and config["model"]["kind"] == "baseline"
         stored = {p.name for p in run.iterdir()}
-        assert stored == {"config.json", "metrics.json", "split.npy", config["weights"]["file"]}, key
+        assert stored == {"config.json", "metrics.json", "split.npy", "README.md", config["weights"]["file"]}, key
         assert not any(p.suffix in (".pkl", ".pickle", ".joblib") for p in run.iterdir())
         assert np.load(run / "split.npy", allow_pickle=False).dtype == np.int8
 

@@ -351,11 +351,17 @@ def test_cli_writes_session_and_per_class_outputs(tiny, tmp_path):
     assert len(exp["image"]["fields"]) == 256 and exp["image"]["fields"][12:14] == ["eth.type", "eth.type"]
     assert all(not f.startswith("image[") for f in exp["image"]["fields"])
     weights = np.array(exp["image"]["weights"])
-    if exp["empty_map"]:  # Grad-CAM found no region raising the score: no weight anywhere, no field listed
+    if exp["empty_map"]:  # Grad-CAM found no region raising the score: no weight anywhere, no field listed, a reason
         assert not weights.any() and exp["top_fields"] == [] and sum(exp["groups"].values()) == 0
-    else:  # every field listed (--top 1000), their weights the whole map's
-        assert weights.sum() > 0 and abs(sum(r["weight"] for r in exp["top_fields"]) - 1) < 1e-4
+        assert "zero everywhere" in exp["empty_reason"]
+    else:  # every field listed (--top 1000) or marked masked, their weights the whole map's
+        assert weights.sum() > 0 and exp["empty_reason"] is None
+        assert abs(sum(r["weight"] for r in exp["top_fields"] + exp["masked_fields"]) - 1) < 1e-4
         assert abs(sum(exp["groups"].values()) - 1) < 1e-4
+    # the strict mask zeroed the addresses and ports: never ranked
+    ranked = {r["field"] for r in exp["top_fields"]}
+    assert not ranked & {"ip.src", "ip.dst", "eth.src", "eth.dst", "tcp.srcport", "udp.srcport"}
+    assert all(r["masked"] for r in exp["masked_fields"])
     result = runner.invoke(cli, ["explain", str(run), "--per-class", "-n", "3", "--rows", "all", "-o", str(tmp_path / "c")])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "c" / "per-class.json").read_text())
@@ -363,8 +369,9 @@ def test_cli_writes_session_and_per_class_outputs(tiny, tmp_path):
     for name in ("s/session-0.html", "c/per-class.html"):
         page = (tmp_path / name).read_text()
         assert "http://" not in page and "https://" not in page
-        figures = 1 if name.startswith("s/") and exp["empty_map"] else 2  # an empty map has no field chart
-        assert len(re.findall(r"src='data:image/png;base64,", page)) >= figures
+        # one figure per map and the field chart, blank or not: chen-cnn's session page has 2, its per-class page 3
+        figures = 2 if name.startswith("s/") else 3
+        assert len(re.findall(r"src='data:image/png;base64,", page)) == figures
     bad = runner.invoke(cli, ["explain", str(run), "--session", str(len(ds) + 5)])
     assert isinstance(bad.exception, DatasetError) and "no session" in str(bad.exception)
 
@@ -395,6 +402,29 @@ def test_pages_render_offline_with_every_figure(tiny, tmp_path):
     _, page = write_per_class(tmp_path / "out", explain_per_class(tiny[1], cfg=ExplainConfig(per_class=3, split="all")))
     expected = len(re.findall(r"<img ", page.read_text()))
     result = render(page, tmp_path)
-    assert len(result["images"]) == expected >= 3
+    assert len(result["images"]) == expected == 3  # mean maps, layers, fields: blank maps included
     assert all(i["complete"] and i["width"] > 100 and i["height"] > 100 for i in result["images"]), result["images"]
     assert [u for u in result["fetched"] if not u.startswith(("data:", "file:"))] == []
+
+
+def test_masked_fields_are_marked_and_never_ranked():
+    from trafficlens.explain.maps import (METHOD_GRAD_CAM, Maps, blank_reason, field_weights, mask_fields,
+                                          masked_fields, session_figures, top_fields)
+    from trafficlens.prep.tensors.fields import TensorFields
+
+    names = ["ip.src"] * 4 + ["ip.ttl"] + ["ip.id"] * 2 + ["tls.app_data"] * 3
+    fields = TensorFields("network", names, np.zeros(10, dtype=np.int32), [])
+    weights = np.array([[0.25, 0.1, 0.1, 0.1, 0.15, 0.05, 0.05, 0.1, 0.05, 0.05]])
+    image = np.array([0, 0, 0, 0, 64, 0, 7, 23, 23, 23], dtype=np.uint8)  # addresses zeroed; this ip.id holds a value
+    w, count, nonzero = field_weights(Maps(np.ones((1, 2)), np.zeros(1), image=weights), 0, fields, image)
+    live = {k: nonzero[k] / count[k] for k in count}
+    strict = mask_fields("strict")
+    rows = top_fields(w, {k: v / 10 for k, v in count.items()}, live, 10, strict)
+    assert [r["field"] for r in rows] == ["tls.app_data", "ip.ttl", "ip.id"]  # ip.src (0.55 of the map) not ranked
+    assert masked_fields(w, live, strict) == [{"field": "ip.src", "weight": 0.55, "masked": True}]
+    assert "ip.src" in mask_fields("paper") and "tcp.srcport" not in mask_fields("paper")
+    assert "hires-cam" in blank_reason(METHOD_GRAD_CAM, "dns")
+    # a blank map still gets its figures: the count depends on the model, not the training
+    exp = {"image": {"weights": [0.0] * 16, "bytes": [0] * 16}, "packets": {"weights": None}, "methods": {"image": "grad-cam"},
+           "target": "dns", "top_fields": [], "feature_attention": None, "empty_reason": blank_reason(METHOD_GRAD_CAM, "dns")}
+    assert len(session_figures(exp)) == 2

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,12 @@ def test_quickstart_on_the_bundled_sample(tmp_path):
     assert result.exit_code == 0, result.output
     for step in ("1/4 prep", "2/4 train", "3/4 evaluate", "4/4 predict", "Report:"):
         assert step in result.output
+    # chance beside the score, its uncertainty, an absolute report path and what to try next
+    assert re.search(r"95% interval 0\.\d\d-[01]\.\d\d for \d+ sessions", result.output)
+    assert re.search(r"chance level: 0\.\d{3} \(always the most common class\), 0\.\d{3} \(1/\d+ classes\)", result.output)
+    report = result.output.split("Report: ")[1].splitlines()[0]
+    assert Path(report).is_absolute() and Path(report).is_file()
+    assert f"next: trafficlens explain {tmp_path.resolve() / 'run'} --per-class" in result.output
     manifest = json.loads((tmp_path / "dataset" / "manifest.json").read_text())
     assert manifest["config"]["mask"] == "strict" and len(manifest["classes"]) >= 3
     metrics = json.loads((tmp_path / "run" / "evaluation" / "metrics.json").read_text())
@@ -53,3 +61,12 @@ def test_bundled_model_labels_the_bundled_captures():
     merged = table.merge(truth[key + ["application"]], on=key, how="inner")
     assert len(merged) == len(truth) == 210
     assert (merged.label == merged.application).mean() > 0.85
+
+
+def test_quickstart_writes_outside_the_source_tree(tmp_path, monkeypatch):
+    from trafficlens.quickstart import REPO, default_out
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    inside = default_out(REPO / "src")
+    assert inside == (tmp_path / "cache" / "trafficlens" / "quickstart").resolve() and REPO not in inside.parents
+    assert default_out(tmp_path) == tmp_path.resolve() / "trafficlens-quickstart"

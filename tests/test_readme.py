@@ -36,3 +36,28 @@ def test_bundled_sample_runs_end_to_end(tmp_path):
                         progress=False, log=lambda m: None)
     # four clearly different traffic shapes: a working pipeline separates them on unseen captures
     assert summary["test_accuracy"] >= 0.9
+
+
+def test_install_command_takes_only_what_the_main_job_needs():
+    import tomllib
+
+    run_command, _ = _commands()
+    assert '".[ml]"' in run_command  # the run command installs no test-only package
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = lambda reqs: {re.split(r"[<>=;\[ ]", r, maxsplit=1)[0].lower() for r in reqs}  # noqa: E731
+    test_only = {"aiortc", "av", "libtorrent", "dask", "communityid", "zat", "pytest", "hypothesis"}
+    assert not names(extras["ml"]) & test_only
+    assert {"communityid", "zat", "trafficlens"} <= names(extras["test"])
+    assert "aiortc" in names(extras["generate"]) and "dask" in names(extras["dask"])
+    # no CUDA-only package on Linux: xgboost-cpu there, the plain wheel only where it carries no CUDA
+    xgb = [r for r in extras["ml"] if r.startswith("xgboost")]
+    assert any(r.startswith("xgboost-cpu") and "linux" in r for r in xgb)
+    assert all("linux" in r and "!=" in r for r in xgb if r.startswith("xgboost>="))
+
+
+def test_dockerfile_runs_the_quickstart_on_a_cpu_build():
+    text = (ROOT / "Dockerfile").read_text()
+    assert "download.pytorch.org/whl/cpu" in text and "torch==2.13.0" in text
+    assert 'pip install --no-cache-dir -e ".[ml]"' in text and "test]" not in text
+    assert 'CMD ["quickstart"' in text and 'ENTRYPOINT ["trafficlens"]' in text
+    assert "COPY examples examples" in text  # the bundled sample the quickstart runs on

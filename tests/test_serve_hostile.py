@@ -275,7 +275,7 @@ def test_is_loopback():
 
 
 def _serve_cli(*args, tmp_path=None):
-    return subprocess.run([sys.executable, "-m", "trafficlens", "serve", "--model", str(MODEL), "--port", "0", *args],
+    return subprocess.run([sys.executable, "-m", "trafficlens", "serve", str(MODEL), "--port", "0", *args],
                           capture_output=True, text=True, timeout=60, cwd=ROOT,
                           env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "src")})
 
@@ -297,7 +297,7 @@ def test_cli_listens_on_loopback_unless_host_says_otherwise(monkeypatch):
 
     monkeypatch.setattr(uvicorn, "Server", Recorder)
     for extra in ([], ["--host", "0.0.0.0", "--insecure"]):
-        result = CliRunner().invoke(cli, ["serve", "--model", str(MODEL), "--port", "8099", "--device", "cpu", *extra])
+        result = CliRunner().invoke(cli, ["serve", str(MODEL), "--port", "8099", "--device", "cpu", *extra])
         assert result.exit_code == 0, result.output
     assert bound == [("127.0.0.1", 8099), ("0.0.0.0", 8099)]
 

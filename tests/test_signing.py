@@ -39,7 +39,8 @@ def test_keys_are_private_and_never_overwritten(signed):
 def test_a_signed_run_loads_with_its_key_and_labels_as_before(signed):
     run, _, public, _ = signed
     record = json.loads((run / "signature.json").read_text())
-    assert set(record["files"]) == {"config.json", "model.safetensors", "metrics.json", "history.json", "split.npy"}
+    assert set(record["files"]) == {"config.json", "model.safetensors", "metrics.json", "history.json", "split.npy",
+                                    "README.md"}  # the model card is signed like every other file
     verified = Classifier.load(run, trusted_keys=[public])
     plain = Classifier.load(run)
     assert verified.predict_pcap(CAPTURE).label.tolist() == plain.predict_pcap(CAPTURE).label.tolist()

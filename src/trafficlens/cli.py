@@ -7,6 +7,7 @@ Subcommands live beside the code they drive and are imported only when invoked, 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -19,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("trafficlens.evaluation.cli:evaluate", "Score a trained run on its test split: metrics and an HTML report."),
     "export": ("trafficlens.inference.cli:export", "Write a trained run's model as ONNX (the model predict runs)."),
     "explain": ("trafficlens.explain.cli:explain", "Which bytes and protocol fields a run relies on: Grad-CAM, attention, per class."),
+    "card": ("trafficlens.training.cli:card", "Write a run's model card (README.md): data, protocol, metrics, limits."),
     "compare": ("trafficlens.evaluation.cli:compare", "Train deep models and baselines on one split: a table and an HTML report."),
     "cv": ("trafficlens.evaluation.cli:cv", "Stratified group k-fold cross-validation of one model: mean and spread."),
     "generate": ("trafficlens.generate.cli:generate", "Capture labelled traffic of real clients and servers in network namespaces."),
@@ -34,6 +36,40 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+_VERBOSE = {"on": False}  # --verbose: an error's traceback follows its one-line message
+
+
+def with_common_options(command: click.Command) -> click.Command:
+    """--quiet and --verbose on every command, the same everywhere. --quiet: no progress bars or
+    log lines on stderr (what this process writes there; an error's line still comes) unless the
+    command has a --quiet of its own (prep, train: no progress bars). --verbose: an error is
+    followed by its traceback."""
+    import contextlib
+    import functools
+    import io
+
+    if getattr(command, "_common_options", False) or command.callback is None:
+        return command
+    own = {p.name for p in command.params}
+    if "quiet" not in own:
+        command.params.append(click.Option(["--quiet"], is_flag=True,
+                                           help="No progress or log lines on stderr (errors still)."))
+    if "verbose" not in own:
+        command.params.append(click.Option(["--verbose"], is_flag=True, help="Print an error's traceback too."))
+    callback = command.callback
+
+    @functools.wraps(callback)
+    def run(*args, **kwargs):
+        quiet = kwargs.get("quiet", False) if "quiet" in own else kwargs.pop("quiet", False)
+        _VERBOSE["on"] = kwargs.get("verbose", False) if "verbose" in own else kwargs.pop("verbose", False)
+        with contextlib.redirect_stderr(io.StringIO()) if quiet and "quiet" not in own else contextlib.nullcontext():
+            return callback(*args, **kwargs)
+
+    command.callback = run
+    command._common_options = True
+    return command
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -43,7 +79,7 @@ class LazyGroup(click.Group):
             return None
         target, _ = COMMANDS[name]
         module_name, attr = target.split(":")
-        return getattr(importlib.import_module(module_name), attr)
+        return with_common_options(getattr(importlib.import_module(module_name), attr))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Help text from the table above, so listing commands imports none of them.
@@ -52,16 +88,26 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+_COLOR = {"on": True}  # --no-color turns it off for the process (the NO_COLOR variable too)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Example: trafficlens quickstart, then trafficlens predict examples/lab/model examples/lab/capture-004.pcap.gz -o -")
 @click.version_option(package_name="trafficlens")
-def cli() -> None:
+@click.option("--no-color", is_flag=True, help="No colour in messages (also when NO_COLOR is set).")
+@click.pass_context
+def cli(ctx: click.Context, no_color: bool) -> None:
     """trafficlens: which application made this traffic?"""
+    if no_color or os.environ.get("NO_COLOR"):
+        _COLOR["on"] = False
+        ctx.color = False
 
 
 def fail(message: str) -> None:
     """Print one red line to stderr and exit 2: the one way commands report user errors."""
     message = " ".join(str(message).split())  # a library's message may run over lines
-    click.secho(f"error: {message}", fg="red", err=True)
+    color = _COLOR["on"] and not os.environ.get("NO_COLOR")
+    click.secho(f"error: {message}", fg="red" if color else None, err=True, color=None if color else False)
     sys.exit(2)
 
 
@@ -71,6 +117,10 @@ def main() -> None:
     try:
         cli(standalone_mode=True)
     except TrafficlensError as exc:
+        if _VERBOSE["on"]:
+            import traceback
+
+            traceback.print_exc()
         fail(str(exc))
     except OSError as exc:
         # A file or folder the system refused (an -o that cannot be written, a missing input):

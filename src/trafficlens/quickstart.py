@@ -43,6 +43,16 @@ def find_sample(sample: str | os.PathLike | None = None) -> Path:
                       "install from a checkout with `pip install -e .`, or pass --sample DIR)")
 
 
+def default_out(cwd: Path | None = None) -> Path:
+    """`./trafficlens-quickstart`, unless the current folder is inside the checkout: the source
+    tree stays clean, so then the user's cache folder ($XDG_CACHE_HOME or ~/.cache)."""
+    cwd = (cwd or Path.cwd()).resolve()
+    if cwd == REPO or REPO in cwd.parents:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return (cache / "trafficlens" / "quickstart").resolve()
+    return cwd / "trafficlens-quickstart"
+
+
 def held_out_capture(dataset, run_dir: Path, source: Path) -> Path:
     """A capture file whose sessions are all on the run's test side (the first by name)."""
 
@@ -69,7 +79,7 @@ def quickstart(out: str | os.PathLike, sample: str | os.PathLike | None = None, 
 
     cfg = cfg or QuickstartConfig()
     source = find_sample(sample)
-    out = Path(out)
+    out = Path(out).resolve()  # every path printed is absolute
     out.mkdir(parents=True, exist_ok=True)
     ds_dir, run_dir, flows = out / "dataset", out / "run", out / "flows.csv"
     labels = source / "labels.csv"
@@ -94,8 +104,14 @@ def quickstart(out: str | os.PathLike, sample: str | os.PathLike | None = None, 
     log(f"3/4 evaluate  trafficlens evaluate {run_dir}")
     metrics = evaluate_run(run_dir)
     report = run_dir / "evaluation" / "report.html"
-    log(f"    test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro']['f1']:.3f} on {metrics['n']} sessions "
-        f"({metrics['split']} split, {metrics['mask']} mask)")
+    from trafficlens.training.card import chance, interval
+
+    low, high = interval(metrics["accuracy"], metrics["n"])
+    level = chance(metrics, len(metrics["per_class"]))
+    log(f"    test accuracy {metrics['accuracy']:.3f} (95% interval {low:.2f}-{high:.2f} for {metrics['n']} sessions), "
+        f"macro-F1 {metrics['macro']['f1']:.3f} ({metrics['split']} split, {metrics['mask']} mask)")
+    log(f"    chance level: {level['majority']:.3f} (always the most common class), {level['uniform']:.3f} "
+        f"(1/{len(metrics['per_class'])} classes)")
 
     target = held_out_capture(dataset, run_dir, source)
     log(f"4/4 predict   trafficlens predict {run_dir} {target} -o {flows}")
@@ -109,7 +125,8 @@ def quickstart(out: str | os.PathLike, sample: str | os.PathLike | None = None, 
         where = f"{row['src_ip']}:{row['src_port']} -> {row['dst_ip']}:{row['dst_port']} {row['protocol']}"
         verdict = f"{row['label']} ({row['confidence']:.2f})" if row["status"] == "ok" else f"not judged: {row['reason']}"
         log(f"      {where}  {verdict}")
-    log(f"done in {time.perf_counter() - t0:.0f} s. Report: {report}")
+    log(f"done in {time.perf_counter() - t0:.0f} s. Report: {report.resolve()}")
+    log(f"next: trafficlens explain {run_dir} --per-class   (which protocol fields each class relies on)")
     return {"dataset": str(ds_dir), "run": str(run_dir), "report": str(report), "flows": str(flows), "rows": len(rows),
             "accuracy": metrics["accuracy"], "macro_f1": metrics["macro"]["f1"]}
 
@@ -117,16 +134,19 @@ def quickstart(out: str | os.PathLike, sample: str | os.PathLike | None = None, 
 def _cli():
     import click
 
-    @click.command()
-    @click.option("-o", "--out", type=click.Path(file_okay=False), default="trafficlens-quickstart", show_default=True,
-                  help="Where the dataset, run, report and predictions go.")
+    @click.command(epilog="""\b
+Example:
+  trafficlens quickstart -o /tmp/tl-quickstart --time-budget 60""")
+    @click.option("-o", "--out", type=click.Path(file_okay=False), default=None,
+                  help="Where the dataset, run, report and predictions go [default: ./trafficlens-quickstart, or "
+                       "~/.cache/trafficlens/quickstart when run inside the source tree].")
     @click.option("--sample", type=click.Path(exists=True, file_okay=False), default=None,
                   help="A folder of captures with labels.csv [default: the bundled sample].")
     @click.option("--model", default="chen-cnn", show_default=True)
     @click.option("--time-budget", type=click.FloatRange(min=1), default=90.0, show_default=True, help="Seconds of training.")
     def quickstart_command(out, sample, model, time_budget):
         """prep -> train -> evaluate -> predict on the bundled sample, in a few minutes on a CPU."""
-        quickstart(out, sample, QuickstartConfig(model=model, time_budget=time_budget), log=click.echo)
+        quickstart(out or default_out(), sample, QuickstartConfig(model=model, time_budget=time_budget), log=click.echo)
 
     return quickstart_command
 

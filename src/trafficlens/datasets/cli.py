@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 
-@click.command()
+@click.command(epilog="""\b
+Example:
+  trafficlens info ds/lab""")
 @click.argument("dataset", type=click.Path())
 def info(dataset):
     """Summarise a dataset: classes, settings, what was dropped and why."""

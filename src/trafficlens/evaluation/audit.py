@@ -26,7 +26,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,9 +54,12 @@ SETTINGS = (
 
 @dataclass
 class AuditConfig:
+    """What `audit` runs. `training`: TrainConfig settings of the deep trainings (batch size,
+    learning rate, patience, ...), as `train` takes them; split, seed and classes come from here."""
+
     model: str = "chen-cnn"  # the deep model; "" or None skips it
     baseline: str = "rf"  # a fast registered baseline, run on header bytes and on stats
-    min_class_sessions: int = 50
+    min_class_sessions: int = 0  # as `train`: keep every class unless asked
     min_class_captures: int = 0
     include_classes: tuple[str, ...] = ()
     exclude_classes: tuple[str, ...] = ()
@@ -64,6 +67,7 @@ class AuditConfig:
     time_budget: float = 180.0  # seconds per deep training (three trainings per audit)
     max_epochs: int = 30
     batch_size: int = 256
+    training: dict[str, Any] = field(default_factory=dict)  # further TrainConfig settings (lr, patience, device, ...)
     workers: int | None = None  # prep workers for the re-prepared masks
     captures: tuple[str, ...] = ()  # where the captures are when the manifest has no `sources`
 
@@ -72,6 +76,18 @@ class AuditConfig:
             raise ConfigError(f"audit time budget must be > 0 seconds, got {self.time_budget}")
         if self.min_class_sessions < 0:
             raise ConfigError(f"min_class_sessions must be >= 0, got {self.min_class_sessions}")
+        self.train_config("capture")  # checks the training settings before any work
+
+    def train_config(self, split: str):
+        """The TrainConfig of one setting's trainings."""
+        from trafficlens.training.config import TrainConfig
+
+        return TrainConfig.from_dict({**self.training, "split": split, "seed": self.seed,
+                                      "min_class_sessions": self.min_class_sessions,
+                                      "min_class_captures": self.min_class_captures,
+                                      "include_classes": self.include_classes, "exclude_classes": self.exclude_classes,
+                                      "time_budget": self.time_budget, "max_epochs": self.max_epochs,
+                                      "batch_size": self.batch_size})
 
 
 def dataset_for_mask(dataset: Path, mask: str, cache: Path, cfg: AuditConfig, log: Callable[[str], None]) -> Path:
@@ -119,7 +135,6 @@ def audit(dataset: str | os.PathLike, out: str | os.PathLike, cfg: AuditConfig |
     from trafficlens.models.baselines.estimators import baseline_info
     from trafficlens.training.baselines import train_baseline
     from trafficlens.models import model_info
-    from trafficlens.training.config import TrainConfig
     from trafficlens.training.run import train_run
 
     cfg = cfg or AuditConfig()
@@ -141,10 +156,7 @@ def audit(dataset: str | os.PathLike, out: str | os.PathLike, cfg: AuditConfig |
         jobs: list[tuple[str, str | None]] = [(cfg.baseline, "header")]
         if not setting.header_only:
             jobs.append((cfg.baseline, "stats"))
-        train = TrainConfig(split=setting.split, seed=cfg.seed, min_class_sessions=cfg.min_class_sessions,
-                            min_class_captures=cfg.min_class_captures, include_classes=cfg.include_classes,
-                            exclude_classes=cfg.exclude_classes, time_budget=cfg.time_budget,
-                            max_epochs=cfg.max_epochs, batch_size=cfg.batch_size)
+        train = cfg.train_config(setting.split)
         for name, features in jobs:
             t0 = time.perf_counter()
             m = train_baseline(ds_path, name, features, train, log=quiet)

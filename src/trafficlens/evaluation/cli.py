@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from trafficlens.training.cli import class_options
-from trafficlens.training.config import BALANCES, DEVICES, LOSSES, SPLITS
+from trafficlens.training.cli import class_options, training_options, training_settings
+from trafficlens.training.config import BALANCES, SPLITS
 
 BASELINES = "dt, rf, lr, nb, svm, knn, xgboost, lightgbm, knn-seq"  # the registry's names; a test keeps them in step
 SPLIT_HELP = ("capture: grouped by capture file, dealt at random per seed (honest default); random: stratified "
@@ -118,24 +118,17 @@ def _shared_options(command):
         click.option("--mask", type=click.Choice(("none", "paper", "strict")), default=None,
                      help="Refuse a dataset prepared with another mask [default: take the dataset's]."),
         click.option("--tune", is_flag=True, help="Baselines: small grid search on the validation side."),
-        click.option("--balance", type=click.Choice(BALANCES), default=None,
-                     help="Every model: undersample draws the same training rows for all; weights weighs classes "
-                          "(deep: class-balanced batches; baselines: balanced sample weights)." + _d("balance")),
-        click.option("--loss", type=click.Choice(LOSSES), default=None, help="Deep models: the loss." + _d("loss")),
-        click.option("--epochs", "max_epochs", type=click.IntRange(1), default=None, help="Deep models: most epochs." + _d("max_epochs")),
-        click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None, help="Deep models: seconds per training."),
-        click.option("--batch-size", type=click.IntRange(1), default=None, help="Deep models: training batch size." + _d("batch_size")),
-        click.option("--device", type=click.Choice(DEVICES), default=None, help="Where deep models train." + _d("device")),
         click.option("--progress", is_flag=True, help="Show the deep models' progress bars."),
     ]
     for option in reversed(options):
         command = option(command)
-    return class_options()(command)
+    return training_options(scope="Deep models: ")(class_options()(command))
 
 
 def _config(**kwargs):
     from trafficlens.evaluation.compare import CompareConfig
 
+    kwargs.update(training_settings(kwargs))
     kwargs["include_classes"] = tuple(kwargs.get("include_classes", ()))
     kwargs["exclude_classes"] = tuple(kwargs.get("exclude_classes", ()))
     return CompareConfig(**{k: v for k, v in kwargs.items() if v is not None})

@@ -58,6 +58,9 @@ class CompareConfig:
     time_budget: float | None = None  # seconds per deep model
     batch_size: int = 256
     device: str = "auto"
+    lr: float | None = None  # None: TrainConfig's
+    focal_gamma: float | None = None
+    num_threads: int | None = None
     progress: bool = False
     save_models: bool = False  # keep every fitted model as a bundle under OUT/runs/
 
@@ -80,7 +83,9 @@ class CompareConfig:
                            min_class_sessions=self.min_class_sessions, min_class_captures=self.min_class_captures,
                            include_classes=self.include_classes, exclude_classes=self.exclude_classes,
                            balance=self.balance, loss=self.loss, max_epochs=self.max_epochs, patience=self.patience,
-                           time_budget=self.time_budget, batch_size=self.batch_size, device=self.device)
+                           time_budget=self.time_budget, batch_size=self.batch_size, device=self.device,
+                           **{k: v for k, v in (("lr", self.lr), ("focal_gamma", self.focal_gamma),
+                                                ("num_threads", self.num_threads)) if v is not None})
 
 
 @dataclass(frozen=True)
@@ -193,9 +198,11 @@ def run_model(p: Prepared, spec: ModelSpec, split, cfg: CompareConfig, runs: Pat
         m.update(provenance(p.ds, split, classes=p.classes, seed=cfg.seed, selection=cfg.selection, dropped=p.dropped))
         if cfg.save_models:
             from trafficlens.training.bundle import save_baseline_bundle
+            from trafficlens.training.card import write_card
 
             target = runs / spec.key.replace(":", "-")
             save_baseline_bundle(target, fitted, p.ds, split, train=cfg.train_config().to_dict(), overwrite=True)
+            write_card(target, p.ds)
             m["run"] = str(target)
         return m
     from trafficlens.models import model_info

@@ -5,7 +5,10 @@ from __future__ import annotations
 import click
 
 
-@click.command()
+@click.command(epilog="""\b
+Example:
+  trafficlens explain examples/lab/model --per-class --dataset ds/lab -o reports/lab-explain
+  trafficlens explain runs/cnn --session 12""")
 @click.argument("run", type=click.Path())
 @click.option("--session", type=click.IntRange(0), default=None, help="Dataset row (its `id`) to explain.")
 @click.option("--per-class", "per_class", is_flag=True, help="Summarise the fields carrying each class's weight (the shortcut detector).")
@@ -45,7 +48,7 @@ def explain(run, session, per_class, sessions, rows, target, cam, top, dataset, 
         click.echo(f"session {session}: label {result['label']}, predicted {result['predicted']} "
                    f"({result['probabilities'][result['predicted']]:.3f}); {fields}")
         if result["empty_map"]:
-            click.echo(f"warning: the map is zero everywhere: no region raises the score of {result['target']}", err=True)
+            click.echo(f"warning: {result['empty_reason']}", err=True)
     if result["fields_from"] != "capture":
         click.echo(f"warning: field names from {result['fields_from']}; pass --captures DIR", err=True)
     click.echo(f"wrote {json_path} and {html_path}")

@@ -267,15 +267,47 @@ def field_weights(maps: Maps, i: int, fields, image: np.ndarray | None = None,
     return weight, count, nonzero
 
 
-def top_fields(weight: dict[str, float], share: dict[str, float], live: dict[str, float], top: int) -> list[dict[str, Any]]:
+def top_fields(weight: dict[str, float], share: dict[str, float], live: dict[str, float], top: int,
+               masked: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """The `top` fields with weight, with lift = weight / share of positions the field fills and
     `nonzero` = share of its bytes that are not zero. An identifying field counts as a shortcut
-    only where it holds values: weight smeared onto masked (all-zero) bytes carries nothing."""
-    rows = sorted(((k, w) for k, w in weight.items() if w > 0), key=lambda item: -item[1])[:top]
+    only where it holds values: weight smeared onto masked (all-zero) bytes carries nothing.
+    Fields in `masked` that hold no value here (the mask zeroed them) are never ranked: the
+    upsampled Grad-CAM map spills onto them, but no byte of theirs reached the model
+    (`masked_fields` lists them apart)."""
+    rows = sorted(((k, w) for k, w in weight.items() if w > 0 and not _was_masked(k, live, masked)),
+                  key=lambda item: -item[1])[:top]
     return [{"field": name, "weight": round(w, 6), "positions": round(share.get(name, 0.0), 6),
              "lift": round(w / share[name], 3) if share.get(name) else None, "nonzero": round(live.get(name, 0.0), 4),
              "identifying": is_shortcut(name, live.get(name, 0.0))}
             for name, w in rows]
+
+
+def masked_fields(weight: dict[str, float], live: dict[str, float], masked: frozenset[str]) -> list[dict[str, Any]]:
+    """The fields the mask zeroed, with the share of the map that fell on them anyway."""
+    return [{"field": k, "weight": round(w, 6), "masked": True}
+            for k, w in sorted(weight.items(), key=lambda item: -item[1]) if _was_masked(k, live, masked)]
+
+
+def _was_masked(name: str, live: dict[str, float], masked: frozenset[str]) -> bool:
+    return name in masked and live.get(name, 0.0) == 0
+
+
+def mask_fields(mask: str | None) -> frozenset[str]:
+    """The fields a dataset's mask zeroes (`prep.tensors.fields.MASKED`)."""
+    from trafficlens.prep.tensors.fields import MASKED
+
+    return MASKED.get(mask or "none", MASKED["none"])
+
+
+def blank_reason(method: str | None, target: str) -> str:
+    """Why a map is zero everywhere, in words for the page and the JSON."""
+    if method in (METHOD_GRAD_CAM, METHOD_HIRES_CAM):
+        return (f"{method} is zero everywhere: at every position of the last convolution the gradient-weighted "
+                f"activations sum to a negative value, which the ReLU clips, so no region raises the score of {target}"
+                + (" (averaged gradients can cancel when the head flattens the map: try --cam hires-cam)"
+                   if method == METHOD_GRAD_CAM else ""))
+    return f"{method or 'the map'} is zero everywhere: no input byte moves the score of {target}"
 
 
 def field_groups(weight: dict[str, float]) -> dict[str, float]:
@@ -384,6 +416,8 @@ def explain_session(run: str | os.PathLike, session: int, dataset: str | os.Path
     fields = names[session]
     weight, count, nonzero = field_weights(maps, 0, fields, ctx.ds.tensor("image")[session], ctx.ds.tensor("packets")[session])
     total = sum(count.values())
+    live = {k: nonzero[k] / count[k] for k in count}
+    masked = mask_fields(ctx.ds.config.get("mask"))
     labels = ctx.clf.labels
     label = ctx.ds.labels[session]
     out = {
@@ -396,8 +430,11 @@ def explain_session(run: str | os.PathLike, session: int, dataset: str | os.Path
         "methods": {"image": maps.image_method, "packets": maps.packets_method},
         "fields_from": source,
         "empty_map": _empty(maps, 0),
+        "empty_reason": blank_reason(maps.image_method or maps.packets_method, labels[int(maps.targets[0])])
+                        if _empty(maps, 0) else None,
         "groups": field_groups(weight),
-        "top_fields": top_fields(weight, {k: v / total for k, v in count.items()}, {k: nonzero[k] / count[k] for k in count}, cfg.top),
+        "top_fields": top_fields(weight, {k: v / total for k, v in count.items()}, live, cfg.top, masked),
+        "masked_fields": masked_fields(weight, live, masked),
         "image": {"bytes": ctx.ds.tensor("image")[session].tolist(), "fields": fields.image,
                   "packet": fields.image_packet.tolist(),
                   "weights": None if maps.image is None else np.round(maps.image[0], 6).tolist(),
@@ -448,6 +485,7 @@ def explain_per_class(run: str | os.PathLike, dataset: str | os.PathLike | None 
     log(f"explaining {len(all_rows)} sessions of {len(chosen)} classes; rebuilding field names from the captures")
     names, source = _fields_for(ctx, all_rows, cfg)
     image, packets = ctx.ds.tensor("image"), ctx.ds.tensor("packets")
+    masked = mask_fields(ctx.ds.config.get("mask"))
     classes: dict[str, Any] = {}
     for label, rows in chosen.items():
         targets = np.full(len(rows), ctx.label_index[label]) if cfg.target is None else np.full(len(rows), ctx.label_index[cfg.target])
@@ -470,7 +508,8 @@ def explain_per_class(run: str | os.PathLike, dataset: str | os.PathLike | None 
             "sessions": int(len(rows)),
             "accuracy": float(np.mean(maps.probabilities.argmax(axis=1) == ctx.label_index[label])),
             "empty_maps": int(sum(1 for i in range(len(rows)) if _empty(maps, i))),
-            "top_fields": top_fields(weight, share, live, cfg.top),
+            "top_fields": top_fields(weight, share, live, cfg.top, masked),
+            "masked_fields": masked_fields(weight, live, masked),
             "identifying_weight": round(sum(v for k, v in weight.items() if is_shortcut(k, live.get(k, 0.0))), 6),
             "groups": field_groups(weight),
             "padding_weight": round(weight.get("(padding)", 0.0), 6),
@@ -521,16 +560,34 @@ def _bars(ax, rows: list[dict[str, Any]], title: str) -> None:
     ax.set_title(title, fontsize=9)
 
 
+def _wrap(text: str, width: int = 110) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def _blank(ax, reason: str) -> None:
+    """An empty chart that says why it is empty."""
+    ax.axis("off")
+    ax.text(0.5, 0.5, _wrap(reason, 80), ha="center", va="center", fontsize=8, transform=ax.transAxes)
+
+
 def session_figures(exp: dict[str, Any]) -> list[tuple[str, str]]:
     plt = pyplot()
 
 
+    # One figure per map the model has, blank or not, and always the fields chart: how many
+    # figures a page holds depends on the model, never on what one training happened to learn.
     figures = []
     img = exp["image"]
+    blank = exp.get("empty_reason")
     if img["weights"] is not None:
         fig, (a, b) = plt.subplots(1, 2, figsize=(7, 3.6))
         _overlay(a, img["bytes"], None, "session image (grey: byte value)")
-        _overlay(b, img["bytes"], img["weights"], f"{exp['methods']['image']} for {exp['target']}")
+        _overlay(b, img["bytes"], img["weights"], f"{exp['methods']['image']} for {exp['target']}"
+                 + (" (blank)" if blank else ""))
+        if blank:
+            fig.text(0.5, -0.02, _wrap(blank), ha="center", va="top", fontsize=7)
         figures.append((f"Image: {exp['methods']['image']} over the grey image", figure_png(fig)))
     pk = exp["packets"]
     if pk["weights"] is not None:
@@ -549,10 +606,12 @@ def session_figures(exp: dict[str, Any]) -> list[tuple[str, str]]:
             axes[0][1].invert_yaxis()
             axes[0][1].set_title("packet attention", fontsize=8)
         figures.append(("Packets: byte-level and packet-level weights", figure_png(fig)))
+    fig, ax = plt.subplots(figsize=(6, 0.25 * max(len(exp["top_fields"]), 4) + 1))
     if exp["top_fields"]:
-        fig, ax = plt.subplots(figsize=(6, 0.25 * len(exp["top_fields"]) + 1))
         _bars(ax, exp["top_fields"], "fields carrying the weight (* identifies a host or capture)")
-        figures.append(("Protocol fields", figure_png(fig)))
+    else:
+        _blank(ax, blank or "no unmasked field carries weight")
+    figures.append(("Protocol fields", figure_png(fig)))
     if exp["feature_attention"]:
         fig, ax = plt.subplots(figsize=(8, 2.5))
         _alpha_plot(ax, {exp["target"]: exp["feature_attention"]})
@@ -586,7 +645,9 @@ def per_class_figures(summary: dict[str, Any]) -> list[tuple[str, str]]:
         for ax in axes.ravel():
             ax.axis("off")
         for ax, label in zip(axes.ravel(), with_images):
-            _overlay(ax, classes[label]["mean_image"], classes[label]["mean_image_weights"], label)
+            blank = not any(classes[label]["mean_image_weights"])
+            _overlay(ax, classes[label]["mean_image"], classes[label]["mean_image_weights"],
+                     label + (" (blank map)" if blank else ""))
             ax.axis("on")
         figures.append((f"Mean {summary['methods']['image']} per class over the mean image (Chen 2023 Figure 4)", figure_png(fig)))
     groups = sorted({g for label in labels for g in classes[label]["groups"]})
@@ -606,7 +667,12 @@ def per_class_figures(summary: dict[str, Any]) -> list[tuple[str, str]]:
         for row in classes[label]["top_fields"][:6]:
             if row["field"] not in fields:
                 fields.append(row["field"])
-    if fields:
+    if not fields:  # every class's map blank: the chart is still there, saying so
+        fig, ax = plt.subplots(figsize=(6, 2.5))
+        _blank(ax, blank_reason(summary["methods"].get("image") or summary["methods"].get("packets"), "any class")
+               + f" ({sum(c['empty_maps'] for c in classes.values())} of {sum(c['sessions'] for c in classes.values())} maps)")
+        figures.append(("Fields carrying the weight, per class (the shortcut detector)", figure_png(fig)))
+    else:
         lookup = {label: {r["field"]: r["weight"] for r in classes[label]["top_fields"]} for label in labels}
         matrix = np.array([[lookup[label].get(f, np.nan) for f in fields] for label in labels])
         fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(fields) + 2), max(3, 0.3 * len(labels) + 1.5)))
@@ -651,6 +717,18 @@ def _field_table(rows: list[dict[str, Any]]) -> str:
     return f"<table><tr><th>field</th><th>weight</th><th>share of positions</th><th>lift</th></tr>{body}</table>"
 
 
+def _masked_note(d: dict[str, Any]) -> str:
+    """The masked fields (never ranked) and a blank map's reason, as HTML."""
+    out = ""
+    if d.get("empty_reason"):
+        out += f"<p><b>Blank map:</b> {html.escape(d['empty_reason'])}.</p>"
+    if d.get("masked_fields"):
+        listed = ", ".join(f"{r['field']} {r['weight']:.4f}" for r in d["masked_fields"])
+        out += (f"<p class=masked>Zeroed by the {html.escape(str(d.get('mask', '')))} mask, so not ranked (weight that "
+                f"spilled onto them): {html.escape(listed)}</p>")
+    return out
+
+
 def _intro(d: dict[str, Any]) -> str:
     keys = ("run", "model", "dataset", "layer", "mask", "split", "fields_from")
     provenance = ", ".join(f"{k}={html.escape(str(d.get(k)))}" for k in keys)
@@ -670,7 +748,7 @@ def write_session(out: str | os.PathLike, exp: dict[str, Any]) -> tuple[Path, Pa
     head = (f"<p><b>label {html.escape(str(exp['label']))} · predicted {html.escape(exp['predicted'])} · explained class "
             f"{html.escape(exp['target'])}</b> (top: {html.escape(', '.join(f'{k} {v:.3f}' for k, v in probs))})</p>")
     html_page = page(f"{exp['model']}: session {exp['session']} of {Path(exp['dataset']).name}", head + _intro(exp),
-                 _field_table(exp["top_fields"]), session_figures(exp))
+                 _field_table(exp["top_fields"]) + _masked_note(exp), session_figures(exp))
     (out / f"{stem}.html").write_text(html_page)
     return out / f"{stem}.json", out / f"{stem}.html"
 
@@ -683,7 +761,7 @@ def write_per_class(out: str | os.PathLike, summary: dict[str, Any]) -> tuple[Pa
     tables = "".join(
         f"<h3>{html.escape(label)}</h3><p>{c['sessions']} sessions, accuracy {c['accuracy']:.3f}; weight on identifying "
         f"fields {c['identifying_weight']:.3f}; by layer: {html.escape(', '.join(f'{k} {v:.3f}' for k, v in c['groups'].items()))}</p>"
-        f"{_field_table(c['top_fields'])}"
+        f"{_field_table(c['top_fields'])}{_masked_note({**c, 'mask': summary.get('mask')})}"
         for label, c in summary["classes"].items())
     html_page = page(f"{summary['model']}: fields per class on {Path(summary['dataset']).name}",
                  f"<p>Explained class: {html.escape(summary['target'])}; up to {summary['per_class']} sessions per class "

@@ -4,6 +4,28 @@ from __future__ import annotations
 
 import click
 
+def run_argument(example: str):
+    """RUN, a trained run, as the first positional argument (as predict, evaluate, explain take
+    it); `--model RUN`, the older spelling of live and serve, still works with a deprecation note."""
+    import functools
+
+    def decorate(command_fn):
+        @functools.wraps(command_fn)
+        def wrapper(*args, run_arg=None, model_opt=None, **kwargs):
+            if run_arg and model_opt and run_arg != model_opt:
+                raise click.UsageError(f"two runs given ({run_arg} and --model {model_opt}): give RUN once, first")
+            if model_opt:
+                click.echo(f"note: --model RUN is deprecated here; give the run first: {example}", err=True)
+            if not (run_arg or model_opt):
+                raise click.UsageError(f"missing RUN (a trained run directory), e.g. {example}")
+            return command_fn(*args, run=run_arg or model_opt, **kwargs)
+
+        wrapper = click.option("--model", "model_opt", default=None, type=click.Path(), hidden=True)(wrapper)
+        return click.argument("run_arg", metavar="RUN", required=False, type=click.Path())(wrapper)
+
+    return decorate
+
+
 # predict, serve and live load a bundle the same way: one option, one help text.
 trusted_key_option = click.option(
     "--trusted-key", "trusted_keys", multiple=True, type=click.Path(exists=True, dir_okay=False),
@@ -88,8 +110,11 @@ def predict(run, captures, out, fmt, bpf, top_k, min_confidence, trusted_keys, d
         click.echo(f"{rows} groups ({by}) -> {out}", err=True)
 
 
-@click.command()
-@click.option("--model", "run", required=True, type=click.Path(), help="Run directory (model bundle) to serve.")
+@click.command(epilog="""\b
+Example:
+  trafficlens serve examples/lab/model --port 8080
+  curl --data-binary @capture.pcapng http://127.0.0.1:8080/v1/classify""")
+@run_argument("trafficlens serve RUN --port 8080")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; one other than loopback needs --token-file (or --insecure).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
@@ -155,8 +180,11 @@ def serve(run, host, port, token_file, certfile, keyfile, insecure, docs, max_up
     uvicorn.Server(server_config(app, host=host, port=port, certfile=certfile, keyfile=keyfile, log_level="info")).run()
 
 
-@click.command()
-@click.option("--model", "run", required=True, type=click.Path(), help="Run directory (model bundle).")
+@click.command(epilog="""\b
+Example:
+  trafficlens live examples/lab/model -r examples/lab/capture-004.pcap.gz --speed 0
+  sudo trafficlens live runs/cnn -i eth0 -o live.jsonl""")
+@run_argument("trafficlens live RUN -r capture.pcap")
 @click.option("-i", "--interface", "iface", default=None, help="Capture on this interface (root or CAP_NET_RAW).")
 @click.option("-r", "--read", "replay_path", default=None, type=click.Path(exists=True, allow_dash=True),
               help="Replay a capture instead, at its recorded pace; '-' reads a pcap stream from stdin (tcpdump -w -).")

@@ -177,6 +177,9 @@ def train_baseline(dataset_path, name: str, features: str | None = None, cfg=Non
     if out is not None:
         from trafficlens.training.bundle import save_baseline_bundle
 
+        from trafficlens.training.card import write_card
+
         save_baseline_bundle(out, fitted, data.ds, data.split, train=cfg.to_dict(), overwrite=overwrite)
+        write_card(out, data.ds)
         metrics["run"] = str(out)
     return metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import click
 
@@ -48,7 +49,9 @@ def class_options(min_sessions: int = 0):
     return decorate
 
 
-@click.command()
+@click.command(epilog="""\b
+Example:
+  trafficlens models --classes 7""")
 @click.option("--classes", type=click.IntRange(2), default=10, show_default=True, help="Classes for the parameter count.")
 def models(classes):
     """List the registered models, deep networks and classical baselines: name, paper, inputs, parameters."""
@@ -68,31 +71,95 @@ def models(classes):
         click.echo("  ".join(cell.rjust(w) if i == 4 else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip())
 
 
-@click.command()
-@click.argument("dataset", type=click.Path())
-@click.option("--model", "model_name", required=True, help="Registered model name (see `trafficlens models`).")
-@click.option("-o", "--out", required=True, type=click.Path(), help="Run directory to write (the model bundle).")
-@click.option("--loss", type=click.Choice(LOSSES), default=None, help="Loss; focal is Ge 2021's class-weighted focal loss." + _d("loss"))
-@click.option("--focal-gamma", type=click.FloatRange(0), default=None, help="Gamma of the focal loss." + _d("focal_gamma"))
-@click.option("--epochs", "--max-epochs", "max_epochs", type=click.IntRange(1), default=None, help="Most epochs; early stopping may end sooner." + _d("max_epochs"))
-@click.option("--patience", type=click.IntRange(1), default=None, help="Epochs without better validation macro-F1 before stopping." + _d("patience"))
-@click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None, help="Stop training after this many seconds.")
+def training_options(time_budget: float | None = None, max_epochs: int | None = None, scope: str = ""):
+    """The optimisation options of `train`, shared by `compare`, `cv` and `audit` so that one
+    command line trains one way everywhere: --loss, --focal-gamma, --epochs/--max-epochs,
+    --patience, --time-budget, --batch-size, --lr, --balance, --device, --threads.
+
+    They default to None (TrainConfig decides) unless a command passes its own default
+    (`audit` bounds its three trainings with a time budget). `training_settings` turns the
+    parsed values into TrainConfig keyword arguments.
+    """
+    def default(name, given):
+        return f" [default: {given if given is not None else _DEFAULTS[name]}]"
+
+    options = [
+        click.option("--loss", type=click.Choice(LOSSES), default=None,
+                     help=scope + "Loss; focal is Ge 2021's class-weighted focal loss." + _d("loss")),
+        click.option("--focal-gamma", type=click.FloatRange(0), default=None, help=scope + "Gamma of the focal loss." + _d("focal_gamma")),
+        click.option("--epochs", "--max-epochs", "max_epochs", type=click.IntRange(1), default=max_epochs,
+                     help=scope + "Most epochs; early stopping may end sooner." + default("max_epochs", max_epochs)),
+        click.option("--patience", type=click.IntRange(1), default=None,
+                     help=scope + "Epochs without better validation macro-F1 before stopping." + _d("patience")),
+        click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=time_budget,
+                     help=scope + "Stop each training after this many seconds"
+                     + (f". [default: {time_budget}]" if time_budget else " [default: no limit]")),
+        click.option("--batch-size", type=click.IntRange(1), default=None,
+                     help=scope + "Training batch size; on a small dataset keep several batches per epoch "
+                          "(the bundled sample: 16)." + _d("batch_size")),
+        click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help=scope + "Adam learning rate." + _d("lr")),
+        click.option("--balance", type=click.Choice(BALANCES), default=None,
+                     help="Class balancing of the training side only (baselines: balanced sample weights)." + _d("balance")),
+        click.option("--device", type=click.Choice(DEVICES), default=None,
+                     help=scope + "auto: CUDA (mixed precision) when present, else CPU on all cores." + _d("device")),
+        click.option("--threads", type=click.IntRange(1), default=None, help=scope + "CPU threads [default: all cores]."),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+class _ModelNameOption(click.Option):
+    """--model whose help lists the registered names, looked up only when help is shown (the
+    registry imports torch, which `trafficlens train --help` otherwise need not)."""
+
+    def get_help_record(self, ctx):
+        from trafficlens.models import list_models
+
+        self.help = f"Registered model: {', '.join(list_models('deep'))} (details: `trafficlens models`)."
+        return super().get_help_record(ctx)
+
+
+TRAINING_OPTIONS = ("loss", "focal_gamma", "max_epochs", "patience", "time_budget", "batch_size", "lr", "balance",
+                    "device", "threads")
+
+
+def training_settings(values: dict) -> dict:
+    """The TrainConfig keyword arguments that `training_options` parsed (None: TrainConfig's default);
+    the options' keys are removed from `values`."""
+    out = {name: values.pop(name, None) for name in TRAINING_OPTIONS}
+    out["num_threads"] = out.pop("threads")
+    return {k: v for k, v in out.items() if v is not None}
+
+
+@click.command(epilog="""\b
+Example:
+  trafficlens train ds/lab --model chen-cnn -o runs/cnn --batch-size 16 --epochs 40 --patience 8""")
+@click.argument("dataset", type=click.Path(), required=False)
+@click.option("--model", "model_name", default=None, cls=_ModelNameOption, help="Registered model name.")
+@click.option("-o", "--out", default=None, type=click.Path(), help="Run directory to write (the model bundle).")
+@click.option("--resume", "resume_run", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Continue RUN from its last checkpoint (RUN/checkpoint.pt, saved after every epoch) with its "
+                   "settings; options given here override them (e.g. more --epochs).")
+@click.option("--config", "replay_from", type=click.Path(exists=True), default=None,
+              help="Train again as a run did: its RUN/config.json (or RUN) gives the dataset, model, model settings "
+                   "and training settings; options given here override them.")
+@training_options()
 @click.option("--split", type=click.Choice(SPLITS), default=None, help="capture: grouped by capture file, no capture on two sides (honest default); random: stratified 60/20/20 by session (the papers, leaks); time: earlier sessions train, later test; packet-leak: random with identical tensors left on both sides (a demonstration of the papers' error); column: the dataset's split column; none: a deployment model fitted on every session (a 10% random slice for early stopping only, no test score)." + _d("split"))
-@click.option("--balance", type=click.Choice(BALANCES), default=None, help="Class balancing of the training split only." + _d("balance"))
 @click.option("--seed", type=int, default=None, help="Seed of the split, initialisation and batch order." + _d("seed"))
-@click.option("--batch-size", type=click.IntRange(1), default=None, help="Training batch size." + _d("batch_size"))
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="Adam learning rate." + _d("lr"))
-@click.option("--device", type=click.Choice(DEVICES), default=None, help="auto: CUDA (mixed precision) when present, else CPU on all cores." + _d("device"))
-@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads [default: all cores].")
 @click.option("--from", "from_runs", default=None, help="For a model built on trained runs (chen-model-a: CNN_RUN,GRU_RUN): the runs, comma-separated.")
 @class_options()
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Model setting, e.g. --set max_tokens=256 (JSON values).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--nproc", type=click.IntRange(1), default=1, show_default=True, help="Data-parallel processes on this machine (torchrun; one per GPU, or sharing the CPU cores).")
-def train(dataset, model_name, out, loss, focal_gamma, max_epochs, patience, time_budget, split, balance, seed,
-          batch_size, lr, device, threads, from_runs, min_class_sessions, min_class_captures, include_classes,
-          exclude_classes, settings, overwrite, quiet, nproc):
+@click.pass_context
+def train(ctx, dataset, model_name, out, resume_run, replay_from, split, seed, from_runs, min_class_sessions, min_class_captures,
+          include_classes, exclude_classes, settings, overwrite, quiet, nproc, **training):
     """Train a model on a dataset directory and write a run directory (model bundle).
 
     Under torchrun (`torchrun --nproc-per-node N -m trafficlens train ...`) or with --nproc N,
@@ -114,14 +181,39 @@ def train(dataset, model_name, out, loss, focal_gamma, max_epochs, patience, tim
     from trafficlens.training.run import train_run
 
     model_kwargs = parse_settings(settings)
-    given = dict(max_epochs=max_epochs, time_budget=time_budget, batch_size=batch_size, lr=lr, patience=patience,
-                 loss=loss, focal_gamma=focal_gamma, balance=balance, split=split, seed=seed, device=device,
-                 min_class_sessions=min_class_sessions, min_class_captures=min_class_captures,
-                 include_classes=include_classes, exclude_classes=exclude_classes, num_threads=threads)
-    cfg = TrainConfig(**{k: v for k, v in given.items() if v is not None})
+    given = dict(training_settings(training), split=split, seed=seed)
+    for name, value in (("min_class_sessions", min_class_sessions), ("min_class_captures", min_class_captures),
+                        ("include_classes", include_classes), ("exclude_classes", exclude_classes)):
+        if not replay_from or ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
+            given[name] = value  # a replay keeps the run's classes unless told otherwise
     runs = [p.strip() for p in from_runs.split(",") if p.strip()] if from_runs else []
+    if replay_from:
+        from trafficlens.training.run import replay
+
+        r = replay(replay_from)
+        dataset, model_name = dataset or r.dataset, model_name or r.model
+        given = {**r.train, **{k: v for k, v in given.items() if v is not None}}
+        model_kwargs, runs = {**r.model_kwargs, **model_kwargs}, runs or r.from_runs
+    if resume_run:
+        from trafficlens.training.run import load_checkpoint
+
+        if replay_from:
+            raise click.UsageError("--resume continues a run with its own settings; --config is for a new run")
+        saved = load_checkpoint(resume_run)["settings"]
+        if model_name and model_name != saved["model"]:
+            raise click.UsageError(f"{resume_run} trains {saved['model']}, not {model_name}")
+        if out and Path(out).resolve() != Path(resume_run).resolve():
+            raise click.UsageError("--resume continues RUN in place; leave out -o")
+        dataset, model_name, out = dataset or saved["dataset"], saved["model"], resume_run
+        given = {**saved["train"], **{k: v for k, v in given.items()
+                                     if v is not None and ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}}
+        model_kwargs, runs = {**saved["model_kwargs"], **model_kwargs}, runs or saved["from_runs"]
+    if not dataset or not model_name or not out:
+        raise click.UsageError("give DATASET, --model NAME and -o RUN (or --config RUN/config.json, or --resume RUN)")
+    cfg = TrainConfig.from_dict(given)
     log = (lambda message: click.echo(message, err=True))
-    s = train_run(dataset, out, model_name, cfg, model_kwargs, runs, progress=not quiet, overwrite=overwrite, log=log)
+    s = train_run(dataset, out, model_name, cfg, model_kwargs, runs, progress=not quiet, overwrite=overwrite, log=log,
+                  resume=bool(resume_run))
     if os.environ.get("RANK", "0") != "0":
         return
     if s["test_accuracy"] is not None:
@@ -166,3 +258,30 @@ def sign(run, key):
     from trafficlens.training.signing import sign_bundle
 
     click.echo(f"wrote {sign_bundle(run, key)}")
+
+
+@click.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--dataset", type=click.Path(exists=True, file_okay=False), default=None,
+              help="The dataset the run was trained on, for sessions per class on every side [default: the path in config.json, when it is there].")
+@click.option("--force", is_flag=True, help="Rewrite the card of a signed run (then sign it again).")
+def card(run, dataset, force):
+    """Write the model card RUN/README.md from the run's own files: data, protocol, test metrics
+    beside chance level, intended use and known limits. `train` and `baseline -o` write it already.
+
+    \b
+    Example:
+      trafficlens card examples/lab/model --dataset ds/lab
+    """
+    from trafficlens.errors import ConfigError
+    from trafficlens.training.card import card_is_signed, write_card
+
+    ds = None
+    if dataset:
+        from trafficlens.datasets import Dataset
+
+        ds = Dataset.open(dataset)
+    if card_is_signed(run) and not force:
+        raise ConfigError(f"{run}: signed, and the signature covers README.md; rewriting it breaks the signature "
+                          f"(pass --force, then `trafficlens sign {run} --key KEY` again)")
+    click.echo(f"wrote {write_card(run, ds)}")

@@ -115,12 +115,15 @@ def select_and_split(ds, cfg: TrainConfig, split=None, log: Callable[[str], None
 
 def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name: str, cfg: TrainConfig,
               model_kwargs: dict[str, Any] | None = None, from_runs: Sequence[str] = (), progress: bool = True,
-              overwrite: bool = False, log: Callable[[str], None] | None = None, split=None) -> dict[str, Any]:
+              overwrite: bool = False, log: Callable[[str], None] | None = None, split=None,
+              resume: bool = False) -> dict[str, Any]:
     """Train `model_name` on a dataset directory and write the bundle to `out_dir`.
 
     `split` (a `training.splits.Split` over rows of the selected classes) replaces the one
     `cfg.split` would make: cross-validation folds and comparisons pass theirs (and log it).
     Returns a summary: test accuracy and macro-F1, best epoch, why it stopped, seconds.
+    After every epoch the whole training state goes to `out_dir/checkpoint.pt`; `resume`
+    continues from it (the same settings give the same split and rows).
     """
     from trafficlens.datasets import Dataset
     from trafficlens.models import create_model, model_info
@@ -130,7 +133,9 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
     from trafficlens.training.trainer import fit
 
     log = log or (lambda message: print(message, file=sys.stderr))
-    check_output(out_dir, overwrite)
+    state = load_checkpoint(out_dir) if resume else None
+    if not resume:
+        check_output(out_dir, overwrite)
     info = model_info(model_name, "deep")
     if from_runs and not info.from_runs:
         raise ConfigError(f"--from is for models built on trained runs ({', '.join(_built_on_runs())}), not {model_name}")
@@ -152,8 +157,19 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
     log(f"{model_name}: {len(data.classes)} classes, train {len(train_idx)} / val {len(split.val)} / test "
         f"{len(split.test)} sessions ({split.kind} split), device {dist.device}"
         + (f", {dist.world} processes" if dist.enabled else ""))
-    result = fit(model, tensors, train_idx, label_of[train_idx], split.val, label_of[split.val], cfg,
-                 len(data.classes), progress=progress, device=dist.device, dist=dist)
+    board = _tensorboard(Path(out_dir)) if dist.main else None
+    try:
+        result = fit(model, tensors, train_idx, label_of[train_idx], split.val, label_of[split.val], cfg,
+                     len(data.classes), progress=progress, device=dist.device, dist=dist,
+                     on_epoch=board and (lambda epoch, row: [board.add_scalar(k, v, epoch) for k, v in row.items()
+                                                             if isinstance(v, (int, float)) and not k.startswith("_")]),
+                     checkpoint=_checkpointer(Path(out_dir), {"dataset": str(Path(dataset).resolve()), "model": model_name,
+                                                              "train": cfg.to_dict(), "model_kwargs": model_kwargs or {},
+                                                              "from_runs": [str(p) for p in from_runs]}),
+                     resume=state)
+    finally:
+        if board is not None:
+            board.close()
     for message in result.warnings:
         log(f"warning: {message}")
     metrics = _run_metrics(model, tensors, data, train_idx, result, cfg, dist)
@@ -215,6 +231,110 @@ def _save_run(out: Path, model, data: Selected, cfg: TrainConfig, metrics: dict[
                 dataset=dataset_info, history=history, metrics=metrics,
                 extra={"from": [str(p) for p in from_runs]} if from_runs else None)
     np.save(out / SPLIT, data.split.assignment(len(ds)), allow_pickle=False)
+    write_history_csv(out / HISTORY_CSV, result.history)
+    from trafficlens.training.card import write_card
+
+    write_card(out, ds)  # last: it reads the files above
+
+
+HISTORY_CSV = "history.csv"
+# Keys of a model's config that the dataset's tensor shapes decide (`models.registry.shape_kwargs`)
+# and the class count: a replay takes them from the dataset it trains on.
+_FROM_DATA = {"num_classes", "image_side", "image_bytes", "packets", "packet_bytes", "sequence_length", "stats_features"}
+
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def _checkpointer(out: Path, settings: dict[str, Any]) -> Callable[[dict], None]:
+    """Writes a training state (`trainer._Epochs.state`) to out/checkpoint.pt atomically, with
+    the settings that resume it; history and settings as JSON text, so the file holds only
+    tensors and plain values (read back with torch.load(weights_only=True))."""
+    import json
+
+    import torch
+
+    from trafficlens.training.bundle import _json_default
+
+    def save(state: dict) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        state = {**state, "history": json.dumps(state["history"], default=_json_default),
+                 "best_f1": float(state["best_f1"]), "settings": json.dumps(settings, default=_json_default)}
+        tmp = out / (CHECKPOINT + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, out / CHECKPOINT)
+
+    return save
+
+
+def load_checkpoint(run: str | os.PathLike) -> dict[str, Any]:
+    """A run's checkpoint.pt (ConfigError when it has none or it is unreadable)."""
+    import json
+    import pickle
+
+    import torch
+
+    path = Path(run) / CHECKPOINT
+    if not path.is_file():
+        raise ConfigError(f"{run}: no {CHECKPOINT} to resume from (runs save one after every epoch)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state["history"], state["settings"] = json.loads(state["history"]), json.loads(state["settings"])
+    except (OSError, RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+        raise ConfigError(f"{path}: unreadable checkpoint ({str(exc).splitlines()[0][:120]})") from None
+    return state
+
+
+def _tensorboard(out: Path):
+    """A TensorBoard writer into RUN/tensorboard when tensorboard is installed (optional: None otherwise)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(out / "tensorboard"))
+
+
+def write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    """history.json's epochs as CSV, one row per epoch (for a spreadsheet or pandas)."""
+    import csv
+    import io
+
+    columns = ["epoch"] + sorted({k for row in history for k in row if not k.startswith("_") and k != "epoch"})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns, extrasaction="ignore")
+    writer.writeheader()
+    for i, row in enumerate(history, 1):
+        writer.writerow({"epoch": i, **{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}})
+    from trafficlens.files import atomic_write_text
+
+    atomic_write_text(path, buf.getvalue())
+
+
+@dataclass
+class Replay:
+    """What a run's config.json says to train again (`train --config`)."""
+
+    dataset: str
+    model: str
+    train: dict[str, Any]  # TrainConfig settings
+    model_kwargs: dict[str, Any]
+    from_runs: list[str]
+
+
+def replay(path: str | os.PathLike) -> Replay:
+    """The settings of the run at `path` (its directory or its config.json), to train it again."""
+    from trafficlens.training.bundle import CONFIG, bundle_kind, read_config
+
+    path = Path(path)
+    run = path.parent if path.name == CONFIG and path.is_file() else path
+    config = read_config(run)
+    if bundle_kind(config) != "deep":
+        raise ConfigError(f"{run}: a {bundle_kind(config)} bundle; replay it with `trafficlens baseline`")
+    model = config["model"]
+    kwargs = {k: v for k, v in (model.get("config") or {}).items() if k not in _FROM_DATA}
+    return Replay(dataset=str((config.get("dataset") or {}).get("path") or ""), model=str(model.get("name")),
+                  train=dict(config.get("train") or {}), model_kwargs=kwargs,
+                  from_runs=[str(p) for p in config.get("from") or []])
 
 
 def _built_on_runs() -> list[str]:

@@ -158,14 +158,17 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
 
 def fit(model: nn.Module, tensors: Mapping[str, np.ndarray], train_idx: np.ndarray, train_y: np.ndarray,
         val_idx: np.ndarray, val_y: np.ndarray, cfg: TrainConfig, num_classes: int,
-        progress: bool = True, device: torch.device | None = None, dist=None) -> FitResult:
+        progress: bool = True, device: torch.device | None = None, dist=None, on_epoch=None,
+        checkpoint=None, resume: dict | None = None) -> FitResult:
     """Train `model` in place; on return it holds the weights of the best validation epoch.
 
     Expects `setup(cfg)` to have run (seeds, threads); `train`/`val` indices are dataset rows,
     `*_y` their class ids. With no validation rows the last epoch's weights are kept.
     `dist`: a `training.torchrun.DistContext`; with several ranks each trains on its share of
     every batch under DistributedDataParallel (see training/torchrun.py), and the reported
-    losses and accuracies are summed over ranks.
+    losses and accuracies are summed over ranks. `on_epoch(epoch, row)` sees every epoch's
+    history row (TensorBoard logging). `checkpoint(state)` is handed the whole training state
+    after every epoch (`checkpoint_state`); `resume`, such a state, continues from its epoch.
     """
     from trafficlens.training.torchrun import DistContext
 
@@ -173,8 +176,12 @@ def fit(model: nn.Module, tensors: Mapping[str, np.ndarray], train_idx: np.ndarr
     dist = dist or DistContext(device=device)
     run = _Epochs(model, tensors, train_idx, train_y, cfg, num_classes, device, dist)
     result = FitResult()
-    best_f1, best_state, stale = -1.0, None, 0
-    for epoch in range(1, cfg.max_epochs + 1):
+    best_f1, best_state, stale, first = -1.0, None, 0, 1
+    if resume is not None:
+        best_f1, best_state, stale, first = resume["best_f1"], resume["best_state"], resume["stale"], resume["epoch"] + 1
+        result.history, result.best_epoch = list(resume["history"]), resume["best_epoch"]
+        run.restore(resume)
+    for epoch in range(first, cfg.max_epochs + 1):
         row, out_of_time, bar = run.train(epoch, progress and dist.main)
         recalibrate_batch_norm(model, tensors, train_idx, cfg.bn_batches, cfg.batch_size, device, cfg.seed + epoch)
         if len(val_idx):
@@ -185,6 +192,8 @@ def fit(model: nn.Module, tensors: Mapping[str, np.ndarray], train_idx: np.ndarr
                         val_acc=f"{row.get('val_accuracy', float('nan')):.3f}",
                         val_f1=f"{row.get('val_macro_f1', float('nan')):.3f}")
         bar.close()
+        if on_epoch is not None:
+            on_epoch(epoch, row)
         f1 = row.get("val_macro_f1", -row["train_loss"])
         if f1 > best_f1 + 1e-4:
             best_f1, stale, result.best_epoch = f1, 0, epoch
@@ -192,6 +201,8 @@ def fit(model: nn.Module, tensors: Mapping[str, np.ndarray], train_idx: np.ndarr
         else:
             stale += 1
         run.scheduler.step(f1)
+        if checkpoint is not None and dist.main:
+            checkpoint(run.state(epoch, best_f1, best_state, stale, result))
         if out_of_time or stale >= cfg.patience:
             result.stopped = "time-budget" if out_of_time else "early-stopping"
             break
@@ -230,6 +241,24 @@ class _Epochs:
         self.global_sizes = [min(cfg.batch_size, len(train_idx) - i) for i in range(0, len(train_idx), cfg.batch_size)]
         self.local_sizes = [len(dist.part(g)) for g in self.global_sizes]
         self.start = time.perf_counter()
+
+    def state(self, epoch: int, best_f1: float, best_state, stale: int, result: FitResult) -> dict:
+        """Everything the next epoch depends on: weights, optimiser, scheduler, batch-order and
+        torch random states, the best weights so far and the history (plain values and tensors,
+        so loading it runs no code)."""
+        return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": self.rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), "best_f1": best_f1, "best_state": best_state, "stale": stale,
+                "best_epoch": result.best_epoch, "history": result.history,
+                "seconds": time.perf_counter() - self.start}
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        self.start = time.perf_counter() - state["seconds"]  # the time budget counts the earlier epochs
 
     def train(self, epoch: int, progress: bool):
         """One pass over the training rows: (the epoch's history row, whether the time budget ran

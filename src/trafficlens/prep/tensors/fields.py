@@ -50,6 +50,17 @@ _TLS_EXTENSIONS = {0: "server_name", 5: "status_request", 10: "supported_groups"
                    13: "signature_algorithms", 16: "alpn", 18: "sct", 21: "padding", 23: "extended_master_secret",
                    35: "session_ticket", 41: "pre_shared_key", 43: "supported_versions", 45: "psk_key_exchange_modes",
                    51: "key_share", 65281: "renegotiation_info"}
+# Fields each mask zeroes (mask_version 2, `views.packet_view`; the MACs are never kept): an
+# explanation marks them and never ranks them, since no value reached the model there.
+_PAPER = frozenset({"eth.dst", "eth.src", "ip.src", "ip.dst", "ipv6.src", "ipv6.dst"})
+MASKED = {
+    "none": frozenset({"eth.dst", "eth.src"}),
+    "paper": _PAPER,
+    "strict": _PAPER | {"ip.id", "ip.checksum", "ipv6.flow", "tcp.srcport", "tcp.dstport", "tcp.seq", "tcp.ack",
+                        "tcp.checksum", "tcp.option.timestamp", "udp.srcport", "udp.dstport", "udp.checksum",
+                        "tls.handshake.sni", "tls.handshake.random", "tls.handshake.session_id",
+                        "tls.handshake.key_exchange", "quic.dcid", "quic.scid"},
+}
 # Fields that name a host, a capture or a moment rather than an application: weight on them is
 # a shortcut (most are zeroed by the `strict` mask, TTL and window are not).
 IDENTIFYING = frozenset({
