@@ -48,6 +48,7 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     "evaluation/metrics.py": (["src/trafficlens/training/metrics.py"],
                               ["tests/test_evaluation.py::test_metrics_match_sklearn",
                                "tests/test_evaluation.py::test_metrics_by_hand",
+                               "tests/test_evaluation.py::test_softmax_is_per_row_stable_and_float32",
                                "tests/test_evaluation.py::test_provenance_says_what_produced_the_metrics"], None),
     "models/losses.py": (["src/trafficlens/models/losses.py"], ["tests/test_models.py::test_inverse_frequency_weights_are_n_over_c_n_c",
                          "tests/test_models.py::test_focal_loss_is_the_class_weighted_formula_of_ge_2021",

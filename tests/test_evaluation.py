@@ -74,6 +74,15 @@ def test_metrics_by_hand():
     assert softmax(np.array([[0.0, np.log(3.0)]])) == pytest.approx(np.array([[0.25, 0.75]]))
 
 
+def test_softmax_is_per_row_stable_and_float32():
+    """Each row on its own (rows of very different scale), no overflow at large logits, float32 out."""
+    logits = np.array([[0.0, np.log(3.0), -np.inf], [1000.0, 1000.0, 1000.0 + np.log(2.0)], [-5.0, -5.0, -5.0]])
+    p = softmax(logits)
+    assert p.dtype == np.float32 and p.shape == (3, 3)
+    assert p == pytest.approx(np.array([[0.25, 0.75, 0.0], [0.25, 0.25, 0.5], [1 / 3, 1 / 3, 1 / 3]]), abs=1e-4)  # float32 at 1000: 6e-5 steps
+    assert logits[1, 0] == 1000.0  # the input is left as it was
+
+
 def test_provenance_says_what_produced_the_metrics(tmp_path):
     from trafficlens.datasets import DatasetWriter
     from trafficlens.training.metrics import provenance

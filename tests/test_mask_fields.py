@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from captures import write_pcap
 from trafficlens.capture import RawPacket, build, decode
 from trafficlens.prep.config import LAYERS, MASKS, PrepConfig
-from trafficlens.prep.local import prepare_capture
+from trafficlens.prep.capture_file import prepare_capture
+from trafficlens.prep.engines.base import EngineSink
 from trafficlens.prep.engines import numba_available
 from trafficlens.prep.tensors.views import packet_view
 
@@ -197,14 +198,12 @@ def sessions(capture, layer: str, mask: str, backend: str) -> dict[int, np.ndarr
     config = PrepConfig(layer=layer, mask=mask, packets=8, packet_bytes=B, image_bytes=4 * B)
     out: dict[int, np.ndarray] = {}
 
-    def one(example):
-        out[example.meta["src_port"]] = np.asarray(example.packets)
-
-    def batch(b):
+    def batch(b, trigger, times):
         for example in b.examples():
-            one(example)
+            out[example.meta["src_port"]] = np.asarray(example.packets)
 
-    prepare_capture(capture, capture.name, config, None, one, emit_batch=batch, backend=backend)
+    report = prepare_capture(capture, capture.name, config, None, EngineSink(batch), backend=backend)
+    assert report.error is None, report.error
     return out
 
 

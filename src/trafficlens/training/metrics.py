@@ -26,7 +26,8 @@ SCHEMA_VERSION = 3  # 3: macro over classes with test sessions; n_fit, n_select,
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax of (n, classes) logits, in float32 (one copy, worked in place)."""
-    z = logits.astype(np.float32) - logits.max(axis=1, keepdims=True)
+    z = logits.astype(np.float32)  # a copy; subtracting the float64 max would make it float64 again
+    z -= z.max(axis=1, keepdims=True)
     np.exp(z, out=z)
     z /= z.sum(axis=1, keepdims=True)
     return z
