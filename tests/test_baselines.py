@@ -259,7 +259,7 @@ def test_cli_writes_a_run_directory(ds, tmp_path):
     assert "lr on stats: test accuracy" in r.output
     m = json.loads((out / "metrics.json").read_text())
     assert m["params"] == {"C": 0.5} and m["split"] == "capture" and m["split_info"]["min_class_sessions"] == 10
-    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.json", "split.npy", "model.onnx"}
+    assert {p.name for p in out.iterdir()} == {"config.json", "metrics.json", "split.npy", "model.onnx", "README.md"}  # README.md: the model card
     again = CliRunner().invoke(baseline_cmd, args)
     assert isinstance(again.exception, ConfigError) and "--overwrite" in str(again.exception)
     bad = CliRunner().invoke(baseline_cmd, [str(ds.path), "--model", "nope"])

@@ -64,7 +64,7 @@ def test_a_bad_expression_is_one_line_naming_it(expression, problem):
 
 @pytest.mark.parametrize("command", [["predict", str(LAB / "model"), str(LAB / "capture-000.pcap.gz")],
                                      ["prep", str(LAB / "capture-000.pcap.gz"), "-o", "ds", "--label", "x"],
-                                     ["live", "--model", str(LAB / "model"), "-r", str(LAB / "capture-000.pcap.gz")]])
+                                     ["live", str(LAB / "model"), "-r", str(LAB / "capture-000.pcap.gz")]])
 def test_commands_say_a_bad_filter_in_one_line(command, tmp_path, monkeypatch, capsys):
     from trafficlens.cli import main
 
@@ -114,7 +114,7 @@ def test_predict_and_live_read_only_matching_packets(tmp_path):
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 8 and {r["dst_port"] for r in rows} == {80}
     out = tmp_path / "live.jsonl"
-    result = CliRunner().invoke(cli, ["live", "--model", str(LAB / "model"), "-r", str(capture), "--speed", "0",
+    result = CliRunner().invoke(cli, ["live", str(LAB / "model"), "-r", str(capture), "--speed", "0",
                                       "--filter", "udp and dst port 53", "-o", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]

@@ -15,7 +15,7 @@ from trafficlens.models import create_model, list_models
 from trafficlens.training import TrainConfig, load_bundle, save_bundle, train_run
 from trafficlens.training.trainer import predict_logits
 
-SHAPES = {"image": (400,), "packets": (6, 32)}
+SHAPES = {"image": (400,), "packets": (6, 32), "sequence": (8, 2), "stats": (3,)}
 
 
 @pytest.fixture(scope="module")

@@ -174,7 +174,7 @@ def test_predict_and_live_commands_write_zeek_logs(tmp_path):
     assert len(rows) == 30 and {r["proto"] for r in rows} <= {"tcp", "udp"}
     assert all(r["community_id"].startswith("1:") for r in rows)
     out = tmp_path / "live.log"
-    result = CliRunner().invoke(cli, ["live", "--model", str(LAB / "model"), "-r", str(capture), "--speed", "0",
+    result = CliRunner().invoke(cli, ["live", str(LAB / "model"), "-r", str(capture), "--speed", "0",
                                       "--format", "zeek", "-o", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     header, _, _, live_rows = read_zeek_log(out.read_text())

@@ -244,7 +244,7 @@ def _live(args, tmp_path):
 
 
 def test_live_by_host_prints_each_device_once_it_is_sure(run, network, tmp_path):
-    rows, summary = _live(["--model", str(run), "-r", str(network), "--speed", "0", "--by", "host", "--host-key", "mac",
+    rows, summary = _live([str(run), "-r", str(network), "--speed", "0", "--by", "host", "--host-key", "mac",
                            "--min-confidence", "0.9", "--after", "8"], tmp_path)
     confident = [r for r in rows if r["event"] == "confident"]
     assert {r["host"]: r["label"] for r in confident} == EXPECTED_BY_MAC

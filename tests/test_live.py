@@ -248,7 +248,7 @@ def test_live_command_replays_a_capture(run, tmp_path):  # noqa: F811
     out = tmp_path / "live.jsonl"
     threads = torch.get_num_threads()
     try:
-        result = CliRunner().invoke(cli, ["live", "--model", str(run[0]), "-r", str(SAMPLE / "capture-2.pcapng"),
+        result = CliRunner().invoke(cli, ["live", str(run[0]), "-r", str(SAMPLE / "capture-2.pcapng"),
                                           "--speed", "0", "-o", str(out), "--device", "cpu"])
     finally:
         torch.set_num_threads(threads)  # the command sets one intra-op thread for itself
@@ -272,7 +272,7 @@ def test_live_output_replaces_a_file_only_when_live_stops(run, tmp_path):  # noq
     notes.write_text("not a capture")
     threads = torch.get_num_threads()
     try:
-        result = CliRunner().invoke(cli, ["live", "--model", str(run[0]), "-r", str(notes), "--speed", "0",
+        result = CliRunner().invoke(cli, ["live", str(run[0]), "-r", str(notes), "--speed", "0",
                                           "-o", str(out), "--device", "cpu"])
     finally:
         torch.set_num_threads(threads)  # the command sets one intra-op thread for itself

@@ -109,7 +109,7 @@ def test_live_reads_a_real_pipe(tmp_path):
     """`cat x.pcap | trafficlens live -r -` through an OS pipe, in a fresh process."""
     capture = LAB / "capture-001.pcap.gz"
     with open(capture, "rb") as fh:
-        done = subprocess.run([sys.executable, "-m", "trafficlens", "live", "--model", str(LAB / "model"), "-r", "-",
+        done = subprocess.run([sys.executable, "-m", "trafficlens", "live", str(LAB / "model"), "-r", "-",
                                "--speed", "0", "--device", "cpu"], stdin=fh, capture_output=True, timeout=600,
                               env={**os.environ, "PYTHONPATH": str(SRC)})
     assert done.returncode == 0, done.stderr.decode()
