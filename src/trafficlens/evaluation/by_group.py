@@ -69,20 +69,10 @@ def evaluate_groups(run: str | os.PathLike, by: str, window: float | None = None
     proba_val, _ = _probabilities(clf, ds, val)
     proba_test, seconds = _probabilities(clf, ds, test)
 
-    temperature = fit_temperature(proba_val, y_val)
-    val_table = ds.table.select(["capture", "src_ip", "ts_start"]).take(val).to_pydict()
-    val_groups = Groups(_group_keys(val_table, by, window), np.asarray(val_table["ts_start"]), y_val, len(clf.labels))
-    learned = fit_learned(val_groups, proba_val, temperature, len(clf.labels))
-    calibration = read_calibration(run)
-    calibration.update({"temperature": temperature, "fitted_on": "validation split", "dataset": str(ds.path.resolve()),
-                        "sessions": int(len(val)), "nll_uncalibrated": _nll(proba_val, y_val, 1.0),
-                        "nll_calibrated": _nll(proba_val, y_val, temperature)})
-    calibration.setdefault("learned", {})["capture" if by == "capture" else "host"] = learned.to_dict()
-    atomic_write_text(run / CALIBRATION, json.dumps(calibration, indent=2) + "\n")
+    val_groups = _groups_of(ds, val, y_val, by, window, len(clf.labels))
+    temperature, learned, calibration = _calibrate(run, ds, val_groups, proba_val, y_val, by)
 
-    table = ds.table.select(["capture", "src_ip", "ts_start"]).take(test).to_pydict()
-    key = _group_keys(table, by, window)
-    groups = Groups(key, np.asarray(table["ts_start"], dtype=np.float64), y_test, len(clf.labels))
+    groups = _groups_of(ds, test, y_test, by, window, len(clf.labels))
     metrics, comparison = {}, {}
     for name, (aggregator, t) in {"pool": ("pool", temperature), "vote": ("vote", temperature),
                                   "learned": ("learned", temperature), "pool_uncalibrated": ("pool", 1.0)}.items():
@@ -107,22 +97,9 @@ def evaluate_groups(run: str | os.PathLike, by: str, window: float | None = None
         "curve": {a: groups.curve(proba_test, a, temperature, learned) for a in AGGREGATORS},
         "sessions_until_right": groups.until_right(proba_test, "pool", temperature, clf.labels),
     }
-    held_out = np.flatnonzero(np.isin(np.array([str(x) for x in ds.labels], dtype=object),
-                                      [str(x) for x in set(ds.labels.tolist()) - set(clf.labels) - {None}]))
-    if len(held_out):
-        held_table = ds.table.select(["capture", "src_ip", "ts_start"]).take(held_out).to_pydict()
-        held_groups = Groups(_group_keys(held_table, by, window), np.asarray(held_table["ts_start"]),
-                             np.zeros(len(held_out), np.int64), len(clf.labels))
-        proba_held, _ = _probabilities(clf, ds, held_out)
-        threshold = float(np.quantile(val_groups.fit(proba_val, temperature), UNKNOWN_RATE))
-        known = groups.fit(proba_test, temperature) < threshold
-        metrics["groups"]["open_set"] = {
-            "held_out_classes": sorted(str(x) for x in set(ds.labels[held_out].tolist())),
-            "held_out_groups": held_groups.n, "threshold": threshold,
-            "threshold_from": f"{UNKNOWN_RATE:.0%} of the validation groups ({val_groups.n}) under it",
-            "held_out_called_unknown": float((held_groups.fit(proba_held, temperature) < threshold).mean()),
-            "known_test_called_unknown": float(known.mean()) if groups.n else 0.0,
-        }
+    open_set = _open_set(clf, ds, by, window, val_groups, proba_val, groups, proba_test, temperature)
+    if open_set:
+        metrics["groups"]["open_set"] = open_set
     metrics["inference_seconds"] = seconds
     target = Path(out) if out else run / "evaluation"
     target.mkdir(parents=True, exist_ok=True)
@@ -134,6 +111,49 @@ def evaluate_groups(run: str | os.PathLike, by: str, window: float | None = None
                                  group_curve_figure(metrics["groups"]["curve"], by))])
     metrics["out"] = str(target)
     return metrics
+
+
+def _groups_of(ds, rows: np.ndarray, y: np.ndarray, by: str, window: float | None, n_classes: int) -> "Groups":
+    table = ds.table.select(["capture", "src_ip", "ts_start"]).take(rows).to_pydict()
+    return Groups(_group_keys(table, by, window), np.asarray(table["ts_start"], dtype=np.float64), y, n_classes)
+
+
+def _calibrate(run: Path, ds, val_groups: "Groups", proba_val: np.ndarray, y_val: np.ndarray, by: str):
+    """Temperature and learned aggregator fitted on the validation split, kept in RUN/calibration.json."""
+    from trafficlens.files import atomic_write_text
+
+    temperature = fit_temperature(proba_val, y_val)
+    learned = fit_learned(val_groups, proba_val, temperature, proba_val.shape[1])
+    calibration = read_calibration(run)
+    calibration.update({"temperature": temperature, "fitted_on": "validation split", "dataset": str(ds.path.resolve()),
+                        "sessions": int(len(y_val)), "nll_uncalibrated": _nll(proba_val, y_val, 1.0),
+                        "nll_calibrated": _nll(proba_val, y_val, temperature)})
+    calibration.setdefault("learned", {})["capture" if by == "capture" else "host"] = learned.to_dict()
+    atomic_write_text(run / CALIBRATION, json.dumps(calibration, indent=2) + "\n")
+    return temperature, learned, calibration
+
+
+def _open_set(clf, ds, by: str, window: float | None, val_groups: "Groups", proba_val: np.ndarray, groups: "Groups",
+              proba_test: np.ndarray, temperature: float) -> dict[str, Any] | None:
+    """Groups of labelled classes the run never learned, called unknown below a fit threshold
+    chosen so that UNKNOWN_RATE of the validation groups fall under it; None without such classes."""
+    from trafficlens.evaluation.evaluate import _probabilities
+
+    held_out = np.flatnonzero(np.isin(np.array([str(x) for x in ds.labels], dtype=object),
+                                      [str(x) for x in set(ds.labels.tolist()) - set(clf.labels) - {None}]))
+    if not len(held_out):
+        return None
+    held_groups = _groups_of(ds, held_out, np.zeros(len(held_out), np.int64), by, window, len(clf.labels))
+    proba_held, _ = _probabilities(clf, ds, held_out)
+    threshold = float(np.quantile(val_groups.fit(proba_val, temperature), UNKNOWN_RATE))
+    known = groups.fit(proba_test, temperature) < threshold
+    return {
+        "held_out_classes": sorted(str(x) for x in set(ds.labels[held_out].tolist())),
+        "held_out_groups": held_groups.n, "threshold": threshold,
+        "threshold_from": f"{UNKNOWN_RATE:.0%} of the validation groups ({val_groups.n}) under it",
+        "held_out_called_unknown": float((held_groups.fit(proba_held, temperature) < threshold).mean()),
+        "known_test_called_unknown": float(known.mean()) if groups.n else 0.0,
+    }
 
 
 def _nll(proba: np.ndarray, y: np.ndarray, temperature: float) -> float | None:

@@ -8,6 +8,7 @@ streamed straight into the writer by the main process instead.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import signal
@@ -166,7 +167,13 @@ def _start_pool(files, workers: int, config: PrepConfig, labeler, backend: str, 
         from trafficlens.prep.engines.compiled import warm_up
 
         warm_up()  # forked workers inherit the loaded kernels instead of each loading them
-    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(config, labeler, backend, packet_filter))
+    # Forked workers must never collect what this process holds: a destructor that waits for threads
+    # the fork did not copy (an ONNX Runtime session a Classifier left, say) hangs the worker for good.
+    gc.freeze()
+    try:
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(config, labeler, backend, packet_filter))
+    finally:
+        gc.unfreeze()
     return pool, pool.imap(_worker, small, chunksize=1)
 
 
