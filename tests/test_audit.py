@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -68,11 +69,13 @@ def test_audit_cli_reuses_prepared_masks_and_names_missing_captures(shortcut_dat
                                  "--min-class-sessions", "0", "--workers", "1"])
     assert result.exit_code == 0, result.output
     assert "(d-capture)" in result.output and "rf on header" in result.output
-    # a manifest without `sources` (older datasets) and no --captures: one clear line
-    manifest = json.loads((ds / "manifest.json").read_text())
+    # a manifest without `sources` (older datasets) and no --captures: one clear line (on a copy:
+    # the dataset is the module's, other tests audit it too)
+    old = shutil.copytree(ds, tmp_path / "old-ds")
+    manifest = json.loads((old / "manifest.json").read_text())
     manifest.pop("sources")
-    (ds / "manifest.json").write_text(json.dumps(manifest))
-    proc = subprocess.run([sys.executable, "-m", "trafficlens", "audit", str(ds), "-o", str(tmp_path / "r2"),
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    proc = subprocess.run([sys.executable, "-m", "trafficlens", "audit", str(old), "-o", str(tmp_path / "r2"),
                            "--model", "none"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "pass --captures PATH" in proc.stderr and "Traceback" not in proc.stderr
