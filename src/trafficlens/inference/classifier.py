@@ -255,14 +255,9 @@ class Classifier:
         `captures`: files or folders of captures; "-" is standard input. `bpf`: a BPF expression
         (tcpdump's): only the packets it matches are read."""
         from trafficlens.capture.bpf import PacketFilter
-        from trafficlens.capture.formats import discover
 
         packet_filter = PacketFilter(bpf) if bpf is not None else None
-        if isinstance(captures, (str, os.PathLike)):
-            captures = [captures]
-        files, _ = discover(captures)
-        if not files:
-            raise ConfigError(f"no capture files found in {', '.join(map(str, captures))}")
+        files = _capture_files(captures)
         for path, relative in files:
             yield from self._predict_file(path, relative, top_k, min_confidence, on_warning, packet_filter)
 
@@ -365,18 +360,13 @@ class Classifier:
         named within their capture file, so memory holds one capture's groups (at most
         `config.max_groups`, the least recently updated closed early). `bpf`: as in `iter_predictions`."""
         from trafficlens.capture.bpf import PacketFilter
-        from trafficlens.capture.formats import discover
         from trafficlens.inference.groups import GroupConfig, GroupDecisions, load_learned
         from trafficlens.prep.hosts import HostAddresses
 
         config = config or GroupConfig(temperature=self.temperature)
         packet_filter = PacketFilter(bpf) if bpf is not None else None
         learned = load_learned(self.bundle.path, config.by, len(self.labels)) if config.aggregator == "learned" else None
-        if isinstance(captures, (str, os.PathLike)):
-            captures = [captures]
-        files, _ = discover(captures)
-        if not files:
-            raise ConfigError(f"no capture files found in {', '.join(map(str, captures))}")
+        files = _capture_files(captures)
         for path, relative in files:
             groups = GroupDecisions(self.labels, config, learned)
             hosts = HostAddresses() if config.host_key == "mac" and config.by != "capture" else None
@@ -431,6 +421,20 @@ class Classifier:
 
 
 TENSOR_SETTINGS = ("unit", "layer", "mask", "image_bytes", "packets", "packet_bytes", "sequence_length", "idle_timeout")
+
+
+def _capture_files(captures) -> list:
+    """(path, relative name) of every capture in `captures` (a file, folder or "-", or several)."""
+    from trafficlens.capture.formats import discover
+
+    if isinstance(captures, (str, os.PathLike)):
+        captures = [captures]
+    files, _ = discover(captures)
+    if not files:
+        raise ConfigError(f"no capture files found in {', '.join(map(str, captures))}")
+    return files
+
+
 def rejected_row(meta: dict[str, Any], reason: str) -> dict[str, Any]:
     """The output row of a session the model's prep filters keep it from judging."""
     from trafficlens.prep.tensors.filters import REJECTS

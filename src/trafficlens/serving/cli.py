@@ -74,14 +74,14 @@ def predict(run, captures, out, fmt, bpf, top_k, min_confidence, trusted_keys, d
     from trafficlens.inference.classifier import Classifier
     from trafficlens.serving.output import output_format, write_rows
 
-    output_format(out, fmt)  # a bad -o or --filter fails before the model loads
+    suffix = output_format(out, fmt)  # a bad -o or --filter fails before the model loads
     if bpf is not None:
         PacketFilter(bpf)
     if by != "session":
         from trafficlens.errors import ConfigError
         from trafficlens.inference.groups import GroupConfig, parse_window
 
-        if output_format(out, fmt) == ".log":
+        if suffix == ".log":
             raise ConfigError(f"--by {by}: a Zeek log holds one row per session; write group rows as .csv, .jsonl or .parquet")
         seconds = parse_window(window)
     clf = Classifier.load(run, device=device, trusted_keys=trusted_keys)
