@@ -26,3 +26,18 @@ def shared_data() -> Path:
     if not SHARED.is_dir():
         pytest.skip(SHARED_REASON)
     return SHARED
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """The ONNX export cache of this test run, not the user's: every run starts cold, and nothing
+    a test exports outlives it. Subprocesses inherit it through the environment."""
+    import os
+
+    saved = os.environ.get("TRAFFICLENS_CACHE")
+    os.environ["TRAFFICLENS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if saved is None:
+        os.environ.pop("TRAFFICLENS_CACHE", None)
+    else:
+        os.environ["TRAFFICLENS_CACHE"] = saved

@@ -43,8 +43,12 @@ def shortcut_dataset(tmp_path_factory):
 def test_audit_exposes_the_port_shortcut(shortcut_dataset):
     tmp, ds = shortcut_dataset
     out = tmp / "report"
+    lines = []
     result = audit(ds, out, AuditConfig(model="chen-cnn", max_epochs=2, time_budget=60, batch_size=32,
-                                        min_class_sessions=0, workers=1), log=lambda m: None)
+                                        min_class_sessions=0, workers=1), log=lambda m: lines.append(m))
+    steps = [line for line in lines if line.startswith("[")]  # step i of n, the deep model included
+    assert len(steps) == 12 and steps[0].startswith("[1/11] (a) rf on header") and "(c) chen-cnn" in steps[-4]
+    assert steps[-1].startswith("[11/11] done in")
     f1 = {(r["setting"], r["model"], r["features"]): r["macro_f1"] for r in result["rows"]}
     # ports are kept by the paper mask and by no mask: header bytes alone separate the classes
     assert f1[("b", "rf", "header")] >= 0.95

@@ -148,6 +148,8 @@ def test_cli_compare(ds, tmp_path):
     r = CliRunner().invoke(compare_cmd, [str(ds.path), "--models", "rf,nb", "--split", "random", "-o", str(tmp_path / "c")])
     assert r.exit_code == 0, r.output
     assert "| rf | baseline | stats | 1 |" in r.output and (tmp_path / "c" / "report.html").is_file()
+    assert "[1/2] rf, seed 0 (elapsed" in r.output and "[2/2] nb, seed 0 (elapsed" in r.output  # model i of n, ETA
+    assert "about" in r.output.split("[2/2] nb")[1].splitlines()[0] and "[2/2] done in" in r.output
     assert not (tmp_path / "c" / "runs").exists()  # models are kept only with --save-models
     bad = CliRunner().invoke(compare_cmd, [str(ds.path), "--models", "nope", "-o", str(tmp_path / "d")])
     assert isinstance(bad.exception, ConfigError)
@@ -282,3 +284,55 @@ def test_cv_repeats_give_every_fold_of_every_repeat_and_an_interval(ds, tmp_path
     assert low <= s["mean"] <= high and s["n"] == 6
     assert (tmp_path / "cv" / "repeat-2-fold-3" / "metrics.json").is_file()
     assert "95% interval" in (tmp_path / "cv" / "cv.md").read_text()
+
+
+def complementary_dataset(path, per_class=60, seed=0) -> Dataset:
+    """Four classes: the statistics tell alpha and beta apart and nothing else, the header bytes
+    tell gamma and delta apart and nothing else. Each single view tops out near 3/4 accuracy;
+    only a model that uses both can name every class."""
+    rng = np.random.default_rng(seed)
+    labels = ("alpha", "beta", "gamma", "delta")
+    with DatasetWriter(path, {"layer": "all", "mask": "strict", "image_bytes": 400}, image_bytes=400, packets=PACKETS,
+                       packet_bytes=PACKET_BYTES, sequence_length=SEQ, stats_names=["a", "b", "c"]) as w:
+        for i in range(per_class):
+            for c, label in enumerate(labels):
+                packets = rng.integers(0, 30, (PACKETS, PACKET_BYTES), dtype=np.uint8)
+                stats = rng.normal(10, 1.5, 3).astype(np.float32)
+                if label == "alpha":
+                    stats[0] += 20
+                elif label == "beta":
+                    stats[1] += 20
+                else:
+                    packets[:, 22 if label == "gamma" else 48] = 200
+                sequence = np.stack([np.full(SEQ, 100.0), np.zeros(SEQ)], axis=1).astype(np.float32)
+                meta = {"capture": f"{label}/cap{i % 6}.pcap", "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2",
+                        "src_port": 0, "dst_port": 0, "protocol": "TCP", "ts_start": 1e9 + i, "ts_end": 1e9 + i + 1,
+                        "packets": SEQ, "bytes": 800, "payload_bytes": 400, "packets_fwd": 4, "packets_bwd": 4, "label": label}
+                w.add(meta, rng.integers(0, 60, 400, dtype=np.uint8), packets, sequence, stats)
+    return Dataset.open(path)
+
+
+def test_a_stack_of_two_views_names_what_neither_member_can_and_fits_on_validation_only(tmp_path, monkeypatch):
+    from sklearn.linear_model import LogisticRegression
+
+    from trafficlens.evaluation.compare import compare
+
+    ds = complementary_dataset(tmp_path / "ds")
+    fitted_rows = []
+    fit = LogisticRegression.fit
+    monkeypatch.setattr(LogisticRegression, "fit", lambda self, X, y, *a, **k: fitted_rows.append(len(X)) or fit(self, X, y, *a, **k))
+    result = compare(ds.path, "rf,rf:header", tmp_path / "c", split="capture", stack=["rf+rf:header"], seeds=(0, 1),
+                     log=lambda message: None, **FAST)
+    by = {(r["model"], r["seed"]): r for r in result["rows"]}
+    assert result["models"] == ["rf", "rf:header", "stack:rf+rf:header"]
+    for seed in (0, 1):
+        stack, stats, header = by[("stack:rf+rf:header", seed)], by[("rf", seed)], by[("rf:header", seed)]
+        assert max(stats["accuracy"], header["accuracy"]) <= 0.85 and stack["accuracy"] >= 0.95, (stack, stats, header)
+        assert stack["n_fit"] == stats["n_fit"] and stack["n"] == stats["n"]
+        assert stack["n_select"] == result["splits"][str(seed)]["sizes"]["val"] > 0
+    assert fitted_rows == [by[("stack:rf+rf:header", s)]["n_select"] for s in (0, 1)]  # validation rows, nothing else
+    m = json.loads((tmp_path / "c" / "models" / "stack-rf+rf-header" / "seed-0" / "metrics.json").read_text())
+    assert m["kind"] == "stack" and m["members"] == ["rf", "rf:header"] and "validation" in m["selection"]
+    for bad, message in (("rf+xgboost", "not in --models"), ("rf", "two or more"), ("rf+rf", "two or more")):
+        with pytest.raises(ConfigError, match=message):
+            compare(ds.path, "rf,rf:header", None, stack=[bad], log=lambda message: None, **FAST)

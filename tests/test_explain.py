@@ -407,6 +407,14 @@ def test_pages_render_offline_with_every_figure(tiny, tmp_path):
     assert [u for u in result["fetched"] if not u.startswith(("data:", "file:"))] == []
 
 
+def test_per_class_explanations_count_their_sessions_on_a_bar(tiny, capsys):
+    from trafficlens.explain.maps import ExplainConfig, explain_per_class
+
+    result = explain_per_class(tiny[1], cfg=ExplainConfig(per_class=3, split="all"), progress=True)
+    total = sum(c["sessions"] for c in result["classes"].values())
+    assert f"/{total} " in capsys.readouterr().err
+
+
 def test_masked_fields_are_marked_and_never_ranked():
     from trafficlens.explain.maps import (METHOD_GRAD_CAM, Maps, blank_reason, field_weights, mask_fields,
                                           masked_fields, session_figures, top_fields)

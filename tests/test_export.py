@@ -64,3 +64,43 @@ def test_export_errors_are_one_line(tmp_path):
     with pytest.raises(ConfigError, match="a baseline run"):
         clf.export_onnx(tmp_path / "b.onnx")
     assert not (tmp_path / "b.onnx").exists()
+
+
+def test_the_onnx_export_is_cached_per_bundle_and_checked_before_use(tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+
+    monkeypatch.setenv("TRAFFICLENS_CACHE", str(tmp_path / "cache"))
+    first = Classifier.load(LAB / "model", device="cpu").warm_up()
+    files = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    assert first.runtime == "onnxruntime" and len(files) == 1
+    tensors = {name: np.random.default_rng(0).integers(0, 256, (5, *shape), dtype=np.uint8)
+               for name, shape in (("image", (784,)), ("packets", (6, 96))) if name in first.inputs}
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again although the cache holds this bundle's model")
+
+    monkeypatch.setattr(torch.onnx, "export", no_export)
+    second = Classifier.load(LAB / "model", device="cpu").warm_up()
+    assert second.runtime == "onnxruntime"
+    np.testing.assert_allclose(second.probabilities(tensors), first.probabilities(tensors), atol=1e-6)
+
+    # another bundle (same model, other weights) never takes this one's export
+    other = tmp_path / "other"
+    shutil.copytree(LAB / "model", other)
+    config = json.loads((other / "config.json").read_text())
+    config["labels"] = list(reversed(config["labels"]))  # the bundle's hash changes with its config
+    (other / "config.json").write_text(json.dumps(config))
+    monkeypatch.undo()
+    monkeypatch.setenv("TRAFFICLENS_CACHE", str(tmp_path / "cache"))
+    Classifier.load(other, device="cpu").warm_up()
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 2
+
+    # a damaged cache file fails the probe check or does not load: exported again and replaced
+    files[0].write_bytes(b"\x08\x07garbage")
+    third = Classifier.load(LAB / "model", device="cpu").warm_up()
+    assert third.runtime == "onnxruntime" and files[0].read_bytes() != b"\x08\x07garbage"
+    monkeypatch.setenv("TRAFFICLENS_CACHE", "off")
+    Classifier.load(LAB / "model", device="cpu").warm_up()
+    assert not (Path("off") / "onnx").exists()

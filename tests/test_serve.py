@@ -84,6 +84,26 @@ def test_classify_matches_predict(server, tmp_path):
     assert_rows_hold_their_sessions(body["sessions"], index, capture=capture.name)
 
 
+def test_per_host_endpoint_decides_as_predict_by_host(server):
+    base, clf, _ = server
+    capture = LAB / "capture-002.pcap.gz"
+    status, body = _request(f"{base}/v1/classify/hosts?by=host&host_key=ip", capture.read_bytes())
+    assert status == 200, body
+    expected = clf.predict_hosts(capture, by="host", host_key="ip").sort_values("host")
+    groups = sorted(body["groups"], key=lambda g: g["host"])
+    assert [g["host"] for g in groups] == expected.host.tolist() and len(groups) > 1
+    assert [g["label"] for g in groups] == expected.label.tolist()
+    assert [g["sessions"] for g in groups] == expected.sessions.tolist() and sum(g["sessions"] for g in groups) == 30
+    assert [g["confidence"] for g in groups] == pytest.approx(expected.confidence.tolist(), abs=1e-5)
+    assert {g["capture"] for g in groups} == {"upload"} and "sessions" not in body
+    status, body = _request(f"{base}/v1/classify/hosts?by=capture", capture.read_bytes())
+    assert status == 200 and len(body["groups"]) == 1 and body["groups"][0]["sessions"] == 30
+    status, body = _request(f"{base}/v1/classify/hosts?by=device", capture.read_bytes())
+    assert status == 400 and "by must be one of" in body["error"]
+    status, body = _request(f"{base}/v1/classify/hosts?by=host-window&window=soon", capture.read_bytes())
+    assert status == 400 and "window" in body["error"]
+
+
 def test_bad_and_oversized_uploads(server):
     base, _, _ = server
     status, body = _request(f"{base}/v1/classify", b"<html>no capture</html>")

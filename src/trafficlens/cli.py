@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("trafficlens.datasets.cli:info", "Summarise a dataset: classes, settings, drops."),
     "live": ("trafficlens.serving.cli:live", "Classify live traffic or a replayed capture as sessions arrive."),
     "models": ("trafficlens.training.cli:models", "List the registered models: name, paper, inputs, parameters."),
+    "pretrain": ("trafficlens.training.cli:pretrain", "Pre-train tl-fusion's packet encoder on unlabeled sessions."),
     "predict": ("trafficlens.serving.cli:predict", "Label every session of new captures with a trained run."),
     "quickstart": ("trafficlens.quickstart:command", "Run prep -> train -> evaluate -> predict on the bundled sample."),
     "serve": ("trafficlens.serving.cli:serve", "Serve a model over HTTP: POST a capture, get per-session labels."),

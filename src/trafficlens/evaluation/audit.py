@@ -135,6 +135,7 @@ def audit(dataset: str | os.PathLike, out: str | os.PathLike, cfg: AuditConfig |
     from trafficlens.models.baselines.estimators import baseline_info
     from trafficlens.training.baselines import train_baseline
     from trafficlens.models import model_info
+    from trafficlens.progress import Steps
     from trafficlens.training.run import train_run
 
     cfg = cfg or AuditConfig()
@@ -149,6 +150,7 @@ def audit(dataset: str | os.PathLike, out: str | os.PathLike, cfg: AuditConfig |
     rows: list[dict[str, Any]] = []
     datasets: dict[str, str] = {}
     t_start = time.perf_counter()
+    steps = Steps(sum(1 + (not s.header_only) + bool(cfg.model and not s.header_only) for s in SETTINGS), log)
     for setting in SETTINGS:
         if setting.mask not in datasets:
             datasets[setting.mask] = str(dataset_for_mask(dataset, setting.mask, out / "datasets", cfg, log))
@@ -158,11 +160,13 @@ def audit(dataset: str | os.PathLike, out: str | os.PathLike, cfg: AuditConfig |
             jobs.append((cfg.baseline, "stats"))
         train = cfg.train_config(setting.split)
         for name, features in jobs:
+            steps.start(f"({setting.key}) {name} on {features}")
             t0 = time.perf_counter()
             m = train_baseline(ds_path, name, features, train, log=quiet)
             rows.append(_row(setting, name, "baseline", features, m, time.perf_counter() - t0))
             log(f"({setting.key}) {name} on {features}: macro-F1 {m.get('macro_f1', float('nan')):.3f}")
         if cfg.model and not setting.header_only:
+            steps.start(f"({setting.key}) {cfg.model}")
             t0 = time.perf_counter()
             run_dir = out / "runs" / f"{setting.key}-{cfg.model}"
             summary = train_run(ds_path, run_dir, cfg.model, train, progress=progress, overwrite=True, log=quiet)
@@ -171,6 +175,7 @@ def audit(dataset: str | os.PathLike, out: str | os.PathLike, cfg: AuditConfig |
                              time.perf_counter() - t0))
             log(f"({setting.key}) {cfg.model}: macro-F1 {summary['test_macro_f1']:.3f} "
                 f"({summary['epochs']} epochs, stopped: {summary['stopped']})")
+    steps.finish()
     result = {
         "dataset": str(dataset.resolve()), "n_sessions": len(source), "config": dataclasses.asdict(cfg),
         "prep": {k: source.config.get(k) for k in ("unit", "layer", "image_bytes", "packets", "packet_bytes", "labels")},

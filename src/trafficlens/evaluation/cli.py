@@ -106,6 +106,11 @@ def evaluate(run, on, unseen, dataset, out, by, window):
         extra += f"; {m['unseen']['sessions']} sessions of unseen labels ({m['unseen']['policy']})"
     if m.get("identical_to_training"):
         extra += f"; {m['identical_to_training']['sessions']} identical to training sessions"
+    if (m.get("pretraining") or {}).get("test_captures_read"):
+        p = m["pretraining"]
+        click.secho(f"warning: pre-training ({p['encoder']}) read {p['test_captures_read']} of the {p['test_captures']} "
+                    f"captures scored here ({p['test_sessions_read']} sessions): this score is not independent of it",
+                    fg="yellow", err=True)
     click.echo(f"{m['model']}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro']['f1']:.4f} on {m['n']} sessions "
                f"({where}, {m['mask']} mask){extra}; report {m['out']}/report.html")
 
@@ -161,8 +166,11 @@ def _seeds(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--seeds", default="0", show_default=True, callback=_seeds,
               help="Comma-separated seeds: one split and one training per model and seed; the report gives mean ± std.")
 @click.option("--save-models", is_flag=True, help="Keep every fitted model as a bundle under OUT/runs/seed-S/MODEL.")
+@click.option("--stack", "stacks", multiple=True, metavar="A+B",
+              help="Add a stacked model of compared models (e.g. tl-fusion+xgboost): a logistic regression over their "
+                   "probabilities, fitted on the validation side only. Repeatable.")
 @_shared_options
-def compare(dataset, models, out, seeds, save_models, **settings):
+def compare(dataset, models, out, seeds, save_models, stacks, **settings):
     """Train every model on the same splits: one table (Markdown, CSV, JSON) and an offline HTML report.
 
     Every model fits on the same training sessions, selects on validation and is scored on the
@@ -171,12 +179,13 @@ def compare(dataset, models, out, seeds, save_models, **settings):
     \b
     Example:
       trafficlens compare ds/iot --models chen-cnn,rf,xgboost --seeds 0,1,2 -o reports/iot
+      trafficlens compare ds/iot --models tl-fusion,xgboost --stack tl-fusion+xgboost --tune -o reports/stack
     """
     from pathlib import Path
 
     from trafficlens.evaluation.compare import compare as run_compare, summary_markdown
 
-    result = run_compare(dataset, models, out, _config(save_models=save_models, **settings), seeds=seeds,
+    result = run_compare(dataset, models, out, _config(save_models=save_models, **settings), seeds=seeds, stack=stacks,
                          log=lambda message: click.echo(message, err=True))
     click.echo(summary_markdown(result), nl=False)
     click.echo(f"wrote {Path(out) / 'comparison.md'}, comparison.csv (one row per model and seed), comparison.json "

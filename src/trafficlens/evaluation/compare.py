@@ -178,13 +178,13 @@ def prepare(dataset: str | os.PathLike, cfg: CompareConfig, log: Callable[[str],
 
 
 def run_model(p: Prepared, spec: ModelSpec, split, cfg: CompareConfig, runs: Path, log: Callable[[str], None],
-              trained: dict[str, Path] | None = None) -> dict[str, Any]:
+              trained: dict[str, Path] | None = None, fitted: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train or fit one model on `split` (seeded by `cfg.seed`), score its test side; metrics in
     the metrics.json schema, with `n_fit` and `n_select`.
 
     Deep runs are written to `runs/<name>` and recorded in `trained`; a model built on trained runs
     (`ModelInfo.from_runs`) reuses those in `trained`, training them first when absent. Baselines are
-    written there as bundles when `cfg.save_models`.
+    written there as bundles when `cfg.save_models`, and kept in `fitted` (for stacking).
     """
     from trafficlens.training.baselines import score_baseline
     from trafficlens.training.metrics import provenance
@@ -192,16 +192,18 @@ def run_model(p: Prepared, spec: ModelSpec, split, cfg: CompareConfig, runs: Pat
 
     trained = {} if trained is None else trained
     if spec.kind == "baseline":
-        fitted = score_baseline(p.ds, spec.name, split, p.classes, p.label_of, features=spec.features, seed=cfg.seed,
-                                balance=cfg.balance, tune=cfg.tune, log=log)
-        m = fitted.metrics
+        baseline = score_baseline(p.ds, spec.name, split, p.classes, p.label_of, features=spec.features, seed=cfg.seed,
+                                  balance=cfg.balance, tune=cfg.tune, log=log)
+        if fitted is not None:
+            fitted[spec.key] = baseline
+        m = baseline.metrics
         m.update(provenance(p.ds, split, classes=p.classes, seed=cfg.seed, selection=cfg.selection, dropped=p.dropped))
         if cfg.save_models:
             from trafficlens.training.bundle import save_baseline_bundle
             from trafficlens.training.card import write_card
 
             target = runs / spec.key.replace(":", "-")
-            save_baseline_bundle(target, fitted, p.ds, split, train=cfg.train_config().to_dict(), overwrite=True)
+            save_baseline_bundle(target, baseline, p.ds, split, train=cfg.train_config().to_dict(), overwrite=True)
             write_card(target, p.ds)
             m["run"] = str(target)
         return m
@@ -271,50 +273,52 @@ def summarise(rows: list[dict[str, Any]], keys: Sequence[str]) -> list[dict[str,
 
 
 def compare(dataset: str | os.PathLike, models: str | Sequence[str], out: str | os.PathLike | None = None,
-            cfg: CompareConfig | None = None, *, seeds: Sequence[int] | None = None,
+            cfg: CompareConfig | None = None, *, seeds: Sequence[int] | None = None, stack: Sequence[str] | str = (),
             log: Callable[[str], None] | None = None, **settings) -> dict[str, Any]:
     """Every model on the same split of `dataset`, once per seed; returns {"summary", "rows",
     "metrics", ...} and writes `out`.
 
     `settings` are CompareConfig fields (split, seed, mask, min_class_sessions, tune, time_budget...)
     overriding `cfg`; `seeds` defaults to `(cfg.seed,)`. Each seed draws its own split and seeds
-    every model's training with it. Rows come per seed, in the order of `models`.
+    every model's training with it. Rows come per seed, in the order of `models`, then one per
+    `stack` (`tl-fusion+xgboost`: a meta-model over those models' probabilities, fitted on
+    validation; evaluation/stacking.py).
     """
+    from trafficlens.evaluation.stacking import parse_stacks, stack_key
     from trafficlens.training.metrics import provenance
+    from trafficlens.progress import Steps
     from trafficlens.training.run import log_split, make_split
 
     cfg = dataclasses.replace(cfg or CompareConfig(), **settings) if settings else (cfg or CompareConfig())
     seeds = list(dict.fromkeys(int(s) for s in (seeds if seeds is not None and len(seeds) else [cfg.seed])))
     log = log or (lambda message: print(message, file=sys.stderr))
     specs = parse_models(models)
+    stacks = parse_stacks(stack, [s.key for s in specs])
+    keys = [s.key for s in specs] + [stack_key(m) for m in stacks]
     if cfg.save_models and out is None:
         raise ConfigError("save_models needs an output directory to keep the models in")
     p = prepare(dataset, cfg, log)
     rows: list[dict[str, Any]] = []
-    metrics: dict[str, dict[str, Any]] = {s.key: {} for s in specs}
+    metrics: dict[str, dict[str, Any]] = {key: {} for key in keys}
     splits: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="trafficlens-compare-") as scratch:
         base = Path(out) if out is not None else Path(scratch)
         base.mkdir(parents=True, exist_ok=True)
         runs_root = base / "runs" if cfg.save_models else Path(scratch) / "runs"
         info = None
+        steps = Steps(len(seeds) * len(specs), log)  # model i of n, with an ETA
         for seed in seeds:
             seed_cfg = dataclasses.replace(cfg, seed=seed)
             split = make_split(p.ds, p.rows, p.label_of[p.rows], seed_cfg.train_config())
             log(f"== seed {seed}: {split.kind} split, train {len(split.train)} / val {len(split.val)} / "
                 f"test {len(split.test)} sessions")
             log_split(split, p.classes, log)
-            trained: dict[str, Path] = {}
-            for spec in sorted(specs, key=_built_on_runs):  # models built on runs after the runs
-                log(f"-- {spec.key} (seed {seed})")
-                m = run_model(p, spec, split, seed_cfg, runs_root / f"seed-{seed}", log, trained)
-                metrics[spec.key][str(seed)] = m
-                log(f"{spec.key}: accuracy {m.get('accuracy', float('nan')):.4f}, "
-                    f"macro-F1 {m.get('macro_f1', float('nan')):.4f} (fit on {m.get('n_fit')} sessions)")
-            rows += [table_row(metrics[s.key][str(seed)]) | {"model": s.key, "seed": seed} for s in specs]
+            _run_seed(p, specs, stacks, split, seed_cfg, runs_root / f"seed-{seed}", log, steps, metrics)
+            rows += [table_row(metrics[key][str(seed)]) | {"model": key, "seed": seed} for key in keys]
             seed_info = provenance(p.ds, split, classes=p.classes, seed=seed, selection=cfg.selection, dropped=p.dropped)
             splits[str(seed)] = seed_info["split_info"]
             info = info or seed_info
+        steps.finish()
         check_like_for_like(rows)
         histories = {}  # the first seed's training curves, for the report
         for key, per_seed in metrics.items():
@@ -324,13 +328,38 @@ def compare(dataset: str | os.PathLike, models: str | Sequence[str], out: str | 
             if not cfg.save_models:
                 for m in per_seed.values():
                     m.pop("run", None)  # scratch runs, gone with this function
-        result = {"kind": "comparison", "models": [s.key for s in specs], "seeds": seeds,
+        result = {"kind": "comparison", "models": keys, "stacks": [list(m) for m in stacks], "seeds": seeds,
                   "config": dataclasses.asdict(cfg), "classes": p.classes, **info, "seed": seeds[0],
                   "splits": splits, "summary": summarise(rows, SCORE_KEYS), "rows": rows, "metrics": metrics,
                   "histories": histories}
         if out is not None:
             write_comparison(base, result)
     return result
+
+
+def _run_seed(p: Prepared, specs: list[ModelSpec], stacks: list[tuple[str, ...]], split, cfg: CompareConfig, runs: Path,
+              log: Callable[[str], None], steps, metrics: dict[str, dict[str, Any]]) -> None:
+    """One seed's models on its split, then its stacks; each model's metrics into `metrics[key][seed]`."""
+    from trafficlens.evaluation.stacking import stack_key, stack_metrics
+    from trafficlens.training.metrics import provenance
+
+    seed = str(cfg.seed)
+    trained: dict[str, Path] = {}
+    fitted: dict[str, Any] = {}
+    for spec in sorted(specs, key=_built_on_runs):  # models built on runs after the runs
+        steps.start(f"{spec.key}, seed {seed}")
+        m = run_model(p, spec, split, cfg, runs, log, trained, fitted)
+        metrics[spec.key][seed] = m
+        log(f"{spec.key}: accuracy {m.get('accuracy', float('nan')):.4f}, "
+            f"macro-F1 {m.get('macro_f1', float('nan')):.4f} (fit on {m.get('n_fit')} sessions)")
+    for members in stacks:
+        key = stack_key(members)
+        m = stack_metrics(p.ds, p.classes, p.label_of, split, members, {k: metrics[k][seed] for k in members}, fitted,
+                          cfg.seed)
+        m.update(provenance(p.ds, split, classes=p.classes, seed=cfg.seed, selection=cfg.selection, dropped=p.dropped))
+        metrics[key][seed] = m
+        log(f"{key}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} (meta-model fitted on "
+            f"{m['n_select']} validation sessions)")
 
 
 def summary_markdown(result: dict[str, Any]) -> str:

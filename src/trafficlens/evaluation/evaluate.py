@@ -130,6 +130,7 @@ def _on_own_split(clf, run: Path, dataset) -> tuple[dict[str, Any], str, dict]:
     proba, seconds = _probabilities(clf, ds, test)
     metrics = classification_report(y, proba, clf.labels)
     metrics.update(own_split_provenance(clf, run, ds, assignment))
+    metrics.update(_pretraining(run, ds, test))
     metrics.update(_cost(clf, run, len(test), seconds))
     history_path = run / "history.json"
     history = json.loads(history_path.read_text()) if history_path.is_file() else {}
@@ -157,6 +158,17 @@ def own_split_provenance(clf, run: Path, ds, assignment: np.ndarray) -> dict[str
     saved = _saved_metrics(run)
     out.update(n_fit=saved.get("n_fit"), n_select=saved.get("n_select"))
     return out
+
+
+def _pretraining(run: Path, ds, rows: np.ndarray) -> dict[str, Any]:
+    """For a run initialised from a pre-trained encoder: the encoder and how many of the scored
+    captures its pre-training read (flagged: then the score is not independent of them)."""
+    from trafficlens.training.encoder import PRETRAINING, pretraining_record
+
+    path = run / PRETRAINING
+    if not path.is_file():
+        return {}
+    return {"pretraining": pretraining_record(json.loads(path.read_text()), ds, rows)}
 
 
 def _saved_metrics(run: Path) -> dict[str, Any]:
@@ -210,6 +222,7 @@ def _on_other(clf, run: Path, on: Path, unseen: str) -> tuple[dict[str, Any], st
         "setting_differences": notes,
         "identical_to_training": _overlap(trained_path, config, run, ds, rows),
     })
+    metrics.update(_pretraining(run, ds, rows))
     metrics.update(_cost(clf, run, len(rows), seconds))
     title = f"{clf.bundle.name} trained on {trained['name']}, tested on {ds.path.name} ({ds.config.get('mask')} mask)"
     return metrics, title, {}

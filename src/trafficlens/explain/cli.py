@@ -35,7 +35,7 @@ def explain(run, session, per_class, sessions, rows, target, cam, top, dataset, 
     cfg = ExplainConfig(target=target, cam=cam, top=top, per_class=sessions, split=rows, captures=tuple(captures))
     target_dir = Path(out) if out else Path(run) / "explain"
     if per_class:
-        result = explain_per_class(run, dataset, cfg, log=lambda message: click.echo(message, err=True))
+        result = explain_per_class(run, dataset, cfg, log=lambda message: click.echo(message, err=True), progress=None)
         json_path, html_path = write_per_class(target_dir, result)
         for label, c in result["classes"].items():
             fields = ", ".join(f"{r['field']} {r['weight']:.2f}" for r in c["top_fields"][:5])

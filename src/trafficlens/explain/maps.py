@@ -473,9 +473,12 @@ def summary_rows(ctx: _Context, cfg: ExplainConfig) -> dict[str, np.ndarray]:
 
 
 def explain_per_class(run: str | os.PathLike, dataset: str | os.PathLike | None = None, cfg: ExplainConfig | None = None,
-                      log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+                      log: Callable[[str], None] = lambda message: None, progress: bool | None = False) -> dict[str, Any]:
     """Per class: the fields that carry the weight of its own class score, over up to
-    `cfg.per_class` sessions, with the share on host- or capture-identifying fields."""
+    `cfg.per_class` sessions, with the share on host- or capture-identifying fields.
+    `progress`: a bar of sessions explained on stderr (None: when stderr is a terminal)."""
+    from trafficlens.progress import session_bar
+
     cfg = cfg or ExplainConfig()
     ctx = _open(run, dataset)
     chosen = summary_rows(ctx, cfg)
@@ -487,6 +490,7 @@ def explain_per_class(run: str | os.PathLike, dataset: str | os.PathLike | None 
     image, packets = ctx.ds.tensor("image"), ctx.ds.tensor("packets")
     masked = mask_fields(ctx.ds.config.get("mask"))
     classes: dict[str, Any] = {}
+    bar = session_bar(total=len(all_rows), desc="explain", enabled=progress)
     for label, rows in chosen.items():
         targets = np.full(len(rows), ctx.label_index[label]) if cfg.target is None else np.full(len(rows), ctx.label_index[cfg.target])
         maps = _maps(ctx, rows, targets, cfg.batch_size, cfg.cam)
@@ -524,6 +528,8 @@ def explain_per_class(run: str | os.PathLike, dataset: str | os.PathLike | None 
             entry["feature_attention"] = np.round(alpha, 6).tolist()
             entry["feature_attention_first_half"] = round(float(alpha[: len(alpha) // 2].sum()), 6)  # Model A: CNN share
         classes[label] = entry
+        bar.update(len(rows))
+    bar.close()
     methods = {"image": maps.image_method, "packets": maps.packets_method}
     return {**_provenance(ctx), "rows": cfg.split, "per_class": cfg.per_class,
             "target": cfg.target or "true class", "methods": methods, "fields_from": source, "classes": classes}

@@ -64,10 +64,14 @@ class Classifier:
             if self.device.type == "cpu" and os.environ.get("TRAFFICLENS_INFERENCE", "auto") != "torch":
                 import torch
 
-                from trafficlens.inference.runtime import onnx_for_inference
+                from trafficlens.inference.runtime import onnx_cache_key, onnx_for_inference
 
+                try:
+                    key = onnx_cache_key(self.bundle.config, list(self.inputs))
+                except ImportError:  # no onnxruntime: onnx_for_inference says so by returning None
+                    key = None
                 self._onnx = onnx_for_inference(self._inference_model, probe, torch.get_num_threads(),
-                                                names=list(self.inputs))
+                                                names=list(self.inputs), cache_key=key)
                 if self._onnx is not None:
                     self.runtime = "onnxruntime"
         return self._inference_model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -94,11 +95,17 @@ class OnnxModel:
 
 
 def onnx_for_inference(model: nn.Module, probe: list[torch.Tensor], threads: int,
-                       atol: float = 1e-4, names: list[str] | None = None) -> OnnxModel | None:
+                       atol: float = 1e-4, names: list[str] | None = None,
+                       cache_key: str | None = None) -> OnnxModel | None:
     """`model` exported to ONNX Runtime when onnxruntime is installed, the export works and its
     probabilities match the model's on `probe` (whole, and an odd-sized slice: the batch axis is
-    dynamic); else None, and the caller keeps PyTorch. `names`: the ONNX inputs' names (input0, ...)."""
-    import io
+    dynamic); else None, and the caller keeps PyTorch. `names`: the ONNX inputs' names (input0, ...).
+
+    `cache_key` (a hash of the bundle, see `onnx_cache_key`): the export is kept in the user's
+    cache directory under that key and reused by later runs of the same bundle, which then skip
+    the export (most of a small `predict`'s start-up). A cached model is used only under its own
+    key and only after it passes the same probe check as a fresh export; one that fails is
+    replaced. A cache that cannot be read or written is skipped silently."""
     import warnings
 
     try:
@@ -107,28 +114,85 @@ def onnx_for_inference(model: nn.Module, probe: list[torch.Tensor], threads: int
     except ImportError:
         return None
     names = list(names) if names else [f"input{i}" for i in range(len(probe))]
-    buffer = io.BytesIO()
     model.eval()
-    try:
-        with warnings.catch_warnings(), torch.inference_mode(), _native_stderr_silenced():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, tuple(probe), buffer, input_names=names, output_names=["logits"],
-                              dynamic_axes={name: {0: "batch"} for name in names + ["logits"]}, dynamo=False)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, threads)
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        compiled = OnnxModel(ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"]), names,
-                             buffer.getvalue())
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, threads)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+
+    def checked(model_bytes: bytes) -> OnnxModel | None:
+        compiled = OnnxModel(ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"]), names,
+                             model_bytes)
         with torch.inference_mode():
             for part in (probe, [x[:3] for x in probe]):
                 expect = torch.softmax(model(*part).float(), dim=1).numpy()
                 got = _softmax(compiled(*[x.cpu().numpy() for x in part]))
                 if got.shape != expect.shape or not np.allclose(got, expect, atol=atol, rtol=0):
                     return None
+        return compiled
+
+    cached = _cache_path(cache_key)
+    if cached is not None:
+        try:
+            hit = checked(cached.read_bytes())
+            if hit is not None:
+                return hit
+        except Exception:  # noqa: BLE001  missing, unreadable or not a model: export again
+            pass
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(), _native_stderr_silenced():
+            warnings.simplefilter("ignore")
+            import io
+
+            buffer = io.BytesIO()
+            torch.onnx.export(model, tuple(probe), buffer, input_names=names, output_names=["logits"],
+                              dynamic_axes={name: {0: "batch"} for name in names + ["logits"]}, dynamo=False)
+        compiled = checked(buffer.getvalue())
     except Exception:  # an operator the exporter or the runtime lacks: PyTorch it is
         return None
+    if compiled is not None and cached is not None:
+        try:
+            from trafficlens.files import atomic_output
+
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_output(cached, "wb") as fh:
+                fh.write(compiled.model_bytes)
+        except OSError:
+            pass
     return compiled
+
+
+CACHE_FORMAT = 1
+
+
+def cache_dir() -> Path:
+    """$TRAFFICLENS_CACHE, else $XDG_CACHE_HOME/trafficlens, else ~/.cache/trafficlens."""
+    import os
+
+    if os.environ.get("TRAFFICLENS_CACHE"):
+        return Path(os.environ["TRAFFICLENS_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "trafficlens"
+
+
+def onnx_cache_key(config: dict, names: list[str]) -> str:
+    """A key for one bundle's export: its config.json (which holds the weights' SHA-256, checked
+    at load), the inputs, and the versions of the exporter and runtime that made it."""
+    import hashlib
+    import json
+
+    import onnxruntime
+
+    record = {"config": config, "inputs": names, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+              "format": CACHE_FORMAT}
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cache_path(key: str | None) -> Path | None:
+    import os
+
+    if not key or os.environ.get("TRAFFICLENS_CACHE", None) == "off":
+        return None
+    return cache_dir() / "onnx" / f"{key}.onnx"
 
 
 @contextlib.contextmanager

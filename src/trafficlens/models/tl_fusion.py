@@ -101,6 +101,21 @@ class Block(nn.Module):
         return x + self.drop(self.ff(self.norm2(x)))
 
 
+@dataclass
+class HiddenInputs:
+    """What masked-prediction pre-training hides: `bytes` (B, M, packet_bytes) and `sizes` (B, L)
+    are True where the learned `byte_vector` (byte_dim) or `size_vector` (dim) replaces the input."""
+
+    bytes: torch.Tensor
+    sizes: torch.Tensor
+    byte_vector: torch.Tensor
+    size_vector: torch.Tensor
+
+
+# The parameters `pretrain` trains and `train --init` loads: everything before the pooling.
+ENCODER_PREFIXES = ("position", "byte_embed.", "byte_proj.", "size_proj.", "blocks.", "gru.", "norm.")
+
+
 class TLFusion(TrafficModel):
     inputs = ("packets", "sequence", "stats")
 
@@ -129,9 +144,11 @@ class TLFusion(TrafficModel):
         self.num_features = cfg.hidden
         self.head = nn.Linear(cfg.hidden, cfg.num_classes)
 
-    def packet_tokens(self, packets: torch.Tensor, sequence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def packet_tokens(self, packets: torch.Tensor, sequence: torch.Tensor,
+                      hidden: "HiddenInputs | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L, d) tokens and (B, L) which packets are present (always the first, so that a
-        session with nothing kept still attends somewhere)."""
+        session with nothing kept still attends somewhere). `hidden` replaces some bytes' and
+        some packets' size features by learned vectors (masked-prediction pre-training)."""
         cfg = self.cfg
         sequence = sequence.float()
         size, gap = sequence[..., 0], sequence[..., 1]  # (B, L): signed bytes (sign: direction), seconds
@@ -139,12 +156,16 @@ class TLFusion(TrafficModel):
         tokens = self.position.unsqueeze(0).expand(sequence.shape[0], -1, -1)
         if cfg.use_sizes:
             # scales put each feature near [0, 1]: log(1500) ~ 7.3 bytes, log(1 + 1e6 ms) ~ 14
-            features = torch.stack([torch.sign(size), torch.log1p(size.abs()) / 7.3,
-                                    torch.log1p(gap.clamp(min=0) * 1000) / 10, present.float()], dim=-1)
-            tokens = tokens + self.size_proj(features)
+            features = self.size_proj(torch.stack([torch.sign(size), torch.log1p(size.abs()) / 7.3,
+                                                   torch.log1p(gap.clamp(min=0) * 1000) / 10, present.float()], dim=-1))
+            if hidden is not None:
+                features = torch.where(hidden.sizes[..., None], hidden.size_vector, features)
+            tokens = tokens + features
         if cfg.use_bytes:
             m = min(packets.shape[1], sequence.shape[1])
             e = self.byte_embed(packets[:, :m].long())  # (B, M, Bb, e)
+            if hidden is not None:
+                e = torch.where(hidden.bytes[:, :m, :, None], hidden.byte_vector, e)
             per_packet = self.byte_proj(e.flatten(2))  # (B, M, d)
             pad = sequence.shape[1] - m
             tokens = tokens + F.pad(per_packet, (0, 0, 0, pad))
@@ -152,8 +173,11 @@ class TLFusion(TrafficModel):
         present = torch.cat([torch.ones_like(present[:, :1]), present[:, 1:]], dim=1)
         return tokens, present
 
-    def forward_features(self, packets: torch.Tensor, sequence: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
-        tokens, present = self.packet_tokens(packets, sequence)
+    def encode(self, packets: torch.Tensor, sequence: torch.Tensor,
+               hidden: "HiddenInputs | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, d) packet states after the sequence model, and (B, L) which packets are present:
+        the encoder that `trafficlens pretrain` trains and `train --init` loads."""
+        tokens, present = self.packet_tokens(packets, sequence, hidden)
         if self.cfg.encoder == "transformer":
             key_bias = ((~present).float() * -1e4)[:, None, None, :]  # (B, 1, 1, L): padding is never attended
             h = tokens
@@ -161,7 +185,11 @@ class TLFusion(TrafficModel):
                 h = block(h, key_bias)
         else:
             h, _ = self.gru(tokens)  # (B, L, d)
-        session = self.packet_attention(self.norm(h), mask=present)  # (B, d)
+        return self.norm(h), present
+
+    def forward_features(self, packets: torch.Tensor, sequence: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        h, present = self.encode(packets, sequence)
+        session = self.packet_attention(h, mask=present)  # (B, d)
         if not self.cfg.use_stats:
             return session
         return torch.cat([session, self.stats_mlp(self.stats_norm(signed_log(stats.float())))], dim=1)  # (B, 2d)

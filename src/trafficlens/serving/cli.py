@@ -72,6 +72,7 @@ def predict(run, captures, out, fmt, bpf, top_k, min_confidence, trusted_keys, d
     """
     from trafficlens.capture.bpf import PacketFilter
     from trafficlens.inference.classifier import Classifier
+    from trafficlens.progress import counted, session_bar
     from trafficlens.serving.output import output_format, write_rows
 
     suffix = output_format(out, fmt)  # a bad -o or --filter fails before the model loads
@@ -87,8 +88,9 @@ def predict(run, captures, out, fmt, bpf, top_k, min_confidence, trusted_keys, d
     clf = Classifier.load(run, device=device, trusted_keys=trusted_keys)
     warn = (lambda message: click.secho(f"warning: {message}", fg="yellow", err=True))
     if by == "session":
-        rows = write_rows(clf.iter_predictions(list(captures), top_k=top_k, min_confidence=min_confidence, on_warning=warn,
-                                               bpf=bpf), out, fmt)
+        with session_bar(desc="predict") as bar:
+            rows = write_rows(counted(clf.iter_predictions(list(captures), top_k=top_k, min_confidence=min_confidence,
+                                                           on_warning=warn, bpf=bpf), bar), out, fmt)
         if out != "-":
             click.echo(f"{rows} sessions -> {out}", err=True)
         return
@@ -104,8 +106,9 @@ def predict(run, captures, out, fmt, bpf, top_k, min_confidence, trusted_keys, d
                        f"(`trafficlens evaluate {run} --by capture` fits a temperature on its validation split)", err=True)
     config = GroupConfig(by=by, host_key=host_key, window=seconds, aggregator=aggregator, temperature=temperature,
                          top_k=top_k, min_confidence=min_confidence)
-    rows = write_rows(clf.iter_group_predictions(list(captures), config, on_warning=warn, bpf=bpf), out, fmt,
-                      GROUP_COLUMNS)
+    with session_bar(desc=f"predict --by {by}", unit="groups") as bar:
+        rows = write_rows(counted(clf.iter_group_predictions(list(captures), config, on_warning=warn, bpf=bpf), bar),
+                          out, fmt, GROUP_COLUMNS)
     if out != "-":
         click.echo(f"{rows} groups ({by}) -> {out}", err=True)
 

@@ -1,6 +1,8 @@
 """`trafficlens serve`: a small HTTP API over one model bundle (FastAPI on uvicorn).
 
     POST /v1/classify   body: a capture (pcap, pcapng or gzip) -> {"sessions": [...rows...]}
+    POST /v1/classify/hosts?by=host|capture|host-window&window=300s&host_key=ip|mac&aggregator=pool|vote|learned
+                        the same body -> {"groups": [...]}: one decision per host (predict --by)
     GET  /v1/model      labels, model, preprocessing settings, test metrics
     GET  /healthz       {"status": "ok"}            (never needs the token)
     GET  /docs, /openapi.json                       (only with docs=True)
@@ -39,6 +41,7 @@ from starlette.requests import ClientDisconnect
 
 from trafficlens.errors import CaptureError, ConfigError
 from trafficlens.inference.classifier import Classifier
+from trafficlens.inference.groups import GroupConfig, parse_window, read_calibration
 from trafficlens.serving.limits import UploadTooLarge
 from trafficlens.serving.workers import Job, PoolBusy, WorkerPool, WorkFailed, WorkTimeout
 
@@ -122,6 +125,20 @@ def create_app(clf: Classifier, config: ServeConfig | None = None, *, pool: Work
     async def classify(request: Request):
         return await classifier.handle(request)
 
+    temperature = read_calibration(clf.bundle.path).get("temperature", 1.0)
+
+    @app.post("/v1/classify/hosts")
+    async def classify_hosts(request: Request, by: str = "host", window: str = "300s", host_key: str = "ip",
+                             aggregator: str = "pool"):
+        """One decision per host (or capture, or host and time window) of the uploaded capture, as
+        `predict --by`: pooled calibrated log-probabilities by default."""
+        try:
+            group = GroupConfig(by=by, host_key=host_key, window=parse_window(window), aggregator=aggregator,
+                                temperature=temperature, top_k=config.top_k, min_confidence=config.min_confidence)
+        except ConfigError as exc:
+            return _error(400, str(exc), unread=request)
+        return await classifier.handle(request, dataclasses.replace(classifier.job, group=group))
+
     return app
 
 
@@ -136,17 +153,17 @@ class _Uploads:
         self.uploads = _Counter()
         self.threads = _Threads(config.max_uploads)
 
-    async def handle(self, request: Request):
+    async def handle(self, request: Request, job: Job | None = None):
         if self.uploads.value >= self.config.max_uploads:
             return _error(503, f"{self.config.max_uploads} uploads in progress already, the limit (--max-uploads); "
                                "retry later", unread=request, retry_after=1)
         self.uploads.value += 1
         try:
-            return await self._classify(request)
+            return await self._classify(request, job or self.job)
         finally:
             self.uploads.value -= 1
 
-    async def _classify(self, request: Request):
+    async def _classify(self, request: Request, job: Job):
         limit = self.config.max_upload_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -164,17 +181,17 @@ class _Uploads:
                     fh.write(chunk)
             if size == 0:
                 return _error(400, "empty body: POST a pcap or pcapng capture")
-            return await self._run(name)
+            return await self._run(name, job)
         except ClientDisconnect:  # the client hung up (or its body timed out): nobody to answer
             return Response(status_code=400)
         finally:
             Path(name).unlink(missing_ok=True)
             Path(name + ".raw").unlink(missing_ok=True)  # a killed worker's decompressed copy
 
-    async def _run(self, name: str):
+    async def _run(self, name: str, job: Job):
         timeout = self.config.timeout_s
         try:
-            rows = await self.threads.run(functools.partial(self.pool.classify, name, self.job, timeout_s=timeout))
+            rows = await self.threads.run(functools.partial(self.pool.classify, name, job, timeout_s=timeout))
         except WorkTimeout as exc:
             return _error(408, str(exc))
         except PoolBusy as exc:
@@ -186,7 +203,7 @@ class _Uploads:
         except WorkFailed as exc:
             log.error("classification failed: %s", exc)
             return _error(500, "classification failed (logged on the server)")
-        return {"model": self.model, "sessions": rows}
+        return {"model": self.model, "groups" if job.group is not None else "sessions": rows}
 
 
 def _error(status: int, message: str, *, unread: Request | dict | None = None, read: int = 0,

@@ -44,6 +44,7 @@ class Job:
     min_confidence: float = 0.0
     max_capture_bytes: int = 512 << 20
     max_packets: int = 2_000_000
+    group: Any = None  # an inference.groups.GroupConfig: one row per host (or capture, window) instead of per session
 
 
 class WorkTimeout(TrafficlensError):
@@ -251,8 +252,11 @@ def _run_job(clf, upload: str, job: Job) -> tuple[str, Any]:
     try:
         size = check_upload(upload, raw, max_bytes=job.max_capture_bytes, max_packets=job.max_packets)
         CaptureReader(size.path)  # a body that is no capture at all is a bad request, not an empty answer
-        rows = [row for batch in clf.iter_predictions([size.path], top_k=job.top_k, min_confidence=job.min_confidence)
-                for row in batch]
+        if job.group is not None:
+            batches = clf.iter_group_predictions([size.path], job.group)
+        else:
+            batches = clf.iter_predictions([size.path], top_k=job.top_k, min_confidence=job.min_confidence)
+        rows = [row for batch in batches for row in batch]
     except UploadTooLarge as exc:
         return "too_large", str(exc)
     except (CaptureError, ConfigError) as exc:

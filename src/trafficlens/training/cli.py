@@ -154,12 +154,21 @@ Example:
 @click.option("--from", "from_runs", default=None, help="For a model built on trained runs (chen-model-a: CNN_RUN,GRU_RUN): the runs, comma-separated.")
 @class_options()
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Model setting, e.g. --set max_tokens=256 (JSON values).")
+@click.option("--init", "init", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Start from an encoder of `trafficlens pretrain` (tl-fusion, or any model whose parameter names and "
+                   "shapes fit; one that takes none is an error).")
+@click.option("--freeze-init", is_flag=True, default=None,
+              help="Keep the parameters loaded by --init fixed and train only the rest (the pooling, statistics and head).")
+@click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Learn from this stratified share of the training sessions (few-labels curves); validation and "
+                   "test stay whole. [default: 1]")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--nproc", type=click.IntRange(1), default=1, show_default=True, help="Data-parallel processes on this machine (torchrun; one per GPU, or sharing the CPU cores).")
 @click.pass_context
 def train(ctx, dataset, model_name, out, resume_run, replay_from, split, seed, from_runs, min_class_sessions, min_class_captures,
-          include_classes, exclude_classes, settings, overwrite, quiet, nproc, **training):
+          include_classes, exclude_classes, settings, init, freeze_init, train_fraction, overwrite, quiet, nproc,
+          **training):
     """Train a model on a dataset directory and write a run directory (model bundle).
 
     Under torchrun (`torchrun --nproc-per-node N -m trafficlens train ...`) or with --nproc N,
@@ -181,7 +190,8 @@ def train(ctx, dataset, model_name, out, resume_run, replay_from, split, seed, f
     from trafficlens.training.run import train_run
 
     model_kwargs = parse_settings(settings)
-    given = dict(training_settings(training), split=split, seed=seed)
+    given = dict(training_settings(training), split=split, seed=seed, init=init, freeze_init=freeze_init,
+                 train_fraction=train_fraction)
     for name, value in (("min_class_sessions", min_class_sessions), ("min_class_captures", min_class_captures),
                         ("include_classes", include_classes), ("exclude_classes", exclude_classes)):
         if not replay_from or ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT:
@@ -285,3 +295,49 @@ def card(run, dataset, force):
         raise ConfigError(f"{run}: signed, and the signature covers README.md; rewriting it breaks the signature "
                           f"(pass --force, then `trafficlens sign {run} --key KEY` again)")
     click.echo(f"wrote {write_card(run, ds)}")
+
+
+@click.command(epilog="""\b
+Example:
+  trafficlens pretrain ds/ndpi ds/lab ds/iot -o encoder.safetensors --holdout ds/iot --epochs 5
+  trafficlens train ds/iot --model tl-fusion --init encoder.safetensors -o runs/fusion-pt""")
+@click.argument("datasets", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Encoder file to write (safetensors).")
+@click.option("--holdout", type=click.Path(exists=True, file_okay=False), default=None,
+              help="The dataset that will be scored: the test side of its split (--split, --seed and the class "
+                   "options, as `train` will use them), and every session of its test captures, are never read.")
+@click.option("--split", type=click.Choice(SPLITS), default="capture", show_default=True, help="Split of --holdout.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --holdout split and of pre-training.")
+@class_options()
+@click.option("--epochs", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
+@click.option("--byte-rate", type=click.FloatRange(0, 1, max_open=True), default=0.15, show_default=True,
+              help="Share of byte positions hidden and predicted.")
+@click.option("--size-rate", type=click.FloatRange(0, 1, max_open=True), default=0.15, show_default=True,
+              help="Share of packets whose size, direction and timing are hidden and predicted.")
+@click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None, help="Stop after this many seconds.")
+@click.option("--max-sessions", type=click.IntRange(1), default=None, help="Sessions per epoch (a random subset).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads [default: all cores].")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="tl-fusion setting of the encoder (dim, layers, encoder, ...): `train --init` needs the same.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing encoder file.")
+def pretrain(datasets, out, holdout, split, seed, min_class_sessions, min_class_captures, include_classes,
+             exclude_classes, epochs, batch_size, lr, byte_rate, size_rate, time_budget, max_sessions, threads, settings,
+             overwrite):
+    """Pre-train tl-fusion's packet encoder on unlabeled sessions (masked bytes and masked packet
+    sizes) and write it for `train --init`. Labels are never read; the file records the SHA-256
+    of every capture read, and runs started from it say whether their test captures are among them."""
+    from trafficlens.training.config import parse_settings
+    from trafficlens.training.pretrain import Holdout, PretrainConfig, pretrain as run_pretrain
+
+    cfg = PretrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, byte_rate=byte_rate, size_rate=size_rate,
+                         time_budget=time_budget, seed=seed, max_sessions=max_sessions,
+                         model_settings=parse_settings(settings), num_threads=threads)
+    held = None
+    if holdout:
+        held = Holdout(holdout, TrainConfig(split=split, seed=seed, min_class_sessions=min_class_sessions,
+                                            min_class_captures=min_class_captures, include_classes=include_classes,
+                                            exclude_classes=exclude_classes))
+    run_pretrain(list(datasets), out, cfg, holdout=held, overwrite=overwrite,
+                 log=lambda message: click.echo(message, err=True))

@@ -51,6 +51,9 @@ class TrainConfig:
     include_classes: tuple[str, ...] = ()  # only these labels (empty: all that pass the minimums)
     exclude_classes: tuple[str, ...] = ()  # labels never trained on (e.g. "Unknown")
     num_threads: int | None = None  # CPU threads; default all available cores
+    train_fraction: float = 1.0  # a stratified, seeded share of the training side (learning curves, few labels)
+    init: str | None = None  # encoder file from `trafficlens pretrain` whose parameters start the model
+    freeze_init: bool = False  # keep the parameters loaded from `init` fixed; train only what follows them
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -69,6 +72,8 @@ class TrainConfig:
         need(self.split in SPLITS, f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         need(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         need(self.min_class_sessions >= 0, f"min_class_sessions must be >= 0, got {self.min_class_sessions}")
+        need(self.init is not None or not self.freeze_init, "freeze_init needs init (an encoder file)")
+        need(0 < self.train_fraction <= 1, f"train_fraction must be in (0, 1], got {self.train_fraction}")
         need(self.min_class_captures >= 0, f"min_class_captures must be >= 0, got {self.min_class_captures}")
         self.include_classes = tuple(self.include_classes)
         self.exclude_classes = tuple(self.exclude_classes)

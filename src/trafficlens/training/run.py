@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -128,7 +129,7 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
     from trafficlens.datasets import Dataset
     from trafficlens.models import create_model, model_info
     from trafficlens.training.bundle import check_output
-    from trafficlens.training.splits import fit_rows
+    from trafficlens.training.splits import fit_rows, labelled_fraction
     from trafficlens.training.torchrun import init as init_distributed
     from trafficlens.training.trainer import fit
 
@@ -147,12 +148,26 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
         log = (lambda message: None)
     data = select_and_split(Dataset.open(dataset), cfg, split, log)
     ds, split, label_of = data.ds, data.split, data.label_of
-    train_idx = fit_rows(split, label_of, cfg.balance, cfg.seed)
+    train_idx = labelled_fraction(fit_rows(split, label_of, cfg.balance, cfg.seed), label_of, cfg.train_fraction, cfg.seed)
     input_shapes = {t: tuple(ds.tensor(t).shape[1:]) for t in info.inputs}
     if info.from_runs:
         model = model_from_runs(info, from_runs, ds, len(data.classes), input_shapes, split.assignment(len(ds)))
     else:
         model = create_model(model_name, len(data.classes), input_shapes, **(model_kwargs or {}))
+    init = None
+    if cfg.init and not state:  # a resumed run has its weights in the checkpoint already
+        from trafficlens.training.encoder import init_from_encoder
+
+        init = init_from_encoder(model, cfg.init)
+        log(f"{model_name}: {init['loaded']} of {init['of']} parameter tensors from {cfg.init}"
+            + (", frozen" if cfg.freeze_init else ""))
+    if cfg.freeze_init:  # also on --resume: the checkpoint holds the loaded values, which stay fixed
+        from trafficlens.training.encoder import read_encoder
+
+        loaded = set(read_encoder(cfg.init)[0])
+        for name, parameter in model.named_parameters():
+            if name in loaded:
+                parameter.requires_grad_(False)
     tensors = {t: ds.tensor(t) for t in info.inputs}
     log(f"{model_name}: {len(data.classes)} classes, train {len(train_idx)} / val {len(split.val)} / test "
         f"{len(split.test)} sessions ({split.kind} split), device {dist.device}"
@@ -173,9 +188,21 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
     for message in result.warnings:
         log(f"warning: {message}")
     metrics = _run_metrics(model, tensors, data, train_idx, result, cfg, dist)
+    if init:
+        from trafficlens.training.encoder import pretraining_record
+
+        metrics["pretraining"] = pretraining_record(init, ds, split.test)
+        if metrics["pretraining"]["test_captures_read"]:
+            log(f"warning: pre-training read {metrics['pretraining']['test_captures_read']} of the "
+                f"{metrics['pretraining']['test_captures']} test captures: the test score is not independent of it")
     model.cpu()
     if dist.main:  # every rank holds the same weights and metrics; one writes them
         _save_run(Path(out_dir), model, data, cfg, metrics, result, input_shapes, len(train_idx), from_runs)
+        if init:
+            from trafficlens.files import atomic_write_text
+            from trafficlens.training.encoder import PRETRAINING
+
+            atomic_write_text(Path(out_dir) / PRETRAINING, json.dumps(init, indent=1))
     dist.barrier()
     dist.close()
     return {"out": str(out_dir), "model": model_name, "best_epoch": result.best_epoch, "stopped": result.stopped,

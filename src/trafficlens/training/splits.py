@@ -220,6 +220,18 @@ def fit_rows(split: Split, y_of_row: np.ndarray, balance: str, seed: int) -> np.
     return split.train[np.sort(np.concatenate(keep))]
 
 
+def labelled_fraction(rows: np.ndarray, y_of_row: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A stratified, seeded `fraction` of `rows`, at least one per class present: the few-labels
+    case (what a model learns from 1% or 10% of the training sessions)."""
+    if fraction >= 1 or not len(rows):
+        return rows
+    rng = np.random.default_rng([seed, 1])  # not the stream that draws the split or undersampling
+    y = y_of_row[rows]
+    keep = [rng.choice(np.flatnonzero(y == c), size=max(1, int(round(fraction * np.sum(y == c)))), replace=False)
+            for c in np.unique(y)]
+    return rows[np.sort(np.concatenate(keep))]
+
+
 def _tie_cut(times_sorted: np.ndarray, k: int) -> int:
     """First position >= k that does not separate two equal times."""
     if k <= 0 or k >= len(times_sorted):

@@ -1,0 +1,85 @@
+"""Start-up of small jobs (issue 18): the wall clock a user sees for `trafficlens predict` of a
+30-session capture with the bundled model, with the ONNX export cache cold (off) and warm, and
+for `trafficlens prep` of the same capture. Rounds alternate, so load on the machine hits every
+case alike; the table gives the median and the ratio to the cold predict of the same run.
+
+    python benchmarks/startup.py --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAB = ROOT / "examples" / "lab"
+
+
+def wall(args: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "trafficlens", *args], check=True, env=env,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+STAGES = """
+import json, sys, time
+t0 = time.perf_counter()
+import torch
+t1 = time.perf_counter()
+from trafficlens.inference.classifier import Classifier
+c = Classifier.load(sys.argv[1], device="cpu")
+t2 = time.perf_counter()
+c.warm_up()
+t3 = time.perf_counter()
+print(json.dumps({"import torch": t1 - t0, "load bundle": t2 - t1, "build inference model": t3 - t2}))
+"""
+
+
+def stages(env: dict[str, str]) -> dict[str, float]:
+    import json
+
+    out = subprocess.run([sys.executable, "-c", STAGES, str(LAB / "model")], check=True, env=env,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    capture = LAB / "capture-002.pcap.gz"
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "cache"
+        cold = dict(os.environ, TRAFFICLENS_CACHE="off")
+        warm = dict(os.environ, TRAFFICLENS_CACHE=str(cache))
+        predict = ["predict", str(LAB / "model"), str(capture), "-o", str(Path(tmp) / "out.csv")]
+        prep = ["prep", str(capture), "-o", str(Path(tmp) / "ds"), "--label", "x", "--overwrite", "--quiet"]
+        wall(predict, warm)  # fills the cache (and the OS file cache for every case)
+        times: dict[str, list[float]] = {"predict, export cache off": [], "predict, export cache warm": [], "prep": []}
+        parts: dict[str, list[dict[str, float]]] = {"cache off": [], "cache warm": []}
+        for _ in range(args.rounds):
+            times["predict, export cache off"].append(wall(predict, cold))
+            times["predict, export cache warm"].append(wall(predict, warm))
+            times["prep"].append(wall(prep, warm))
+            parts["cache off"].append(stages(cold))
+            parts["cache warm"].append(stages(warm))
+    base = statistics.median(times["predict, export cache off"])
+    print(f"| job (30 sessions, {args.rounds} alternating rounds) | median s | min s | ratio to cold predict |")
+    print("|---|---:|---:|---:|")
+    for name, values in times.items():
+        print(f"| {name} | {statistics.median(values):.2f} | {min(values):.2f} | {statistics.median(values) / base:.2f} |")
+    print("\n| inside `Classifier.load` + `warm_up` (median s) | " + " | ".join(parts) + " |")
+    print("|---|" + "---:|" * len(parts))
+    for stage in parts["cache off"][0]:
+        print(f"| {stage} | " + " | ".join(f"{statistics.median(p[stage] for p in v):.2f}" for v in parts.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()
