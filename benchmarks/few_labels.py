@@ -31,6 +31,11 @@ def main() -> None:
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.1, 1.0])
     ap.add_argument("--min-class-sessions", type=int, default=50)
     ap.add_argument("--pretrain-epochs", type=int, default=5)
+    ap.add_argument("--variants", nargs="+", default=["scratch", "pretrained"], choices=list(VARIANTS),
+                    help="scratch; pretrained (encoder loaded, everything fine-tuned); frozen (encoder loaded and fixed)")
+    ap.add_argument("--objective", default="masked", choices=("masked", "contrastive", "both"))
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads per job [default: all cores]")
+    ap.add_argument("--reuse-encoders", action="store_true", help="keep an encoder-seedS.safetensors already in -o")
     ap.add_argument("-o", "--out", default=str(ROOT / "bench-out" / "few-labels"))
     args = ap.parse_args()
 
@@ -44,24 +49,34 @@ def main() -> None:
     rows = []
     t_start = time.perf_counter()
     for seed in args.seeds:
-        base = dict(split="capture", seed=seed, min_class_sessions=args.min_class_sessions)
-        encoder = out / f"encoder-seed{seed}.safetensors"
+        base = dict(split="capture", seed=seed, min_class_sessions=args.min_class_sessions, num_threads=args.threads)
+        tag = "" if args.objective == "masked" else f"-{args.objective}"
+        encoder = out / f"encoder{tag}-seed{seed}.safetensors"
         t0 = time.perf_counter()
         torch.manual_seed(seed)
-        meta = pretrain([args.dataset, *args.extra], encoder, PretrainConfig(epochs=args.pretrain_epochs, seed=seed),
-                        holdout=Holdout(args.dataset, TrainConfig(**base)), overwrite=True)
+        if args.reuse_encoders and encoder.is_file():
+            from trafficlens.training.encoder import read_encoder
+
+            meta = read_encoder(encoder)[1]
+        else:
+            meta = pretrain([args.dataset, *args.extra], encoder,
+                            PretrainConfig(epochs=args.pretrain_epochs, seed=seed, objective=args.objective,
+                                           num_threads=args.threads),
+                            holdout=Holdout(args.dataset, TrainConfig(**base)), overwrite=True)
         pretrain_seconds = time.perf_counter() - t0
         for fraction in args.fractions:
-            for init in (None, str(encoder)):
-                name = f"seed{seed}-f{fraction:g}-{'pretrained' if init else 'scratch'}"
+            for variant in args.variants:
+                init = None if variant == "scratch" else str(encoder)
+                name = f"seed{seed}-f{fraction:g}-{variant}{tag if variant != 'scratch' else ''}"
                 torch.manual_seed(seed)
                 s = train_run(args.dataset, out / name, "tl-fusion",
-                              TrainConfig(**base, train_fraction=fraction, init=init, batch_size=batch_size(fraction)),
+                              TrainConfig(**base, train_fraction=fraction, init=init, freeze_init=variant == "frozen",
+                                          batch_size=batch_size(fraction)),
                               progress=False, overwrite=True, log=lambda message: None)
                 m = json.loads((out / name / "metrics.json").read_text())
                 overlap = (m.get("pretraining") or {}).get("test_captures_read", 0)
                 assert overlap == 0, f"{name}: pre-training read {overlap} test captures"
-                rows.append({"seed": seed, "fraction": fraction, "init": "pretrained" if init else "scratch",
+                rows.append({"seed": seed, "fraction": fraction, "init": variant,
                              "batch_size": batch_size(fraction),
                              "n_fit": m["n_fit"], "accuracy": m["accuracy"], "macro_f1": m["macro"]["f1"],
                              "epochs": s["epochs"], "train_seconds": s["seconds"],
@@ -69,9 +84,9 @@ def main() -> None:
                              "pretrain_sessions": sum(d["sessions_read"] for d in meta["datasets"]) if init else 0})
                 print(f"{name}: n_fit {m['n_fit']}, accuracy {m['accuracy']:.4f}, macro-F1 {m['macro']['f1']:.4f}, "
                       f"{s['seconds']:.0f} s", flush=True)
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows,
-                                                  "seconds": time.perf_counter() - t_start}, indent=1))
-    print(table(rows))
+    target = out / f"results-{'-'.join(args.variants)}{'' if args.objective == 'masked' else '-' + args.objective}.json"
+    target.write_text(json.dumps({"args": vars(args), "rows": rows, "seconds": time.perf_counter() - t_start}, indent=1))
+    print(table(rows, args.variants))
 
 
 def batch_size(fraction: float) -> int:
@@ -81,23 +96,32 @@ def batch_size(fraction: float) -> int:
     return 16 if fraction <= 0.01 else 64 if fraction <= 0.1 else 256
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| training sessions | n_fit (mean) | from scratch: macro-F1 | pre-trained: macro-F1 | gain (per seed) | "
-             "from scratch: accuracy | pre-trained: accuracy |", "|---|---:|---:|---:|---|---:|---:|"]
+def table(rows: list[dict], variants: list[str]) -> str:
+    """Macro-F1 and accuracy per fraction and variant (mean ± std over seeds), and each variant's
+    gain in macro-F1 over from-scratch training of the same seed."""
+    def ms(x):
+        return f"{x.mean():.3f} ± {x.std(ddof=1) if len(x) > 1 else 0:.3f}"
+
+    head = "| training sessions | n_fit (mean) | " + " | ".join(f"{v}: macro-F1 / accuracy" for v in variants)
+    others = [v for v in variants if v != "scratch"]
+    head += "".join(f" | {v} - scratch, macro-F1 (per seed)" for v in others if "scratch" in variants) + " |"
+    lines = [head, "|---|---:|" + "---:|" * len(variants) + "---|" * (len(others) if "scratch" in variants else 0)]
     for fraction in dict.fromkeys(r["fraction"] for r in rows):
-        pick = {init: sorted((r for r in rows if r["fraction"] == fraction and r["init"] == init), key=lambda r: r["seed"])
-                for init in ("scratch", "pretrained")}
+        pick = {v: sorted((r for r in rows if r["fraction"] == fraction and r["init"] == v), key=lambda r: r["seed"])
+                for v in variants}
         f1 = {k: np.array([r["macro_f1"] for r in v]) for k, v in pick.items()}
         acc = {k: np.array([r["accuracy"] for r in v]) for k, v in pick.items()}
-        gain = f1["pretrained"] - f1["scratch"]
-
-        def ms(x):
-            return f"{x.mean():.3f} ± {x.std(ddof=1) if len(x) > 1 else 0:.3f}"
-
-        lines.append(f"| {fraction:.0%} | {np.mean([r['n_fit'] for r in pick['scratch']]):,.0f} | {ms(f1['scratch'])} | "
-                     f"{ms(f1['pretrained'])} | {gain.mean():+.3f} ({', '.join(f'{g:+.3f}' for g in gain)}) | "
-                     f"{ms(acc['scratch'])} | {ms(acc['pretrained'])} |")
+        cells = [f"{ms(f1[v])} / {ms(acc[v])}" for v in variants]
+        if "scratch" in variants:
+            for v in others:
+                gain = f1[v] - f1["scratch"]
+                cells.append(f"{gain.mean():+.3f} ({', '.join(f'{g:+.3f}' for g in gain)})")
+        n_fit = np.mean([r["n_fit"] for r in pick[variants[0]]])
+        lines.append(f"| {fraction:.0%} | {n_fit:,.0f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+VARIANTS = ("scratch", "pretrained", "frozen")
 
 
 if __name__ == "__main__":

@@ -98,6 +98,7 @@ def test_holdout_keeps_the_test_captures_out_and_runs_report_any_overlap(lab, tm
     assert clean["datasets"][0]["sessions_read"] < len(lab)
     assert record["test_captures_read"] == 0 and record["test_captures"] == len(test_captures)
     assert record["sha256"] and record["loaded"] == record["of"]
+    assert "pre-training read 0 of the" in (run / "README.md").read_text()  # the model card says so
 
     lines = []
     run = tmp_path / "leaky-run"
@@ -106,6 +107,7 @@ def test_holdout_keeps_the_test_captures_out_and_runs_report_any_overlap(lab, tm
     record = json.loads((run / "metrics.json").read_text())["pretraining"]
     assert record["test_captures_read"] == record["test_captures"] == len(test_captures)
     assert any("pre-training read" in line and "not independent" in line for line in lines)
+    assert "not independent of pre-training" in (run / "README.md").read_text()
     evaluated = evaluate_run(run)
     assert evaluated["pretraining"]["test_sessions_read"] == len(test_rows)
     from trafficlens.evaluation.cli import evaluate as evaluate_cmd
@@ -173,3 +175,19 @@ def test_freeze_init_keeps_the_loaded_encoder_and_trains_the_rest(views, tmp_pat
         assert (same == list(tensors)) if freeze else (len(same) < len(tensors) // 2), (freeze, len(same))
     with pytest.raises(ConfigError, match="freeze_init needs init"):
         TrainConfig(freeze_init=True)
+
+
+def test_contrastive_views_learn_to_find_their_twin(views, tmp_path):
+    """In a batch of 32, a view that picks its twin at random scores ln 32 = 3.47; a learned
+    encoder makes the two views of one session closer than any other session's."""
+    torch.manual_seed(0)
+    meta = pretrain([views.path], tmp_path / "enc.safetensors",
+                    PretrainConfig(epochs=6, batch_size=32, lr=3e-3, objective="contrastive", model_settings=SMALL), **QUIET)
+    first, last = meta["history"][0]["contrastive"], meta["history"][-1]["contrastive"]
+    assert last < 0.6 * first and last < np.log(32) / 2, meta["history"]
+    assert set(meta["history"][-1]) == {"epoch", "contrastive", "loss", "seconds"}
+    both = pretrain([views.path], tmp_path / "both.safetensors",
+                    PretrainConfig(epochs=1, objective="both", model_settings=SMALL), **QUIET)
+    assert {"bytes", "direction", "size", "contrastive"} <= set(both["history"][0])
+    with pytest.raises(ConfigError, match="objective must be one of"):
+        PretrainConfig(objective="generative")

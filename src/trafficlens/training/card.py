@@ -189,6 +189,14 @@ def _protocol_section(split: dict[str, Any], prep: dict[str, Any], train: dict[s
                      f"loss {train.get('loss')}")
     if metrics.get("protocol"):
         lines.append(f"- {metrics['protocol'][0].upper()}{metrics['protocol'][1:]}.")
+    if train.get("train_fraction", 1.0) < 1:
+        lines.append(f"- Learned from {train['train_fraction']:.0%} of the training side (--train-fraction).")
+    pre = metrics.get("pretraining")
+    if pre:
+        lines.append(f"- Started from the pre-trained encoder {Path(pre['encoder']).name} (sha256 {pre['sha256'][:12]}, "
+                     f"{pre['loaded']} of {pre['of']} tensors{', frozen' if train.get('freeze_init') else ''}); "
+                     f"pre-training read {pre['test_captures_read']} of the {pre['test_captures']} test captures"
+                     + (" — **the test score is not independent of pre-training**" if pre["test_captures_read"] else ""))
     lines.append("")
     return lines
 

@@ -312,6 +312,9 @@ Example:
 @click.option("--epochs", type=click.IntRange(1), default=5, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
+@click.option("--objective", type=click.Choice(("masked", "contrastive", "both")), default="masked", show_default=True,
+              help="masked: predict hidden bytes and packet sizes; contrastive: two views of a session (a third of it "
+                   "hidden) must find each other in the batch; both: the losses add.")
 @click.option("--byte-rate", type=click.FloatRange(0, 1, max_open=True), default=0.15, show_default=True,
               help="Share of byte positions hidden and predicted.")
 @click.option("--size-rate", type=click.FloatRange(0, 1, max_open=True), default=0.15, show_default=True,
@@ -323,15 +326,16 @@ Example:
               help="tl-fusion setting of the encoder (dim, layers, encoder, ...): `train --init` needs the same.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing encoder file.")
 def pretrain(datasets, out, holdout, split, seed, min_class_sessions, min_class_captures, include_classes,
-             exclude_classes, epochs, batch_size, lr, byte_rate, size_rate, time_budget, max_sessions, threads, settings,
-             overwrite):
+             exclude_classes, epochs, batch_size, lr, objective, byte_rate, size_rate, time_budget, max_sessions, threads,
+             settings, overwrite):
     """Pre-train tl-fusion's packet encoder on unlabeled sessions (masked bytes and masked packet
     sizes) and write it for `train --init`. Labels are never read; the file records the SHA-256
     of every capture read, and runs started from it say whether their test captures are among them."""
     from trafficlens.training.config import parse_settings
     from trafficlens.training.pretrain import Holdout, PretrainConfig, pretrain as run_pretrain
 
-    cfg = PretrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, byte_rate=byte_rate, size_rate=size_rate,
+    cfg = PretrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, objective=objective, byte_rate=byte_rate,
+                         size_rate=size_rate,
                          time_budget=time_budget, seed=seed, max_sessions=max_sessions,
                          model_settings=parse_settings(settings), num_threads=threads)
     held = None

@@ -1,6 +1,9 @@
 """Self-supervised pre-training of tl-fusion's packet encoder on unlabeled sessions (issue 15).
 
-Masked prediction, BERT-style, over what the packet tokens read:
+Objectives (`objective`): `masked` (the default), `contrastive`, or `both` (the losses add).
+Contrastive: two views of each session, each with a third of its bytes and packet sizes hidden,
+mean-pooled over the packets present and projected; each view must pick its twin out of the
+batch (InfoNCE, temperature 0.2). Masked prediction, BERT-style, over what the packet tokens read:
 - bytes: `byte_rate` of the byte positions of the packets present are replaced by a learned
   vector; a head predicts each hidden byte's value (256-way) from its packet's encoder state
   plus a position embedding of the byte within the packet;
@@ -36,6 +39,9 @@ from trafficlens.training.encoder import FORMAT, FORMAT_VERSION, capture_digests
 
 
 
+OBJECTIVES = ("masked", "contrastive", "both")
+
+
 @dataclass
 class PretrainConfig:
     epochs: int = 5
@@ -43,6 +49,7 @@ class PretrainConfig:
     lr: float = 1e-3
     byte_rate: float = 0.15  # share of byte positions hidden
     size_rate: float = 0.15  # share of packets whose size/timing is hidden
+    objective: str = "masked"  # masked (bytes and sizes), contrastive (two views of a session), or both
     time_budget: float | None = None  # seconds; checked after every batch
     seed: int = 0
     max_sessions: int | None = None  # a random subset of the sessions given, per epoch
@@ -55,7 +62,9 @@ class PretrainConfig:
         for name in ("byte_rate", "size_rate"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"pretrain: {name} must be in [0, 1), got {getattr(self, name)}")
-        if self.byte_rate == 0 and self.size_rate == 0:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"pretrain: objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.objective != "contrastive" and self.byte_rate == 0 and self.size_rate == 0:
             raise ConfigError("pretrain: byte_rate and size_rate are both 0; nothing would be predicted")
 
 
@@ -108,22 +117,53 @@ class MaskedPrediction(nn.Module):
         self.size_head = nn.Linear(m.dim, 2)  # direction logit, log size
         self.byte_vector = nn.Parameter(torch.zeros(m.byte_dim))
         self.size_vector = nn.Parameter(torch.zeros(m.dim))
+        self.projection = nn.Sequential(nn.Linear(m.dim, m.dim), nn.GELU(), nn.Linear(m.dim, m.dim))  # contrastive
 
-    def loss(self, packets, sequence, generator) -> tuple[Any, dict[str, float]]:
+    def hide(self, packets, size, generator, byte_rate: float, size_rate: float):
+        """Random byte positions of the packets present, and random packets' sizes, hidden."""
         from trafficlens.models.tl_fusion import HiddenInputs
 
-        cfg, m = self.cfg, self.model.cfg
-        packets = packets.long()
-        size = sequence[..., 0].float()
+        m = self.model.cfg
         packet_present = packets.amax(dim=2) > 0  # (B, M)
-        byte_hidden = (torch.rand(packets.shape, generator=generator) < cfg.byte_rate) & packet_present[..., None]
-        size_present = size != 0
-        size_hidden = (torch.rand(size.shape, generator=generator) < cfg.size_rate) & size_present
+        byte_hidden = (torch.rand(packets.shape, generator=generator) < byte_rate) & packet_present[..., None]
+        size_hidden = (torch.rand(size.shape, generator=generator) < size_rate) & (size != 0)
         if not m.use_bytes:
             byte_hidden = torch.zeros_like(byte_hidden)
         if not m.use_sizes:
             size_hidden = torch.zeros_like(size_hidden)
-        hidden = HiddenInputs(byte_hidden, size_hidden, self.byte_vector, self.size_vector)
+        return HiddenInputs(byte_hidden, size_hidden, self.byte_vector, self.size_vector)
+
+    def loss(self, packets, sequence, generator) -> tuple[Any, dict[str, float]]:
+        cfg = self.cfg
+        packets = packets.long()
+        parts: dict[str, Any] = {}
+        if cfg.objective in ("masked", "both"):
+            parts.update(self.masked(packets, sequence, generator))
+        if cfg.objective in ("contrastive", "both"):
+            parts["contrastive"] = self.contrastive(packets, sequence, generator)
+        if not parts:
+            return None, {}
+        total = sum(parts.values())
+        return total, {k: float(v.detach()) for k, v in parts.items()}
+
+    def contrastive(self, packets, sequence, generator):
+        """Two views of each session (a third of its bytes and sizes hidden, drawn anew for each);
+        a session's two views must find each other among the batch's (InfoNCE, both ways)."""
+        size = sequence[..., 0].float()
+        views = []
+        for _ in range(2):
+            h, present = self.model.encode(packets, sequence, self.hide(packets, size, generator, 0.3, 0.3))
+            w = present.float().unsqueeze(-1)
+            views.append(F.normalize(self.projection((h * w).sum(1) / w.sum(1)), dim=-1))
+        logits = views[0] @ views[1].T / 0.2
+        target = torch.arange(len(logits))
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+    def masked(self, packets, sequence, generator) -> dict[str, Any]:
+        cfg = self.cfg
+        size = sequence[..., 0].float()
+        hidden = self.hide(packets, size, generator, cfg.byte_rate, cfg.size_rate)
+        byte_hidden, size_hidden = hidden.bytes, hidden.sizes
         h, _ = self.model.encode(packets, sequence, hidden)  # (B, L, d)
         parts: dict[str, Any] = {}
         if byte_hidden.any():
@@ -136,10 +176,7 @@ class MaskedPrediction(nn.Module):
             target = size[b, p]
             parts["direction"] = F.binary_cross_entropy_with_logits(out[:, 0], (target > 0).float())
             parts["size"] = F.mse_loss(out[:, 1], torch.log1p(target.abs()) / 7.3)
-        if not parts:
-            return None, {}
-        total = sum(parts.values())
-        return total, {k: float(v.detach()) for k, v in parts.items()}
+        return parts
 
 
 def pretrain(datasets: Sequence[str | os.PathLike], out: str | os.PathLike, cfg: PretrainConfig | None = None,
@@ -226,7 +263,8 @@ def _fit(task: MaskedPrediction, optimiser, datasets, rows, cfg: PretrainConfig,
         row["seconds"] = round(time.perf_counter() - t0, 1)
         history.append(row)
         log(f"epoch {epoch}: loss {row['loss']:.4f} ("
-            + ", ".join(f"{k} {row[k]:.4f}" for k in ("bytes", "direction", "size") if k in row) + f"), {row['seconds']} s")
+            + ", ".join(f"{k} {row[k]:.4f}" for k in ("bytes", "direction", "size", "contrastive") if k in row)
+            + f"), {row['seconds']} s")
         if out_of_time:
             log(f"time budget of {cfg.time_budget} s reached")
             break
