@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score, top_k_accuracy_score
 
 from test_predict import run  # noqa: F401  (the trained bundle fixture)
@@ -74,6 +76,21 @@ def test_metrics_by_hand():
     assert softmax(np.array([[0.0, np.log(3.0)]])) == pytest.approx(np.array([[0.25, 0.75]]))
 
 
+def test_top_k_up_to_the_class_count_and_no_undefined_metric_warning():
+    """Three classes: top-3 is reported (k equal to the class count counts), top-5 is not; b is never
+    predicted, so its precision is 0 (zero_division=0), without scikit-learn's UndefinedMetricWarning."""
+    proba = np.array([[0.5, 0.3, 0.2],   # a, right
+                      [0.2, 0.3, 0.5],   # a taken for c; a third
+                      [0.6, 0.3, 0.1],   # b taken for a; b second
+                      [0.1, 0.3, 0.6]])  # c, right
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UndefinedMetricWarning)
+        m = classification_report(np.array([0, 0, 1, 2]), proba, ["a", "b", "c"])
+    assert m["top_k_accuracy"] == {"1": pytest.approx(2 / 4), "3": pytest.approx(4 / 4)}
+    assert m["per_class"]["b"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert m["confusion_matrix"]["matrix"] == [[1, 0, 1], [1, 0, 0], [0, 0, 1]]
+
+
 def test_softmax_is_per_row_stable_and_float32():
     """Each row on its own (rows of very different scale), no overflow at large logits, float32 out."""
     logits = np.array([[0.0, np.log(3.0), -np.inf], [1000.0, 1000.0, 1000.0 + np.log(2.0)], [-5.0, -5.0, -5.0]])
@@ -83,14 +100,12 @@ def test_softmax_is_per_row_stable_and_float32():
     assert logits[1, 0] == 1000.0  # the input is left as it was
 
 
-def test_provenance_says_what_produced_the_metrics(tmp_path):
-    from trafficlens.datasets import DatasetWriter
-    from trafficlens.training.metrics import provenance
-    from trafficlens.training.selection import ClassSelection
-    from trafficlens.training.splits import PROTOCOL, Split
+def _twelve_sessions(path):
+    """12 sessions, labels x y z in turn, row i in capture cap{i % 4}."""
+    from trafficlens.datasets import Dataset, DatasetWriter
 
     config = {"layer": "transport", "mask": "paper", "unit": "flow"}
-    with DatasetWriter(tmp_path / "ds", config, image_bytes=4, packets=1, packet_bytes=4, sequence_length=2,
+    with DatasetWriter(path, config, image_bytes=4, packets=1, packet_bytes=4, sequence_length=2,
                        stats_names=["x"]) as w:
         for i in range(12):
             meta = {"capture": f"cap{i % 4}.pcap", "src_ip": "10.0.0.1", "dst_ip": "10.0.0.2", "src_port": i, "dst_port": 1,
@@ -98,9 +113,15 @@ def test_provenance_says_what_produced_the_metrics(tmp_path):
                     "payload_bytes": 2, "packets_fwd": 1, "packets_bwd": 0, "label": "xyz"[i % 3]}
             w.add(meta, np.full(4, i, np.uint8), np.full((1, 4), i, np.uint8), np.zeros((2, 2), np.float32),
                   np.zeros(1, np.float32))
-    from trafficlens.datasets import Dataset
+    return Dataset.open(path)
 
-    ds = Dataset.open(tmp_path / "ds")
+
+def test_provenance_says_what_produced_the_metrics(tmp_path):
+    from trafficlens.training.metrics import provenance
+    from trafficlens.training.selection import ClassSelection
+    from trafficlens.training.splits import PROTOCOL, Split
+
+    ds = _twelve_sessions(tmp_path / "ds")
     split = Split("capture", np.array([0, 1, 2, 4, 5, 6]), np.array([3, 7]), np.array([8, 9, 10, 11]),
                   missing={"val": [1]}, dedup={"removed": {"val": 0, "test": 1}},
                   coverage={"single_test_capture": [0, 2], "one_side": {1: "train"}})
@@ -120,6 +141,25 @@ def test_provenance_says_what_produced_the_metrics(tmp_path):
         "warnings": ["2 classes have a single test capture (their test score is that capture's): x, z",
                      "1 classes have all their captures on one side: y (train)"],
         "dropped_classes": {"w": 2}, "deduplication": {"removed": {"val": 0, "test": 1}},
+    }
+
+
+def test_provenance_defaults_to_the_test_side_and_takes_a_split_without_coverage(tmp_path):
+    """What training, baselines, compare and `evaluate` pass: no side, selection or dropped classes, and a
+    split without coverage (random splits; the split `evaluate` rebuilds from a run's assignment)."""
+    from trafficlens.training.metrics import provenance
+    from trafficlens.training.splits import Split
+
+    ds = _twelve_sessions(tmp_path / "ds")
+    split = Split("random", np.array([0, 1, 2, 3, 4, 5]), np.array([6, 7, 8]), np.array([9, 10, 11]))
+    out = provenance(ds, split, classes=["x", "y", "z"], seed=0)
+    assert (out["split"], out["side"], out["seed"]) == ("random", "test", 0)
+    assert out["split_info"] == {
+        "kind": "random", "seed": 0, "min_class_sessions": 0, "min_class_captures": 0, "include_classes": [],
+        "exclude_classes": [], "sizes": {"train": 6, "val": 3, "test": 3},
+        "captures": {"train": 4, "val": 3, "test": 3},  # rows 0-5: cap0-3; 6, 7, 8: cap2, 3, 0; 9, 10, 11: cap1, 2, 3
+        "missing": {}, "coverage": {"single_test_capture": [], "one_side": {}}, "warnings": [],
+        "dropped_classes": {}, "deduplication": {},
     }
 
 
@@ -143,3 +183,16 @@ def test_evaluate_run_writes_metrics_and_offline_report(run, tmp_path):  # noqa:
     page = (tmp_path / "eval" / "report.html").read_text()
     assert "http://" not in page and "https://" not in page  # opens with no network
     assert len(re.findall(r"src='data:image/png;base64,", page)) == 3
+
+
+def test_metrics_of_nothing_scored_are_zeros_not_an_error():
+    """`evaluate --on` a dataset none of whose labels the run knows scores no session; scikit-learn
+    1.8 and later refuse empty input, so the report must not hand it over."""
+    from trafficlens.training.metrics import classification_report
+
+    m = classification_report(np.zeros(0, dtype=np.int64), np.zeros((0, 3)), ["a", "b", "c"])
+    assert m["n"] == 0 and m["accuracy"] == 0.0 and m["macro_f1"] == 0.0 and m["weighted_f1"] == 0.0
+    assert m["top_k_accuracy"] == {"1": 0.0, "3": 0.0}
+    assert m["confusion_matrix"]["matrix"] == [[0, 0, 0]] * 3
+    assert m["per_class"]["b"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert m["classes_without_test_sessions"] == ["a", "b", "c"]

@@ -41,7 +41,13 @@ def classification_report(y_true: np.ndarray, proba: np.ndarray, labels: list[st
     proba = np.asarray(proba, dtype=np.float64)
     y_pred = proba.argmax(axis=1) if len(proba) else np.zeros(0, dtype=np.int64)
     classes = np.arange(len(labels))
-    p, r, f, support = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
+    if len(y_true):
+        p, r, f, support = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
+        confusion = confusion_matrix(y_true, y_pred, labels=classes).tolist()
+    else:  # nothing scored (scikit-learn >= 1.8 refuses empty input): every count and score is 0
+        p = r = f = np.zeros(len(labels))
+        support = np.zeros(len(labels), dtype=np.int64)
+        confusion = np.zeros((len(labels), len(labels)), dtype=np.int64).tolist()
     seen = support > 0
     out: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -62,7 +68,7 @@ def classification_report(y_true: np.ndarray, proba: np.ndarray, labels: list[st
         for i, label in enumerate(labels)
     }
     out["confusion_matrix"] = {"labels": list(labels), "rows": "true", "columns": "predicted",
-                               "matrix": confusion_matrix(y_true, y_pred, labels=classes).tolist()}
+                               "matrix": confusion}
     return out
 
 
