@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dataset")
+    ap.add_argument("dataset", nargs="?", help="the dataset to score (not needed with --table)")
     ap.add_argument("--extra", nargs="*", default=[], help="more datasets to pre-train on (never scored)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.1, 1.0])
@@ -37,7 +37,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per job [default: all cores]")
     ap.add_argument("--reuse-encoders", action="store_true", help="keep an encoder-seedS.safetensors already in -o")
     ap.add_argument("-o", "--out", default=str(ROOT / "bench-out" / "few-labels"))
+    ap.add_argument("--table", nargs="+", metavar="RESULTS_JSON",
+                    help="print one table from result files of earlier runs (variants named by objective) and exit")
     args = ap.parse_args()
+    if args.table:
+        print(merged_table(args.table))
+        return
 
     import torch
 
@@ -111,17 +116,35 @@ def table(rows: list[dict], variants: list[str]) -> str:
                 for v in variants}
         f1 = {k: np.array([r["macro_f1"] for r in v]) for k, v in pick.items()}
         acc = {k: np.array([r["accuracy"] for r in v]) for k, v in pick.items()}
-        cells = [f"{ms(f1[v])} / {ms(acc[v])}" for v in variants]
+        cells = [f"{ms(f1[v])} / {ms(acc[v])} ({len(f1[v])} seed{'s' if len(f1[v]) != 1 else ''})" if len(f1[v]) else "-"
+                 for v in variants]
         if "scratch" in variants:
+            base = {r["seed"]: r["macro_f1"] for r in pick["scratch"]}
             for v in others:
-                gain = f1[v] - f1["scratch"]
-                cells.append(f"{gain.mean():+.3f} ({', '.join(f'{g:+.3f}' for g in gain)})")
+                gain = np.array([r["macro_f1"] - base[r["seed"]] for r in pick[v] if r["seed"] in base])
+                cells.append(f"{gain.mean():+.3f} ({', '.join(f'{g:+.3f}' for g in gain)})" if len(gain) else "-")
         n_fit = np.mean([r["n_fit"] for r in pick[variants[0]]])
         lines.append(f"| {fraction:.0%} | {n_fit:,.0f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 VARIANTS = ("scratch", "pretrained", "frozen")
+
+
+def merged_table(paths: list[str]) -> str:
+    """Rows of several runs' results-*.json; a variant of a non-masked objective is named
+    `pretrained-contrastive` etc. Seeds present in some variants only are listed per cell."""
+    rows = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        objective = data["args"].get("objective", "masked")
+        for r in data["rows"]:
+            if r["init"] != "scratch" and objective != "masked":
+                r = {**r, "init": f"{r['init']}-{objective}"}
+            rows.append(r)
+    order = ["scratch", "pretrained", "frozen", "pretrained-contrastive", "frozen-contrastive", "pretrained-both"]
+    variants = [v for v in order if any(r["init"] == v for r in rows)]
+    return table(rows, variants)
 
 
 if __name__ == "__main__":
