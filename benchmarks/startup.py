@@ -1,7 +1,7 @@
 """Start-up of small jobs (issue 18): the wall clock a user sees for `trafficlens predict` of a
-30-session capture with the bundled model, with the ONNX export cache cold (off) and warm, and
-for `trafficlens prep` of the same capture. Rounds alternate, so load on the machine hits every
-case alike; the table gives the median and the ratio to the cold predict of the same run.
+30-session capture with the bundled model and for `trafficlens prep` of it, with the compiled or
+the Python session engine and the ONNX export cache off or warm. Rounds alternate, so load on the
+machine hits every case alike; the table gives medians and the ratio to the old defaults.
 
     python benchmarks/startup.py --rounds 5
 """
@@ -57,21 +57,32 @@ def main() -> None:
     capture = LAB / "capture-002.pcap.gz"
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
-        cold = dict(os.environ, TRAFFICLENS_CACHE="off")
-        warm = dict(os.environ, TRAFFICLENS_CACHE=str(cache))
+        env = {k: v for k, v in os.environ.items() if k != "TRAFFICLENS_BACKEND"}
+        cold = dict(env, TRAFFICLENS_CACHE="off")
+        warm = dict(env, TRAFFICLENS_CACHE=str(cache))
         predict = ["predict", str(LAB / "model"), str(capture), "-o", str(Path(tmp) / "out.csv")]
         prep = ["prep", str(capture), "-o", str(Path(tmp) / "ds"), "--label", "x", "--overwrite", "--quiet"]
+        numba = {"TRAFFICLENS_BACKEND": "numba"}
+        # (name, command, environment): the defaults before this change (compiled engine, no export
+        # cache) first, as the baseline of the ratios
+        cases = [
+            ("predict, before: compiled engine, no export cache", predict, {**cold, **numba}),
+            ("predict, compiled engine, export cache warm", predict, {**warm, **numba}),
+            ("predict, Python engine (small input), no export cache", predict, cold),
+            ("predict, now: Python engine, export cache warm", predict, warm),
+            ("prep, before: compiled engine", prep, {**warm, **numba}),
+            ("prep, now: Python engine (small input)", prep, warm),
+        ]
         wall(predict, warm)  # fills the cache (and the OS file cache for every case)
-        times: dict[str, list[float]] = {"predict, export cache off": [], "predict, export cache warm": [], "prep": []}
+        times: dict[str, list[float]] = {name: [] for name, _, _ in cases}
         parts: dict[str, list[dict[str, float]]] = {"cache off": [], "cache warm": []}
         for _ in range(args.rounds):
-            times["predict, export cache off"].append(wall(predict, cold))
-            times["predict, export cache warm"].append(wall(predict, warm))
-            times["prep"].append(wall(prep, warm))
+            for name, command, env in cases:
+                times[name].append(wall(command, env))
             parts["cache off"].append(stages(cold))
             parts["cache warm"].append(stages(warm))
-    base = statistics.median(times["predict, export cache off"])
-    print(f"| job (30 sessions, {args.rounds} alternating rounds) | median s | min s | ratio to cold predict |")
+    base = statistics.median(times[cases[0][0]])
+    print(f"| job (30 sessions, {args.rounds} alternating rounds) | median s | min s | ratio to the first row |")
     print("|---|---:|---:|---:|")
     for name, values in times.items():
         print(f"| {name} | {statistics.median(values):.2f} | {min(values):.2f} | {statistics.median(values) / base:.2f} |")

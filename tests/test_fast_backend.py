@@ -307,8 +307,35 @@ def test_backend_choice(monkeypatch):
     assert resolve_backend() == "python"
     monkeypatch.delenv("TRAFFICLENS_BACKEND")
     assert resolve_backend() == "numba"
+    # a small input skips loading the kernels, unless an engine is asked for
+    from trafficlens.prep.engines import SMALL_INPUT_BYTES
+
+    assert resolve_backend(None, SMALL_INPUT_BYTES - 1) == "python"
+    assert resolve_backend(None, SMALL_INPUT_BYTES) == "numba" and resolve_backend(None, None) == "numba"
+    assert resolve_backend("numba", 100) == "numba"
+    monkeypatch.setenv("TRAFFICLENS_BACKEND", "numba")
+    assert resolve_backend(None, 100) == "numba"
     with pytest.raises(ConfigError, match="backend must be one of"):
         resolve_backend("fortran")
+
+
+def test_prep_and_predict_of_a_small_capture_use_the_python_engine(tmp_path, monkeypatch):
+    """Which engine runs is visible only in time, so the test watches which one is built."""
+    from trafficlens.prep.engines import compiled, reference
+
+    built = []
+    for module, name in ((compiled, "CompiledEngine"), (reference, "ReferenceEngine")):
+        cls = getattr(module, name)
+        monkeypatch.setattr(cls, "__init__", (lambda init, tag: lambda self, *a, **k: built.append(tag) or init(self, *a, **k))(cls.__init__, name))
+    monkeypatch.delenv("TRAFFICLENS_BACKEND", raising=False)
+    prep([LAB], tmp_path / "ds", PrepConfig(), workers=1)
+    assert built == ["ReferenceEngine"]
+    prep([LAB], tmp_path / "ds2", PrepConfig(), workers=1, backend="numba")
+    assert built[-1] == "CompiledEngine"
+    from trafficlens.inference.classifier import Classifier
+
+    rows = Classifier.load(LAB.parent / "model", device="cpu").predict_pcap(LAB)
+    assert len(rows) == 30 and built[-1] == "ReferenceEngine"
 
 
 def test_modified_pcap_gives_the_datasets_of_classic_pcap(tmp_path):

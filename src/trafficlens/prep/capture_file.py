@@ -10,7 +10,7 @@ from trafficlens.capture.formats import is_stdin
 from trafficlens.errors import CaptureError
 from trafficlens.files import sha256_file
 from trafficlens.prep.config import PrepConfig
-from trafficlens.prep.engines import make_engine
+from trafficlens.prep.engines import make_engine, resolve_backend
 from trafficlens.prep.engines.base import EngineSink
 from trafficlens.prep.engines.blocks import filter_block
 from trafficlens.prep.report import FileReport, file_warnings
@@ -25,6 +25,8 @@ def prepare_capture(path: Path, relative: str, config: PrepConfig, labeler, sink
     (`prep.hosts.HostAddresses.watch`)."""
     report = FileReport(str(path), relative, capture_size(path))
     label_of = labeler.bind(path, relative) if labeler is not None else None
+    if backend is None:  # one capture on its own (predict): a small file skips loading the kernels
+        backend = resolve_backend(None, None if is_stdin(path) else report.size)
     engine = make_engine(backend, config, relative, sink, label_of=label_of)
     reader = None
     filtered = 0

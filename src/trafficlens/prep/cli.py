@@ -46,7 +46,7 @@ def _d(name: str) -> str:
 @click.option("--scheduler", default=None, metavar="ADDRESS", help="--engine dask: scheduler address (tcp://host:8786) [default: a LocalCluster].")
 @click.option("--retries", type=click.IntRange(0), default=2, show_default=True, help="--engine dask: resubmissions of a failed task before the run fails.")
 @click.option("--task-mb", type=click.FloatRange(0, min_open=True), default=64, show_default=True, help="--engine dask: capture megabytes per task (whole files; one shard per task).")
-@click.option("--backend", type=click.Choice(("python", "numba")), default=None, help="Session engine: numba (compiled, the default when installed) or python (the reference); same datasets. Also $TRAFFICLENS_BACKEND.")
+@click.option("--backend", type=click.Choice(("python", "numba")), default=None, help="Session engine: numba (compiled, the default when installed, except for inputs under 16 MB) or python (the reference); same datasets. Also $TRAFFICLENS_BACKEND.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset directory (never anything but a trafficlens dataset or an empty directory).")
 @click.option("--quiet", is_flag=True, help="No progress bar or summary.")
 def prep(inputs, out, labels, label_name, label_column, unlabeled, unit, layer, mask, image_bytes, packets, packet_bytes,

@@ -102,11 +102,13 @@ def prep(
         if on_warning:
             on_warning(message)
     workers = workers or cores()
-    backend = resolve_backend(backend)  # a bad name or a missing numba fails here, before any work
+    total = sum(capture_size(p) for p, _ in files)
+    # a bad name or a missing numba fails here, before any work; standard input counts as large
+    backend = resolve_backend(backend, None if any(is_stdin(p) for p, _ in files) else total)
     writer = dataset_writer(out, config, labeler, overwrite=overwrite)
     sink = batch_writer(writer, labeler)
     reports: list[FileReport] = []
-    bar = progress_bar(sum(capture_size(p) for p, _ in files), progress)
+    bar = progress_bar(total, progress)
 
     def done(report: FileReport) -> None:
         reports.append(report)
