@@ -4,7 +4,6 @@ the way zeek-cut reads it."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import communityid

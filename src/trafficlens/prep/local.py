@@ -91,8 +91,7 @@ def prep(
     packet_filter = PacketFilter(bpf) if bpf is not None else None  # a bad expression fails before any work
     config = config or PrepConfig()
     config.require_current_mask()
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
     labeler = Labeler(config.labels, config.label_column) if config.labels else None
     files, not_captures = discover(inputs)
     if not files:
@@ -102,8 +101,7 @@ def prep(
         if on_warning:
             on_warning(message)
     workers = workers or cores()
-    total = sum(capture_size(p) for p, _ in files)
-    # a bad name or a missing numba fails here, before any work; standard input counts as large
+    total = sum(capture_size(p) for p, _ in files)  # standard input counts as large, below; a bad backend fails here
     backend = resolve_backend(backend, None if any(is_stdin(p) for p, _ in files) else total)
     writer = dataset_writer(out, config, labeler, overwrite=overwrite)
     sink = batch_writer(writer, labeler)

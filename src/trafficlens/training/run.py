@@ -154,20 +154,7 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
         model = model_from_runs(info, from_runs, ds, len(data.classes), input_shapes, split.assignment(len(ds)))
     else:
         model = create_model(model_name, len(data.classes), input_shapes, **(model_kwargs or {}))
-    init = None
-    if cfg.init and not state:  # a resumed run has its weights in the checkpoint already
-        from trafficlens.training.encoder import init_from_encoder
-
-        init = init_from_encoder(model, cfg.init)
-        log(f"{model_name}: {init['loaded']} of {init['of']} parameter tensors from {cfg.init}"
-            + (", frozen" if cfg.freeze_init else ""))
-    if cfg.freeze_init:  # also on --resume: the checkpoint holds the loaded values, which stay fixed
-        from trafficlens.training.encoder import read_encoder
-
-        loaded = set(read_encoder(cfg.init)[0])
-        for name, parameter in model.named_parameters():
-            if name in loaded:
-                parameter.requires_grad_(False)
+    init = _start_from_encoder(model, cfg, log)
     tensors = {t: ds.tensor(t) for t in info.inputs}
     log(f"{model_name}: {len(data.classes)} classes, train {len(train_idx)} / val {len(split.val)} / test "
         f"{len(split.test)} sessions ({split.kind} split), device {dist.device}"
@@ -189,12 +176,7 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
         log(f"warning: {message}")
     metrics = _run_metrics(model, tensors, data, train_idx, result, cfg, dist)
     if init:
-        from trafficlens.training.encoder import pretraining_record
-
-        metrics["pretraining"] = pretraining_record(init, ds, split.test)
-        if metrics["pretraining"]["test_captures_read"]:
-            log(f"warning: pre-training read {metrics['pretraining']['test_captures_read']} of the "
-                f"{metrics['pretraining']['test_captures']} test captures: the test score is not independent of it")
+        metrics["pretraining"] = _pretraining_overlap(init, ds, split.test, log)
     model.cpu()
     if dist.main:  # every rank holds the same weights and metrics; one writes them
         _save_run(Path(out_dir), model, data, cfg, metrics, result, input_shapes, len(train_idx), from_runs)
@@ -208,6 +190,34 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
     return {"out": str(out_dir), "model": model_name, "best_epoch": result.best_epoch, "stopped": result.stopped,
             "epochs": len(result.history), "seconds": result.seconds, "val_macro_f1": result.best_val_macro_f1,
             "test_accuracy": metrics.get("accuracy"), "test_macro_f1": metrics.get("macro_f1")}
+
+
+def _start_from_encoder(model, cfg: TrainConfig, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """--init: the encoder's parameters into `model` (on --resume the checkpoint's weights replace
+    them afterwards), fixed with --freeze-init; returns what the run records (None without --init)."""
+    if not cfg.init:
+        return None
+    from trafficlens.training.encoder import init_from_encoder
+
+    init = init_from_encoder(model, cfg.init)
+    log(f"{model.model_name}: {init['loaded']} of {init['of']} parameter tensors from {cfg.init}"
+        + (", frozen" if cfg.freeze_init else ""))
+    if cfg.freeze_init:
+        loaded = set(init["parameters"])
+        for name, parameter in model.named_parameters():
+            if name in loaded:
+                parameter.requires_grad_(False)
+    return init
+
+
+def _pretraining_overlap(init: dict[str, Any], ds, test: np.ndarray, log: Callable[[str], None]) -> dict[str, Any]:
+    from trafficlens.training.encoder import pretraining_record
+
+    record = pretraining_record(init, ds, test)
+    if record["test_captures_read"]:
+        log(f"warning: pre-training read {record['test_captures_read']} of the {record['test_captures']} test "
+            "captures: the test score is not independent of it")
+    return record
 
 
 def _run_metrics(model, tensors, data: Selected, train_idx: np.ndarray, result, cfg: TrainConfig, dist) -> dict[str, Any]:
