@@ -332,6 +332,10 @@ def test_group_counts_and_assign_groups():
         assert set(side.tolist()) == {0, 2}
         side = assign_groups(np.array([[500, 0], [0, 300], [1, 0], [0, 1]]), (0.6, 0.2, 0.2), np.random.default_rng(seed))
         assert set(side.tolist()) == {0, 1, 2}
+        # both captures first join the big side; the empty one then takes the capture whose move costs
+        # least, the small one (4 sessions against a target of 0.7), whichever order they came in
+        side = assign_groups(np.array([[10], [4]]), (0.95, 0.05), np.random.default_rng(seed))
+        assert side.tolist() == [0, 1]
 
 
 def test_deduplicate_by_hand():
