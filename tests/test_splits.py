@@ -386,11 +386,28 @@ def test_stratified_kfold_without_captures():
         assert len(f.val) == 5 and len(f.train) == 15 and not (set(f.train) & set(f.val))
     assert kfold_splits(rows, y, 3, seed=2, kind="random")[0].kind == "random" and folds[0].kind == "capture"
     assert all(np.array_equal(a.test, b.test) for a, b in zip(kfold_splits(rows, y, 3), kfold_splits(rows, y, 3, seed=0)))
+    # a seed fixes the validation slice of every fold too, not only the test folds
+    again = kfold_splits(rows, y, 3, seed=2)
+    assert all(np.array_equal(a.val, b.val) and np.array_equal(a.train, b.train) for a, b in zip(folds, again))
     groups = np.array([f"cap{i % 6}" for i in range(30)])  # exactly 2 captures per fold: enough
-    assert len(kfold_splits(rows, y, 3, groups)) == 3
+    by_capture = kfold_splits(rows, y, 3, groups, kind="capture")
+    assert len(by_capture) == 3 and {f.kind for f in by_capture} == {"capture"}
+    assert all(f.coverage == group_coverage(f, rows, y, groups) and f.coverage for f in by_capture)
+    # class 2 lives in two captures only: some fold tests it on one capture, or keeps it to one side
+    narrow = np.array([f"cap{i % 6}" for i in range(20)] + [f"two{i % 2}" for i in range(10)])
+    by_capture = kfold_splits(rows, y, 3, narrow)
+    assert all(f.coverage == group_coverage(f, rows, y, narrow) for f in by_capture)
+    assert any(2 in f.coverage["single_test_capture"] or 2 in f.coverage["one_side"] for f in by_capture)
+    # a class of exactly k sessions is enough for k folds (one test session each)
+    y3 = np.array([0] * 10 + [1] * 10 + [2] * 3)
+    assert len(kfold_splits(rows[:23], y3, 3)) == 3
+    # no class with 4 sessions left to draw a validation quarter from: one line naming the step
+    with pytest.raises(ConfigError, match="^fold validation split: "):
+        kfold_splits(rows[:9], np.repeat([0, 1, 2], 3), 3)
     with pytest.raises(ConfigError, match="3 folds by capture need at least 6 capture files .* the dataset has 5"):
         kfold_splits(rows, y, 3, np.array([f"cap{i % 5}" for i in range(30)]))
-    with pytest.raises(ConfigError, match="4 stratified folds need at least 4 sessions per class, the smallest class has 3"):
+    with pytest.raises(ConfigError, match="4 stratified folds need at least 4 sessions per class, the smallest class has 3; "
+                                          "use fewer --folds or raise --min-class-sessions$"):
         kfold_splits(rows[:23], np.array([0] * 10 + [1] * 10 + [2] * 3), 4)
     with pytest.raises(ConfigError, match="--folds must be >= 2, got 1"):
         kfold_splits(rows, y, 1)
