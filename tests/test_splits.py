@@ -294,6 +294,10 @@ def test_group_coverage_by_hand():
     groups = np.array(["a", "b", "c", "c", "d", "e"])
     s = Split("capture", np.array([0, 4]), np.array([2, 3]), np.array([1, 5]))
     assert group_coverage(s, rows, y, groups) == {"single_test_capture": [0, 2], "one_side": {1: "val"}}
+    # rows on no side (removed as duplicates of an earlier side) count for no side: class 0 is
+    # then on the training side only, whatever capture its removed row came from
+    s = Split("capture", np.array([0, 4]), np.array([2, 3]), np.array([5]))
+    assert group_coverage(s, rows, y, groups) == {"single_test_capture": [2], "one_side": {0: "train", 1: "val"}}
 
 
 def test_fit_rows_draw_the_training_side_down_to_its_smallest_class():
