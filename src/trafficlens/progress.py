@@ -1,5 +1,5 @@
 """Progress on long steps, on stderr: which step of how many runs and when the job should end
-(compare, audit), and a bar over sessions (predict, explain). --quiet silences both, as it
+(compare, audit), a bar over sessions (predict, explain) and one over input bytes (prep). --quiet silences both, as it
 silences every line a command writes on stderr."""
 
 from __future__ import annotations
@@ -67,6 +67,25 @@ def session_bar(total: int | None = None, desc: str = "sessions", enabled: bool 
     stream = file if file is not None else sys.stderr
     return tqdm(total=total, desc=desc, unit=f" {unit}", file=stream, dynamic_ncols=True, leave=False,
                 disable=(not _is_terminal(stream)) if enabled is None else not enabled)
+
+
+class _NoBar:
+    """What a disabled bar needs to answer, without importing tqdm (prep's start-up counts)."""
+
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def byte_bar(total: int, enabled: bool, desc: str = "prep"):
+    """A bar of input bytes read (prep), when `enabled`; otherwise one that prints nothing."""
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, dynamic_ncols=True)
 
 
 def counted(items: Iterable[T], bar) -> Iterator[T]:

@@ -121,6 +121,11 @@ def dataset_for_mask(dataset: Path, mask: str, cache: Path, cfg: AuditConfig, lo
     return target
 
 
+def _jobs(setting: Setting, cfg: AuditConfig) -> list[tuple[str, str]]:
+    """The baseline fits of one setting: header bytes always, flow statistics unless header-only."""
+    return [(cfg.baseline, "header")] + ([] if setting.header_only else [(cfg.baseline, "stats")])
+
+
 def _row(setting: Setting, model: str, kind: str, features: str, m: dict[str, Any], seconds: float) -> dict[str, Any]:
     return {"setting": setting.key, "title": setting.title, "split": setting.split, "mask": setting.mask,
             "model": model, "kind": kind, "features": features, "n_fit": m.get("n_fit"), "n_select": m.get("n_select"),
@@ -150,16 +155,13 @@ def audit(dataset: str | os.PathLike, out: str | os.PathLike, cfg: AuditConfig |
     rows: list[dict[str, Any]] = []
     datasets: dict[str, str] = {}
     t_start = time.perf_counter()
-    steps = Steps(sum(1 + (not s.header_only) + bool(cfg.model and not s.header_only) for s in SETTINGS), log)
+    steps = Steps(sum(len(_jobs(s, cfg)) + bool(cfg.model and not s.header_only) for s in SETTINGS), log)
     for setting in SETTINGS:
         if setting.mask not in datasets:
             datasets[setting.mask] = str(dataset_for_mask(dataset, setting.mask, out / "datasets", cfg, log))
         ds_path = datasets[setting.mask]
-        jobs: list[tuple[str, str | None]] = [(cfg.baseline, "header")]
-        if not setting.header_only:
-            jobs.append((cfg.baseline, "stats"))
         train = cfg.train_config(setting.split)
-        for name, features in jobs:
+        for name, features in _jobs(setting, cfg):
             steps.start(f"({setting.key}) {name} on {features}")
             t0 = time.perf_counter()
             m = train_baseline(ds_path, name, features, train, log=quiet)

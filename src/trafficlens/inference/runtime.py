@@ -106,6 +106,7 @@ def onnx_for_inference(model: nn.Module, probe: list[torch.Tensor], threads: int
     the export (most of a small `predict`'s start-up). A cached model is used only under its own
     key and only after it passes the same probe check as a fresh export; one that fails is
     replaced. A cache that cannot be read or written is skipped silently."""
+    import io
     import warnings
 
     try:
@@ -142,8 +143,6 @@ def onnx_for_inference(model: nn.Module, probe: list[torch.Tensor], threads: int
     try:
         with warnings.catch_warnings(), torch.inference_mode(), _native_stderr_silenced():
             warnings.simplefilter("ignore")
-            import io
-
             buffer = io.BytesIO()
             torch.onnx.export(model, tuple(probe), buffer, input_names=names, output_names=["logits"],
                               dynamic_axes={name: {0: "batch"} for name in names + ["logits"]}, dynamo=False)

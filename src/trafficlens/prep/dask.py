@@ -206,7 +206,7 @@ def prep_dask(
     from trafficlens.datasets.writer import output_paths, publish, remove_partial, start_partial
     from trafficlens.prep.engines import resolve_backend
     from trafficlens.prep.labels import Labeler
-    from trafficlens.prep.local import progress_bar
+    from trafficlens.progress import byte_bar
 
     config = config or PrepConfig()
     config.require_current_mask()
@@ -227,7 +227,7 @@ def prep_dask(
     out, partial = output_paths(Path(out).resolve(), overwrite)
     start_partial(out, partial)
     (partial / SHARDS_DIR).mkdir()
-    bar = progress_bar(sum(size for _, _, size in files), progress)
+    bar = byte_bar(sum(size for _, _, size in files), progress)
     try:
         with _Cluster(client, scheduler, workers) as client:
             tasks = _ShardTasks(client, files, config, labeler, backend, partial, task_bytes)

@@ -23,6 +23,7 @@ from trafficlens.prep.capture_file import capture_size, prepare_capture
 from trafficlens.prep.config import PrepConfig
 from trafficlens.system import cores
 from trafficlens.prep.engines import resolve_backend
+from trafficlens.progress import byte_bar
 from trafficlens.prep.engines.base import EngineSink
 from trafficlens.prep.labels import Labeler
 from trafficlens.prep.report import FileReport, summarize
@@ -106,7 +107,7 @@ def prep(
     writer = dataset_writer(out, config, labeler, overwrite=overwrite)
     sink = batch_writer(writer, labeler)
     reports: list[FileReport] = []
-    bar = progress_bar(total, progress)
+    bar = byte_bar(total, progress)
 
     def done(report: FileReport) -> None:
         reports.append(report)
@@ -175,19 +176,3 @@ def _start_pool(files, workers: int, config: PrepConfig, labeler, backend: str, 
     finally:
         gc.unfreeze()
     return pool, pool.imap(_worker, small, chunksize=1)
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def progress_bar(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="prep", dynamic_ncols=True)

@@ -22,9 +22,14 @@ FORMAT_VERSION = 1
 PRETRAINING = "pretraining.json"  # in a run initialised from an encoder: the record of init_from_encoder
 
 
+def _digest_by_path(ds) -> dict[str, str | None]:
+    """Each input capture's SHA-256, by its path as the dataset's `capture` column names it."""
+    return {i["path"]: i.get("sha256") for i in ds.manifest.get("inputs", [])}
+
+
 def capture_digests(ds, rows: np.ndarray | None = None) -> set[str]:
     """SHA-256 of the captures that `rows` of `ds` (all rows by default) came from, from its manifest."""
-    by_path = {i["path"]: i.get("sha256") for i in ds.manifest.get("inputs", [])}
+    by_path = _digest_by_path(ds)
     names = ds.column("capture") if rows is None else ds.column("capture")[rows]
     return {by_path[str(n)] for n in np.unique(names) if by_path.get(str(n))}
 
@@ -87,7 +92,7 @@ def pretraining_record(init: dict[str, Any], ds, test_rows: np.ndarray) -> dict[
 def overlap_with_test(init: dict[str, Any], ds, test_rows: np.ndarray) -> dict[str, Any]:
     """How many test captures (and sessions) of `ds` pre-training read, by capture SHA-256."""
     seen = set(init.get("captures", []))
-    by_path = {i["path"]: i.get("sha256") for i in ds.manifest.get("inputs", [])}
+    by_path = _digest_by_path(ds)
     names = ds.column("capture")[test_rows]
     hit = np.array([by_path.get(str(n)) in seen for n in names], dtype=bool) if len(names) else np.zeros(0, bool)
     return {"test_captures_read": len({str(n) for n, h in zip(names, hit) if h}),
