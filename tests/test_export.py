@@ -104,3 +104,70 @@ def test_the_onnx_export_is_cached_per_bundle_and_checked_before_use(tmp_path, m
     monkeypatch.setenv("TRAFFICLENS_CACHE", "off")
     Classifier.load(LAB / "model", device="cpu").warm_up()
     assert not (Path("off") / "onnx").exists()
+
+
+def _probabilities_in_a_fresh_process(run: Path, cache: Path, **env: str) -> dict:
+    """Load `run` in a new interpreter (so that nothing is imported yet) with the export cache
+    at `cache`; what it computed and whether PyTorch got imported."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, sys, numpy as np\n"
+            "from trafficlens.serving import Classifier\n"
+            f"clf = Classifier.load({str(run)!r}, device='auto')\n"
+            "x = np.random.default_rng(0).integers(0, 256, (7, 784), dtype=np.uint8)\n"
+            "p = clf.probabilities({'image': x})\n"
+            "assert np.allclose(clf.probabilities({'image': x[:3]}), p[:3], atol=1e-6)  # a second batch, same model\n"
+            "print(json.dumps({'torch': 'torch' in sys.modules, 'runtime': clf.runtime, 'p': p.tolist(),"
+            " 'inputs': list(clf.inputs), 'device': str(clf.device)}))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TRAFFICLENS_CACHE": str(cache), "CUDA_VISIBLE_DEVICES": "", **env})
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_cached_export_answers_without_importing_pytorch(tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(LAB / "model", run)
+    cold = _probabilities_in_a_fresh_process(run, tmp_path / "cache")  # builds the model, exports, caches
+    warm = _probabilities_in_a_fresh_process(run, tmp_path / "cache")
+    assert cold["torch"] and not warm["torch"]
+    assert warm["runtime"] == "onnxruntime" and warm["device"] == "cpu" and warm["inputs"] == ["image"]
+    np.testing.assert_allclose(warm["p"], cold["p"], atol=1e-6)
+    # PyTorch asked for, or weights that no longer match config.json: the full load, never the cache
+    assert _probabilities_in_a_fresh_process(run, tmp_path / "cache", TRAFFICLENS_INFERENCE="torch")["torch"]
+    weights = run / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + bytes([weights.read_bytes()[-1] ^ 1]))
+    with pytest.raises(Exception, match="does not match the sha256"):
+        Classifier.load(run, device="cpu")
+
+
+def test_a_deferred_bundle_builds_its_model_on_first_use(tmp_path, monkeypatch):
+    from trafficlens.training.bundle import DeferredBundle, read_config
+
+    monkeypatch.setenv("TRAFFICLENS_CACHE", str(tmp_path / "cache"))
+    Classifier.load(LAB / "model", device="cpu").warm_up()  # fills the cache
+    clf = Classifier.load(LAB / "model", device="cpu")
+    assert isinstance(clf.bundle, DeferredBundle) and clf.bundle._model is None
+    assert clf.bundle.model.inputs == ("image",) and clf.bundle._model is not None  # explain's path still works
+    assert DeferredBundle.of(LAB / "model", {**read_config(LAB / "model"), "weights": {"sha256": "0" * 64}}) is None
+    # a signed bundle's check covers its own files, not the cache: it never takes the deferred path
+    monkeypatch.setattr(DeferredBundle, "of", classmethod(lambda cls, *a: pytest.fail("deferred a signed bundle")))
+    with pytest.raises(Exception, match="missing.pem"):  # the signature check fails; the cache is never consulted
+        Classifier.load(LAB / "model", device="cpu", trusted_keys=[tmp_path / "missing.pem"])
+
+
+def test_cuda_may_be_present_reads_the_build_and_the_environment(monkeypatch):
+    from trafficlens.inference import onnx_cache
+
+    monkeypatch.setattr(onnx_cache, "_version", lambda package: "2.13.0+cpu")
+    assert onnx_cache.cuda_may_be_present() is False
+    monkeypatch.setattr(onnx_cache, "_version", lambda package: "2.13.0")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert onnx_cache.cuda_may_be_present() is False
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    nvidia = Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
+    assert onnx_cache.cuda_may_be_present() is nvidia

@@ -47,11 +47,14 @@ def _tcp_names(segment: bytes) -> tuple[list[str], int]:
             names += ["tcp.option"] * (header - p if kind == 0 else 1)
             p = header if kind == 0 else p + 1
             continue
+        if p + 1 >= header or segment[p + 1] < 2:  # a kind without a length, or a length under 2:
+            names += ["tcp.option"] * (header - p)  # malformed, read no further (nothing after is zeroed)
+            break
         size = segment[p + 1]
-        if kind == 8:
+        if kind == 8 and size == 10 and p + 10 <= header:
             names += ["tcp.option", "tcp.option"] + ["tcp.option.tsval"] * 4 + ["tcp.option.tsecr"] * 4
-        else:
-            names += ["tcp.option"] * size
+        else:  # another option, or a timestamp of the wrong length or cut off by the header's end: kept
+            names += ["tcp.option"] * min(size, header - p)
         p += size
     return names, header
 
@@ -245,7 +248,13 @@ def numba_view(frame: bytes, layer: str, mask: str) -> bytes:
 
 
 PORTS = st.integers(1, 65535)
-PAYLOAD = st.binary(min_size=1, max_size=60).filter(lambda p: p[0] < 0x40 and p[0] != 0x16)  # no TLS record, no QUIC
+PAYLOAD = st.binary(min_size=0, max_size=60).filter(lambda p: not p or (p[0] < 0x40 and p[0] != 0x16))  # no TLS, no QUIC
+TS = build.tcp_timestamp_option(0x31323334, 0x35363738)[2:]
+# Options a mask must read exactly: a SACK block of a timestamp's length (10), a timestamp cut off
+# by the header's end, lengths under 2 before a timestamp (malformed: parsing stops, nothing after is
+# zeroed), a kind byte with no room for its length as the header's last byte.
+ODD_OPTIONS = [b"\x01\x01\x05\x0a" + bytes(range(1, 9)) + TS, b"\x01" * 6 + TS[:6], b"\x03\x01" + TS,
+               b"\x04\x00\x01\x01" + TS, b"\x01\x01" + TS + b"\x01\x01\x01\x08"]
 
 
 @st.composite
@@ -256,7 +265,8 @@ def frames(draw) -> bytes:
     sport, dport = draw(PORTS), draw(PORTS)
     if tcp:
         options = draw(st.sampled_from([b"", SYN_OPTIONS, b"\x01\x01" + build.tcp_timestamp_option(
-            draw(st.integers(0, 2**32 - 1)), draw(st.integers(0, 2**32 - 1)))[2:], b"\x02\x04\x05\xb4\x00"]))
+            draw(st.integers(0, 2**32 - 1)), draw(st.integers(0, 2**32 - 1)))[2:], b"\x02\x04\x05\xb4\x00",
+            *ODD_OPTIONS]))
         segment = build.tcp(payload, sport=sport, dport=dport, seq=draw(st.integers(0, 2**32 - 1)),
                             ack=draw(st.integers(0, 2**32 - 1)), flags=draw(st.sampled_from(["PA", "S", "SA", "FA", "R"])),
                             window=draw(st.integers(0, 65535)), options=options, src=src, dst=dst)
@@ -283,3 +293,45 @@ def test_random_headers_keep_every_byte_but_the_promised_fields(backend, frame, 
     want, names = expected_view(frame, layer, mask)
     got = (numba_view if backend == "numba" else python_view)(frame, layer, mask)
     assert got == want, _mismatch(got, want, names)
+
+
+@settings(max_examples=150, deadline=None)
+@given(frame=frames(), layer=st.sampled_from(LAYERS))
+def test_view_offsets_point_at_the_transport_header_and_the_payload(frame, layer):
+    """What explanations map tensor positions back to fields with: in every view, the transport
+    header starts at the first offset (its source port there) and the payload at the second."""
+    from trafficlens.prep.tensors.views import view_offsets
+
+    packet = decode(RawPacket(0.0, frame, len(frame), 1))
+    view = packet_view(packet, layer, "none")
+    transport, payload = view_offsets(packet, layer)
+    ip = frame[14:]
+    names, l4, l7 = field_names(ip)
+    if layer == "payload":
+        assert (transport, payload) == (-1, 0)
+    else:
+        assert transport == (0 if layer == "transport" else 14 * (layer == "all") + l4)
+        assert view[transport : transport + 4] == ip[l4 : l4 + 4]  # both ports
+    assert view[payload:] == ip[l7:]
+    assert len(view) - payload == len(ip) - l7
+
+
+def _odd_option_frame(options: bytes, payload: bytes) -> bytes:
+    segment = build.tcp(payload, sport=41234, dport=8443, seq=0xA1B2C3D4, ack=0x0F1E2D3C, flags="PA", window=0x7A12,
+                        options=options, src=V4[0], dst=V4[1])
+    return build.ethernet(_v4(segment, *V4, 6, 0x1A2B))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("payload", [b"", b"\x02\x0a" + bytes(range(20, 40))], ids=["no-payload", "payload"])
+@pytest.mark.parametrize("options", ODD_OPTIONS, ids=["sack-of-10", "timestamp-cut-off", "length-1", "length-0",
+                                                      "kind-without-length"])
+def test_odd_tcp_options_are_read_exactly(backend, options, payload):
+    """Every odd option case on both engines, every view (the property test may not draw them):
+    only a whole, well-formed timestamp option is zeroed, nothing past the options is touched,
+    and a malformed list neither raises nor loops."""
+    frame = _odd_option_frame(options, payload)
+    for layer in LAYERS:
+        want, names = expected_view(frame, layer, "strict")
+        got = (numba_view if backend == "numba" else python_view)(frame, layer, "strict")
+        assert got == want, _mismatch(got, want, names)

@@ -28,6 +28,27 @@ COLUMNS = ("capture", "uid", "community_id", "src_ip", "src_port", "dst_ip", "ds
            "label", "confidence", "top_k", "status", "reason")
 PROBABILITY_DIGITS = 4  # confidence and top-k probabilities, in every output format
 _BATCH = 1024
+
+
+class _CpuDevice(str):
+    """"cpu" with torch.device's `type`: the device of a classifier built without PyTorch."""
+
+    type = "cpu"
+
+
+CPU = _CpuDevice("cpu")
+
+
+def _threads() -> int:
+    """ONNX Runtime's intra-op threads: PyTorch's setting when PyTorch is loaded (live sets it
+    to 1 before warming up), else every core this process may use."""
+    import sys
+
+    if "torch" in sys.modules:
+        return sys.modules["torch"].get_num_threads()
+    from trafficlens.system import cores
+
+    return cores()
 _CPU_CHUNK = 256
 
 
@@ -50,11 +71,23 @@ class Classifier:
         self._onnx = None  # the same model on ONNX Runtime (CPU), when it is installed and agrees
         self.runtime: str | None = None  # "onnxruntime" or "torch", once the model is built
         self.trusted_keys: tuple[str, ...] = ()  # the keys `load` verified the bundle with, if any
+        self._cached_key: str | None = None  # set by `load` when the ONNX cache holds this bundle's export
 
     def _model_for_inference(self):
         if self.kind == "baseline":
             self.runtime = self.bundle.config["model"]["runtime"]
             return self.bundle.model
+        if self._cached_key is not None:  # loaded from the ONNX cache: PyTorch only if that fails now
+            from trafficlens.inference.onnx_cache import load_cached
+
+            self._onnx, self._cached_key = load_cached(self._cached_key, list(self.inputs), _threads()), None
+            if self._onnx is not None:
+                self.runtime = "onnxruntime"
+                shapes = self._input_shapes()  # one small batch now: ONNX Runtime sets itself up on its first run
+                self._onnx(*[np.zeros((2, *shapes[name]), np.uint8 if name in ("image", "packets") else np.float32)
+                             for name in self.inputs])
+        if self._onnx is not None and self._inference_model is None:
+            return None  # answered from the cached export: no PyTorch model is built
         if self._inference_model is None:
             from trafficlens.inference.runtime import folded_for_inference
 
@@ -62,15 +95,14 @@ class Classifier:
             self._inference_model = folded_for_inference(self.bundle.model, probe)
             self.runtime = "torch"
             if self.device.type == "cpu" and os.environ.get("TRAFFICLENS_INFERENCE", "auto") != "torch":
-                import torch
-
-                from trafficlens.inference.runtime import onnx_cache_key, onnx_for_inference
+                from trafficlens.inference.onnx_cache import onnx_cache_key
+                from trafficlens.inference.runtime import onnx_for_inference
 
                 try:
                     key = onnx_cache_key(self.bundle.config, list(self.inputs))
                 except ImportError:  # no onnxruntime: onnx_for_inference says so by returning None
                     key = None
-                self._onnx = onnx_for_inference(self._inference_model, probe, torch.get_num_threads(),
+                self._onnx = onnx_for_inference(self._inference_model, probe, _threads(),
                                                 names=list(self.inputs), cache_key=key)
                 if self._onnx is not None:
                     self.runtime = "onnxruntime"
@@ -78,13 +110,17 @@ class Classifier:
 
     def _probe(self):
         """Random inputs of the bundle's tensor shapes, to check rewrites of the model against it."""
-        from trafficlens.prep.tensors.statistics import STATS_NAMES
         from trafficlens.inference.runtime import probe_inputs
 
+        return probe_inputs(self.inputs, self._input_shapes(), device=self.device)
+
+    def _input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each dataset tensor's shape per session under this bundle's prep settings."""
+        from trafficlens.prep.tensors.statistics import STATS_NAMES
+
         c = self.prep_config
-        shapes = {"image": (c.image_bytes,), "packets": (c.packets, c.packet_bytes),
-                  "sequence": (c.sequence_length, 2), "stats": (len(STATS_NAMES),)}
-        return probe_inputs(self.inputs, shapes, device=self.device)
+        return {"image": (c.image_bytes,), "packets": (c.packets, c.packet_bytes),
+                "sequence": (c.sequence_length, 2), "stats": (len(STATS_NAMES),)}
 
     def export_onnx(self, path: str | os.PathLike) -> Path:
         """Write the ONNX model predict runs on ONNX Runtime (batch norms folded; checked to give
@@ -141,11 +177,16 @@ class Classifier:
         signature by one of them over every file loading reads (`trafficlens sign`), checked
         before anything is built."""
         from trafficlens.training.bundle import CONFIG, load_any_bundle, read_config
+
+        trusted_keys = tuple(os.fspath(k) for k in trusted_keys)
+        config = read_config(path)
+        if not trusted_keys:  # a signed bundle's check covers files the cache is not one of
+            fast = cls._from_onnx_cache(path, config, device)
+            if fast is not None:
+                return fast
         from trafficlens.training.device import resolve_device
 
         dev = resolve_device(device)
-        trusted_keys = tuple(os.fspath(k) for k in trusted_keys)
-        config = read_config(path)
         if trusted_keys:
             from trafficlens.training.signing import verify_bundle
 
@@ -155,6 +196,34 @@ class Classifier:
             config = read_config(path)  # as verified
         clf = cls(load_any_bundle(path, str(dev), config), dev)
         clf.trusted_keys = trusted_keys
+        return clf
+
+    @classmethod
+    def _from_onnx_cache(cls, path, config: dict[str, Any], device: str) -> "Classifier | None":
+        """A CPU classifier on this bundle's cached ONNX export, built without importing PyTorch
+        (most of a small `predict`'s start-up); None where that does not apply: another device,
+        a possible GPU under "auto", a baseline, TRAFFICLENS_INFERENCE=torch, no cache entry."""
+        from trafficlens.inference.onnx_cache import cache_path, cuda_may_be_present, onnx_cache_key
+        from trafficlens.training.bundle import DeferredBundle, bundle_kind
+
+        if (device not in ("auto", "cpu") or (device == "auto" and cuda_may_be_present())
+                or bundle_kind(config) != "deep" or os.environ.get("TRAFFICLENS_INFERENCE", "auto") == "torch"):
+            return None
+        bundle = DeferredBundle.of(path, config)
+        if bundle is None:
+            return None
+        try:
+            key = onnx_cache_key(config, list(bundle.inputs))
+        except ImportError:
+            return None
+        cached = cache_path(key)
+        if cached is None or not cached.is_file():
+            return None
+        try:
+            clf = cls(bundle, CPU)
+        except BundleError:
+            return None  # the full load names the problem
+        clf._cached_key = key
         return clf
 
     @property
@@ -171,13 +240,11 @@ class Classifier:
     @property
     def inputs(self) -> tuple[str, ...]:
         """The dataset tensors the model reads (`image`, `packets`, `sequence`, `stats`)."""
-        return tuple(self.bundle.model.inputs)
+        return tuple(self.bundle.inputs)
 
     # -- inference ---------------------------------------------------------------------------
     def probabilities(self, tensors: dict[str, np.ndarray]) -> np.ndarray:
         """Class probabilities (n, classes) for stacked tensors keyed by dataset tensor name."""
-        import torch
-
         model = self._model_for_inference()
         if self.kind == "baseline":
             return model.predict_proba(tensors)
@@ -192,6 +259,8 @@ class Classifier:
             for i in range(0, n, max(step, 1)):
                 out.append(softmax(self._onnx(*[np.ascontiguousarray(tensors[name][i : i + step]) for name in self.inputs])))
             return np.concatenate(out) if out else np.zeros((0, len(self.labels)), dtype=np.float32)
+        import torch
+
         with torch.inference_mode():
             for i in range(0, n, max(step, 1)):
                 xs = [torch.from_numpy(np.ascontiguousarray(tensors[name][i : i + step])).to(self.device)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
+from trafficlens.inference.onnx_cache import OnnxModel, cache_path, session_options
 from trafficlens.training.metrics import softmax as _softmax
 
 
@@ -75,25 +75,6 @@ def probe_inputs(inputs: tuple[str, ...], shapes: dict[str, tuple[int, ...]], n:
     return out
 
 
-class OnnxModel:
-    """A model compiled for ONNX Runtime's CPU engine: numpy inputs in, logits out.
-
-    On this project's 2-core CPU it gives the same probabilities (to 1e-4, checked at build)
-    at 1.5-1.9x PyTorch's inference rate (chen-cnn 1.73x, ge-cnn-lstm 1.89x, chen-model-b
-    1.64x at batch 256, 2 threads; benchmarks/predict_throughput.py), mostly from fused
-    convolution kernels and less per-operator overhead. ONNX Runtime releases the GIL while
-    it computes, as PyTorch does.
-    """
-
-    def __init__(self, session, names: list[str], model_bytes: bytes = b""):
-        self.session = session
-        self.names = names
-        self.model_bytes = model_bytes  # the ONNX model itself (`trafficlens export` writes it)
-
-    def __call__(self, *arrays: np.ndarray) -> np.ndarray:
-        return self.session.run(None, dict(zip(self.names, arrays)))[0]
-
-
 def onnx_for_inference(model: nn.Module, probe: list[torch.Tensor], threads: int,
                        atol: float = 1e-4, names: list[str] | None = None,
                        cache_key: str | None = None) -> OnnxModel | None:
@@ -116,10 +97,7 @@ def onnx_for_inference(model: nn.Module, probe: list[torch.Tensor], threads: int
         return None
     names = list(names) if names else [f"input{i}" for i in range(len(probe))]
     model.eval()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, threads)
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options = session_options(threads)
 
     def checked(model_bytes: bytes) -> OnnxModel | None:
         compiled = OnnxModel(ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"]), names,
@@ -132,7 +110,7 @@ def onnx_for_inference(model: nn.Module, probe: list[torch.Tensor], threads: int
                     return None
         return compiled
 
-    cached = _cache_path(cache_key)
+    cached = cache_path(cache_key)
     if cached is not None:
         try:
             hit = checked(cached.read_bytes())
@@ -159,39 +137,6 @@ def onnx_for_inference(model: nn.Module, probe: list[torch.Tensor], threads: int
         except OSError:
             pass
     return compiled
-
-
-CACHE_FORMAT = 1
-
-
-def cache_dir() -> Path:
-    """$TRAFFICLENS_CACHE, else $XDG_CACHE_HOME/trafficlens, else ~/.cache/trafficlens."""
-    import os
-
-    if os.environ.get("TRAFFICLENS_CACHE"):
-        return Path(os.environ["TRAFFICLENS_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "trafficlens"
-
-
-def onnx_cache_key(config: dict, names: list[str]) -> str:
-    """A key for one bundle's export: its config.json (which holds the weights' SHA-256, checked
-    at load), the inputs, and the versions of the exporter and runtime that made it."""
-    import hashlib
-    import json
-
-    import onnxruntime
-
-    record = {"config": config, "inputs": names, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-              "format": CACHE_FORMAT}
-    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _cache_path(key: str | None) -> Path | None:
-    import os
-
-    if not key or os.environ.get("TRAFFICLENS_CACHE", None) == "off":
-        return None
-    return cache_dir() / "onnx" / f"{key}.onnx"
 
 
 @contextlib.contextmanager

@@ -51,6 +51,44 @@ class Bundle:
         return tuple(self.model.inputs)
 
 
+class DeferredBundle(Bundle):
+    """A deep bundle whose PyTorch model is rebuilt only when something asks for it: `predict`
+    answers from the cached ONNX export (`inference.onnx_cache`) without importing PyTorch.
+    The weights file is checked against config.json's SHA-256 here, as `load_bundle` does."""
+
+    def __init__(self, path: str | os.PathLike, config: dict[str, Any]):
+        self.path, self.config, self.kind = Path(path), config, "deep"
+        self.name, self.labels = config["model"]["name"], list(config["labels"])
+        self.preprocessing = config["preprocessing"]
+        self._model = None
+
+    @classmethod
+    def of(cls, path: str | os.PathLike, config: dict[str, Any]) -> "DeferredBundle | None":
+        """None when the config lacks what deferring needs or the weights do not match it (then
+        `load_bundle` gives the precise error)."""
+        model, weights = config.get("model"), config.get("weights")
+        if not (isinstance(model, dict) and model.get("inputs") and model.get("name") and isinstance(weights, dict)
+                and isinstance(config.get("labels"), list) and isinstance(config.get("preprocessing"), dict)):
+            return None
+        file = Path(path) / WEIGHTS
+        if not weights.get("sha256") or not file.is_file() or sha256_file(file) != weights["sha256"]:
+            return None
+        return cls(path, config)
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = load_bundle(self.path, "cpu").model
+        return self._model
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(self.config["model"]["inputs"])
+
+    def __repr__(self) -> str:  # the dataclass's would build the model to show it
+        return f"DeferredBundle({os.fspath(self.path)!r}, model={self.name!r})"
+
+
 def model_config_dict(model) -> dict[str, Any]:
     from dataclasses import asdict
 
