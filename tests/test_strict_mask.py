@@ -339,6 +339,73 @@ def test_hello_spans_name_every_value_once():
     assert "tls.handshake.key_exchange" not in [name for name, _, _ in hello_spans(retry)]
 
 
+def _zeroed(message: bytes, start: int = 0) -> set[int]:
+    """The offsets `mask_hello` zeroes (non-zero bytes only: `fill` values are never 0)."""
+    masked = bytearray(message)
+    assert mask_hello(masked, start) == sum(length for _, _, length in hello_spans(message, start))  # its return
+    return {i for i, (a, b) in enumerate(zip(message, masked)) if a != b}
+
+
+def test_a_cut_hello_zeroes_exactly_the_whole_hello_s_bytes_before_the_cut():
+    """A snapped or segmented hello: the bytes zeroed in its first n bytes are those the whole
+    hello's mask zeroes there, for every n and at an offset into a buffer; nothing raises."""
+    prefix = fill(7, 8)
+    for _, message in _messages()[:2]:
+        whole = _zeroed(message)
+        assert whole  # there is something to zero
+        for n in range(len(message) + 1):
+            assert _zeroed(message[:n]) == {i for i in whole if i < n}, n
+            assert _zeroed(prefix + message[:n], len(prefix)) == {i + len(prefix) for i in whole if i < n}, n
+    assert hello_spans(fill(10, 1) + b"\x16\x03\x01", 10) == []  # a record header's first bytes at the end
+    assert record_end(fill(10, 1) + b"\x16\x03\x01", 10, 13) == 0
+
+
+def test_a_hello_parse_stays_inside_its_first_handshake_message():
+    """A record holding a ServerHello and then another message: an extensions length that claims
+    more than the ServerHello holds must not carry the parse into the next message."""
+    key = fill(32, 3)
+    extensions = _ext(43, b"\x03\x04") + _ext(51, struct.pack("!HH", 29, len(key)) + key) + _ext(65000, fill(230, 4))
+    # the next message (a certificate, say): read as extensions, its header is one of 8 bytes and
+    # then comes what parses as a key_share of 32 bytes
+    after = b"\x0b\x00\x00\x08" + fill(8, 6) + _ext(51, struct.pack("!HH", 29, 32) + fill(32, 5))
+    body = (b"\x03\x03" + fill(32, 1) + b"\x20" + fill(32, 2) + b"\x13\x01\x00"
+            + struct.pack("!H", len(extensions) + len(after)))
+    hello = b"\x02" + (len(body) + len(extensions)).to_bytes(3, "big") + body + extensions
+    assert len(body) + len(extensions) >= 256  # the handshake length's middle byte is not 0
+    record = b"\x16\x03\x03" + struct.pack("!H", len(hello) + len(after)) + hello + after
+    zeroed = _zeroed(record)
+    assert zeroed and max(zeroed) < 5 + len(hello)
+    if numba_available():  # the compiled engine's parser too
+        from trafficlens.prep.engines import kernels as kn
+
+        src = np.frombuffer(record, np.uint8)
+        dst = src.copy()
+        kn._mask_hello(src, 0, 0, len(record), dst)
+        assert bytes(dst) == bytes(_masked(record))
+
+
+def test_a_gap_in_a_segmented_hello_stops_the_stream_there():
+    """A ClientHello over three segments with the middle one lost: the segment after the gap is not
+    part of the hello's stream, so nothing in it is zeroed (its bytes are not where the parse thinks)."""
+    from trafficlens.prep.tensors.tls import hello_stream, mask_hello_stream
+
+    hello = client_hello(HOST, fill(32, 1), fill(32, 2), [(29, fill(32, 3)), (23, fill(65, 4))])
+    cut = [0, 60, 140, len(hello)]
+    pieces = [(cut[i], hello[cut[i] : cut[i + 1]], 0) for i in range(3)]
+    whole = mask_hello_stream(pieces)
+    assert set(whole) == {0, 1, 2} and b"".join(whole[i] for i in range(3)) == bytes(_masked(hello))
+    gap = [pieces[0], pieces[2]]
+    stream, parts = hello_stream(gap)
+    assert len(stream) == 60 and [i for i, _ in parts] == [0]
+    assert mask_hello_stream(gap) == {}
+
+
+def _masked(message: bytes) -> bytearray:
+    masked = bytearray(message)
+    mask_hello(masked)
+    return masked
+
+
 def test_quic_ids_of_coalesced_packets():
     datagram = _messages()[2][1]
     masked = bytearray(datagram)
