@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,6 +231,21 @@ def test_predict_bad_window_is_a_one_line_error(run, network):
         "--window 'soon': give seconds, e.g. 300s, 5m or 1h"
 
 
+def test_open_set_needs_groups_and_a_fitted_threshold(run, network, tmp_path):
+    import shutil
+
+    bare = tmp_path / "bare"  # a copy of the run without calibration.json
+    shutil.copytree(run, bare, ignore=shutil.ignore_patterns("calibration.json"))
+    for args, message in (
+            (["predict", str(run), str(network), "--open-set"], "--open-set decides groups of sessions"),
+            (["predict", str(bare), str(network), "--by", "host", "--open-set"],
+             f"{bare} has no open-set threshold for host groups: fit it with `trafficlens evaluate {bare} --by host`"),
+            (["live", str(run), "-r", str(network), "--open-set"], "--open-set decides hosts: give it with --by host")):
+        result = CliRunner().invoke(cli, args)
+        assert isinstance(result.exception, ConfigError) and str(result.exception).startswith(message), result.output
+        assert "\n" not in str(result.exception)
+
+
 def _live(args, tmp_path):
     import torch
 
@@ -381,9 +397,12 @@ def test_groups_curve_and_fit_follow_each_group_in_time_order():
     until = groups.until_right(proba, "vote", 1.0, ["a", "b"])
     assert until["a"] == {"groups": 1, "right_at_end": 1.0, "median_sessions_until_right": 3.0}
     assert until["b"]["median_sessions_until_right"] == 1.0
-    fit = groups.fit(proba, 1.0)
+    fit = groups.fit(proba, 1.0)  # the mean of each session's top probability
+    assert fit[0] == pytest.approx((0.8 + 0.6 + 0.9) / 3) and fit[1] == pytest.approx(0.7)
+    assert groups.fit(proba, 2.0)[1] == pytest.approx(np.sqrt(0.7) / (np.sqrt(0.7) + np.sqrt(0.3)))  # calibrated first
+    old = groups.fit_log_probability(proba, 1.0)
     # pooled, g1 goes to b (0.4 * 0.9 * 0.2 > 0.6 * 0.1 * 0.8): its fit is b's mean log-probability
-    assert fit[0] == pytest.approx(np.log([0.4, 0.9, 0.2]).mean()) and fit[1] == pytest.approx(np.log(0.7))
+    assert old[0] == pytest.approx(np.log([0.4, 0.9, 0.2]).mean()) and old[1] == pytest.approx(np.log(0.7))
     report = groups.report(proba, "pool", 1.0, ["a", "b"])
     assert report["n"] == 2 and report["accuracy"] == 0.5 and report["per_class"]["b"]["precision"] == 0.5
 
@@ -410,12 +429,49 @@ def test_evaluate_by_capture_scores_held_out_classes_as_open_set(run, tmp_path):
     labels = np.array(ds.labels).astype(str)
     temperature = json.loads((open_run / "calibration.json").read_text())["temperature"]
 
-    def fits(rows):  # per capture: the best class's mean calibrated log-probability
+    def fits(rows, score):  # per capture
         logp = calibrated_log_probs(clf.probabilities({n: ds.tensor(n)[rows] for n in clf.inputs}), temperature)
+        if score == "mean_top_probability":  # each session's top probability, averaged
+            return np.array([np.exp(logp[captures[rows] == c].max(1)).mean() for c in sorted(set(captures[rows]))])
         return np.array([logp[captures[rows] == c].mean(0).max() for c in sorted(set(captures[rows]))])
 
-    threshold = np.quantile(fits(np.flatnonzero(side == 1)), UNKNOWN_RATE)
-    assert open_set["threshold"] == pytest.approx(threshold)
-    held = fits(np.flatnonzero(labels == "bulb"))
-    assert open_set["held_out_called_unknown"] == pytest.approx(np.mean(held < threshold))
-    assert open_set["known_test_called_unknown"] == pytest.approx(np.mean(fits(np.flatnonzero(side == 2)) < threshold))
+    for score in ("mean_top_probability", "mean_log_probability"):
+        threshold = np.quantile(fits(np.flatnonzero(side == 1), score), UNKNOWN_RATE)
+        got = open_set["scores"][score]
+        assert got["threshold"] == pytest.approx(threshold)
+        held = fits(np.flatnonzero(labels == "bulb"), score)
+        assert got["held_out_called_unknown"] == pytest.approx(np.mean(held < threshold))
+        assert got["known_test_called_unknown"] == pytest.approx(np.mean(fits(np.flatnonzero(side == 2), score) < threshold))
+    assert open_set["threshold"] == open_set["scores"]["mean_top_probability"]["threshold"]
+    stored = json.loads((open_run / "calibration.json").read_text())["open_set"]["capture"]
+    assert stored["threshold"] == pytest.approx(open_set["threshold"])
+
+    # predict --by capture --open-set on the held-out class's capture files: unknown exactly where
+    # the evaluation's fit is under the threshold (the same sessions, the same temperature)
+    held = fits(np.flatnonzero(labels == "bulb"), "mean_top_probability")
+    bulbs = sorted((Path(ds_path).parent / "train" / "bulb").glob("*.pcap"))
+    table = clf.predict_hosts(bulbs, by="capture", open_set=True)
+    assert len(table) == 3 and (table["label"] == "unknown").sum() == int((held < open_set["threshold"]).sum())
+    assert set(table["status"][table["label"] == "unknown"]) <= {"unknown_device"}
+    assert (clf.predict_hosts(bulbs, by="capture")["label"] != "unknown").all()  # without --open-set: a known label
+
+
+def test_a_group_that_fits_no_known_class_is_an_unknown_device():
+    """GroupDecisions with an open-set threshold (predict, live and serve share it): the mean of the
+    sessions' top calibrated probabilities decides, not the pooled confidence, which grows with n."""
+    labels = ["a", "b"]
+    metas = [{"capture": "x", "src_ip": ip, "ts_start": float(i), "ts_end": i + 0.5}
+             for i, ip in enumerate(["1.1.1.1"] * 6 + ["2.2.2.2"] * 2)]
+    # host 1: six sessions leaning to a at 0.58 (pooled: very sure of a); host 2: two at 0.95 / 0.85
+    proba = np.array([[0.58, 0.42]] * 6 + [[0.95, 0.05], [0.15, 0.85]])
+    rows = {}
+    for below in (None, 0.6):
+        groups = GroupDecisions(labels, GroupConfig(aggregator="pool", unknown_below=below))
+        groups.add(metas, proba)
+        rows[below] = {r["host"]: r for r in groups.rows()}
+    assert rows[None]["1.1.1.1"]["label"] == "a" and rows[None]["1.1.1.1"]["confidence"] > 0.85
+    assert (rows[0.6]["1.1.1.1"]["label"], rows[0.6]["1.1.1.1"]["status"]) == ("unknown", "unknown_device")
+    assert rows[0.6]["1.1.1.1"]["top_k"] == rows[None]["1.1.1.1"]["top_k"]  # the evidence is still shown
+    assert (rows[0.6]["2.2.2.2"]["label"], rows[0.6]["2.2.2.2"]["status"]) == ("a", "ok")  # mean top 0.9
+    with pytest.raises(ConfigError, match="unknown_below"):
+        GroupConfig(unknown_below=1.5)

@@ -102,6 +102,8 @@ def test_per_host_endpoint_decides_as_predict_by_host(server):
     assert status == 400 and "by must be one of" in body["error"]
     status, body = _request(f"{base}/v1/classify/hosts?by=host-window&window=soon", capture.read_bytes())
     assert status == 400 and "window" in body["error"]
+    status, body = _request(f"{base}/v1/classify/hosts?by=capture&open_set=true", capture.read_bytes())
+    assert status == 400 and "no open-set threshold for capture groups" in body["error"]  # the bundled run has none
 
 
 def test_bad_and_oversized_uploads(server):

@@ -39,11 +39,13 @@ class _CpuDevice(str):
 CPU = _CpuDevice("cpu")
 
 
-def _threads() -> int:
-    """ONNX Runtime's intra-op threads: PyTorch's setting when PyTorch is loaded (live sets it
-    to 1 before warming up), else every core this process may use."""
+def _threads(chosen: int | None = None) -> int:
+    """ONNX Runtime's intra-op threads: `chosen` (`Classifier.set_cpu_threads`), else PyTorch's
+    setting when PyTorch is loaded, else every core this process may use."""
     import sys
 
+    if chosen is not None:
+        return chosen
     if "torch" in sys.modules:
         return sys.modules["torch"].get_num_threads()
     from trafficlens.system import cores
@@ -72,6 +74,7 @@ class Classifier:
         self.runtime: str | None = None  # "onnxruntime" or "torch", once the model is built
         self.trusted_keys: tuple[str, ...] = ()  # the keys `load` verified the bundle with, if any
         self._cached_key: str | None = None  # set by `load` when the ONNX cache holds this bundle's export
+        self._cpu_threads: int | None = None  # set_cpu_threads
 
     def _model_for_inference(self):
         if self.kind == "baseline":
@@ -80,7 +83,7 @@ class Classifier:
         if self._cached_key is not None:  # loaded from the ONNX cache: PyTorch only if that fails now
             from trafficlens.inference.onnx_cache import load_cached
 
-            self._onnx, self._cached_key = load_cached(self._cached_key, list(self.inputs), _threads()), None
+            self._onnx, self._cached_key = load_cached(self._cached_key, list(self.inputs), _threads(self._cpu_threads)), None
             if self._onnx is not None:
                 self.runtime = "onnxruntime"
                 shapes = self._input_shapes()  # one small batch now: ONNX Runtime sets itself up on its first run
@@ -102,7 +105,7 @@ class Classifier:
                     key = onnx_cache_key(self.bundle.config, list(self.inputs))
                 except ImportError:  # no onnxruntime: onnx_for_inference says so by returning None
                     key = None
-                self._onnx = onnx_for_inference(self._inference_model, probe, _threads(),
+                self._onnx = onnx_for_inference(self._inference_model, probe, _threads(self._cpu_threads),
                                                 names=list(self.inputs), cache_key=key)
                 if self._onnx is not None:
                     self.runtime = "onnxruntime"
@@ -160,6 +163,16 @@ class Classifier:
         with atomic_output(path, "wb") as fh:
             fh.write(proto.SerializeToString())
         return Path(path)
+
+    def set_cpu_threads(self, threads: int) -> "Classifier":
+        """Intra-op threads for CPU inference; call it before `warm_up`. PyTorch's too when PyTorch
+        runs or builds the model (not when the cached export answers without it)."""
+        self._cpu_threads = threads
+        if self._cached_key is None and self.kind == "deep":
+            import torch
+
+            torch.set_num_threads(threads)
+        return self
 
     def warm_up(self) -> "Classifier":
         """Build the inference model now (folded batch norms, the ONNX Runtime export: about a
@@ -457,18 +470,20 @@ class Classifier:
 
     def predict_hosts(self, captures, *, by: str = "host", host_key: str = "ip", window: float = 300.0,
                       aggregator: str = "pool", top_k: int = 1, min_confidence: float = 0.0,
-                      temperature: float | None = None):
+                      temperature: float | None = None, open_set: bool = False):
         """One row per host (or capture, or host and time window) of the capture(s), as a pandas
-        DataFrame (columns: `inference.groups.GROUP_COLUMNS`).
+        DataFrame (columns: `inference.groups.GROUP_COLUMNS`). `open_set`: a group whose sessions
+        fit no known class is `unknown` (the threshold `evaluate --by` fitted on validation).
 
         >>> clf.predict_hosts("capture.pcap", by="host", host_key="mac", aggregator="pool")"""
         import pandas as pd
 
-        from trafficlens.inference.groups import GROUP_COLUMNS, GroupConfig
+        from trafficlens.inference.groups import GROUP_COLUMNS, GroupConfig, read_open_set
 
         config = GroupConfig(by=by, host_key=host_key, window=window, aggregator=aggregator, top_k=top_k,
                              min_confidence=min_confidence,
-                             temperature=self.temperature if temperature is None else temperature)
+                             temperature=self.temperature if temperature is None else temperature,
+                             unknown_below=read_open_set(self.bundle.path, by) if open_set else None)
         rows = [row for batch in self.iter_group_predictions(captures, config) for row in batch]
         return pd.DataFrame(rows, columns=list(GROUP_COLUMNS))
 

@@ -53,7 +53,10 @@ class GroupConfig:
     `window`: seconds per window (host-window only; windows are aligned to multiples of it).
     `temperature`: calibration of the session probabilities (1: as the model gives them).
     `max_groups`: groups held at once; past it the least recently updated is closed early.
-    `min_confidence`: below it a group's label is `unknown`."""
+    `min_confidence`: below it a group's label is `unknown`.
+    `unknown_below`: open set: a group whose sessions' mean calibrated top probability is under it
+    fits no known class and is `unknown` (status `unknown_device`); `evaluate --by` fits it on the
+    validation split (`read_open_set`). None: every group gets a known label."""
 
     by: str = "host"
     host_key: str = "ip"
@@ -63,6 +66,7 @@ class GroupConfig:
     top_k: int = 1
     min_confidence: float = 0.0
     max_groups: int = 100_000
+    unknown_below: float | None = None
 
     def __post_init__(self):
         for name, value, allowed in (("by", self.by, BY), ("host_key", self.host_key, HOST_KEYS),
@@ -77,6 +81,8 @@ class GroupConfig:
             raise ConfigError("top_k and max_groups must be at least 1")
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ConfigError(f"min_confidence must be in [0, 1], got {self.min_confidence!r}")
+        if self.unknown_below is not None and not 0.0 <= self.unknown_below <= 1.0:
+            raise ConfigError(f"unknown_below must be in [0, 1], got {self.unknown_below!r}")
 
 
 def parse_window(text: str | float) -> float:
@@ -138,6 +144,20 @@ def read_calibration(run) -> dict[str, Any]:
     if not (temperature > 0 and math.isfinite(temperature)):
         raise BundleError(f"{path}: temperature {temperature} is not a positive number")
     return record
+
+
+OPEN_SET_SCORE = "mean calibrated top probability of the group's sessions"
+
+
+def read_open_set(run, by: str) -> float:
+    """The open-set threshold `evaluate RUN --by` fitted for captures or hosts (host-window uses
+    the hosts'); a ConfigError naming the command when there is none."""
+    kind = "capture" if by == "capture" else "host"
+    record = (read_calibration(run).get("open_set") or {}).get(kind)
+    if not isinstance(record, dict) or not isinstance(record.get("threshold"), (int, float)):
+        raise ConfigError(f"{run} has no open-set threshold for {kind} groups: fit it with "
+                          f"`trafficlens evaluate {run} --by {kind}`")
+    return float(record["threshold"])
 
 
 def load_learned(run, by: str, n_classes: int) -> LearnedAggregator:
@@ -212,6 +232,7 @@ class GroupState:
     log_sum: np.ndarray  # (C,) float64
     prob_sum: np.ndarray  # (C,) float64: calibrated probabilities, summed
     sessions: int = 0
+    top_sum: float = 0.0  # each session's highest calibrated probability, summed (the open-set fit)
     start: float = math.inf
     end: float = -math.inf
     last_seen: float = -math.inf  # capture time of its latest session (idle expiry)
@@ -272,6 +293,7 @@ class GroupDecisions:
             state.votes[top[i]] += 1
             state.log_sum += logp[i]
             state.prob_sum += np.exp(logp[i])
+            state.top_sum += float(np.exp(logp[i].max()))
             state.sessions += 1
             start, end = float(meta.get("ts_start") or 0.0), float(meta.get("ts_end") or meta.get("ts_start") or 0.0)
             state.start, state.end = min(state.start, start), max(state.end, end)
@@ -312,12 +334,13 @@ class GroupDecisions:
         best = int(order[0])
         confidence = float(state.votes[best] / state.sessions) if c.aggregator == "vote" else float(scores[best])
         confident = confidence >= c.min_confidence
+        unknown_device = c.unknown_below is not None and state.top_sum / max(state.sessions, 1) < c.unknown_below
         capture, host, window = key
         start, end = (window * c.window, (window + 1) * c.window) if window is not None else (state.start, state.end)
         return {
             "capture": capture, "host": host, "window_start": start, "window_end": end, "sessions": state.sessions,
-            "label": self.labels[best] if confident else UNKNOWN, "confidence": confidence,
+            "label": self.labels[best] if confident and not unknown_device else UNKNOWN, "confidence": confidence,
             "top_k": [(self.labels[j], float(scores[j])) for j in order],
             "votes": {self.labels[j]: int(state.votes[j]) for j in np.argsort(-state.votes, kind="stable") if state.votes[j]},
-            "status": "ok" if confident else "low_confidence",
+            "status": "unknown_device" if unknown_device else "ok" if confident else "low_confidence",
         }

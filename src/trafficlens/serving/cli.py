@@ -33,6 +33,12 @@ trusted_key_option = click.option(
          "(`trafficlens sign`); repeatable.")
 
 
+open_set_option = click.option(
+    "--open-set", is_flag=True,
+    help="With --by: call a group 'unknown' (status unknown_device) when its sessions fit no known class: their mean "
+         "top probability is under the threshold `evaluate RUN --by capture|host` fitted on validation.")
+
+
 @click.command()
 @click.argument("run", type=click.Path())
 @click.argument("captures", nargs=-1, required=True, type=click.Path(exists=True, allow_dash=True))
@@ -56,8 +62,9 @@ trusted_key_option = click.option(
 @click.option("--temperature", type=click.FloatRange(0, min_open=True), default=None,
               help="Calibration temperature of the pooled log-probabilities [default: RUN/calibration.json, "
                    "fitted on validation by `evaluate --by`; else 1].")
+@open_set_option
 def predict(run, captures, out, fmt, bpf, top_k, min_confidence, trusted_keys, device, by, window, host_key, aggregator,
-            temperature):
+            temperature, open_set):
     """Label every session of new captures with a trained run (model bundle), or decide per host
     or capture (--by).
 
@@ -80,11 +87,16 @@ def predict(run, captures, out, fmt, bpf, top_k, min_confidence, trusted_keys, d
         PacketFilter(bpf)
     if by != "session":
         from trafficlens.errors import ConfigError
-        from trafficlens.inference.groups import GroupConfig, parse_window
+        from trafficlens.inference.groups import GroupConfig, parse_window, read_open_set
 
         if suffix == ".log":
             raise ConfigError(f"--by {by}: a Zeek log holds one row per session; write group rows as .csv, .jsonl or .parquet")
         seconds = parse_window(window)
+        unknown_below = read_open_set(run, by) if open_set else None  # before the model loads
+    elif open_set:
+        from trafficlens.errors import ConfigError
+
+        raise ConfigError("--open-set decides groups of sessions: give it with --by host, capture or host-window")
     clf = Classifier.load(run, device=device, trusted_keys=trusted_keys)
     warn = (lambda message: click.secho(f"warning: {message}", fg="yellow", err=True))
     if by == "session":
@@ -105,7 +117,7 @@ def predict(run, captures, out, fmt, bpf, top_k, min_confidence, trusted_keys, d
             click.echo(f"note: {run} has no calibration.json; pooling uncalibrated probabilities "
                        f"(`trafficlens evaluate {run} --by capture` fits a temperature on its validation split)", err=True)
     config = GroupConfig(by=by, host_key=host_key, window=seconds, aggregator=aggregator, temperature=temperature,
-                         top_k=top_k, min_confidence=min_confidence)
+                         top_k=top_k, min_confidence=min_confidence, unknown_below=unknown_below)
     with session_bar(desc=f"predict --by {by}", unit="groups") as bar:
         rows = write_rows(counted(clf.iter_group_predictions(list(captures), config, on_warning=warn, bpf=bpf), bar),
                           out, fmt, GROUP_COLUMNS)
@@ -219,8 +231,9 @@ Example:
               help="With --by host: hosts held at once; the least recently active is dropped past it.")
 @click.option("--host-idle", type=click.FloatRange(0, min_open=True), default=600.0, show_default=True,
               help="With --by host: drop a host after this many seconds (capture time) without a session.")
+@open_set_option
 def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, fmt, top_k, min_confidence, device, max_batch,
-         max_wait_ms, idle_exit, backend, trusted_keys, by, host_key, aggregator, max_hosts, host_idle):
+         max_wait_ms, idle_exit, backend, trusted_keys, by, host_key, aggregator, max_hosts, host_idle, open_set):
     """Classify live traffic (or a replayed capture) session by session, as packets arrive, or per host (--by host).
 
     A file given with -o is written beside its name and takes it when live stops (at the end of
@@ -239,6 +252,11 @@ def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, fmt, top
         raise ConfigError("live needs exactly one source: -i INTERFACE or -r CAPTURE")
     if by == "host" and fmt == "zeek":
         raise ConfigError("--by host: a Zeek log holds one row per session; use --format jsonl")
+    if open_set and by != "host":
+        raise ConfigError("--open-set decides hosts: give it with --by host")
+    from trafficlens.inference.groups import read_open_set
+
+    unknown_below = read_open_set(run, "host") if open_set else None  # before the model loads
     with contextlib.nullcontext(sys.stdout) if out == "-" else atomic_output(out) as fh:
         if iface:
             source = live_mod.Interface(iface, bpf=bpf, idle_exit=idle_exit)
@@ -249,9 +267,7 @@ def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, fmt, top
                                      packet_filter=PacketFilter(bpf) if bpf is not None else None)
         clf = Classifier.load(run, device=device, trusted_keys=trusted_keys)
         if clf.device.type == "cpu":
-            import torch
-
-            torch.set_num_threads(1)  # small batches: one intra-op thread is fastest, the other core reads packets
+            clf.set_cpu_threads(1)  # small batches: one intra-op thread is fastest, the other core reads packets
 
         if fmt == "zeek":
             from trafficlens.serving.zeek_log import ZeekLog
@@ -270,7 +286,8 @@ def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, fmt, top
             from trafficlens.inference.groups import GroupConfig
 
             groups = GroupConfig(by="host", host_key=host_key, aggregator=aggregator, temperature=clf.temperature,
-                                 top_k=top_k, min_confidence=min_confidence, max_groups=max_hosts)
+                                 top_k=top_k, min_confidence=min_confidence, max_groups=max_hosts,
+                                 unknown_below=unknown_below)
         previous = signal.signal(signal.SIGTERM, stop)
         try:
             stats = live_mod.LiveClassifier(clf, sink, after=after, max_sessions=max_sessions, top_k=top_k,

@@ -2,6 +2,7 @@
 
     POST /v1/classify   body: a capture (pcap, pcapng or gzip) -> {"sessions": [...rows...]}
     POST /v1/classify/hosts?by=host|capture|host-window&window=300s&host_key=ip|mac&aggregator=pool|vote|learned
+                           &open_set=false|true
                         the same body -> {"groups": [...]}: one decision per host (predict --by)
     GET  /v1/model      labels, model, preprocessing settings, test metrics
     GET  /healthz       {"status": "ok"}            (never needs the token)
@@ -41,7 +42,7 @@ from starlette.requests import ClientDisconnect
 
 from trafficlens.errors import CaptureError, ConfigError
 from trafficlens.inference.classifier import Classifier
-from trafficlens.inference.groups import GroupConfig, parse_window, read_calibration
+from trafficlens.inference.groups import GroupConfig, parse_window, read_calibration, read_open_set
 from trafficlens.serving.limits import UploadTooLarge
 from trafficlens.serving.workers import Job, PoolBusy, WorkerPool, WorkFailed, WorkTimeout
 
@@ -129,12 +130,13 @@ def create_app(clf: Classifier, config: ServeConfig | None = None, *, pool: Work
 
     @app.post("/v1/classify/hosts")
     async def classify_hosts(request: Request, by: str = "host", window: str = "300s", host_key: str = "ip",
-                             aggregator: str = "pool"):
+                             aggregator: str = "pool", open_set: bool = False):
         """One decision per host (or capture, or host and time window) of the uploaded capture, as
-        `predict --by`: pooled calibrated log-probabilities by default."""
+        `predict --by`: pooled calibrated log-probabilities by default; `open_set`: as `--open-set`."""
         try:
             group = GroupConfig(by=by, host_key=host_key, window=parse_window(window), aggregator=aggregator,
-                                temperature=temperature, top_k=config.top_k, min_confidence=config.min_confidence)
+                                temperature=temperature, top_k=config.top_k, min_confidence=config.min_confidence,
+                                unknown_below=read_open_set(clf.bundle.path, by) if open_set else None)
         except ConfigError as exc:
             return _error(400, str(exc), unread=request)
         return await classifier.handle(request, dataclasses.replace(classifier.job, group=group))
