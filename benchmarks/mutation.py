@@ -40,7 +40,8 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     "features/tls.py": (["src/trafficlens/prep/tensors/tls.py"],
                         ["tests/test_strict_mask.py", "tests/test_mask_fields.py", "tests/test_golden.py"], None),
     "features/quic.py": (["src/trafficlens/prep/tensors/quic.py"],
-                         ["tests/test_strict_mask.py", "tests/test_mask_fields.py", "tests/test_golden.py"], None),
+                         ["tests/test_quic_fields.py", "tests/test_strict_mask.py", "tests/test_mask_fields.py",
+                          "tests/test_golden.py"], None),
     "flows/": (["src/trafficlens/prep/sessions/assembler.py", "src/trafficlens/prep/sessions/session.py"],
                ["tests/test_flows.py", "tests/test_prep_pipeline.py", "tests/test_strict_mask.py",
                 "tests/test_mask_fields.py", "tests/test_golden.py"], None),
@@ -72,8 +73,6 @@ def slug(module: str) -> str:
 
 
 def prepare(module: str, work: Path) -> None:
-    files, tests, _ = MODULES[module]
-    deselect = " and ".join(f"not {k}" for k in ("numba", DESELECT.get(module)) if k)
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
@@ -82,6 +81,13 @@ def prepare(module: str, work: Path) -> None:
     (work / "examples").symlink_to(ROOT / "examples")  # the bundled sample and model (mutmut copies it in)
     if (ROOT.parent / "shared").is_dir():  # the tests look for ../shared/data beside the tree they run in
         (work / "shared").symlink_to(ROOT.parent / "shared")
+    write_settings(module, work)
+
+
+def write_settings(module: str, work: Path) -> None:
+    """pyproject.toml with mutmut's settings for `module`: what to mutate, the tests to run."""
+    files, tests, _ = MODULES[module]
+    deselect = " and ".join(f"not {k}" for k in ("numba", DESELECT.get(module)) if k)
     pyproject = (ROOT / "pyproject.toml").read_text()
     pyproject += "\n[tool.mutmut]\n" + "\n".join([
         "source_paths = [\"src\"]",
@@ -111,6 +117,7 @@ def run(module: str, jobs: int, rerun: bool = False) -> dict:
         for tests in (work / "tests", work / "mutants" / "tests"):
             shutil.rmtree(tests)
             shutil.copytree(ROOT / "tests", tests, ignore=shutil.ignore_patterns("__pycache__"))
+        write_settings(module, work)  # the module's test list as it is now
         patterns = survivors_of(work)
         if not patterns:
             return report(module, work, MODULES[module][2] or [], 0.0)
