@@ -16,6 +16,7 @@ from trafficlens.prep.engines import numba_available
 from trafficlens.prep.tensors.quic import mask_quic, quic_fields, scid_length
 
 V1, V2, DRAFT_29, MVFST, Q050, T051, GREASE = 1, 0x6B3343CF, 0xFF00001D, 0xFACEB002, 0x51303530, 0x54303531, 0x1A2A3A4A
+DRAFT_22, DRAFT_34, T050 = 0xFF000016, 0xFF000022, 0x54303530  # the ends of the draft range, Google's T050
 DCID, SCID = bytes(range(0xA1, 0xA9)), bytes(range(0xB1, 0xB6))  # 8 and 5 bytes, never 0
 
 
@@ -66,6 +67,10 @@ CASES = {
     "v2 0-rtt": long_packet(0xE0, V2, body(21, 11)),
     "v2 retry": long_packet(0xC0, V2, body(24, 12), walk=False),
     "draft 29 initial": long_packet(0xC0, DRAFT_29, body(30, 13), token=b""),
+    "draft 22 handshake": long_packet(0xE0, DRAFT_22, body(14, 31), length_size=1),
+    "draft 34 handshake": long_packet(0xE0, DRAFT_34, body(15, 32), length_size=1),
+    "T050": long_packet(0xC3, T050, body(30, 33), walk=False),
+    "a packet of length 0, then another": joined(long_packet(0xE0, V1, b""), long_packet(0xE0, V1, body(12, 34))),
     "mvfst handshake": long_packet(0xE0, MVFST, body(12, 14), length_size=1),
     # Google QUIC and greased versions: the IDs, then the rest left whole
     "Q050": long_packet(0xC3, Q050, body(30, 15), walk=False),
@@ -100,6 +105,9 @@ def test_a_short_header_after_a_long_one_and_alone():
                                                  ("quic.payload", at + 5, len(short) - 5)]
     alone, left = quic_fields(short, 0, len(short), short_dcid=4)
     assert not left and alone == [("quic.flags", 0, 1), ("quic.dcid", 1, 4), ("quic.payload", 5, len(short) - 5)]
+    # a peer may choose a zero-length ID: known, so the short header is read, not left
+    assert quic_fields(short, 0, len(short), short_dcid=0) == (
+        [("quic.flags", 0, 1), ("quic.dcid", 1, 0), ("quic.payload", 1, len(short) - 1)], False)
     masked = bytearray(data)
     assert mask_quic(masked, 0, len(data), 4) is False
     zeroed = {i for i in range(len(data)) if masked[i] != data[i]}
