@@ -40,7 +40,7 @@ def test_a_session_s_packets_sizes_directions_and_flags():
     assert (s.proto, s.version, s.ts_start, s.ts_last) == (6, 4, 1.0, 3.0)
     assert list(s.times) == [1.0, 1.5, 2.5, 3.0] and list(s.sizes) == [40, 40, 43, 45]
     assert list(s.dirs) == [0, 1, 0, 1] and list(s.flags) == [0x02, 0x12, 0x18, 0x18]
-    assert s.payload_bytes == 8 and s.pure_acks == 1 and a.pure_ack_packets == 1 and a.sessions_started == 1
+    assert s.payload_bytes == 8 and a.pure_ack_packets == 1 and a.sessions_started == 1
     assert [(ts, d, rel) for ts, d, rel, _, _ in s.stored] == [(1.0, 0, None), (1.5, 1, None), (2.5, 0, 0), (3.0, 1, 0)]
     assert [offset for *_, offset in s.stored] == [54] * 4  # payload at 14 + 20 + 20 in the `all` view
 
@@ -162,3 +162,95 @@ def test_quic_short_headers_before_the_peer_s_long_header_are_counted(mask, coun
     if mask == "strict":
         assert s.quic and s.cids == [5, 5]
         assert s.stored[3][3][54 + 1 : 54 + 6] == bytes(5) and s.stored[1][3][54 + 1 : 54 + 6] == bytes(range(20, 25))
+
+
+def test_eviction_at_small_caps_ends_the_least_recently_active_not_the_lowest_key():
+    """max_sessions is a cap reached, not exceeded; a tenth of the sessions, at least one, go;
+    the order is by last activity (the ports fall as time goes on, so key order would differ)."""
+    ended: list[Session] = []
+    a = SessionAssembler(PrepConfig(), ended.append, max_sessions=3)
+    frames = [(i * 0.01, udp_frame(b"x", sport=2000 - i)) for i in range(3)]
+    for p in packets(frames):
+        a.add(p)
+    assert not ended and len(a.sessions) == 3 and a.evicted == 0  # at the cap: nothing evicted
+    a.add(packets([(0.5, udp_frame(b"y", sport=2000))])[0])  # the oldest is active again
+    a.add(packets([(0.6, udp_frame(b"z", sport=1500))])[0])  # a 4th session: one (4 // 10, at least 1) goes
+    assert [s.client[1] for s in ended] == [1999] and a.evicted == 1 and len(a.sessions) == 3
+
+
+def test_a_packet_exactly_the_idle_timeout_later_stays_in_its_session():
+    frames = [(0.0, udp_frame(b"a")), (10.0, udp_frame(b"b")), (20.0 + 1e-6, udp_frame(b"c"))]
+    ended, _ = assemble(frames, idle_timeout=10.0)
+    assert [(s.ts_start, len(s.times)) for s in ended] == [(0.0, 2), (20.0 + 1e-6, 1)]
+
+
+def test_idle_sessions_are_scanned_for_every_65536_packets():
+    """Without flush_idle calls (prep of a file), a scan every _IDLE_SCAN_EVERY packets ends the
+    sessions silent past the timeout: memory stays bounded on a long capture."""
+    from trafficlens.prep.sessions.assembler import _IDLE_SCAN_EVERY
+
+    ended: list[Session] = []
+    a = SessionAssembler(PrepConfig(idle_timeout=5.0), ended.append)
+    busy = packets([(0.0, udp_frame(b"b", sport=2))])[0]
+    t = 10.0
+    for silent_port, silent_ts in ((1, 0.0), (3, None)):
+        a.add(packets([(t if silent_ts is None else silent_ts, udp_frame(b"a", sport=silent_port))])[0])
+        for _ in range(_IDLE_SCAN_EVERY - 2):  # the scan's packets but one
+            t += 1e-4
+            a.add(busy._replace(ts=t))
+        assert silent_port not in [s.client[1] for s in ended]  # no scan yet
+        t += 1e-4
+        a.add(busy._replace(ts=t))  # the scan's packet: the silent session ends, the busy one stays
+        assert [s.client[1] for s in ended][-1] == silent_port and len(a.sessions) == 1
+    assert [s.client[1] for s in ended] == [1, 3]
+
+
+def test_ecn_flags_are_kept_whole():
+    (s,), _ = assemble([(0.0, tcp_frame(seq=1, flags=0xC2, **C))])  # SYN with ECE and CWR: over 127
+    assert list(s.flags) == [0xC2]
+
+
+def test_stored_views_are_capped_per_session():
+    """256 stored packets at most, whatever the settings ask; and storing stops once both the
+    packets and the bytes the tensors need are there, also when the bytes are met exactly."""
+    frames = [(i * 0.001, udp_frame(bytes([i % 250 + 1]))) for i in range(300)]
+    (s,), _ = assemble(frames, layer="payload", image_bytes=1225, packets=6, packet_bytes=96)
+    assert len(s.stored) == 256 and s.stored_bytes == 256 and len(s.times) == 300
+    frames = [(i * 0.1, udp_frame(bytes([i + 1]) * 60)) for i in range(10)]
+    (s,), _ = assemble(frames, layer="payload", image_bytes=300, packets=1, packet_bytes=50)
+    assert len(s.stored) == 5 and s.stored_bytes == 300  # 1 + 4 packets, exactly 300 bytes
+
+
+def test_out_of_order_server_segments_are_reordered_too():
+    frames = [(0.0, tcp_frame(b"q" * 4, seq=10, **C)),
+              (0.1, tcp_frame(b"Y" * 6, seq=106, **S)),  # the server's second segment first
+              (0.2, tcp_frame(b"X" * 6, seq=100, **S)),
+              (0.3, tcp_frame(b"r" * 4, seq=14, **C))]
+    (s,), _ = assemble(frames, layer="payload", mask="none")
+    assert s.out_of_order
+    assert [(d, bytes(v)) for _, d, v in s.ordered_views()] == [(0, b"q" * 4), (1, b"X" * 6), (1, b"Y" * 6), (0, b"r" * 4)]
+
+
+@pytest.mark.parametrize("direction", ["client", "server"])
+def test_a_hello_longer_than_the_stored_view_is_masked_across_its_segments(direction):
+    """A hello cut into a first segment longer than what a view keeps (`image_bytes` here): the
+    first segment is stored whole, so the hello is masked on the stream, and the bytes of its key
+    share in the second segment are zeroed, in either direction."""
+    from test_strict_mask import HOST, client_hello, fill, server_hello
+    from trafficlens.prep.tensors.tls import mask_hello
+
+    if direction == "client":
+        hello = client_hello(HOST, fill(32, 1), fill(32, 2), [(29, fill(32, 3)), (0x11EC, fill(1216, 4))])
+        me, first_seq = C, 1000
+    else:
+        hello = server_hello(fill(32, 1), fill(32, 2), fill(1120, 3))
+        me, first_seq = S, 5000
+    cut = 600
+    frames = [(0.0, tcp_frame(seq=999, flags="S", **C)), (0.1, tcp_frame(hello[:cut], seq=first_seq, **me)),
+              (0.2, tcp_frame(hello[cut:], seq=first_seq + cut, **me))]
+    (s,), _ = assemble(frames, layer="payload", mask="strict", image_bytes=400, packets=6, packet_bytes=96)
+    masked = bytearray(hello)
+    assert mask_hello(masked) > 1000  # the key share runs on into the second segment
+    views = [bytes(v) for _, d, v in s.ordered_views() if d == (0 if direction == "client" else 1) and v]
+    assert len(views) == 2 and len(views[0]) == cut  # stored whole, past the 400 bytes a view keeps
+    assert views[1] == bytes(masked[cut:]) and views[1] != hello[cut:]

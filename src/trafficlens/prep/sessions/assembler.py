@@ -79,11 +79,9 @@ class SessionAssembler:
                 retransmitted, rel = s.tcp_segment(direction, p.seq, p.payload_len)
                 if retransmitted:
                     self.retransmission_packets += 1
-                    s.retransmissions += 1
                     return
             elif not flags & (SYN | FIN | RST):
                 self.pure_ack_packets += 1
-                s.pure_acks += 1
                 return
             if flags & (FIN | RST):
                 s.closing = True

@@ -22,8 +22,7 @@ class Session:
     __slots__ = (
         "key", "proto", "version", "client", "server", "ts_start", "ts_last", "closing",
         "times", "sizes", "dirs", "flags", "stored", "stored_bytes", "stored_nonempty",
-        "payload_bytes", "seq_base", "ranges", "out_of_order", "retransmissions", "pure_acks",
-        "strict", "hello_end", "quic", "cids",
+        "payload_bytes", "seq_base", "ranges", "out_of_order", "strict", "hello_end", "quic", "cids",
     )
 
     def __init__(self, key, packet, client_is_src: bool, strict: bool = False):
@@ -49,8 +48,6 @@ class Session:
         self.seq_base = [None, None]
         self.ranges: list[list[list[int]]] = [[], []]
         self.out_of_order = False
-        self.retransmissions = 0
-        self.pure_acks = 0
         # strict mask state, per direction: where the TLS record opening the stream ends (-1: no
         # payload yet; segments before it are stored whole), and the QUIC short header
         # destination ID length (the peer's source ID length; -1: not seen)
