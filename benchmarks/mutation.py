@@ -60,7 +60,8 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
                          "tests/test_models.py::test_weighted_cross_entropy_and_plain_cross_entropy_by_hand"], None),
     "serving/classifier.py (rows)": (["src/trafficlens/inference/classifier.py"], ["tests/test_prediction_rows.py"],
                                      ["*x__meta_row__*", "*ǁClassifierǁ_rows__*", "*ǁClassifierǁ_rows_for*"]),
-    "serving/output.py": (["src/trafficlens/serving/output.py"], ["tests/test_prediction_rows.py"], None),
+    "serving/output.py": (["src/trafficlens/serving/output.py"], ["tests/test_output.py", "tests/test_prediction_rows.py"],
+                          None),
 }
 # tests left out of a module's runs beyond the numba ones (-k): slow, and covered by faster ones
 DESELECT = {"training/splits.py": "bundled_sample"}
