@@ -239,3 +239,19 @@ def test_writing_a_dataset_does_not_import_pandas(tmp_path):
     ds = Dataset.open(tmp_path / "ds")
     assert ds.table.column("capture").to_pylist()[:3] == ["c0.pcap", "c1.pcap", "c2.pcap"]
     assert ds.column("src_port").tolist()[:2] == [1000, 1001]
+
+
+def test_duplicate_keys_tell_apart_rows_that_differ_in_high_bytes():
+    """Rows that differ only in the top byte of 8-byte words: the case where 64-bit words gave a
+    hash only 8 bits of change (and collisions); thousands of such rows, all keys distinct."""
+    from trafficlens.datasets.writer import multilinear_keys
+
+    width = 1224
+    rows = np.zeros((width // 8 * 255 + 1, width), np.uint8)
+    r = 1
+    for word in range(width // 8):
+        for value in range(1, 256):
+            rows[r, word * 8 + 7] = value
+            r += 1
+    keys = multilinear_keys(rows)
+    assert len(set(keys)) == len(rows) == 39_016

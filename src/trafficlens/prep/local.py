@@ -9,7 +9,6 @@ streamed straight into the writer by the main process instead.
 from __future__ import annotations
 
 import gc
-import multiprocessing as mp
 import os
 import signal
 from pathlib import Path
@@ -163,6 +162,8 @@ def _start_pool(files, workers: int, config: PrepConfig, labeler, backend: str, 
     small = [job for job in files if _to_worker(job[0])]
     if workers <= 1 or len(small) <= 1:
         return None, None
+    import multiprocessing as mp  # here: a one-worker prep (most small ones) never loads it
+
     ctx = mp.get_context("fork") if hasattr(os, "fork") else mp.get_context()
     if backend == "numba" and ctx.get_start_method() == "fork":
         from trafficlens.prep.engines.compiled import warm_up
