@@ -419,3 +419,64 @@ def test_a_garbage_snap_length_does_not_let_a_record_eat_memory(tmp_path):
     packets, reader = read(tmp_path, bytes(data))
     assert len(packets) == 2
     assert_one_warning(reader, third, "record length 3000000000 beyond the snap length 4294967295")
+
+
+# -- the file's digest, read from the same pass ------------------------------------------------
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize("cut", [0, 7], ids=["whole", "cut"])
+def test_digest_is_the_stored_file_s_sha256_from_one_pass(tmp_path, compress, cut):
+    """digest=True: the SHA-256 of the file as stored (gzip bytes, not what they inflate to),
+    computed from the pass's own reads; the rest a damaged pass left unread is hashed too."""
+    import hashlib
+
+    data = pcap(FRAMES * 40)
+    data = data[: len(data) - cut] if cut else data
+    stored = gzip.compress(data, mtime=0) if compress else data
+    path = tmp_path / ("x.pcap.gz" if compress else "x.pcap")
+    path.write_bytes(stored)
+    reader = CaptureReader(path, digest=True, chunk_size=512)
+    assert reader.sha256 is None
+    packets = list(reader)
+    assert len(packets) == (200 if not cut else 199) and len(reader.warnings) == (1 if cut else 0)
+    assert reader.sha256 == hashlib.sha256(stored).hexdigest() and reader.stored_bytes == len(stored)
+    assert CaptureReader(path).sha256 is None  # only when asked for
+    list(reader)  # a second pass hashes from the start again, not on from the first
+    assert reader.sha256 == hashlib.sha256(stored).hexdigest() and reader.stored_bytes == len(stored)
+
+
+# -- classic pcap in windows, for a scanner of one's own (the compiled engine's) ------------------
+def _scan(window) -> list[bytes]:
+    """A scanner as the compiled engine is one: whole records from window.start, then stop."""
+    f, data, pos, out = window.format, window.data, window.start, []
+    while pos + f.header <= len(data):
+        caplen = f.record(data, pos)[2]
+        if caplen > f.limit or pos + f.header + caplen > len(data):
+            break
+        out.append(bytes(data[pos + f.header : pos + f.header + caplen]))
+        pos += f.header + caplen
+    window.stop, window.records = pos, len(out)
+    return out
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize("tail", [b"", b"\x01\x02\x03", None], ids=["clean", "header-cut", "record-cut"])
+def test_pcap_windows_give_the_records_counts_and_warnings_of_iterating(tmp_path, compress, tail):
+    data = pcap(FRAMES * 30)
+    data = data[:-5] if tail is None else data + tail
+    path = tmp_path / ("x.pcap.gz" if compress else "x.pcap")
+    path.write_bytes(gzip.compress(data, mtime=0) if compress else data)
+    iterated = CaptureReader(path, chunk_size=300)
+    want = [p.data for p in iterated]
+    windowed = CaptureReader(path, chunk_size=300)
+    got = [record for window in windowed.pcap_windows(200) for record in _scan(window)]
+    assert got == want and windowed.packets == iterated.packets == len(want) == (149 if tail is None else 150)
+    assert windowed.warnings == iterated.warnings and len(windowed.warnings) == (0 if tail == b"" else 1)
+    assert repr(windowed) == f"CaptureReader({str(path)!r}, pcap{', gzip' if compress else ''}, packets read={len(want)})"
+
+
+def test_pcap_windows_refuse_pcapng(tmp_path):
+    path = tmp_path / "x.pcapng"
+    path.write_bytes(shb() + idb() + epb(FRAMES[0]))
+    with pytest.raises(CaptureError, match="a pcapng file, not classic pcap"):
+        list(CaptureReader(path).pcap_windows())
+    assert repr(CaptureReader(path)) == f"CaptureReader({str(path)!r}, pcapng, packets read=0)"
