@@ -100,7 +100,18 @@ def test_a_write_that_fails_leaves_the_old_file(tmp_path):
 def test_format_names_and_extensions():
     assert output_format("x.LOG") == ".log" and output_format("-", "csv") == ".csv"
     assert output_format("x.csv", "parquet") == ".parquet"  # the name wins over the extension
-    with pytest.raises(ConfigError, match=r"--format tsv: unknown format; use csv, jsonl, parquet, zeek"):
-        output_format("x.csv", "tsv")
-    with pytest.raises(ConfigError, match="-o is empty"):
-        output_format("", "csv")
+    for args, message in ((("x.csv", "tsv"), "--format tsv: unknown format; use csv, jsonl, parquet, zeek"),
+                          (("", "csv"), "-o is empty: name the output file (.csv, .jsonl, .parquet or .log), or - for stdout"),
+                          (("",), "-o is empty: name the output file (.csv, .jsonl, .parquet or .log), or - for stdout"),
+                          (("-", "parquet"), "--format parquet needs a file: -o NAME.parquet")):
+        with pytest.raises(ConfigError) as caught:
+            output_format(*args)
+        assert str(caught.value) == message
+
+
+def test_dash_with_a_format_writes_that_format_on_stdout(capsys):
+    assert write_rows([[SESSION]], "-", format="jsonl") == 1
+    assert json.loads(capsys.readouterr().out)["uid"] == "Cabc"
+    assert write_rows([GROUPS], "-", format="jsonl", columns=GROUP_COLUMNS) == 2
+    assert [json.loads(line)["votes"] for line in capsys.readouterr().out.splitlines()] == [
+        {"camera": 6, "plug": 1}, {"plug": 1}]

@@ -77,7 +77,7 @@ def _write(batches: Iterable[list[dict[str, Any]]], fh, suffix: str, columns: tu
         ])
         with pq.ParquetWriter(fh, schema) as writer:
             for batch in batches:
-                rows = [_structured(r, parquet=True) for r in batch]
+                rows = [_structured(r) for r in batch]
                 writer.write_table(pa.Table.from_pylist(rows, schema=schema))
                 count += len(rows)
         return count
@@ -104,13 +104,10 @@ def _write(batches: Iterable[list[dict[str, Any]]], fh, suffix: str, columns: tu
     return count
 
 
-def _structured(row: dict[str, Any], parquet: bool = False) -> dict[str, Any]:
-    """top_k as a list of {label, probability} (JSON lines, Parquet); a group's votes as a
-    Parquet map (pairs)."""
-    out = dict(row, top_k=[{"label": l, "probability": p} for l, p in row["top_k"]])
-    if parquet and "votes" in row:
-        out["votes"] = list(row["votes"].items())
-    return out
+def _structured(row: dict[str, Any]) -> dict[str, Any]:
+    """top_k as a list of {label, probability} (JSON lines, Parquet); a group's votes stay a
+    dict (a JSON object; Arrow takes it for the Parquet map)."""
+    return dict(row, top_k=[{"label": l, "probability": p} for l, p in row["top_k"]])
 
 
 def _group_schema(pa):
