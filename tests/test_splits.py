@@ -445,3 +445,45 @@ def test_seed_0_splits_are_pinned():
                                           "dataset has 2; use --split random$"):
         capture_split(rows, y, groups == "0/0")
     assert capture_split(rows[:3], y[:3], np.array(["a", "b", "c"])).kind == "capture"  # 3 captures: enough
+
+
+def _relative_error(side: np.ndarray, counts: np.ndarray, fractions) -> float:
+    """The documented objective: squared relative error of every side's class counts."""
+    fractions = np.asarray(fractions, dtype=np.float64)
+    target = np.maximum(fractions[:, None] * counts.sum(0)[None, :], 1e-9)
+    current = np.zeros_like(target)
+    for g, s in enumerate(side):
+        current[s] += counts[g]
+    return float((((current - target) / target) ** 2).sum())
+
+
+@pytest.mark.parametrize("counts,seed,want", [
+    ([[11, 43], [5, 36], [15, 17]], 344, [0, 1, 2]),
+    ([[55, 10], [2, 20], [52, 0]], 979, [1, 0, 2]),
+    ([[35, 20], [25, 19], [3, 59]], 389, [1, 2, 0]),
+])
+def test_a_side_left_empty_takes_the_group_whose_move_costs_least(counts, seed, want):
+    """Cases where the greedy pass leaves a side empty and the repair must pick among donors (found
+    by search; each mutation of the repair's cost picks another group here): the result is the
+    one whose single repair move gives the lowest error, checked against every other move."""
+    counts = np.array(counts)
+    side = assign_groups(counts, (0.6, 0.2, 0.2), np.random.default_rng(seed))
+    assert side.tolist() == want
+    repaired = [s for s in range(3) if (side == s).sum() == 1]
+    best = _relative_error(side, counts, (0.6, 0.2, 0.2))
+    for g in range(len(counts)):  # any other group moved into a side that has one group instead
+        for s in repaired:
+            if side[g] != s and (side == side[g]).sum() > 1:
+                other = side.copy()
+                other[side == s] = side[g]  # the group there goes back where the donor came from
+                other[g] = s
+                assert _relative_error(other, counts, (0.6, 0.2, 0.2)) >= best - 1e-12
+
+
+def test_assign_groups_with_thousands_of_classes():
+    """20,000 classes (a flow label per service, say): the greedy deltas reach about -1.6e4, where
+    adding 1e-12 no longer changes a float, so the minimum must still count as a tie of itself
+    (`<=`, not `<`)."""
+    counts = np.repeat([[60], [20], [20]], 20_000, axis=1)  # each group fits one side exactly
+    side = assign_groups(counts, (0.6, 0.2, 0.2), np.random.default_rng(0))
+    assert side[0] == 0 and sorted(side[1:].tolist()) == [1, 2]
