@@ -480,3 +480,64 @@ def test_pcap_windows_refuse_pcapng(tmp_path):
     with pytest.raises(CaptureError, match="a pcapng file, not classic pcap"):
         list(CaptureReader(path).pcap_windows())
     assert repr(CaptureReader(path)) == f"CaptureReader({str(path)!r}, pcapng, packets read=0)"
+
+
+# -- pcapng damage, block by block, whatever the chunk boundaries ------------------------------
+def _spb(data: bytes, orig: int | None = None) -> bytes:
+    return block(3, struct.pack("<I", len(data) if orig is None else orig) + data)
+
+
+def _with_length(raw: bytes, length: int) -> bytes:
+    """A block with both its length fields set to `length` (the body kept as it is)."""
+    return raw[:4] + struct.pack("<I", length) + raw[8:-4] + struct.pack("<I", length)
+
+
+EPB2 = epb(FRAMES[2])
+PCAPNG_DAMAGE = {
+    "length under 12": (lambda: EPB2[:4] + struct.pack("<I", 8) + EPB2[8:], "block length 8 invalid"),
+    "length not in words": (lambda: EPB2[:4] + struct.pack("<I", len(EPB2) + 2) + EPB2[8:],
+                            f"block length {len(EPB2) + 2} invalid"),
+    "length past the limit": (lambda: EPB2[:4] + struct.pack("<I", 1 << 30) + EPB2[8:], "block length 1073741824 invalid"),
+    "trailing length": (lambda: EPB2[:-4] + struct.pack("<I", len(EPB2) + 4),
+                        f"block trailing length differs from its length {len(EPB2)}"),
+    "captured past the block": (lambda: EPB2[:20] + struct.pack("<I", len(EPB2)) + EPB2[24:],
+                                f"captured length {len(EPB2)} beyond its block"),
+    "captured past the wire": (lambda: EPB2[:20] + struct.pack("<II", 10, 9) + EPB2[28:],
+                               "captured length 10 beyond the snap length 0 or the length on the wire 9"),
+    "undeclared interface": (lambda: EPB2[:8] + struct.pack("<I", 3) + EPB2[12:], "packet of undeclared interface 3"),
+    "packet block of 28": (lambda: _with_length(block(6, bytes(16)), 28), "packet block too short"),
+    "simple block of 12": (lambda: block(3, b""), "simple packet block too short"),
+    "interface block of 16": (lambda: block(1, bytes(4)), "interface description block too short"),
+    "section header of 24": (lambda: _with_length(shb()[:20] + shb()[-4:], 24), "section header length 24 too short"),
+    "unknown byte order": (lambda: shb()[:8] + b"\x00\x11\x22\x33" + shb()[12:],
+                           "section header with an unknown byte-order magic"),
+}
+
+
+@pytest.mark.parametrize("chunk", [16, 64, 1 << 20])
+@pytest.mark.parametrize("case", list(PCAPNG_DAMAGE))
+def test_pcapng_damage_gives_one_exact_warning_at_any_chunk_size(tmp_path, case, chunk):
+    """Each check names its problem and the damaged block's offset, and keeps the packets before
+    it, whether the block is whole in the buffer or straddles a refill (small chunks)."""
+    damaged, problem = PCAPNG_DAMAGE[case]
+    head = shb() + idb() + epb(FRAMES[0]) + epb(FRAMES[1])
+    packets, reader = read(tmp_path, head + damaged() + epb(FRAMES[3]), chunk_size=chunk)
+    assert [p.data for p in packets] == FRAMES[:2]
+    assert reader.warnings == [f"{tmp_path / 'x.pcap'}: {problem} at offset {len(head)}; kept 2 packets before it"]
+
+
+@pytest.mark.parametrize("chunk", [16, 1 << 20])
+def test_pcapng_smallest_valid_blocks_are_read(tmp_path, chunk):
+    """The shortest blocks each kind allows: a 28-byte section header, a 20-byte interface block,
+    a 32-byte packet block of 0 bytes, a 16-byte simple packet block of 0 bytes."""
+    data = shb() + idb() + epb(b"") + _spb(b"", orig=60) + epb(FRAMES[0])
+    assert [len(shb()), len(idb()), len(epb(b"")), len(_spb(b""))] == [28, 20, 32, 16]
+    packets, reader = read(tmp_path, data, chunk_size=chunk)
+    assert [(p.data, p.orig_len) for p in packets] == [(b"", 0), (b"", 60), (FRAMES[0], len(FRAMES[0]))]
+    assert not reader.warnings
+
+
+def test_a_simple_packet_block_needs_an_interface(tmp_path):
+    packets, reader = read(tmp_path, shb() + _spb(FRAMES[0]) + idb() + epb(FRAMES[1]))
+    assert packets == [] and reader.warnings == [
+        f"{tmp_path / 'x.pcap'}: simple packet block before any interface at offset 28; kept 0 packets before it"]
