@@ -166,3 +166,48 @@ def test_output_format_is_taken_from_the_name():
     assert [output_format(t, name) for t, name in (("-", "zeek"), ("x.txt", "jsonl"), ("p.log", None))] == [".log", ".jsonl", ".log"]
     with pytest.raises(ConfigError, match="--format parquet needs a file"):
         output_format("-", "parquet")
+
+
+def test_confidence_exactly_at_the_bar_keeps_the_label(clf, monkeypatch):
+    """--min-confidence: 'unknown' strictly below the bar (0.625 is exact in binary)."""
+    def fixed(tensors):
+        n = len(tensors[clf.inputs[0]])
+        p = np.full((n, len(clf.labels)), 0.375 / (len(clf.labels) - 1))
+        p[:, 2] = 0.625
+        return p
+
+    monkeypatch.setattr(clf, "probabilities", fixed)
+    rows = [r for r in predict(clf, min_confidence=0.625) if r["status"] != "not_judged"]
+    assert rows and {(r["label"], r["status"], r["confidence"]) for r in rows} == {(clf.labels[2], "ok", 0.625)}
+
+
+def test_uids_tell_apart_captures_times_and_flows(clf, tmp_path):
+    """The uid names one session: the same file gives the same uids on every run; the same bytes
+    under another capture name, the same 5-tuple at another time, and another flow at the same
+    time each get another one. Durations are to the microsecond, as Zeek's."""
+    from captures import CLIENT, SERVER, udp_frame, write_pcap
+    from trafficlens.capture import PcapWriter
+    from trafficlens.capture.flow_ids import zeek_uid
+
+    frames = []
+    for t0, sport in ((100.0, 5000), (100.0, 5001), (900.0, 5000)):  # the third reuses the first's tuple later
+        for i in range(8):
+            frames.append((t0 + i * 0.1234567, udp_frame(bytes([sport % 256, i]) * 40, sport=sport)))
+            frames.append((t0 + i * 0.1234567 + 0.01, udp_frame(bytes([i]) * 60, src=SERVER, dst=CLIENT,
+                                                                    sport=53, dport=sport)))
+    one = write_pcap(tmp_path / "one.pcap", frames)
+    two = tmp_path / "two.pcap"
+    two.write_bytes(one.read_bytes())
+    nano = tmp_path / "nano.pcap"
+    with PcapWriter(nano, nanosecond=True) as w:
+        for ts, frame in sorted(frames):
+            w.write(frame, ts)
+    rows = [r for batch in clf.iter_predictions([one, two, nano]) for r in batch]
+    by = {(r["capture"], r["src_port"], round(r["ts_start"])): r for r in rows}
+    assert len(rows) == 9 and len({r["uid"] for r in rows}) == 9
+    again = [r["uid"] for batch in clf.iter_predictions([one]) for r in batch]
+    assert again == [r["uid"] for r in rows if r["capture"] == "one.pcap"]
+    first = by[("one.pcap", 5000, 100)]
+    assert first["uid"] == zeek_uid("one.pcap", first["community_id"], first["ts_start"])
+    assert by[("one.pcap", 5000, 900)]["community_id"] == first["community_id"]  # same tuple, later: another uid
+    assert by[("nano.pcap", 5000, 100)]["duration"] == round(7 * 0.1234567 + 0.01, 6) == 0.874197
