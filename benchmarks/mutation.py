@@ -101,8 +101,11 @@ def write_settings(module: str, work: Path) -> None:
         # the compiled engine is not mutated: its tests (and loading its kernels per run) are left out
         f"pytest_add_cli_args = {json.dumps(['-p', 'no:cacheprovider', '-k', deselect])}",
         "process_isolation = \"forkserver\"",  # torch is not fork-safe after it has run
-        "timeout_multiplier = 10.0",
-        "timeout_constant = 30.0",
+        # a mutant that loops forever is stopped after this much CPU time (3x the tests' own + 10 s;
+        # the first runs, to splits and metrics, used 10x + 30 s: hanging reader mutants then took
+        # minutes each)
+        "timeout_multiplier = 3.0",
+        "timeout_constant = 10.0",
     ]) + "\n"
     (work / "pyproject.toml").write_text(pyproject)
 

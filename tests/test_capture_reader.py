@@ -542,3 +542,55 @@ def test_a_simple_packet_block_needs_an_interface(tmp_path):
     packets, reader = read(tmp_path, shb() + _spb(FRAMES[0]) + idb() + epb(FRAMES[1]))
     assert packets == [] and reader.warnings == [
         f"{tmp_path / 'x.pcap'}: simple packet block before any interface at offset 28; kept 0 packets before it"]
+
+
+# -- standard input as the reader sees it -------------------------------------------------------
+class _Pipe:
+    """A pipe's file object: read(n) blocks for n bytes (or the end), read1(n) returns what one
+    write put there (at most 100 bytes here); every call is recorded."""
+
+    def __init__(self, data: bytes):
+        self.data, self.pos, self.calls = data, 0, []
+
+    def _take(self, n: int) -> bytes:
+        out = self.data[self.pos :] if n < 0 else self.data[self.pos : self.pos + n]
+        self.pos += len(out)
+        return out
+
+    def read(self, n: int = -1) -> bytes:
+        self.calls.append(("read", n))
+        return self._take(n)
+
+    def read1(self, n: int) -> bytes:
+        self.calls.append(("read1", n))
+        return self._take(min(n, 100))
+
+
+def test_stdin_holds_its_first_bytes_to_go_back_and_then_streams():
+    import errno
+
+    from trafficlens.capture.reader import _Stdin
+
+    data = bytes(range(256)) * 4
+    pipe = _Pipe(data)
+    stdin = _Stdin(pipe)
+    assert stdin.read(4) == data[:4] and pipe.calls == [("read", 4)]  # a format check waits for its bytes
+    assert stdin.seek(0) == 0 and stdin.read(4) == data[:4] and len(pipe.calls) == 1  # from what is held
+    assert stdin.read(10) == data[4:14] and pipe.calls[-1] == ("read", 10 - 0)  # held bytes, then the pipe
+    assert stdin.seek(0) == 0 and stdin.read(20) == data[:20] and pipe.calls[-1] == ("read", 6)
+    # a large read takes what one write holds (read1), past the held bytes
+    assert stdin.read(1000) == data[20:120] and pipe.calls[-1] == ("read1", 1000)
+    for args in ((0,), (0, 1), (5,)):  # more than KEEP bytes read: going back is refused
+        with pytest.raises(OSError) as caught:
+            stdin.seek(*args)
+        assert (caught.value.errno, caught.value.strerror) == (errno.ESPIPE, "standard input cannot go back")
+    assert stdin.read(-1) == data[120:] and pipe.calls[-1] == ("read", -1)  # the rest, whole
+    assert stdin.read(10) == b""
+    fresh = _Stdin(_Pipe(data))
+    with pytest.raises(OSError):
+        fresh.seek(4)  # only back to the start
+    assert fresh.read(-1) == data and fresh.read(1) == b""
+    short = _Stdin(_Pipe(data[:50]))  # no more than KEEP bytes in all: the start stays held
+    assert short.read(-1) == data[:50] and short.seek(0) == 0 and short.read(8) == data[:8]
+    stdin.close()
+    assert pipe.calls[-1] == ("read", 10)  # closing does not touch the process's stdin
