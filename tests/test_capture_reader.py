@@ -594,3 +594,100 @@ def test_stdin_holds_its_first_bytes_to_go_back_and_then_streams():
     assert short.read(-1) == data[:50] and short.seek(0) == 0 and short.read(8) == data[:8]
     stdin.close()
     assert pipe.calls[-1] == ("read", 10)  # closing does not touch the process's stdin
+
+
+# -- pcapng boundaries ---------------------------------------------------------------------------
+def _option(code: int, value: bytes, order: str = "<") -> bytes:
+    return struct.pack(order + "HH", code, len(value)) + value + bytes(-len(value) % 4)
+
+
+@pytest.mark.parametrize(("options", "ts"), [
+    (_option(0, b"") + _option(9, b"\x09"), 1.0),  # end of options: a tsresol after it is not read
+    (_option(1, b"a comment") + _option(9, b"\x03"), 1000.0),  # a comment, then milliseconds
+    (_option(4, bytes([10, 0, 0, 1, 255, 255, 255, 0])) + _option(9, b"\x06"), 1.0),  # an 8-byte IPv4 address is no tsoffset
+    (_option(14, struct.pack("<q", -5)), -4.0),  # a negative tsoffset
+    (struct.pack("<HH", 9, 40000) + b"\x03", 1.0),  # an option longer than the block: the rest is not read
+])
+def test_pcapng_interface_options_are_read_to_the_letter(tmp_path, options, ts):
+    """Timestamps of a packet of 10**6 ticks: the options decide what a tick is worth."""
+    packets, reader = read(tmp_path, shb() + idb(options=options) + epb(FRAMES[0], ticks=10**6))
+    assert [p.ts for p in packets] == [pytest.approx(ts)] and not reader.warnings
+
+
+def test_pcapng_lengths_at_their_limits(tmp_path):
+    """Unsigned fields read as unsigned; a record of exactly the largest plausible length, a
+    block of exactly the largest allowed one and a block of exactly 12 bytes at the very end
+    are all read; a captured length over an original length of 1 is damage."""
+    from trafficlens.capture.reader import MAX_BLOCK
+
+    big = bytes(range(256)) * (MAX_RECORD // 256)
+    huge_orig = struct.pack("<I", 3_000_000_000) + FRAMES[1]  # a simple block's original length >= 2**31
+    filler = block(0x0BAD, bytes(MAX_BLOCK - 12))
+    assert len(filler) == MAX_BLOCK
+    # interface 0: a snap length of 2**32 - 1; interface 1: none, so records up to MAX_RECORD
+    data = (shb() + idb(snaplen=0xFFFFFFFF) + idb() + block(3, huge_orig) + epb(big, iface=1) + filler
+            + epb(FRAMES[2]) + block(0x0BAD, b""))
+    packets, reader = read(tmp_path, data)
+    padded = FRAMES[1] + bytes(-len(FRAMES[1]) % 4)  # a simple block's data runs to its end, padding and all
+    assert [(p.data, p.orig_len, p.ts) for p in packets] == [(padded, 3_000_000_000, 0.0), (big, len(big), 0.0),
+                                                               (FRAMES[2], len(FRAMES[2]), 0.0)]
+    assert not reader.warnings
+    bad = shb() + idb() + epb(FRAMES[0], orig=1)
+    packets, reader = read(tmp_path, bad, name="bad.pcapng")
+    assert packets == [] and reader.warnings == [f"{tmp_path / 'bad.pcapng'}: captured length {len(FRAMES[0])} "
+                                                 "beyond the snap length 0 or the length on the wire 1 at offset 48; "
+                                                 "kept 0 packets before it"]
+    packets, reader = read(tmp_path, shb() + idb() + block(0x0BAD, bytes(4))[:4] + struct.pack("<I", 1 << 31) + bytes(4),
+                           name="len.pcapng")
+    assert reader.warnings == [f"{tmp_path / 'len.pcapng'}: block length 2147483648 invalid at offset 48; "
+                               "kept 0 packets before it"]
+
+
+def test_big_endian_obsolete_packet_blocks_name_their_interface(tmp_path):
+    """An obsolete packet block holds a 16-bit interface id in the high half of its first word
+    when big-endian: the second interface (linktype 101, raw IP) must be found."""
+    ip = FRAMES[0][14:]
+    head = struct.pack(">HHIIII", 1, 0, 0, 0, len(ip), len(ip))  # interface 1, drops 0, time 0
+    data = shb(">") + idb(order=">") + idb(linktype=101, order=">") + block(2, head + ip, ">")
+    packets, reader = read(tmp_path, data)
+    assert [(p.data, p.linktype) for p in packets] == [(ip, 101)] and not reader.warnings
+
+
+def test_hashing_goes_back_only_to_the_start_and_hashes_what_damage_left(tmp_path):
+    """digest=True over a file damaged in its first third: the pass stops there, and the rest of
+    the file is still read into the hash (the manifest names the file, not what was usable)."""
+    import hashlib
+    import io
+
+    from trafficlens.capture.reader import _Hashing
+
+    data = bytearray(pcap(FRAMES * 200))
+    at = 24 + sum(16 + len(f) for f in (FRAMES * 200)[:300])
+    data[at + 8 : at + 12] = struct.pack("<I", 1 << 30)  # an impossible captured length
+    path = tmp_path / "x.pcap"
+    path.write_bytes(bytes(data))
+    reader = CaptureReader(path, digest=True, chunk_size=4096)
+    assert len(list(reader)) == 300 and len(reader.warnings) == 1
+    assert reader.sha256 == hashlib.sha256(bytes(data)).hexdigest() and reader.stored_bytes == len(data)
+    hashing = _Hashing(io.BytesIO(b"abcdef"))
+    assert hashing.read(4) == b"abcd"
+    for args in ((2,), (0, 1), (2, 2)):
+        with pytest.raises(OSError) as caught:
+            hashing.seek(*args)
+        assert str(caught.value) == "hashing file: seek to 0 only"
+    assert hashing.seek(0) == 0 and hashing.read(2) == b"ab" and hashing.finish() == hashlib.sha256(b"abcdef").hexdigest()
+
+
+def test_an_empty_file_says_so(tmp_path):
+    path = tmp_path / "empty.pcap"
+    path.write_bytes(b"")
+    reader = CaptureReader(path)
+    assert repr(reader) == f"CaptureReader({str(path)!r}, empty, packets read=0)"
+    with pytest.raises(CaptureError) as caught:
+        list(reader.pcap_windows())
+    assert str(caught.value) == f"{path}: an empty file, not classic pcap"
+
+
+def test_a_simple_packet_block_first_has_time_zero(tmp_path):
+    packets, _ = read(tmp_path, shb() + idb() + _spb(FRAMES[0]) + epb(FRAMES[1], ticks=2 * 10**6) + _spb(FRAMES[2]))
+    assert [p.ts for p in packets] == [0.0, 2.0, 2.0]  # no time of its own: 0, then the previous packet's

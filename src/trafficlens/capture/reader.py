@@ -148,7 +148,7 @@ class CaptureReader:
         the scanner stopped at: a damaged one ends the pass with the usual warning.
         """
         if self.format != "pcap":
-            raise CaptureError(f"{self.path}: a {self.format or 'empty'} file, not classic pcap")
+            raise CaptureError(f"{self.path}: {'a ' + self.format if self.format else 'an empty'} file, not classic pcap")
 
         def windows(buf):
             f = _pcap_header(buf)
