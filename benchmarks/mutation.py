@@ -120,7 +120,9 @@ def survivors_of(work: Path) -> list[str]:
 
 def run(module: str, jobs: int, rerun: bool = False) -> dict:
     """Test every mutant of `module` in a fresh copy; `rerun`: only the survivors of the last run,
-    against the tests as they are now (new tests get their coverage collected first)."""
+    against the tests as they are now (new tests get their coverage collected first). mutmut
+    forgets every result when its settings change (the module's test list here), and the copy's
+    `src/` is the one of the first run: change either, and run the module afresh."""
     work = OUT / slug(module)
     patterns = MODULES[module][2] or []
     if rerun and (work / "mutants").is_dir():
