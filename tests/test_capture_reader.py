@@ -691,3 +691,19 @@ def test_an_empty_file_says_so(tmp_path):
 def test_a_simple_packet_block_first_has_time_zero(tmp_path):
     packets, _ = read(tmp_path, shb() + idb() + _spb(FRAMES[0]) + epb(FRAMES[1], ticks=2 * 10**6) + _spb(FRAMES[2]))
     assert [p.ts for p in packets] == [0.0, 2.0, 2.0]  # no time of its own: 0, then the previous packet's
+
+
+def test_stdin_edges_zero_whole_reads_and_the_keep_boundary():
+    from trafficlens.capture.reader import _Stdin
+
+    data = bytes(range(200))
+    pipe = _Pipe(data)
+    pipe_read1 = pipe.read1
+    pipe.read1 = lambda n: pipe_read1(min(n, 50))  # one write holds 50 bytes here
+    stdin = _Stdin(pipe)
+    assert stdin.read(64) == data[:64] and pipe.calls[-1] == ("read", 64)  # KEEP bytes: a small read, waited for
+    assert stdin.seek(0) == 0  # exactly KEEP bytes read: still held
+    assert stdin.read(0) == b"" and [stdin.read(1) for _ in range(3)] == [data[:1], data[1:2], data[2:3]]
+    assert stdin.seek(0) == 0 and stdin.read(-1) == data  # the held bytes, then the rest, whole
+    plain = _Stdin(type("Pipe", (), {"read": lambda self, n=-1: data[:n] if n >= 0 else data})())  # no read1
+    assert plain.read(100) == data[:100]
