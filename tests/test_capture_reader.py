@@ -691,6 +691,26 @@ def test_an_empty_file_says_so(tmp_path):
 def test_a_simple_packet_block_first_has_time_zero(tmp_path):
     packets, _ = read(tmp_path, shb() + idb() + _spb(FRAMES[0]) + epb(FRAMES[1], ticks=2 * 10**6) + _spb(FRAMES[2]))
     assert [p.ts for p in packets] == [0.0, 2.0, 2.0]  # no time of its own: 0, then the previous packet's
+    assert [p.data for p in packets] == FRAMES[:3]  # no snap length (0): the whole packet
+    packets, _ = read(tmp_path, shb() + idb(snaplen=20) + _spb(FRAMES[0]), name="snapped.pcapng")
+    assert [(p.data, p.orig_len) for p in packets] == [(FRAMES[0][:20], len(FRAMES[0]))]  # cut at the snap length
+
+
+@pytest.mark.parametrize("chunk", [16, 1 << 20])
+def test_pcapng_ends_read_the_same_at_any_chunk_size(tmp_path, chunk):
+    """The end of a file: a 12-byte block last, a block header cut, a block cut, and a second
+    section header with an impossible length, whether or not a refill falls there."""
+    head = shb() + idb() + epb(FRAMES[0])
+    name = str(tmp_path / "x.pcap")
+    for tail, warning in ((block(0x0BAD, b""), None),
+                          (epb(FRAMES[1])[:10], f"{name}: block header cut short by the end of file at offset {len(head)}"),
+                          (epb(FRAMES[1])[:40], f"{name}: block of {len(epb(FRAMES[1]))} bytes cut short by the end of file "
+                                                f"at offset {len(head)}"),
+                          (shb()[:4] + struct.pack("<I", 1 << 31) + shb()[8:], f"{name}: block length 2147483648 invalid "
+                                                                               f"at offset {len(head)}")):
+        packets, reader = read(tmp_path, head + tail, chunk_size=chunk)
+        assert [p.data for p in packets] == FRAMES[:1]
+        assert reader.warnings == ([] if warning is None else [warning + "; kept 1 packets before it"]), tail
 
 
 def test_stdin_edges_zero_whole_reads_and_the_keep_boundary():
