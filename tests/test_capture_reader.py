@@ -727,3 +727,15 @@ def test_stdin_edges_zero_whole_reads_and_the_keep_boundary():
     assert stdin.seek(0) == 0 and stdin.read(-1) == data  # the held bytes, then the rest, whole
     plain = _Stdin(type("Pipe", (), {"read": lambda self, n=-1: data[:n] if n >= 0 else data})())  # no read1
     assert plain.read(100) == data[:100]
+
+
+@pytest.mark.parametrize("chunk", [16, 1 << 20])
+def test_a_cut_pcapng_gzip_reports_the_gzip_cut_not_the_block(tmp_path, chunk):
+    """A pcapng.gz cut short: the records end in a block cut short, but the warning is the gzip
+    stream's (the cause), whether the cut block is met in the loop or at a refill."""
+    frames = [bytes([i]) * 300 for i in range(40)]
+    data = gzip.compress(shb() + idb() + b"".join(epb(f) for f in frames), mtime=0)
+    for cut in range(len(data) // 2, len(data) - 9, 7):  # every 7th byte: cuts in headers and in bodies
+        packets, reader = read(tmp_path, data[:cut], "x.pcapng.gz", chunk_size=chunk)
+        assert 0 < len(packets) < len(frames) and [p.data for p in packets] == frames[: len(packets)]
+        assert len(reader.warnings) == 1 and f"gzip stream cut short (compressed byte {cut})" in reader.warnings[0]
