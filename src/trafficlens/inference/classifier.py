@@ -28,6 +28,7 @@ COLUMNS = ("capture", "uid", "community_id", "src_ip", "src_port", "dst_ip", "ds
            "label", "confidence", "top_k", "status", "reason")
 PROBABILITY_DIGITS = 4  # confidence and top-k probabilities, in every output format
 _BATCH = 1024
+_CPU_CHUNK = 256
 
 
 class _CpuDevice(str):
@@ -51,7 +52,6 @@ def _threads(chosen: int | None = None) -> int:
     from trafficlens.system import cores
 
     return cores()
-_CPU_CHUNK = 256
 
 
 class Classifier:

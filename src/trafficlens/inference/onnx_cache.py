@@ -40,14 +40,16 @@ class OnnxModel:
         return self.session.run(None, dict(zip(self.names, arrays)))[0]
 
 
-def session_options(threads: int):
+def open_model(model_bytes: bytes, names: list[str], threads: int) -> OnnxModel:
+    """An ONNX model on ONNX Runtime's CPU engine with `threads` intra-op threads."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, threads)
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return options
+    return OnnxModel(ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"]), list(names),
+                     model_bytes)
 
 
 def cache_dir() -> Path:
@@ -90,15 +92,10 @@ def load_cached(key: str | None, names: list[str], threads: int) -> OnnxModel | 
     if path is None or not path.is_file():
         return None
     try:
-        import onnxruntime as ort
-
-        model_bytes = path.read_bytes()
-        session = ort.InferenceSession(model_bytes, session_options(threads), providers=["CPUExecutionProvider"])
+        model = open_model(path.read_bytes(), names, threads)
     except Exception:  # noqa: BLE001  unreadable or not a model: the caller builds it again
         return None
-    if [i.name for i in session.get_inputs()] != list(names):
-        return None
-    return OnnxModel(session, list(names), model_bytes)
+    return model if [i.name for i in model.session.get_inputs()] == list(names) else None
 
 
 def cuda_may_be_present() -> bool:

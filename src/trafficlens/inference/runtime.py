@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from trafficlens.inference.onnx_cache import OnnxModel, cache_path, session_options
+from trafficlens.inference.onnx_cache import OnnxModel, cache_path, open_model
 from trafficlens.training.metrics import softmax as _softmax
 
 
@@ -92,16 +92,14 @@ def onnx_for_inference(model: nn.Module, probe: list[torch.Tensor], threads: int
 
     try:
         import onnx  # noqa: F401  (the exporter needs it)
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
     except ImportError:
         return None
     names = list(names) if names else [f"input{i}" for i in range(len(probe))]
     model.eval()
-    options = session_options(threads)
 
     def checked(model_bytes: bytes) -> OnnxModel | None:
-        compiled = OnnxModel(ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"]), names,
-                             model_bytes)
+        compiled = open_model(model_bytes, names, threads)
         with torch.inference_mode():
             for part in (probe, [x[:3] for x in probe]):
                 expect = torch.softmax(model(*part).float(), dim=1).numpy()
