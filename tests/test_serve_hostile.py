@@ -27,6 +27,7 @@ psutil = pytest.importorskip("psutil")
 
 from captures import inflating_pcap_gz  # noqa: E402
 from trafficlens.serving import Classifier  # noqa: E402
+from trafficlens.serving import http  # noqa: E402
 from trafficlens.serving.http import create_app, is_loopback, server_config  # noqa: E402
 from trafficlens.serving.workers import WorkerPool  # noqa: E402
 
@@ -183,6 +184,41 @@ def test_trickled_body_gets_408_and_is_closed(clf, pool, caplog):
         assert received.startswith(b"HTTP/1.1 408") and b"--body-timeout" in received
         assert 1.4 < time.monotonic() - start < 3
     assert not errors_logged(caplog)
+
+
+def refused_by_server(sock, chunk, tries=20):
+    """Whether sending `chunk` every 0.05 s meets a reset (or broken pipe) within `tries` sends."""
+    for _ in range(tries):
+        try:
+            sock.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_answer_before_the_body_lingers_for_the_rest_of_it(clf, pool, monkeypatch):
+    """A 413 sent before the body is read, to a client that asked for `Connection: close` (urllib
+    always does): the server stops writing (FIN after the answer) but reads and drops the rest
+    of the body, so the client, still sending, meets no reset that could destroy the answer. At
+    most 1 MiB and `_LINGER_S` of it: then the connection is closed."""
+    monkeypatch.setattr(http, "_LINGER_S", 1.5)
+    with serving(clf, pool, max_upload_bytes=600_000) as base:
+        sock = connect(base)
+        sock.sendall(upload_head(700_000, extra="Connection: close\r\n"))
+        answer = read_until_closed(sock, time.monotonic() + 5)
+        assert answer.startswith(b"HTTP/1.1 413") and b"--max-upload-mb" in answer
+        sock.sendall(bytes(700_000))
+        assert not refused_by_server(sock, bytes(1000), tries=10)  # within the linger time
+        assert refused_by_server(sock, bytes(100_000))  # past 1 MiB dropped: closed
+        sock.close()
+
+        sock = connect(base)
+        sock.sendall(upload_head(700_000, extra="Connection: close\r\n"))
+        assert read_until_closed(sock, time.monotonic() + 5).startswith(b"HTTP/1.1 413")
+        time.sleep(2.0)  # past the linger time, nothing sent
+        assert refused_by_server(sock, bytes(1000))
+        sock.close()
 
 
 def test_client_hanging_up_mid_upload_logs_no_traceback(clf, pool, caplog):

@@ -48,6 +48,7 @@ from trafficlens.serving.workers import Job, PoolBusy, WorkerPool, WorkFailed, W
 
 log = logging.getLogger("trafficlens.serve")
 _DRAIN_BYTES = 1 << 20  # an unread body rest up to this is read and dropped rather than the connection closed
+_LINGER_S = 5.0  # after an answer that closes the connection: the longest wait for the rest of the client's body
 
 
 @dataclass(frozen=True)
@@ -295,14 +296,36 @@ def _guarded_protocol(header_timeout_s: float, body_timeout_s: float):
     class GuardedH11Protocol(H11Protocol):
         _phase: str | None = None
         _timer = None
+        _lingering: int | None = None  # body bytes dropped since the answer closed the connection
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
+            self.transport = _LingeringTransport(transport, self)
             self._watch()
 
         def data_received(self, data: bytes) -> None:
+            if self._lingering is not None:
+                self._lingering += len(data)
+                if self._lingering > _DRAIN_BYTES:
+                    self.transport.raw.close()
+                return
             super().data_received(data)
             self._watch()
+
+        def linger(self) -> bool:
+            """Instead of closing while the client still sends its body (a client that asked for
+            `Connection: close`, or an answer that closes), stop writing and read and drop the rest
+            for a while: closing a socket with unread data sends a reset, which can destroy the
+            answer before the client reads it. Whether lingering started."""
+            raw = self.transport.raw
+            if self._lingering is not None or self.conn.their_state is not h11.SEND_BODY or raw.is_closing():
+                return False
+            self._lingering = 0
+            if raw.can_write_eof():
+                raw.write_eof()
+            raw.resume_reading()  # flow control may have paused it
+            self._set_timer(("linger", _LINGER_S))
+            return True
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -313,7 +336,10 @@ def _guarded_protocol(header_timeout_s: float, body_timeout_s: float):
             super().connection_lost(exc)
 
         def _watch(self) -> None:
-            """Keep one timer for the phase the client is in: sending headers, sending a body, or none."""
+            """Keep one timer for the phase the client is in: sending headers, sending a body, or none
+            (lingering keeps its own)."""
+            if self._lingering is not None:
+                return
             phase = None if self.transport.is_closing() else phases.get(self.conn.their_state)
             if (phase and phase[0]) != self._phase:
                 self._set_timer(phase)
@@ -328,7 +354,8 @@ def _guarded_protocol(header_timeout_s: float, body_timeout_s: float):
 
         def _expired(self, phase: str) -> None:
             self._timer = None
-            if self.transport.is_closing():
+            if phase == "linger" or self.transport.is_closing():
+                self.transport.raw.close()
                 return
             cycle = self.cycle
             if phase == "body" and cycle is not None and not cycle.response_started:
@@ -346,9 +373,27 @@ def _guarded_protocol(header_timeout_s: float, body_timeout_s: float):
                 cycle.disconnected = True
                 cycle.message_event.set()
             log.debug("closing %s: %s not complete in time", self.client, phase)
-            self.transport.close()
+            self.transport.raw.close()  # a client this slow gets no time to linger
 
     return GuardedH11Protocol
+
+
+class _LingeringTransport:
+    """A connection's transport whose `close` lingers while the client is still sending (see
+    `GuardedH11Protocol.linger`); everything else is the transport's own."""
+
+    def __init__(self, raw, protocol):
+        self.raw, self._protocol = raw, protocol
+
+    def __getattr__(self, name: str):
+        return getattr(self.raw, name)
+
+    def is_closing(self) -> bool:
+        return self._protocol._lingering is not None or self.raw.is_closing()
+
+    def close(self) -> None:
+        if not self._protocol.linger():
+            self.raw.close()
 
 
 def is_loopback(host: str) -> bool:
