@@ -739,3 +739,80 @@ def test_a_cut_pcapng_gzip_reports_the_gzip_cut_not_the_block(tmp_path, chunk):
         packets, reader = read(tmp_path, data[:cut], "x.pcapng.gz", chunk_size=chunk)
         assert 0 < len(packets) < len(frames) and [p.data for p in packets] == frames[: len(packets)]
         assert len(reader.warnings) == 1 and f"gzip stream cut short (compressed byte {cut})" in reader.warnings[0]
+
+
+# -- the gzip stream on its own: reads like a file, and says where damage begins ---------------------
+def _gunzip(data: bytes, monkeypatch, slice_: int, limit: int):
+    from trafficlens.capture.reader import _Gunzip
+
+    monkeypatch.setattr(_Gunzip, "SLICE", slice_)
+    monkeypatch.setattr(_Gunzip, "LIMIT", limit)
+    return _Gunzip(io.BytesIO(data))
+
+
+def _first_bad_byte(member: bytes) -> int:
+    """The index of the compressed byte at which zlib, fed one byte at a time, fails."""
+    d = zlib.decompressobj(31)
+    for i in range(len(member)):
+        try:
+            d.decompress(member[i : i + 1])
+        except zlib.error:
+            return i
+    raise AssertionError("no failure")
+
+
+GUNZIP_RAW = bytes(range(256)) * 40 + b"trafficlens" * 500  # 15,740 bytes, compressible and not
+
+
+@pytest.mark.parametrize(("slice_", "limit"), [(1, 1), (7, 13), (1 << 15, 1 << 20)])
+def test_gunzip_reads_like_a_file_over_members_and_padding(monkeypatch, slice_, limit):
+    data = gzip.compress(GUNZIP_RAW[:5000]) + bytes(3) + gzip.compress(GUNZIP_RAW[5000:]) + bytes(5)
+    g = _gunzip(data, monkeypatch, slice_, limit)
+    parts = [g.read(0), g.read(1), g.read(4999), g.read(2), g.read(10_000)]
+    assert [len(p) for p in parts] == [0, 1, 4999, 2, 10_000]
+    rest = g.read()
+    assert b"".join(parts) + rest == GUNZIP_RAW and len(rest) == len(GUNZIP_RAW) - 15_002
+    assert g.read() == b"" and g.read(10) == b"" and g.damage is None
+    # close ends the stream: what was inflated and not yet returned is still returned, nothing more
+    g = _gunzip(data, monkeypatch, slice_, limit)
+    first = g.read(3)
+    g.close()
+    assert first == GUNZIP_RAW[:3] and GUNZIP_RAW.startswith(first + g.read()) and g.read() == b""
+
+
+@pytest.mark.parametrize(("slice_", "limit"), [(1, 1), (7, 13), (1 << 15, 1 << 20)])
+def test_gunzip_damage_says_how_much_inflated_and_which_compressed_byte(monkeypatch, slice_, limit):
+    first, second = gzip.compress(GUNZIP_RAW[:5000]), gzip.compress(GUNZIP_RAW[5000:])
+    whole = first + second
+
+    def damage_of(data):
+        g = _gunzip(data, monkeypatch, slice_, limit)
+        out = g.read()
+        return out, g.damage.offset, g.damage.problem
+
+    # a cut inside the second member: everything that inflated, and the compressed length
+    cut = len(first) + len(second) // 2
+    expected = GUNZIP_RAW[:5000] + zlib.decompressobj(31).decompress(second[: len(second) // 2])
+    assert damage_of(whole[:cut]) == (expected, len(expected), f"gzip stream cut short (compressed byte {cut})")
+    # a bad CRC in the second member: all of it inflated, the byte zlib failed at named
+    bad = bytearray(whole)
+    bad[-8] ^= 0x55
+    at = len(first) + _first_bad_byte(bytes(bad[len(first):]))
+    assert damage_of(bytes(bad)) == (GUNZIP_RAW, len(GUNZIP_RAW),
+                                     f"damaged gzip stream (CRC-32 mismatch, compressed byte {at})")
+    bad = bytearray(whole)
+    bad[-1] ^= 0x55
+    at = len(first) + _first_bad_byte(bytes(bad[len(first):]))
+    assert damage_of(bytes(bad)) == (GUNZIP_RAW, len(GUNZIP_RAW),
+                                     f"damaged gzip stream (length mismatch, compressed byte {at})")
+    # a deflate block type that does not exist: zlib's own words, where no friendlier ones are kept
+    broken = bytearray(first)
+    broken[10] = 0x07  # first block header: final bit set, type 3 (reserved)
+    out, offset, problem = damage_of(bytes(broken) + second)
+    assert (out, offset) == (b"", 0) and problem == "damaged gzip stream (invalid block type, compressed byte 10)"
+    # bytes after the stream that are not gzip, past zero padding
+    out, offset, problem = damage_of(whole + bytes(4) + b"PK\x03\x04")
+    assert (out, offset) == (GUNZIP_RAW, len(GUNZIP_RAW))
+    assert problem == f"data after the end of the gzip stream is not gzip (compressed byte {len(whole) + 4})"
+    out, offset, problem = damage_of(whole + b"\x1f")  # one byte of a magic number
+    assert problem == f"data after the end of the gzip stream is not gzip (compressed byte {len(whole)})"

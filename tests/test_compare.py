@@ -130,6 +130,34 @@ def test_compare_refuses_bad_input(ds):
         compare(ds.path, "chen-cnn:header", None, log=lambda message: None)
 
 
+def test_variants_of_one_model_train_on_one_split_each_with_its_settings(ds, tmp_path):
+    """Ablations: `tl-fusion[use_bytes=false]` is its own row, trained with that setting on the same
+    split and rows as plain tl-fusion; settings are checked before any training."""
+    from trafficlens.evaluation.compare import compare
+
+    result = compare(ds.path, "tl-fusion,tl-fusion[use_bytes=false,dim=32]", tmp_path / "c", split="capture", seeds=(0, 1),
+                     save_models=True,
+                     log=lambda message: None, **FAST)
+    full, ablated = "tl-fusion", 'tl-fusion[dim=32,use_bytes=false]'
+    assert list(result["metrics"]) == [full, ablated]
+    for seed in ("0", "1"):
+        a, b = result["metrics"][full][seed], result["metrics"][ablated][seed]
+        assert a["n_fit"] == b["n_fit"] and a["n"] == b["n"] and a["model"] == full and b["model"] == ablated
+        config = json.loads((tmp_path / "c" / "runs" / f"seed-{seed}" / "tl-fusion-dim=32-use_bytes=false"
+                             / "config.json").read_text())
+        assert config["model"]["config"]["dim"] == 32 and config["model"]["config"]["use_bytes"] is False
+        assert b["parameters"] < a["parameters"]
+        assert b["model_settings"] == {"dim": 32, "use_bytes": False} and "model_settings" not in a
+    assert f"| {ablated} | deep |" in (tmp_path / "c" / "comparison.md").read_text()
+    for bad, message in (("tl-fusion[use_bites=false]", r"unknown setting\(s\) use_bites for tl-fusion; allowed: .*use_bytes"),
+                         ("rf[n_estimators=5]", "variants in brackets are for deep models"),
+                         ("tl-fusion[use_bytes=false", r"MODEL\[KEY=VALUE,...\]"),
+                         ("tl-fusion[]", r"MODEL\[KEY=VALUE,...\]"),
+                         ("tl-fusion[dim=32,use_bytes=false],tl-fusion[use_bytes=false,dim=32]", "listed twice")):
+        with pytest.raises(ConfigError, match=message):
+            compare(ds.path, bad, None, log=lambda message: None)
+
+
 def test_compare_time_split_and_tune(ds):
     from trafficlens.evaluation.compare import compare
 

@@ -59,6 +59,26 @@ def test_shapes_attention_over_present_packets_and_views_switched_off():
     assert gru(*inputs()).shape == (5, 4)
 
 
+def test_timing_jitter_changes_training_passes_only_and_only_through_the_gaps():
+    torch.manual_seed(0)
+    model = create_model("tl-fusion", num_classes=4, input_shapes=SHAPES, jitter=0.5, dropout=0.0)
+    plain = create_model("tl-fusion", num_classes=4, input_shapes=SHAPES, dropout=0.0)
+    plain.load_state_dict(model.state_dict())
+    x = inputs()
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(*x), plain.eval()(*x))  # predicting: no noise
+    model.train()
+    with torch.no_grad():
+        first, second = model(*x), model(*x)
+        assert not torch.allclose(first, second)  # a new draw each pass
+        no_gaps = [x[0], x[1].clone(), x[2]]
+        no_gaps[1][..., 1] = 0  # nothing to jitter: sizes and bytes are left as they are
+        assert torch.allclose(model(*no_gaps), model(*no_gaps))
+    with pytest.raises(ConfigError, match="jitter must be in"):
+        create_model("tl-fusion", num_classes=2, input_shapes=SHAPES, jitter=-0.1)
+
+
 def test_bad_settings_name_the_fix():
     with pytest.raises(ConfigError, match="encoder must be one of transformer, gru"):
         create_model("tl-fusion", num_classes=2, input_shapes=SHAPES, encoder="lstm")

@@ -161,7 +161,8 @@ def _seeds(ctx, param, value: str) -> tuple[int, ...]:
 @click.command()
 @click.argument("dataset", type=click.Path())
 @click.option("--models", required=True, help="Comma-separated deep models and baselines (baseline:features for "
-              "header or sequence features), e.g. chen-cnn,chen-gru,chen-model-a,rf,xgboost,lightgbm,rf:header.")
+              "header or sequence features), e.g. chen-cnn,chen-gru,chen-model-a,rf,xgboost,lightgbm,rf:header; "
+              "a deep model's variant takes its settings in brackets, e.g. 'tl-fusion[use_bytes=false]' (ablations).")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Report directory.")
 @click.option("--seeds", default="0", show_default=True, callback=_seeds,
               help="Comma-separated seeds: one split and one training per model and seed; the report gives mean ± std.")
@@ -180,6 +181,7 @@ def compare(dataset, models, out, seeds, save_models, stacks, **settings):
     Example:
       trafficlens compare ds/iot --models chen-cnn,rf,xgboost --seeds 0,1,2 -o reports/iot
       trafficlens compare ds/iot --models tl-fusion,xgboost --stack tl-fusion+xgboost --tune -o reports/stack
+      trafficlens compare ds/iot --models 'tl-fusion,tl-fusion[use_bytes=false]' --seeds 0,1,2 -o reports/ablation
     """
     from pathlib import Path
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -93,35 +94,72 @@ class ModelSpec:
     name: str
     kind: str  # deep | baseline
     features: str | None = None  # baselines only
+    settings: tuple[tuple[str, Any], ...] = ()  # deep models: model settings of this variant (`--set`)
 
     @property
     def key(self) -> str:
-        """The name, with `:features` where they are not the baseline's own (`rf:header`, but `rf`)."""
+        """The name, with `:features` where they are not the baseline's own (`rf:header`, but `rf`),
+        and a variant's settings (`tl-fusion[use_bytes=false]`)."""
         from trafficlens.models.baselines.estimators import baseline_info
 
+        if self.settings:
+            return f"{self.name}[{','.join(f'{k}={json.dumps(v)}' for k, v in self.settings)}]"
         if self.kind == "deep" or self.features == baseline_info(self.name).features:
             return self.name
         return f"{self.name}:{self.features}"
 
 
+def _split_models(models: str) -> list[str]:
+    """Split at the commas outside brackets: `a,b[x=1,y=2]` -> `a`, `b[x=1,y=2]`."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(models):
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            items.append(models[start:i])
+            start = i + 1
+    return items + [models[start:]]
+
+
+def _variant(item: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """`tl-fusion[use_bytes=false,dim=128]` -> ("tl-fusion", (("dim", 128), ("use_bytes", False)))."""
+    from trafficlens.training.config import parse_settings
+
+    name, bracket, rest = item.partition("[")
+    if not bracket:
+        return name, ()
+    if not rest.endswith("]") or not rest[:-1].strip():
+        raise ConfigError(f"{item}: write a variant as MODEL[KEY=VALUE,...], e.g. tl-fusion[use_bytes=false]")
+    settings = parse_settings(_split_models(rest[:-1]), option=item)
+    return name.strip(), tuple(sorted(settings.items()))
+
+
 def parse_models(models: str | Sequence[str]) -> list[ModelSpec]:
-    """`chen-cnn,rf,xgboost:header` (or a list) to specs; unknown names fail with both registries listed."""
+    """`chen-cnn,rf,xgboost:header,tl-fusion[use_bytes=false]` (or a list) to specs; unknown names
+    fail with both registries listed, unknown settings with the model's own."""
     from trafficlens.models.baselines.estimators import baseline_info, list_baselines
     from trafficlens.models.baselines.features import FEATURE_KINDS
-    from trafficlens.models import list_models
+    from trafficlens.models import list_models, model_info
 
-    items = [m.strip() for m in (models.split(",") if isinstance(models, str) else models) if m.strip()]
+    items = [m.strip() for m in (_split_models(models) if isinstance(models, str) else models) if m.strip()]
     if not items:
         raise ConfigError("--models names no model; e.g. --models chen-cnn,rf,xgboost,lightgbm")
     deep, baselines = set(list_models("deep")), set(list_baselines())
     specs: list[ModelSpec] = []
     for item in items:
-        name, _, features = item.partition(":")
+        variant, settings = _variant(item)
+        name, _, features = variant.partition(":")
         if name in deep:
             if features:
                 raise ConfigError(f"{item}: deep models read their own tensors; drop ':{features}'")
-            spec = ModelSpec(name, "deep")
+            fields = {f.name for f in dataclasses.fields(model_info(name, "deep").config_cls)}
+            unknown = sorted({k for k, _ in settings} - fields)
+            if unknown:
+                raise ConfigError(f"{item}: unknown setting(s) {', '.join(unknown)} for {name}; "
+                                  f"allowed: {', '.join(sorted(fields))}")
+            spec = ModelSpec(name, "deep", settings=settings)
         elif name in baselines:
+            if settings:
+                raise ConfigError(f"{item}: variants in brackets are for deep models; tune baselines with --tune")
             features = features or baseline_info(name).features
             if features not in FEATURE_KINDS:
                 raise ConfigError(f"{item}: unknown feature set {features!r}; choose from {', '.join(FEATURE_KINDS)}")
@@ -150,6 +188,8 @@ def create_estimator(model: str, dataset=None, seed: int = 0, **params):
     (spec,) = parse_models([model])
     if spec.kind == "baseline":
         return create_baseline(spec.name, spec.features, dataset=dataset, random_state=seed, **params)
+    if spec.settings:
+        params["model_params"] = {**dict(spec.settings), **(params.get("model_params") or {})}
     return TrafficClassifier(model=spec.name, dataset=dataset, seed=seed, **params)
 
 
@@ -215,12 +255,14 @@ def run_model(p: Prepared, spec: ModelSpec, split, cfg: CompareConfig, runs: Pat
             log(f"{spec.name}: training its {branch} branch first")
             run_model(p, ModelSpec(branch, "deep"), split, cfg, runs, log, trained)
         from_runs.append(str(trained[branch]))
-    run_dir = runs / spec.name
-    train_run(p.ds.path, run_dir, spec.name, cfg.train_config(), from_runs=from_runs, progress=cfg.progress,
-              overwrite=True, log=log, split=split)
-    trained[spec.name] = run_dir
+    run_dir = runs / re.sub(r"[^\w.=-]+", "-", spec.key).strip("-")
+    train_run(p.ds.path, run_dir, spec.name, cfg.train_config(), model_kwargs=dict(spec.settings),
+              from_runs=from_runs, progress=cfg.progress, overwrite=True, log=log, split=split)
+    trained[spec.key] = run_dir
     m = json.loads((run_dir / "metrics.json").read_text())
-    m["run"] = str(run_dir)
+    m["run"], m["model"] = str(run_dir), spec.key
+    if spec.settings:
+        m["model_settings"] = dict(spec.settings)
     return m
 
 

@@ -18,6 +18,8 @@ After a forward pass `model.packet_attention.weights` is (B, L): how much each p
 the session vector; each transformer block's `attention.weights` is (B, heads, L, L).
 `use_bytes`, `use_sizes` and `use_stats` switch views off for the ablations; the inputs stay
 the same three tensors so that every run goes through the same bundle, predict and serve paths.
+`jitter` (off by default) augments while training: each session's inter-arrival times are
+scaled by one log-normal factor and each gap by its own, as a different network or load would.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class TLFusionConfig:
     use_bytes: bool = True
     use_sizes: bool = True  # signed size, direction and inter-arrival time of each packet
     use_stats: bool = True
+    jitter: float = 0.0  # training only: sigma of the log-normal factors on inter-arrival times
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
@@ -60,6 +63,8 @@ class TLFusionConfig:
             raise ConfigError(f"dim ({self.dim}) must divide by heads ({self.heads}) and, for the GRU, by 2")
         if not (self.use_bytes or self.use_sizes or self.use_stats):
             raise ConfigError("tl-fusion needs at least one of use_bytes, use_sizes, use_stats")
+        if not 0 <= self.jitter <= 2:
+            raise ConfigError(f"jitter must be in [0, 2] (a log-normal sigma), got {self.jitter}")
 
 
 def signed_log(x: torch.Tensor) -> torch.Tensor:
@@ -152,6 +157,9 @@ class TLFusion(TrafficModel):
         cfg = self.cfg
         sequence = sequence.float()
         size, gap = sequence[..., 0], sequence[..., 1]  # (B, L): signed bytes (sign: direction), seconds
+        if self.training and cfg.jitter > 0:  # one factor per session (link speed), one per gap (queueing)
+            noise = torch.randn_like(gap) + torch.randn_like(gap[:, :1])
+            gap = gap * torch.exp(cfg.jitter * noise / 2 ** 0.5)
         present = size != 0
         tokens = self.position.unsqueeze(0).expand(sequence.shape[0], -1, -1)
         if cfg.use_sizes:
