@@ -34,7 +34,7 @@ import tempfile
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -296,36 +296,18 @@ def _guarded_protocol(header_timeout_s: float, body_timeout_s: float):
     class GuardedH11Protocol(H11Protocol):
         _phase: str | None = None
         _timer = None
-        _lingering: int | None = None  # body bytes dropped since the answer closed the connection
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
-            self.transport = _LingeringTransport(transport, self)
+            self.transport = _LingeringTransport(transport, self.loop, lambda: self.conn.their_state is h11.SEND_BODY)
             self._watch()
 
         def data_received(self, data: bytes) -> None:
-            if self._lingering is not None:
-                self._lingering += len(data)
-                if self._lingering > _DRAIN_BYTES:
-                    self.transport.raw.close()
+            if self.transport.dropped is not None:
+                self.transport.drop(len(data))
                 return
             super().data_received(data)
             self._watch()
-
-        def linger(self) -> bool:
-            """Instead of closing while the client still sends its body (a client that asked for
-            `Connection: close`, or an answer that closes), stop writing and read and drop the rest
-            for a while: closing a socket with unread data sends a reset, which can destroy the
-            answer before the client reads it. Whether lingering started."""
-            raw = self.transport.raw
-            if self._lingering is not None or self.conn.their_state is not h11.SEND_BODY or raw.is_closing():
-                return False
-            self._lingering = 0
-            if raw.can_write_eof():
-                raw.write_eof()
-            raw.resume_reading()  # flow control may have paused it
-            self._set_timer(("linger", _LINGER_S))
-            return True
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -333,13 +315,11 @@ def _guarded_protocol(header_timeout_s: float, body_timeout_s: float):
 
         def connection_lost(self, exc) -> None:
             self._set_timer(None)
+            self.transport.stop_lingering()
             super().connection_lost(exc)
 
         def _watch(self) -> None:
-            """Keep one timer for the phase the client is in: sending headers, sending a body, or none
-            (lingering keeps its own)."""
-            if self._lingering is not None:
-                return
+            """Keep one timer for the phase the client is in: sending headers, sending a body, or none."""
             phase = None if self.transport.is_closing() else phases.get(self.conn.their_state)
             if (phase and phase[0]) != self._phase:
                 self._set_timer(phase)
@@ -354,8 +334,7 @@ def _guarded_protocol(header_timeout_s: float, body_timeout_s: float):
 
         def _expired(self, phase: str) -> None:
             self._timer = None
-            if phase == "linger" or self.transport.is_closing():
-                self.transport.raw.close()
+            if self.transport.is_closing():
                 return
             cycle = self.cycle
             if phase == "body" and cycle is not None and not cycle.response_started:
@@ -379,21 +358,42 @@ def _guarded_protocol(header_timeout_s: float, body_timeout_s: float):
 
 
 class _LingeringTransport:
-    """A connection's transport whose `close` lingers while the client is still sending (see
-    `GuardedH11Protocol.linger`); everything else is the transport's own."""
+    """A connection's transport whose `close`, while the client is still sending its body (a client
+    that asked for `Connection: close`, or an answer that closes), stops writing and reads and
+    drops the rest for a while instead: closing a socket with unread data sends a reset, which can
+    destroy the answer before the client reads it. At most `_DRAIN_BYTES` and `_LINGER_S`, then
+    closed. Everything else is the transport's own."""
 
-    def __init__(self, raw, protocol):
-        self.raw, self._protocol = raw, protocol
+    def __init__(self, raw, loop, still_sending: Callable[[], bool]):
+        self.raw, self._loop, self._still_sending = raw, loop, still_sending
+        self.dropped: int | None = None  # body bytes dropped since lingering began; None: not lingering
+        self._timer = None
 
     def __getattr__(self, name: str):
         return getattr(self.raw, name)
 
     def is_closing(self) -> bool:
-        return self._protocol._lingering is not None or self.raw.is_closing()
+        return self.dropped is not None or self.raw.is_closing()
 
     def close(self) -> None:
-        if not self._protocol.linger():
+        if self.dropped is not None or self.raw.is_closing() or not self._still_sending():
             self.raw.close()
+            return
+        self.dropped = 0
+        if self.raw.can_write_eof():  # not over TLS: there the answer simply stays the last thing sent
+            self.raw.write_eof()
+        self.raw.resume_reading()  # flow control may have paused it
+        self._timer = self._loop.call_later(_LINGER_S, self.raw.close)
+
+    def drop(self, size: int) -> None:
+        self.dropped += size
+        if self.dropped > _DRAIN_BYTES:
+            self.raw.close()
+
+    def stop_lingering(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def is_loopback(host: str) -> bool:
