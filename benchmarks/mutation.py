@@ -13,6 +13,10 @@ are not mutated, and loading them in every forked test run would cost more than 
 mutmut runs, for each mutant, only the selected tests that reach the mutated function, and stops
 at the first failure. A summary table goes to stdout and to bench-out/mutation/results.md; each
 module's surviving mutants, with their diffs, to bench-out/mutation/<module>/survivors.txt.
+
+Run it on a quiet machine: mutmut's timeouts are wall-clock (3x a test's time + 10 s), and a
+timeout counts as a kill. A rerun next to a training job once called 56 survivors "timeouts";
+each survived again when run alone. Treat a survivor that turns into a timeout with suspicion.
 """
 
 from __future__ import annotations

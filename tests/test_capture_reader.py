@@ -279,6 +279,7 @@ def test_pcap_cut_short_keeps_the_packets_before(tmp_path, cut):
     (MAX_RECORD + 1, MAX_RECORD + 1, "record length 262145 beyond the snap length 262144"),
     (0xFFFFFFFF, 60, "record length 4294967295 beyond the snap length"),
     (50, 49, "record length 50 beyond its length on the wire 49"),
+    (50, 1, "record length 50 beyond its length on the wire 1"),  # 1 is a length, not "never filled in" (0)
 ])
 def test_pcap_impossible_record_lengths_stop_the_file(tmp_path, caplen, orig, problem):
     data = bytearray(pcap())
@@ -499,6 +500,9 @@ PCAPNG_DAMAGE = {
     "length not in words": (lambda: EPB2[:4] + struct.pack("<I", len(EPB2) + 2) + EPB2[8:],
                             f"block length {len(EPB2) + 2} invalid"),
     "length past the limit": (lambda: EPB2[:4] + struct.pack("<I", 1 << 30) + EPB2[8:], "block length 1073741824 invalid"),
+    # not in words and past the end of the file: invalid, not a block cut short
+    "length not in words past the end": (lambda: EPB2[:4] + struct.pack("<I", 1_000_002) + EPB2[8:],
+                                         "block length 1000002 invalid"),
     "trailing length": (lambda: EPB2[:-4] + struct.pack("<I", len(EPB2) + 4),
                         f"block trailing length differs from its length {len(EPB2)}"),
     "captured past the block": (lambda: EPB2[:20] + struct.pack("<I", len(EPB2)) + EPB2[24:],
@@ -816,3 +820,201 @@ def test_gunzip_damage_says_how_much_inflated_and_which_compressed_byte(monkeypa
     assert problem == f"data after the end of the gzip stream is not gzip (compressed byte {len(whole) + 4})"
     out, offset, problem = damage_of(whole + b"\x1f")  # one byte of a magic number
     assert problem == f"data after the end of the gzip stream is not gzip (compressed byte {len(whole)})"
+
+
+@pytest.mark.parametrize(("slice_", "limit"), [(1, 1), (7, 13), (1 << 15, 1 << 20)])
+def test_gunzip_reads_inflate_only_what_they_need_and_close_stops_inflating(monkeypatch, slice_, limit):
+    """read(n) inflates until n bytes are there and no further (less than one inflate call's output
+    is held over), read(0) returns nothing, and after close only what was held over is returned."""
+    data = gzip.compress(GUNZIP_RAW[:5000]) + bytes(3) + gzip.compress(GUNZIP_RAW[5000:]) + bytes(5)
+    g = _gunzip(data, monkeypatch, slice_, limit)
+    assert g.read(0) == b""
+    first = g.read(3)
+    assert g.read(0) == b""
+    g.close()
+    held = g.read()
+    assert first == GUNZIP_RAW[:3] and GUNZIP_RAW.startswith(first + held)
+    assert len(held) < limit and len(first + held) < len(GUNZIP_RAW)  # nothing inflated after close
+    assert g.read() == b"" and g.read(5) == b"" and g.damage is None
+
+
+# -- classic pcap: records at the limits, cut records named exactly --------------------------------
+@pytest.mark.parametrize("chunk", [1024, 1 << 20])
+def test_pcap_record_of_exactly_the_largest_plausible_length_is_read(tmp_path, chunk):
+    """A record of exactly max(snap length, MAX_RECORD) bytes is a record, whether it is whole in
+    the buffer (fast loop) or met at a refill (small chunks)."""
+    big = bytes(range(256)) * (MAX_RECORD // 256)
+    packets, reader = read(tmp_path, pcap([FRAMES[0], big, FRAMES[1]], snaplen=MAX_RECORD), chunk_size=chunk)
+    assert [p.data for p in packets] == [FRAMES[0], big, FRAMES[1]] and not reader.warnings
+
+
+def test_pcap_cut_short_warnings_say_what_was_cut(tmp_path):
+    data = pcap()
+    fifth, name = record_offsets(data)[4], str(tmp_path / "x.pcap")
+    _, reader = read(tmp_path, data[: fifth + 11])
+    assert reader.warnings == [(f"{name}: record header cut short by the end of file at offset {fifth}; "
+                                "kept 4 packets before it")]
+    _, reader = read(tmp_path, data[:-1])
+    assert reader.warnings == [(f"{name}: record of {len(FRAMES[4])} bytes cut short by the end of file "
+                                f"at offset {fifth}; kept 4 packets before it")]
+
+
+# -- gzip: the stream's damage or the records' own, whichever stopped the records ----------------------
+def _damaged_third_record() -> bytes:
+    data = bytearray(pcap())
+    struct.pack_into("<II", data, record_offsets(bytes(data))[2] + 8, 50, 49)
+    return bytes(data)
+
+
+GZ_PCAPNG = shb() + idb() + epb(FRAMES[0])
+NOT_GZIP = "data after the end of the gzip stream is not gzip (compressed byte {})"
+GZIP_CAUSES = {  # uncompressed bytes, what follows their gzip stream of n bytes, warning(n)
+    "pcap header cut": (pcap()[:10], b"junk", lambda n: f"{NOT_GZIP.format(n)} at offset 10; kept 0 packets before it"),
+    "no records": (pcap([]), b"junk", lambda n: f"{NOT_GZIP.format(n)} at offset 24; kept 0 packets before it"),
+    "pcapng block header cut": (GZ_PCAPNG + epb(FRAMES[1])[:10], b"junk",
+                                lambda n: f"{NOT_GZIP.format(n)} at offset {len(GZ_PCAPNG) + 10}; kept 1 packets before it"),
+    "only zeros are padding": (pcap(), bytes(3) + b"XYZ",
+                               lambda n: f"{NOT_GZIP.format(n + 3)} at offset {len(pcap())}; kept 5 packets before it"),
+    "the records' own damage": (_damaged_third_record(), b"junk",
+                                lambda n: "record length 50 beyond its length on the wire 49 "
+                                          f"at offset {record_offsets(pcap())[2]}; kept 2 packets before it"),
+}
+
+
+@pytest.mark.parametrize("case", list(GZIP_CAUSES))
+def test_gzip_damage_is_the_warning_only_where_the_records_merely_ran_out(tmp_path, case):
+    """Records that ran out (a header or block cut, or none at all) where a damaged gzip stream
+    ended are reported as the gzip damage, the cause, at the uncompressed bytes before it; a
+    record damaged in itself is reported as such."""
+    raw, after, warning = GZIP_CAUSES[case]
+    stream = gzip.compress(raw, mtime=0)
+    _, reader = read(tmp_path, stream + after, "x.pcap.gz")
+    assert reader.warnings == [f"{tmp_path / 'x.pcap.gz'}: {warning(len(stream))}"]
+
+
+# -- pcapng: an interface block's options end at its trailing length -----------------------------
+def test_pcapng_interface_options_that_fill_the_block_end_at_its_trailing_length(tmp_path):
+    """Options may run to the block's end with no end-of-options option. The trailing length after
+    them is no option, even when, read as one (big-endian 0x00090004: if_tsresol, 4 bytes), it
+    would make the next block's first byte (0) the time resolution: 1 tick a second."""
+    options = b"".join(_option(1, bytes(65532), ">") for _ in range(8)) + _option(1, bytes(65516), ">")
+    interface = block(1, struct.pack(">HHI", 1, 0, 0) + options, ">")
+    assert len(interface) == 9 << 16 | 4
+    packets, reader = read(tmp_path, shb(">") + interface + epb(FRAMES[0], ticks=10**6, order=">"))
+    assert packets == [RawPacket(1.0, FRAMES[0], len(FRAMES[0]), 1)] and not reader.warnings
+
+
+# -- classic pcap in windows: the defaults ----------------------------------------------------------
+def test_pcap_windows_default_to_the_chunk_size_and_start_with_nothing_read(tmp_path):
+    """pcap_windows() without a window size; each window says how to read its records (the compiled
+    engine takes the byte order from it) and starts as nothing read: a scanner that finds no whole
+    record in a window may leave it as it is, and the reader refills."""
+    frames = [bytes([i]) * 500 for i in range(5)]  # longer than a chunk: some windows hold no whole record
+    path = tmp_path / "x.pcap"
+    path.write_bytes(pcap(frames, big_endian=True, nanosecond=True))
+    reader = CaptureReader(path, chunk_size=300)
+    got, empty = [], 0
+    for window in reader.pcap_windows():
+        assert (window.stop, window.records) == (window.start, 0)
+        assert window.format[:6] == (">", 1e-9, MAX_RECORD, 1, MAX_RECORD, 16)
+        f, pos = window.format, window.start
+        if pos + f.header > len(window.data) or pos + f.header + f.record(window.data, pos)[2] > len(window.data):
+            empty += 1
+            continue  # nothing to read here: left untouched
+        got += _scan(window)
+    assert empty > 0 and got == frames and reader.packets == 5 and not reader.warnings
+
+
+# -- the reader's state and files ---------------------------------------------------------------
+def test_a_reader_before_its_first_pass(tmp_path):
+    empty, capture = tmp_path / "empty.pcap", tmp_path / "x.pcap"
+    empty.write_bytes(b"")
+    capture.write_bytes(pcap())
+    for reader in (CaptureReader(empty), CaptureReader(capture, digest=True)):
+        assert (reader.packets, reader.warnings, reader.sha256, reader.stored_bytes) == (0, [], None, None)
+    assert (CaptureReader(empty).format, CaptureReader(capture).format) == ("", "pcap")
+
+
+def _tracked_open(monkeypatch, make=None) -> list:
+    """Every file the reader opens, in order; `make(path)` builds the file instead of open()."""
+    import trafficlens.capture.reader as reader_module
+
+    opened = []
+
+    def tracking_open(path, mode="r", *args, **kw):
+        fh = make(path) if make else open(path, mode, *args, **kw)  # noqa: SIM115 (the reader closes it)
+        opened.append(fh)
+        return fh
+
+    monkeypatch.setattr(reader_module, "open", tracking_open, raising=False)
+    return opened
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+def test_the_reader_closes_every_file_it_opens(tmp_path, monkeypatch, compress):
+    opened = _tracked_open(monkeypatch)
+    path = tmp_path / "x.pcap.gz"
+    path.write_bytes(gzip.compress(pcap(), mtime=0) if compress else pcap())
+    reader = CaptureReader(path)
+    assert len(opened) == 1 and opened[0].closed  # the format check's file
+    assert [p.data for p in reader] == FRAMES
+    assert len(opened) == 2 and all(fh.closed for fh in opened)
+
+
+class _FailingFile(io.BytesIO):
+    """A file whose bytes from `at` on cannot be read (EIO), as on a failing disk."""
+
+    def __init__(self, data: bytes, at: int):
+        super().__init__(data)
+        self.at = at
+
+    def read(self, n: int | None = -1) -> bytes:
+        if self.tell() >= self.at:
+            raise OSError(5, "Input/output error")
+        left = self.at - self.tell()
+        return super().read(left if n is None or n < 0 else min(n, left))
+
+
+def test_open_and_read_errors_give_the_system_s_reason(tmp_path, monkeypatch):
+    path = tmp_path / "x.pcap"
+    with pytest.raises(CaptureError) as caught:
+        CaptureReader(path)
+    assert str(caught.value) == f"{path}: cannot open (No such file or directory)"
+    data = pcap()
+    path.write_bytes(data)
+    fourth = record_offsets(data)[3]
+    at = [0]
+    _tracked_open(monkeypatch, lambda p: _FailingFile(data, at[0]))
+    with pytest.raises(CaptureError) as caught:  # the first bytes cannot be read
+        CaptureReader(path)
+    assert str(caught.value) == f"{path}: cannot read (Input/output error)"
+    at[0] = fourth  # the records from the fourth on cannot be read: a warning, and no digest
+    reader = CaptureReader(path, chunk_size=64, digest=True)
+    assert [p.data for p in reader] == FRAMES[:3] and reader.sha256 is None
+    assert reader.warnings == [f"{path}: read error (Input/output error) at offset {fourth}; kept 3 packets before it"]
+
+
+def test_stdin_reads_the_rest_whole_from_a_buffered_stream():
+    """sys.stdin.buffer is a BufferedReader, which refuses read sizes under -1: read(-1) after going
+    back returns the held bytes, then the rest whole."""
+    from trafficlens.capture.reader import _Stdin
+
+    data = bytes(range(200))
+    stdin = _Stdin(io.BufferedReader(io.BytesIO(data)))
+    assert stdin.read(4) == data[:4] and stdin.seek(0) == 0
+    assert stdin.read(-1) == data and stdin.read(-1) == b""
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+def test_digest_of_standard_input_is_of_every_byte_it_gave(monkeypatch, compress):
+    """digest=True on "-" (prep - --label NAME): the SHA-256 and size of the stream as it came, the
+    rest after damage included, read in chunks from standard input as the pass's reads are."""
+    import hashlib
+    import sys
+
+    data = pcap(FRAMES * 40)[:-7]  # the last record cut short: the pass stops before the end
+    stored = gzip.compress(data, mtime=0) if compress else data
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(io.BytesIO(stored))))
+    reader = CaptureReader("-", chunk_size=512, digest=True)
+    assert len(list(reader)) == 199 and len(reader.warnings) == 1
+    assert (reader.sha256, reader.stored_bytes) == (hashlib.sha256(stored).hexdigest(), len(stored))
