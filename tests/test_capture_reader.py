@@ -776,12 +776,7 @@ def test_gunzip_reads_like_a_file_over_members_and_padding(monkeypatch, slice_, 
     assert [len(p) for p in parts] == [0, 1, 4999, 2, 10_000]
     rest = g.read()
     assert b"".join(parts) + rest == GUNZIP_RAW and len(rest) == len(GUNZIP_RAW) - 15_002
-    assert g.read() == b"" and g.read(10) == b"" and g.damage is None
-    # close ends the stream: what was inflated and not yet returned is still returned, nothing more
-    g = _gunzip(data, monkeypatch, slice_, limit)
-    first = g.read(3)
-    g.close()
-    assert first == GUNZIP_RAW[:3] and GUNZIP_RAW.startswith(first + g.read()) and g.read() == b""
+    assert g.read() == b"" and g.read(10) == b"" and g.damage is None  # close: the test below
 
 
 @pytest.mark.parametrize(("slice_", "limit"), [(1, 1), (7, 13), (1 << 15, 1 << 20)])
