@@ -1,12 +1,14 @@
 """Training and inference throughput of every registered model on CPU, at batch 256.
 
     PYTHONPATH=src python benchmarks/train_throughput.py                 # all models, 35x35 image, 6x96 packets
-    PYTHONPATH=src python benchmarks/train_throughput.py --models chen-cnn --epoch-sessions 100000
+    PYTHONPATH=src python benchmarks/train_throughput.py --models chen-cnn --epoch-sessions 100000 --epoch-rounds 2
 
 Model rows time forward + backward + Adam step (train) and a no-grad forward (inference) on
 random uint8 batches already in memory. `--epoch-sessions N` also times one full epoch of the
 real trainer (`trafficlens.training.trainer.fit`) for chen-cnn over N sessions read from a
-memory-mapped .npy file, which includes batch gathering and the progress bar.
+memory-mapped .npy file, which includes batch gathering and the progress bar: today's default
+widths beside the widths chen-cnn had before issue 18 (the baseline), alternating for
+`--epoch-rounds` rounds on the same data.
 """
 
 from __future__ import annotations
@@ -62,8 +64,13 @@ def bench_model(name: str, shapes: dict, batch: int, classes: int, min_steps: in
             "train_sps": batch / t_train, "infer_sps": batch / t_infer}
 
 
-def bench_epoch(sessions: int, side: int, classes: int) -> tuple[float, float]:
-    """(seconds, sessions/s) of one fit() epoch of chen-cnn over a memory-mapped image tensor."""
+# chen-cnn's widths before issue 18 (the epoch benchmark's baseline); {} is today's default
+EPOCH_VARIANTS = {"chen-cnn (default)": {}, "chen-cnn, widths before issue 18": {"channels": (8, 32, 64, 128)}}
+
+
+def bench_epochs(sessions: int, side: int, classes: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds of one fit() epoch of each of EPOCH_VARIANTS over a memory-mapped image tensor,
+    the variants alternating for `rounds` rounds."""
     from trafficlens.training.config import TrainConfig
     from trafficlens.training.device import setup
     from trafficlens.training.trainer import fit
@@ -80,11 +87,15 @@ def bench_epoch(sessions: int, side: int, classes: int) -> tuple[float, float]:
         y = rng.integers(0, classes, sessions)
         cfg = TrainConfig(max_epochs=1, device="cpu")
         setup(cfg)
-        model = create_model("chen-cnn", num_classes=classes, input_shapes={"image": (side * side,)})
         rows = np.arange(sessions)
-        result = fit(model, tensors, rows, y, rows[:0], y[:0], cfg, classes, progress=True)
-        seconds = result.history[0]["train_seconds"]
-    return seconds, sessions / seconds
+        seconds: dict[str, list[float]] = {name: [] for name in EPOCH_VARIANTS}
+        for _ in range(rounds):
+            for name, settings in EPOCH_VARIANTS.items():
+                torch.manual_seed(0)
+                model = create_model("chen-cnn", num_classes=classes, input_shapes={"image": (side * side,)}, **settings)
+                result = fit(model, tensors, rows, y, rows[:0], y[:0], cfg, classes, progress=True)
+                seconds[name].append(result.history[0]["train_seconds"])
+    return seconds
 
 
 def main() -> None:
@@ -99,6 +110,7 @@ def main() -> None:
     ap.add_argument("--min-steps", type=int, default=3)
     ap.add_argument("--min-seconds", type=float, default=3.0)
     ap.add_argument("--epoch-sessions", type=int, default=0, help="also time one real chen-cnn epoch over N sessions")
+    ap.add_argument("--epoch-rounds", type=int, default=1, help="alternating rounds of the epoch timings")
     args = ap.parse_args()
 
     threads = args.threads or len(os.sched_getaffinity(0))
@@ -114,8 +126,16 @@ def main() -> None:
         params = f"{r['params']:,}" + (f" ({r['trainable']:,})" if r["trainable"] != r["params"] else "")
         print(f"| {name} | {r['inputs']} | {params} | {r['train_sps']:,.0f} | {r['infer_sps']:,.0f} | {1e5 / r['train_sps']:,.0f} |", flush=True)
     if args.epoch_sessions:
-        seconds, sps = bench_epoch(args.epoch_sessions, args.side, args.classes)
-        print(f"\nchen-cnn, one fit() epoch over {args.epoch_sessions:,} memory-mapped sessions: {seconds:.1f} s ({sps:,.0f} sessions/s)")
+        timings = bench_epochs(args.epoch_sessions, args.side, args.classes, args.epoch_rounds)
+        base = min(timings["chen-cnn, widths before issue 18"])
+        print(f"\nOne fit() epoch over {args.epoch_sessions:,} memory-mapped sessions, {args.epoch_rounds} alternating round(s)\n")
+        print("| model | parameters | rounds, s | best s | sessions/s (best) | time against the baseline |")
+        print("|---|---:|---|---:|---:|---:|")
+        for name, seconds in timings.items():
+            params = count_parameters(create_model("chen-cnn", num_classes=args.classes,
+                                                   input_shapes={"image": (args.side * args.side,)}, **EPOCH_VARIANTS[name]))
+            print(f"| {name} | {params:,} | {', '.join(f'{s:.1f}' for s in seconds)} | {min(seconds):.1f} | "
+                  f"{args.epoch_sessions / min(seconds):,.0f} | {min(seconds) / base:.2f} |")
 
 
 if __name__ == "__main__":

@@ -320,7 +320,8 @@ def test_attention_weights_are_distributions():
     model_a = create_model("chen-model-a", num_classes=3, input_shapes=shapes)
     image = np.random.default_rng(1).integers(0, 256, (5, 400), dtype=np.uint8)
     maps = explain_tensors(model_a, {"image": image})
-    assert maps.feature_attention.shape == (5, 256) and np.allclose(maps.feature_attention.sum(axis=1), 1, atol=1e-5)
+    width = model_a.cnn.spatial_features + model_a.gru.num_features  # theta: GAP of the CNN + the GRU state
+    assert maps.feature_attention.shape == (5, width) and np.allclose(maps.feature_attention.sum(axis=1), 1, atol=1e-5)
     assert maps.image_method == "grad-cam"  # through the frozen CNN branch, without changing the model
 
 
@@ -338,6 +339,31 @@ def test_every_model_gets_a_normalised_map(name):
     for m in present:
         totals = m.reshape(3, -1).sum(axis=1)
         assert np.isfinite(m).all() and ((np.abs(totals - 1) < 1e-6) | (totals == 0)).all()
+
+
+def test_grad_cam_of_a_model_reading_the_first_400_bytes_stays_on_them():
+    torch.manual_seed(0)
+    model = create_model("ge-inception-capsnet", num_classes=3, input_shapes={"image": (784,)}).eval()
+    image = np.random.default_rng(2).integers(0, 256, (4, 784), dtype=np.uint8)
+    maps = explain_tensors(model, {"image": image}, cam="hires-cam")
+    assert maps.image.shape == (4, 784)
+    assert not maps.image[:, 400:].any()  # bytes the model never reads get no weight
+    assert np.allclose(maps.image.sum(axis=1), 1, atol=1e-5)  # all of it on the 20x20 it reads
+
+
+def test_grad_cam_is_laid_out_as_the_picture_the_model_made():
+    from trafficlens.explain.maps import Maps, _image_map
+
+    activation = torch.zeros(1, 1, 2, 2)
+    activation[0, 0, 0, 0] = 1.0  # heat in the top-left quarter of the model's picture only
+    x = torch.zeros(1, 784)
+    for side, width in ((20, 20), (None, 28)):  # a 20x20 crop of 784 bytes, or all 784 as 28x28
+        maps = Maps(probabilities=np.ones((1, 1)), targets=np.zeros(1, np.int64))
+        _image_map(maps, x, [activation], [], {id(activation): torch.ones_like(activation)}, "hires-cam", side)
+        used = maps.image[0, : width * width].reshape(width, width)
+        assert used[: width // 4, : width // 4].min() > 0  # the top-left corner, in the picture's own rows
+        assert not used[:, width * 3 // 4:].any() and not used[width * 3 // 4:, :].any()
+        assert not maps.image[0, width * width:].any()
 
 
 # -- command line ---------------------------------------------------------------------------------

@@ -61,6 +61,26 @@ def test_image_models_take_any_square_side(name, side):
         assert model(*xs).shape == (2, 3)
 
 
+@pytest.mark.parametrize("name", ["ge-inception-capsnet", "ge-cnn-lstm"])
+def test_ge_models_read_the_papers_400_bytes_of_any_image(name):
+    shapes = {**SHAPES, "image": (784,)}
+    model = create_model(name, num_classes=3, input_shapes=shapes).eval()
+    assert model.cfg.image_side == 20  # Ge 2021's 20x20, not the dataset's 28x28
+    xs = [torch.randint(0, 256, (2, *shapes[t]), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+          for t in model.inputs]
+    with torch.no_grad():
+        before = model.forward_features(*xs)
+        xs[0][:, 400:] = 255 - xs[0][:, 400:]  # bytes past the 400th: not read
+        assert torch.equal(model.forward_features(*xs), before)
+        xs[0][:, 380:400] = 255 - xs[0][:, 380:400]  # the picture's last row is
+        assert not torch.equal(model.forward_features(*xs), before)
+    assert create_model(name, num_classes=3, input_shapes=shapes, image_side=28).cfg.image_side == 28  # asked for
+    assert create_model(name, num_classes=3, input_shapes={**SHAPES, "image": (256,)}).cfg.image_side == 16  # K < 400
+    with pytest.raises(ConfigError, match="image_side=29 needs 841 image bytes; the dataset has 784"):
+        create_model(name, num_classes=3, input_shapes=shapes, image_side=29)
+    assert create_model("chen-cnn", num_classes=3, input_shapes=shapes).cfg.image_side == 28  # other models: all of it
+
+
 def test_config_errors_are_clear():
     with pytest.raises(ConfigError, match="unknown setting.*bogus"):
         create_model("chen-cnn", num_classes=3, bogus=1)
@@ -207,9 +227,9 @@ def test_batch_norm_folding_keeps_every_model_s_outputs(name):
         assert count == 6  # four conv + BN, two linear + BN
 
 
-# ONNX Runtime serves CPU inference where the export is exact; these fall back to PyTorch:
-# Ge's capsule stem pools 20x20 to 12x12, an adaptive average pooling ONNX cannot express.
-ONNX_FALLBACK = {"ge-inception-capsnet"}
+# ONNX Runtime serves CPU inference where the export is exact: every registered model. (Ge's
+# capsule stems resize their map to 12x12 with matrix products: adaptive pooling that does not
+# divide evenly, 16 -> 12 or 20 -> 12, has no ONNX form.)
 
 
 @pytest.mark.parametrize("name", list_models("deep"))
@@ -223,11 +243,33 @@ def test_onnx_runtime_gives_the_models_probabilities(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=5, input_shapes=shapes).eval()
     compiled = onnx_for_inference(model, probe_inputs(model.inputs, shapes, n=16), threads=1)
-    if name in ONNX_FALLBACK:
-        assert compiled is None
-        return
     assert compiled is not None
     fresh = probe_inputs(model.inputs, shapes, n=7, seed=1)  # other inputs, another batch size
+    with torch.no_grad():
+        expect = torch.softmax(model(*fresh), dim=1).numpy()
+    np.testing.assert_allclose(softmax(compiled(*[x.numpy() for x in fresh])), expect, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("n, out", [(16, 12), (20, 12), (24, 12), (12, 12), (7, 3)])
+def test_average_pool_to_is_adaptive_average_pooling(n, out):
+    from trafficlens.models.layers import AveragePoolTo
+
+    x = torch.randn(3, 5, n, n, generator=torch.Generator().manual_seed(n))
+    assert torch.allclose(AveragePoolTo(n, out)(x), F.adaptive_avg_pool2d(x, out), atol=1e-6)
+    assert "matrix" not in AveragePoolTo(n, out).state_dict()  # checkpoints of older runs still load
+
+
+def test_capsnet_at_28x28_exports_too():
+    pytest.importorskip("onnxruntime")
+    from trafficlens.inference.runtime import onnx_for_inference, probe_inputs
+    from trafficlens.training.metrics import softmax
+
+    shapes = {**SHAPES, "image": (784,)}
+    torch.manual_seed(0)
+    model = create_model("ge-inception-capsnet", num_classes=5, input_shapes=shapes, image_side=28).eval()
+    compiled = onnx_for_inference(model, probe_inputs(model.inputs, shapes, n=16), threads=1)
+    assert compiled is not None  # its 20x20 map pooled to 12x12: adaptive pooling had no ONNX form
+    fresh = probe_inputs(model.inputs, shapes, n=5, seed=2)
     with torch.no_grad():
         expect = torch.softmax(model(*fresh), dim=1).numpy()
     np.testing.assert_allclose(softmax(compiled(*[x.numpy() for x in fresh])), expect, atol=1e-4, rtol=0)

@@ -144,6 +144,35 @@ def test_time_budget_stops_training(dataset, tmp_path):
     assert s["stopped"] == "time-budget" and s["epochs"] == 1
 
 
+def test_cosine_schedule_anneals_over_the_epochs_and_over_the_time_budget():
+    import time
+
+    from trafficlens.models import create_model
+    from trafficlens.training.torchrun import DistContext
+    from trafficlens.training.trainer import _Epochs, fit
+
+    rng = np.random.default_rng(0)
+    tensors = {"image": rng.integers(0, 256, (64, 64), dtype=np.uint8)}
+    y, rows = rng.integers(0, 2, 64), np.arange(64)
+    torch.manual_seed(0)
+    model = create_model("chen-cnn", num_classes=2, input_shapes={"image": (64,)})
+    cfg = TrainConfig(max_epochs=4, batch_size=16, schedule="cosine", device="cpu", bn_batches=0, patience=10)
+    lrs = [row["lr"] for row in fit(model, tensors, rows, y, rows[:0], y[:0], cfg, 2, progress=False).history]
+    assert len(lrs) == 4 and all(a > b for a, b in zip(lrs, lrs[1:]))  # falls every epoch
+    # the rate of each epoch's last step: progress 3/16, 7/16, 11/16, 15/16 after a 2% warm-up
+    expected = [1e-3 * 0.5 * (1 + np.cos(np.pi * (p - 0.02) / 0.98)) for p in (3 / 16, 7 / 16, 11 / 16, 15 / 16)]
+    assert np.allclose(lrs, expected, rtol=1e-6)
+    # with a time budget, time spent counts as progress: half the budget gone, half the annealing
+    cfg = TrainConfig(max_epochs=100, batch_size=16, schedule="cosine", time_budget=100.0, device="cpu")
+    run = _Epochs(model, tensors, rows, y, cfg, 2, torch.device("cpu"), DistContext(device=torch.device("cpu")))
+    run.start = time.perf_counter() - 50.0
+    run._anneal(0)
+    assert run.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 0.48 / 0.98)), rel=1e-3)
+    run.start = time.perf_counter()  # little time gone: the steps lead
+    run._anneal(4)  # 4 of 400 steps: 1% of the run, half the warm-up
+    assert run.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5, rel=1e-2)
+
+
 def test_min_class_sessions_drops_small_classes(tmp_path):
     ds = make_dataset(tmp_path / "ds", classes=("a", "b", "c"), per_class=20, counts={"c": 12})
     logged = []

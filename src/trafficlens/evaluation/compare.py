@@ -60,6 +60,7 @@ class CompareConfig:
     batch_size: int = 256
     device: str = "auto"
     lr: float | None = None  # None: TrainConfig's
+    schedule: str | None = None  # learning-rate schedule (None: TrainConfig's)
     focal_gamma: float | None = None
     num_threads: int | None = None
     progress: bool = False
@@ -85,7 +86,7 @@ class CompareConfig:
                            include_classes=self.include_classes, exclude_classes=self.exclude_classes,
                            balance=self.balance, loss=self.loss, max_epochs=self.max_epochs, patience=self.patience,
                            time_budget=self.time_budget, batch_size=self.batch_size, device=self.device,
-                           **{k: v for k, v in (("lr", self.lr), ("focal_gamma", self.focal_gamma),
+                           **{k: v for k, v in (("lr", self.lr), ("schedule", self.schedule), ("focal_gamma", self.focal_gamma),
                                                 ("num_threads", self.num_threads)) if v is not None})
 
 

@@ -130,7 +130,8 @@ def explain_tensors(model, tensors: dict[str, np.ndarray], targets: np.ndarray |
     maps = Maps(probabilities=probs.detach().cpu().numpy(), targets=chosen.detach().cpu().numpy())
     modules = dict(model.named_modules())
     if "image" in inputs:
-        _image_map(maps, xs[inputs.index("image")], activations, embeddings, grads, cam)
+        _image_map(maps, xs[inputs.index("image")], activations, embeddings, grads, cam,
+                   getattr(getattr(model, "cfg", None), "image_side", None))
     if "packets" in inputs:
         _packet_map(maps, xs[inputs.index("packets")], modules, embeddings, grads)
     weighting = [m.weights for m in modules.values() if isinstance(m, FeatureWeighting) and m.weights is not None]
@@ -173,8 +174,10 @@ def _forward_backward(model, inputs: list[str], xs, targets):
     return probs, chosen, activations, embeddings, grads
 
 
-def _image_map(maps: Maps, x, activations, embeddings, grads, cam: str) -> None:
-    """Grad-CAM where a convolution sees the image, else gradient x input on the byte embeddings."""
+def _image_map(maps: Maps, x, activations, embeddings, grads, cam: str, model_side: int | None = None) -> None:
+    """Grad-CAM where a convolution sees the image, else gradient x input on the byte embeddings.
+    `model_side`: the side of the picture the model makes of the image (the Ge models read the
+    first side * side bytes of a longer one); the map covers those bytes, 0 after them."""
     import torch
     import torch.nn.functional as F
 
@@ -185,9 +188,10 @@ def _image_map(maps: Maps, x, activations, embeddings, grads, cam: str) -> None:
         weights = g if cam == METHOD_HIRES_CAM else g.mean(dim=spatial, keepdim=True)
         heat = torch.relu((weights * a).sum(dim=1, keepdim=True))  # (n, 1, h[, w])
         maps.grad_cam_grid = tuple(a.shape[2:])
-        side = int(round(k ** 0.5))
-        if a.dim() == 4 and side * side == k:
+        side = model_side if model_side and model_side * model_side <= k else int(round(k ** 0.5))
+        if a.dim() == 4 and side * side <= k:
             heat = F.interpolate(heat.float(), size=(side, side), mode="bilinear", align_corners=False)
+            heat = F.pad(heat.reshape(n, side * side), (0, k - side * side))
         else:
             heat = F.interpolate(heat.float().flatten(2), size=k, mode="linear", align_corners=False)
         maps.image = _normalise(heat.reshape(n, k).cpu().numpy())

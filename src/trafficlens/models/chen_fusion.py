@@ -1,17 +1,18 @@
 """Chen et al. 2023, section 3.3.1: the multimodal framework, two ways of fusing CNN and GRU.
 
 Model A (`chen-model-a`, pretraining, Figure 5):
-    trained chen-cnn -> global average pooling (spatial features, 128)  \\
-    trained chen-gru -> last hidden state (sequential features, 128)     -> concat theta (256)
+    trained chen-cnn -> global average pooling (spatial features, 64)   \\
+    trained chen-gru -> last hidden state (sequential features, 128)     -> concat theta (192)
     -> feature weighting, eq. (3)-(5): w = tanh(U theta + b), alpha = softmax(w), theta_r = alpha * theta
     -> dense -> softmax
   The two branches are frozen (eval mode, no gradients); only the weighting and the dense layer
   learn. `trafficlens train --model chen-model-a --from runs/cnn,runs/gru` loads the branches
-  from two trained runs; `model.weighting.weights` holds alpha (B, 256) after a forward pass.
+  from two trained runs; `model.weighting.weights` holds alpha (B, 192) after a forward pass
+  (the widths follow the two runs: the paper extracts 256 + 128).
 
 Model B (`chen-model-b`, joint training, Figure 6):
     chen-cnn and chen-gru branches built fresh and trained end to end in one network,
-    concat (256) -> dense 256 + ReLU -> dense classes.
+    concat (192) -> dense 256 + ReLU -> dense classes.
 
 Choices where the paper is ambiguous:
 - theta_r is scaled by the number of features (see `FeatureWeighting`): alpha sums to one, so

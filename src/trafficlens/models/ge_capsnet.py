@@ -8,10 +8,14 @@ Choices where the paper is ambiguous or inconsistent:
   kernel column say 256, so 256 channels (`conv_channels`).
 - Input: the paper zeroes the mean "so the model converges quickly" without saying over what;
   we subtract each image's own mean (bytes / 255 first), which needs no dataset statistics.
-- Any square side: the paper's 20x20 gives a 12x12 map after the 9x9 convolution and 4x4x32 =
-  512 primary capsules. For other sides the map is resized to 12x12 by adaptive average
-  pooling, so PrimaryCaps and the routing weights keep the paper's size (and cost) for every
-  input; sides below 9 get a padded convolution.
+- The paper's 20x20 input by default: the model reads the first 400 bytes of the session image
+  whatever K the dataset holds (784 by default; the image is the session's first K bytes, so
+  these are the bytes a 400-byte dataset would hold, and the dataset, its de-duplication and
+  its splits stay those of every other model). `--set image_side=28` reads 784. Smaller
+  datasets give the largest side they hold. 20x20 gives a 12x12 map after the 9x9 convolution
+  and 4x4x32 = 512 primary capsules. For other sides the map is resized to 12x12 by adaptive
+  average pooling (`AveragePoolTo`, which ONNX can export), so PrimaryCaps and the routing
+  weights keep the paper's size for every input; sides below 9 get a padded convolution.
 - The 10 DigitCaps are a feature layer (Table 1: FC on 10*12), not one capsule per class, so
   their number does not follow `num_classes`.
 """
@@ -19,11 +23,12 @@ Choices where the paper is ambiguous or inconsistent:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 
-from trafficlens.models.layers import DigitCaps, Inception, PrimaryCaps, TrafficModel, unit_bytes
+from trafficlens.models.layers import AveragePoolTo, DigitCaps, Inception, PrimaryCaps, TrafficModel, unit_bytes
 from trafficlens.models.registry import register_model
 
 PAPER = "Ge et al. 2021, Front. Neurorobot."
@@ -38,8 +43,10 @@ def mlp(dims: tuple[int, ...]) -> nn.Sequential:
 
 
 def ge_image(x: torch.Tensor, side: int) -> torch.Tensor:
-    """(B, side*side) bytes -> (B, 1, side, side), scaled to [0, 1] and mean-zeroed per image."""
-    img = unit_bytes(x).reshape(x.shape[0], 1, side, side)
+    """(B, K >= side*side) bytes -> their first side*side as (B, 1, side, side), scaled to [0, 1]
+    and mean-zeroed per image. The image tensor is a session's first K bytes, so its first 400
+    are the paper's 20x20 input whatever K the dataset was prepared with."""
+    img = unit_bytes(x[:, : side * side]).reshape(x.shape[0], 1, side, side)
     return img - img.mean(dim=(2, 3), keepdim=True)
 
 
@@ -60,20 +67,23 @@ class CapsuleBranch(nn.Module):
             in_ch, size = channels, size + 2 * pad - kernel + 1
         layers.append(nn.BatchNorm2d(in_ch))
         if size != grid:
-            layers.append(nn.AdaptiveAvgPool2d(grid))
+            layers.append(AveragePoolTo(size, grid))
         self.stem = nn.Sequential(*layers)
         self.inception = Inception(in_ch)
         self.primary = PrimaryCaps(self.inception.out_channels, primary_caps, primary_dim, kernel=6, stride=2)
+        for convs in (self.stem, self.inception, self.primary):  # NHWC: oneDNN's faster layout on CPU
+            convs.to(memory_format=torch.channels_last)
         caps_side = (grid - 6) // 2 + 1
         self.digit = DigitCaps(primary_caps * caps_side * caps_side, primary_dim, digit_caps, digit_dim, routing_iterations)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        x = self.inception(self.stem(img))  # (B, 256, grid, grid)
+        x = self.inception(self.stem(img.contiguous(memory_format=torch.channels_last)))  # (B, 256, grid, grid)
         return self.digit(self.primary(x))  # (B, digit_caps, digit_dim)
 
 
 @dataclass
 class GeCapsNetConfig:
+    crops_image: ClassVar[bool] = True  # image_side is the model's own (the paper's 20), not the dataset's
     num_classes: int = 10
     image_side: int = 20
     conv_channels: int = 256

@@ -14,11 +14,14 @@ Choices where the paper is ambiguous or inconsistent:
   third as GoogLeNet's 3x3 max-pool -> 1x1 branch; 128 + 64 + 64 = 256 as the text says.
 - The map after the two convolutions is resized to 12x12 (adaptive average pooling) when it is
   not already, as in `ge-inception-capsnet`, so the routing cost does not grow with the image.
+- The left branch reads the paper's 20x20 (the first 400 bytes of any session image), as
+  `ge-inception-capsnet` does; `--set image_side=28` reads 784.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -33,6 +36,7 @@ PAPER = "Ge et al. 2021, Front. Neurorobot."
 
 @dataclass
 class GeJointConfig:
+    crops_image: ClassVar[bool] = True  # the first 400 bytes of any image, as ge-inception-capsnet
     num_classes: int = 10
     image_side: int = 20
     packets: int = 6

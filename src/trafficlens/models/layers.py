@@ -62,6 +62,23 @@ def squash(s: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
     return sq / (1.0 + sq) * s / torch.sqrt(sq + eps)
 
 
+class AveragePoolTo(nn.Module):
+    """Adaptive average pooling of an (n, n) map to (out, out), as two matrix products over the
+    windows of `nn.AdaptiveAvgPool2d` (rows floor(i n / out) to ceil((i + 1) n / out)): the same
+    values, and ONNX can export it where `out` does not divide `n` (adaptive pooling cannot)."""
+
+    def __init__(self, n: int, out: int):
+        super().__init__()
+        matrix = torch.zeros(out, n)
+        for i in range(out):
+            start, end = (i * n) // out, -(-((i + 1) * n) // out)
+            matrix[i, start:end] = 1.0 / (end - start)
+        self.register_buffer("matrix", matrix, persistent=False)  # derived from the shapes: not in checkpoints
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, n, n) -> (B, C, out, out)
+        return self.matrix @ x @ self.matrix.T
+
+
 class Inception(nn.Module):
     """The inception block of Ge 2021 Table 2: 1x1 | 1x1 -> 3x3 | 3x3 max-pool -> 1x1, concatenated.
 

@@ -183,6 +183,8 @@ def create_model(name: str, num_classes: int | None = None, input_shapes: dict[s
         if missing:
             raise ConfigError(f"model {name!r} needs dataset tensor(s) {', '.join(missing)}")
         implied = shape_kwargs({t: input_shapes[t] for t in info.inputs})
+        if getattr(info.config_cls, "crops_image", False) and "image_bytes" in implied:
+            implied["image_side"] = _cropped_side(name, info.config_cls, kwargs.get("image_side"), implied["image_bytes"])
         if "image_side" in fields and "image" in info.inputs and "image_side" not in implied:
             raise ConfigError(
                 f"model {name!r} needs a square image (K = side * side bytes); the dataset has "
@@ -196,6 +198,20 @@ def create_model(name: str, num_classes: int | None = None, input_shapes: dict[s
     model = info.builder(cfg)
     model.model_name = name
     return model
+
+
+def _cropped_side(name: str, config_cls: type, requested: int | None, k: int) -> int:
+    """The image side of a model that reads the first side * side bytes of the dataset's K (its
+    config says `crops_image`, as Ge 2021's models do, whose paper input is 400 bytes): the one
+    asked for, else the config's default, else the largest that K holds."""
+    side = requested if requested is not None else next(f.default for f in dataclasses.fields(config_cls)
+                                                        if f.name == "image_side")
+    if int(side) * int(side) <= k:
+        return int(side)
+    if requested is not None:
+        raise ConfigError(f"model {name!r}: image_side={requested} needs {int(requested) ** 2} image bytes; "
+                          f"the dataset has {k}")
+    return math.isqrt(k)
 
 
 def count_parameters(model, trainable_only: bool = False) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from trafficlens.training.config import BALANCES, DEVICES, LOSSES, SPLITS, TrainConfig
+from trafficlens.training.config import BALANCES, DEVICES, LOSSES, SCHEDULES, SPLITS, TrainConfig
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
@@ -74,7 +74,7 @@ def models(classes):
 def training_options(time_budget: float | None = None, max_epochs: int | None = None, scope: str = ""):
     """The optimisation options of `train`, shared by `compare`, `cv` and `audit` so that one
     command line trains one way everywhere: --loss, --focal-gamma, --epochs/--max-epochs,
-    --patience, --time-budget, --batch-size, --lr, --balance, --device, --threads.
+    --patience, --time-budget, --batch-size, --lr, --schedule, --balance, --device, --threads.
 
     They default to None (TrainConfig decides) unless a command passes its own default
     (`audit` bounds its three trainings with a time budget). `training_settings` turns the
@@ -98,6 +98,9 @@ def training_options(time_budget: float | None = None, max_epochs: int | None = 
                      help=scope + "Training batch size; on a small dataset keep several batches per epoch "
                           "(the bundled sample: 16)." + _d("batch_size")),
         click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help=scope + "Adam learning rate." + _d("lr")),
+        click.option("--schedule", type=click.Choice(SCHEDULES), default=None,
+                     help=scope + "Learning rate: plateau halves it when validation stalls; cosine anneals it "
+                          "to 0 at the end of --time-budget (or --epochs), for short budgets." + _d("schedule")),
         click.option("--balance", type=click.Choice(BALANCES), default=None,
                      help="Class balancing of the training side only (baselines: balanced sample weights)." + _d("balance")),
         click.option("--device", type=click.Choice(DEVICES), default=None,
@@ -124,8 +127,8 @@ class _ModelNameOption(click.Option):
         return super().get_help_record(ctx)
 
 
-TRAINING_OPTIONS = ("loss", "focal_gamma", "max_epochs", "patience", "time_budget", "batch_size", "lr", "balance",
-                    "device", "threads")
+TRAINING_OPTIONS = ("loss", "focal_gamma", "max_epochs", "patience", "time_budget", "batch_size", "lr", "schedule",
+                    "balance", "device", "threads")
 
 
 def training_settings(values: dict) -> dict:

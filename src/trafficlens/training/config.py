@@ -11,6 +11,7 @@ LOSSES = ("ce", "weighted-ce", "focal")
 BALANCES = ("none", "undersample", "weights")
 SPLITS = ("random", "capture", "time", "packet-leak", "column", "none")
 DEVICES = ("auto", "cpu", "cuda")
+SCHEDULES = ("plateau", "cosine")
 
 
 @dataclass
@@ -38,6 +39,10 @@ class TrainConfig:
     patience: int = 5  # epochs without a better validation macro-F1 before stopping
     lr_patience: int = 2  # epochs without improvement before the learning rate halves
     lr_factor: float = 0.5
+    # plateau: halve the rate after lr_patience epochs without improvement. cosine: warm up over
+    # the first 2% of the run, then anneal to 0 at its end: the time budget when one is given
+    # (the rate reaches 0 as time runs out), else max_epochs; for short budgets (issue 18)
+    schedule: str = "plateau"
     loss: str = "ce"
     focal_gamma: float = 2.0
     balance: str = "none"
@@ -71,6 +76,7 @@ class TrainConfig:
         need(self.balance in BALANCES, f"balance must be one of {', '.join(BALANCES)}, got {self.balance!r}")
         need(self.split in SPLITS, f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         need(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        need(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         need(self.min_class_sessions >= 0, f"min_class_sessions must be >= 0, got {self.min_class_sessions}")
         need(self.init is not None or not self.freeze_init, "freeze_init needs init (an encoder file)")
         need(0 < self.train_fraction <= 1, f"train_fraction must be in (0, 1], got {self.train_fraction}")
