@@ -189,7 +189,7 @@ def _image_map(maps: Maps, x, activations, embeddings, grads, cam: str, model_si
         heat = torch.relu((weights * a).sum(dim=1, keepdim=True))  # (n, 1, h[, w])
         maps.grad_cam_grid = tuple(a.shape[2:])
         side = model_side if model_side and model_side * model_side <= k else int(round(k ** 0.5))
-        if a.dim() == 4 and side * side <= k:
+        if a.dim() == 4 and (side * side == k or side == model_side):  # all K, or its first side**2
             heat = F.interpolate(heat.float(), size=(side, side), mode="bilinear", align_corners=False)
             heat = F.pad(heat.reshape(n, side * side), (0, k - side * side))
         else:

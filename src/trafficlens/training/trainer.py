@@ -301,7 +301,8 @@ class _Epochs:
     def _anneal(self, steps_done: int) -> None:
         """The cosine schedule's rate for the next step. Progress is the larger of the steps done
         out of max_epochs' and, with a time budget, the time spent out of it (on one process only:
-        ranks of a distributed run could read their clocks differently and step apart)."""
+        ranks of a distributed run could read their clocks differently and step apart). Our own
+        because torch's schedulers count steps only, and a budgeted run's step count is unknown."""
         cfg = self.cfg
         progress = steps_done / (cfg.max_epochs * len(self.global_sizes))
         if cfg.time_budget is not None and not self.dist.enabled:
