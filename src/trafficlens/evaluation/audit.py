@@ -66,7 +66,7 @@ class AuditConfig:
     seed: int = 0
     time_budget: float = 180.0  # seconds per deep training (three trainings per audit)
     max_epochs: int = 30
-    batch_size: int = 256
+    batch_size: int | None = None  # None: the model's own default, else TrainConfig's (256)
     training: dict[str, Any] = field(default_factory=dict)  # further TrainConfig settings (lr, patience, device, ...)
     workers: int | None = None  # prep workers for the re-prepared masks
     captures: tuple[str, ...] = ()  # where the captures are when the manifest has no `sources`
@@ -80,14 +80,14 @@ class AuditConfig:
 
     def train_config(self, split: str):
         """The TrainConfig of one setting's trainings."""
-        from trafficlens.training.config import TrainConfig
+        from trafficlens.training.config import TrainConfig, with_model_defaults
 
-        return TrainConfig.from_dict({**self.training, "split": split, "seed": self.seed,
+        chosen = with_model_defaults(self.model, {**self.training, "batch_size": self.batch_size})
+        return TrainConfig.from_dict({**chosen, "split": split, "seed": self.seed,
                                       "min_class_sessions": self.min_class_sessions,
                                       "min_class_captures": self.min_class_captures,
                                       "include_classes": self.include_classes, "exclude_classes": self.exclude_classes,
-                                      "time_budget": self.time_budget, "max_epochs": self.max_epochs,
-                                      "batch_size": self.batch_size})
+                                      "time_budget": self.time_budget, "max_epochs": self.max_epochs})
 
 
 def dataset_for_mask(dataset: Path, mask: str, cache: Path, cfg: AuditConfig, log: Callable[[str], None]) -> Path:

@@ -54,10 +54,10 @@ class CompareConfig:
     tune: bool = False  # baselines: small grid search on the validation side
     balance: str = "none"  # every model: none | undersample | weights (training side only)
     loss: str = "ce"
-    max_epochs: int = 30
-    patience: int = 5
+    max_epochs: int | None = None  # None: the model's own default, else TrainConfig's (30)
+    patience: int | None = None  # None: likewise (5)
     time_budget: float | None = None  # seconds per deep model
-    batch_size: int = 256
+    batch_size: int | None = None  # None: likewise (256; the Ge models 32)
     device: str = "auto"
     lr: float | None = None  # None: TrainConfig's
     schedule: str | None = None  # learning-rate schedule (None: TrainConfig's)
@@ -78,16 +78,18 @@ class CompareConfig:
 
         return ClassSelection.from_config(self)
 
-    def train_config(self, seed: int | None = None):
-        from trafficlens.training.config import TrainConfig
+    def train_config(self, seed: int | None = None, model: str | None = None):
+        """The TrainConfig of one training: these settings over `model`'s own training defaults
+        (the same for every seed and split of a comparison: like for like)."""
+        from trafficlens.training.config import TrainConfig, with_model_defaults
 
+        chosen = {"lr": self.lr, "schedule": self.schedule, "focal_gamma": self.focal_gamma, "num_threads": self.num_threads,
+                  "max_epochs": self.max_epochs, "patience": self.patience, "batch_size": self.batch_size}
         return TrainConfig(split=self.split, seed=self.seed if seed is None else seed,
                            min_class_sessions=self.min_class_sessions, min_class_captures=self.min_class_captures,
                            include_classes=self.include_classes, exclude_classes=self.exclude_classes,
-                           balance=self.balance, loss=self.loss, max_epochs=self.max_epochs, patience=self.patience,
-                           time_budget=self.time_budget, batch_size=self.batch_size, device=self.device,
-                           **{k: v for k, v in (("lr", self.lr), ("schedule", self.schedule), ("focal_gamma", self.focal_gamma),
-                                                ("num_threads", self.num_threads)) if v is not None})
+                           balance=self.balance, loss=self.loss, time_budget=self.time_budget, device=self.device,
+                           **with_model_defaults(model, chosen))
 
 
 @dataclass(frozen=True)
@@ -257,11 +259,13 @@ def run_model(p: Prepared, spec: ModelSpec, split, cfg: CompareConfig, runs: Pat
             run_model(p, ModelSpec(branch, "deep"), split, cfg, runs, log, trained)
         from_runs.append(str(trained[branch]))
     run_dir = runs / re.sub(r"[^\w.=-]+", "-", spec.key).strip("-")
-    train_run(p.ds.path, run_dir, spec.name, cfg.train_config(), model_kwargs=dict(spec.settings),
+    train = cfg.train_config(model=spec.name)
+    train_run(p.ds.path, run_dir, spec.name, train, model_kwargs=dict(spec.settings),
               from_runs=from_runs, progress=cfg.progress, overwrite=True, log=log, split=split)
     trained[spec.key] = run_dir
     m = json.loads((run_dir / "metrics.json").read_text())
     m["run"], m["model"] = str(run_dir), spec.key
+    m["training"] = {k: getattr(train, k) for k in ("batch_size", "lr", "schedule", "max_epochs", "patience", "time_budget")}
     if spec.settings:
         m["model_settings"] = dict(spec.settings)
     return m

@@ -62,7 +62,11 @@ class ModelInfo:
     grid: dict[str, tuple] | None = None
     from_runs: tuple[str, ...] = ()
     assemble: Callable[..., Any] | None = None
+    training: tuple[tuple[str, Any], ...] = ()  # (TrainConfig field, value): what this model trains with by default
 
+
+# Training settings a model may default to; an option given on the command line still wins.
+TRAINING_DEFAULT_KEYS = ("batch_size", "lr", "schedule", "max_epochs", "patience")
 
 _REGISTRY: dict[str, ModelInfo] = {}
 _loaded = False
@@ -75,16 +79,30 @@ def _add(info: ModelInfo) -> None:
 
 
 def register_model(name: str, *, config: type, paper: str, inputs: tuple[str, ...], description: str = "",
-                   from_runs: tuple[str, ...] = (), assemble: Callable[..., Any] | None = None):
-    """Decorator for a deep model's builder `fn(cfg) -> nn.Module`; `config` is its dataclass."""
+                   from_runs: tuple[str, ...] = (), assemble: Callable[..., Any] | None = None,
+                   training: dict[str, Any] | None = None):
+    """Decorator for a deep model's builder `fn(cfg) -> nn.Module`; `config` is its dataclass.
+    `training`: settings (TRAINING_DEFAULT_KEYS) this model trains with unless told otherwise,
+    for a model whose papers' setting does not suit the shared defaults (batch, schedule)."""
+    unknown = sorted(set(training or {}) - set(TRAINING_DEFAULT_KEYS))
+    if unknown:
+        raise ValueError(f"model {name!r}: training defaults {unknown} are not among {TRAINING_DEFAULT_KEYS}")
 
     def decorate(fn):
         _add(ModelInfo(name, "deep", fn, paper, tuple(inputs),
                        description or (fn.__doc__ or "").strip().split("\n")[0], config_cls=config,
-                       from_runs=tuple(from_runs), assemble=assemble))
+                       from_runs=tuple(from_runs), assemble=assemble, training=tuple(sorted((training or {}).items()))))
         return fn
 
     return decorate
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """The training settings `name` defaults to ({} for a baseline or an unknown name: the
+    caller's own lookup reports an unknown name in its words)."""
+    _ensure_loaded()
+    info = _REGISTRY.get(name)
+    return dict(info.training) if info is not None else {}
 
 
 def register_baseline(name: str, description: str, *, features: str = "stats", grid: dict[str, tuple] | None = None,

@@ -18,6 +18,11 @@ def _d(name: str) -> str:
     return f" [default: {_DEFAULTS[name]}]"
 
 
+def _own(name: str) -> str:
+    """`_d` for a setting a model may default to itself (`trafficlens models` lists them)."""
+    return f" [default: {_DEFAULTS[name]}, or the model's own: `trafficlens models`]"
+
+
 def _class_names(ctx, param, values):
     from trafficlens.errors import ConfigError
     from trafficlens.training.selection import expand_class_names
@@ -54,18 +59,20 @@ Example:
   trafficlens models --classes 7""")
 @click.option("--classes", type=click.IntRange(2), default=10, show_default=True, help="Classes for the parameter count.")
 def models(classes):
-    """List the registered models, deep networks and classical baselines: name, paper, inputs, parameters."""
+    """List the registered models, deep networks and classical baselines: name, paper, inputs,
+    parameters, and the training settings a model defaults to where they differ from `train`'s."""
     from trafficlens.models import count_parameters, create_model, list_models, model_info
 
     rows = []
     for name in list_models("deep"):
         info = model_info(name)
         params = count_parameters(create_model(name, num_classes=classes))
-        rows.append((name, "deep", info.paper, ",".join(info.inputs), f"{params:,}", info.description))
+        own = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in info.training) or "-"
+        rows.append((name, "deep", info.paper, ",".join(info.inputs), f"{params:,}", own, info.description))
     for name in list_models("baseline"):
         info = model_info(name)
-        rows.append((name, "baseline", info.paper or "-", info.features, "-", info.description))
-    headers = ("model", "kind", "paper", "inputs", f"params ({classes} cl.)", "description")
+        rows.append((name, "baseline", info.paper or "-", info.features, "-", "-", info.description))
+    headers = ("model", "kind", "paper", "inputs", f"params ({classes} cl.)", "training defaults", "description")
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
     for r in [headers, *rows]:
         click.echo("  ".join(cell.rjust(w) if i == 4 else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip())
@@ -96,11 +103,11 @@ def training_options(time_budget: float | None = None, max_epochs: int | None = 
                      + (f". [default: {time_budget}]" if time_budget else " [default: no limit]")),
         click.option("--batch-size", type=click.IntRange(1), default=None,
                      help=scope + "Training batch size; on a small dataset keep several batches per epoch "
-                          "(the bundled sample: 16)." + _d("batch_size")),
+                          "(the bundled sample: 16)." + _own("batch_size")),
         click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help=scope + "Adam learning rate." + _d("lr")),
         click.option("--schedule", type=click.Choice(SCHEDULES), default=None,
                      help=scope + "Learning rate: plateau halves it when validation stalls; cosine anneals it "
-                          "to 0 at the end of --time-budget (or --epochs), for short budgets." + _d("schedule")),
+                          "to 0 at the end of --time-budget (or --epochs), for short budgets." + _own("schedule")),
         click.option("--balance", type=click.Choice(BALANCES), default=None,
                      help="Class balancing of the training side only (baselines: balanced sample weights)." + _d("balance")),
         click.option("--device", type=click.Choice(DEVICES), default=None,
@@ -137,6 +144,16 @@ def training_settings(values: dict) -> dict:
     out = {name: values.pop(name, None) for name in TRAINING_OPTIONS}
     out["num_threads"] = out.pop("threads")
     return {k: v for k, v in out.items() if v is not None}
+
+
+def log_model_defaults(model_name: str, given: dict, log) -> None:
+    """Say which of the model's own training defaults a run takes (those no option overrode)."""
+    from trafficlens.models.registry import model_defaults
+
+    own = {k: v for k, v in model_defaults(model_name).items() if given.get(k) is None}
+    if own:
+        log(f"{model_name} trains with its own defaults: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in own.items())
+            + " (options override them)")
 
 
 @click.command(epilog="""\b
@@ -189,7 +206,7 @@ def train(ctx, dataset, model_name, out, resume_run, replay_from, split, seed, f
         args = argv[argv.index("train"):]
         args = [a for i, a in enumerate(args) if not (a == "--nproc" or a.startswith("--nproc=") or (i and args[i - 1] == "--nproc"))]
         sys.exit(launch(nproc, args))
-    from trafficlens.training.config import parse_settings
+    from trafficlens.training.config import parse_settings, with_model_defaults
     from trafficlens.training.run import train_run
 
     model_kwargs = parse_settings(settings)
@@ -223,8 +240,9 @@ def train(ctx, dataset, model_name, out, resume_run, replay_from, split, seed, f
         model_kwargs, runs = {**saved["model_kwargs"], **model_kwargs}, runs or saved["from_runs"]
     if not dataset or not model_name or not out:
         raise click.UsageError("give DATASET, --model NAME and -o RUN (or --config RUN/config.json, or --resume RUN)")
-    cfg = TrainConfig.from_dict(given)
     log = (lambda message: click.echo(message, err=True))
+    cfg = TrainConfig.from_dict(with_model_defaults(model_name, given))
+    log_model_defaults(model_name, given, log)
     s = train_run(dataset, out, model_name, cfg, model_kwargs, runs, progress=not quiet, overwrite=overwrite, log=log,
                   resume=bool(resume_run))
     if os.environ.get("RANK", "0") != "0":

@@ -103,6 +103,16 @@ class TrainConfig:
         return asdict(self)
 
 
+def with_model_defaults(model: str | None, given: dict[str, Any]) -> dict[str, Any]:
+    """TrainConfig keyword arguments: `given` (what the user chose; None: not chosen) over the
+    model's own training defaults (`register_model(training=...)`, e.g. the Ge models' batch of
+    32), which sit over TrainConfig's. A name that is not a deep model has none."""
+    from trafficlens.models.registry import model_defaults
+
+    chosen = {k: v for k, v in given.items() if v is not None}
+    return {**(model_defaults(model) if model else {}), **chosen}
+
+
 def parse_settings(items: Iterable[str], option: str = "--set") -> dict[str, Any]:
     """`KEY=VALUE` strings (repeated `--set`) to a dict; values are JSON where they parse, else strings."""
     import json
