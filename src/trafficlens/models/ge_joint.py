@@ -18,7 +18,7 @@ Choices where the paper is ambiguous or inconsistent:
   `ge-inception-capsnet` does; `--set image_side=28` reads 784.
 
 On a CPU budget, `--set 'conv_channels=[64,32]' --set primary_caps=8` (a quarter of the stem's
-widths, 8 capsule types of 32) trains 3.3x faster and scores higher in 300 s on 2 cores
+widths, 8 capsule types of 32) trains about 3x faster and scores higher in 300 s on 2 cores
 (benchmarks/RESULTS.md, issue 18); it is not Table 2's network, so it is not the default.
 """
 
