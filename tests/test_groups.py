@@ -294,6 +294,29 @@ def test_live_by_host_prints_a_change_of_mind(run, tmp_path):
     assert stats.decisions == 8
 
 
+def test_live_by_host_decides_a_batch_session_by_session(run, monkeypatch):
+    """Sessions the worker takes together (a backlog) are added one at a time in order of start, so
+    a row shows the host as it stood when its label changed, not after the whole batch."""
+    from types import SimpleNamespace
+
+    from trafficlens.inference.classifier import Classifier
+    from trafficlens.inference.groups import GroupConfig
+    from trafficlens.serving.live import LiveClassifier
+
+    clf = Classifier.load(run, device="cpu")
+    labels = list(clf.labels)
+    starts = [0.0, 1.0] + [100.0 + i for i in range(6)]  # two camera sessions, then six plug sessions
+    metas = [{"capture": "live", "src_ip": "192.168.1.20", "ts_start": t, "ts_end": t + 0.5} for t in starts]
+    proba = np.eye(len(labels))[[labels.index("camera")] * 2 + [labels.index("plug")] * 6]
+    shuffled = [5, 0, 7, 2, 1, 4, 6, 3]  # one batch, out of order
+    monkeypatch.setattr(clf, "session_probabilities", lambda items: ([metas[i] for i in shuffled], proba[shuffled]))
+    rows = []
+    live = LiveClassifier(clf, rows.append, groups=GroupConfig(aggregator="vote", min_confidence=0.6))
+    live._decide_hosts([SimpleNamespace(items=None, macs=[])])
+    assert [(r["event"], r["label"], r["votes"]) for r in rows] == [
+        ("confident", "camera", {"camera": 1}), ("changed", "plug", {"plug": 3, "camera": 2})]
+
+
 def test_live_by_host_memory_is_bounded(run, network):
     """Past max_groups hosts the least recently active is dropped; idle ones expire."""
     from trafficlens.inference.classifier import Classifier

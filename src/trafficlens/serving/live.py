@@ -344,13 +344,16 @@ class LiveClassifier:
         macs = [m for p in parts for m in p.macs] if self._hosts is not None else None
         self.stats.decisions += len(metas)
         events = []
-        for key in groups.add(metas, proba, macs):
-            state, row = groups.state(key), groups.row(key)
-            top = row["top_k"][0][0]
-            if row["confidence"] < threshold or top == state.announced:
-                continue  # only a confident label is printed, and only once until it changes
-            events.append(("confident" if state.announced is None else "changed", row))
-            state.announced = top
+        # One session at a time, in order of start: a row shows the host as it stood when its label
+        # changed, however many sessions the worker took together (a backlog batches them).
+        for i in sorted(range(len(metas)), key=lambda j: float(metas[j].get("ts_start") or 0.0)):
+            for key in groups.add(metas[i:i + 1], proba[i:i + 1], macs[i:i + 1] if macs is not None else None):
+                state, row = groups.state(key), groups.row(key)
+                top = row["top_k"][0][0]
+                if row["confidence"] < threshold or top == state.announced:
+                    continue  # only a confident label is printed, and only once until it changes
+                events.append(("confident" if state.announced is None else "changed", row))
+                state.announced = top
         evicted = groups.pop_evicted()
         expired = groups.expire(max(m["ts_end"] for m in metas), self.host_idle) if metas else []
         self.stats.hosts["evicted"] += len(evicted)
