@@ -251,6 +251,7 @@ def run_model(p: Prepared, spec: ModelSpec, split, cfg: CompareConfig, runs: Pat
             m["run"] = str(target)
         return m
     from trafficlens.models import model_info
+    from trafficlens.models.registry import TRAINING_DEFAULT_KEYS
 
     from_runs: list[str] = []
     for branch in model_info(spec.name).from_runs:
@@ -265,7 +266,7 @@ def run_model(p: Prepared, spec: ModelSpec, split, cfg: CompareConfig, runs: Pat
     trained[spec.key] = run_dir
     m = json.loads((run_dir / "metrics.json").read_text())
     m["run"], m["model"] = str(run_dir), spec.key
-    m["training"] = {k: getattr(train, k) for k in ("batch_size", "lr", "schedule", "max_epochs", "patience", "time_budget")}
+    m["training"] = {k: getattr(train, k) for k in (*TRAINING_DEFAULT_KEYS, "time_budget")}
     if spec.settings:
         m["model_settings"] = dict(spec.settings)
     return m

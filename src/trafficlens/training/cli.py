@@ -23,6 +23,11 @@ def _own(name: str) -> str:
     return f" [default: {_DEFAULTS[name]}, or the model's own: `trafficlens models`]"
 
 
+def _as_options(settings) -> str:
+    """`batch-size 32, schedule cosine`: training settings as the options that would set them."""
+    return ", ".join(f"{k.replace('_', '-')} {v}" for k, v in dict(settings).items())
+
+
 def _class_names(ctx, param, values):
     from trafficlens.errors import ConfigError
     from trafficlens.training.selection import expand_class_names
@@ -67,7 +72,7 @@ def models(classes):
     for name in list_models("deep"):
         info = model_info(name)
         params = count_parameters(create_model(name, num_classes=classes))
-        own = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in info.training) or "-"
+        own = _as_options(info.training) or "-"
         rows.append((name, "deep", info.paper, ",".join(info.inputs), f"{params:,}", own, info.description))
     for name in list_models("baseline"):
         info = model_info(name)
@@ -152,8 +157,7 @@ def log_model_defaults(model_name: str, given: dict, log) -> None:
 
     own = {k: v for k, v in model_defaults(model_name).items() if given.get(k) is None}
     if own:
-        log(f"{model_name} trains with its own defaults: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in own.items())
-            + " (options override them)")
+        log(f"{model_name} trains with its own defaults: {_as_options(own)} (options override them)")
 
 
 @click.command(epilog="""\b
