@@ -400,6 +400,38 @@ def test_learned_aggregator_needs_fitting_first(run, network, tmp_path):
         LearnedAggregator.from_dict(learned.to_dict(), 4)
 
 
+def test_auto_aggregator_takes_the_learned_one_where_evaluate_fitted_it(run, network, tmp_path):
+    """predict --by, predict_hosts and live default to --aggregator auto: the learned aggregator for
+    the groups' kind where `evaluate --by` fitted one (captures here), else pooling (hosts here)."""
+    import shutil
+
+    from trafficlens.inference.classifier import Classifier
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("calibration.json", "evaluation"))
+
+    def rows(by, aggregator=None):
+        frame = Classifier.load(copy, device="cpu").predict_hosts(network, by=by, **(
+            {"aggregator": aggregator} if aggregator else {}))
+        return frame.sort_values(["capture", "host"]).to_dict("records")
+
+    assert rows("capture") == rows("capture", "pool")  # nothing fitted: pooling
+    result = CliRunner().invoke(cli, ["evaluate", str(copy), "--by", "capture", "-o", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    learned, pooled = rows("capture", "learned"), rows("capture", "pool")
+    assert [r["confidence"] for r in learned] != pytest.approx([r["confidence"] for r in pooled])
+    assert rows("capture") == learned
+    assert rows("host") == rows("host", "pool")  # only the capture aggregator was fitted
+
+    out = tmp_path / "auto.jsonl"
+    result = CliRunner().invoke(cli, ["predict", str(copy), str(network), "--by", "capture", "-o", str(out),
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "--aggregator auto: learned" in result.output
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["label"] == learned[0]["label"] and row["confidence"] == pytest.approx(learned[0]["confidence"])
+
+
 def test_evaluate_by_refuses_what_it_cannot_score(run):
     result = CliRunner().invoke(cli, ["evaluate", str(run), "--by", "capture", "--window", "5m"])
     assert isinstance(result.exception, ConfigError) and "--window" in str(result.exception)

@@ -469,17 +469,19 @@ class Classifier:
             yield groups.rows()
 
     def predict_hosts(self, captures, *, by: str = "host", host_key: str = "ip", window: float = 300.0,
-                      aggregator: str = "pool", top_k: int = 1, min_confidence: float = 0.0,
+                      aggregator: str = "auto", top_k: int = 1, min_confidence: float = 0.0,
                       temperature: float | None = None, open_set: bool = False):
         """One row per host (or capture, or host and time window) of the capture(s), as a pandas
         DataFrame (columns: `inference.groups.GROUP_COLUMNS`). `open_set`: a group whose sessions
         fit no known class is `unknown` (the threshold `evaluate --by` fitted on validation).
+        `aggregator` "auto": the learned aggregator where `evaluate --by` fitted one, else pooling.
 
         >>> clf.predict_hosts("capture.pcap", by="host", host_key="mac", aggregator="pool")"""
         import pandas as pd
 
-        from trafficlens.inference.groups import GROUP_COLUMNS, GroupConfig, read_open_set
+        from trafficlens.inference.groups import GROUP_COLUMNS, GroupConfig, read_calibration, read_open_set, resolve_aggregator
 
+        aggregator = resolve_aggregator(read_calibration(self.bundle.path), by, aggregator)
         config = GroupConfig(by=by, host_key=host_key, window=window, aggregator=aggregator, top_k=top_k,
                              min_confidence=min_confidence,
                              temperature=self.temperature if temperature is None else temperature,

@@ -38,6 +38,10 @@ from trafficlens.errors import ConfigError
 BY = ("host", "capture", "host-window")
 HOST_KEYS = ("ip", "mac")
 AGGREGATORS = ("pool", "vote", "learned")
+# "auto", what predict/live/serve/predict_hosts take by default: the learned aggregator where
+# `evaluate --by` fitted one for the groups' kind (better than pooling on every seed measured,
+# benchmarks/RESULTS.md, issue 16), else pooling; `resolve_aggregator` decides before a run starts.
+AUTO = "auto"
 UNKNOWN = "unknown"
 # One row per group (documented in the README). window_*: the window's bounds for host-window,
 # else the first session's start and the last one's end.
@@ -158,6 +162,15 @@ def read_open_set(run, by: str) -> float:
         raise ConfigError(f"{run} has no open-set threshold for {kind} groups: fit it with "
                           f"`trafficlens evaluate {run} --by {kind}`")
     return float(record["threshold"])
+
+
+def resolve_aggregator(calibration: dict[str, Any], by: str, aggregator: str = AUTO) -> str:
+    """`aggregator`, or for "auto": "learned" when `calibration` (`read_calibration`) holds a
+    learned aggregator for `by`'s kind of group (captures; hosts for host and host-window), else "pool"."""
+    if aggregator != AUTO:
+        return aggregator
+    kind = "capture" if by == "capture" else "host"
+    return "learned" if (calibration.get("learned") or {}).get(kind) is not None else "pool"
 
 
 def load_learned(run, by: str, n_classes: int) -> LearnedAggregator:

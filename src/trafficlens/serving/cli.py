@@ -56,9 +56,10 @@ open_set_option = click.option(
 @click.option("--window", default="300s", show_default=True, help="With --by host-window: the window, e.g. 300s, 5m, 1h.")
 @click.option("--host-key", type=click.Choice(["ip", "mac"]), default="ip", show_default=True,
               help="Name a host by its IP or by the MAC its frames came from (kept when DHCP changes the IP).")
-@click.option("--aggregator", type=click.Choice(["pool", "vote", "learned"]), default="pool", show_default=True,
+@click.option("--aggregator", type=click.Choice(["auto", "pool", "vote", "learned"]), default="auto", show_default=True,
               help="pool: sum of calibrated session log-probabilities; vote: majority of session labels; learned: the "
-                   "aggregator `evaluate --by` fitted on the validation split.")
+                   "aggregator `evaluate --by` fitted on the validation split; auto: learned where it was fitted, "
+                   "else pool.")
 @click.option("--temperature", type=click.FloatRange(0, min_open=True), default=None,
               help="Calibration temperature of the pooled log-probabilities [default: RUN/calibration.json, "
                    "fitted on validation by `evaluate --by`; else 1].")
@@ -108,14 +109,20 @@ def predict(run, captures, out, fmt, bpf, top_k, min_confidence, trusted_keys, d
         return
     from trafficlens.inference.groups import GROUP_COLUMNS
 
-    if temperature is None:
-        from trafficlens.inference.groups import read_calibration
+    from trafficlens.inference.groups import read_calibration, resolve_aggregator
 
-        fitted = read_calibration(run)
+    fitted = read_calibration(run)
+    chosen = resolve_aggregator(fitted, by, aggregator)
+    if aggregator == "auto":
+        why = "fitted by `evaluate --by`" if chosen == "learned" else "no learned aggregator in the run"
+        click.echo(f"--aggregator auto: {chosen} ({why})", err=True)
+    aggregator = chosen
+    if temperature is None:
         temperature = fitted.get("temperature", 1.0)
         if not fitted and aggregator == "pool":
             click.echo(f"note: {run} has no calibration.json; pooling uncalibrated probabilities "
-                       f"(`trafficlens evaluate {run} --by capture` fits a temperature on its validation split)", err=True)
+                       f"(`trafficlens evaluate {run} --by capture` fits a temperature and an aggregator on its "
+                       f"validation split)", err=True)
     config = GroupConfig(by=by, host_key=host_key, window=seconds, aggregator=aggregator, temperature=temperature,
                          top_k=top_k, min_confidence=min_confidence, unknown_below=unknown_below)
     with session_bar(desc=f"predict --by {by}", unit="groups") as bar:
@@ -224,9 +231,10 @@ Example:
                    "whenever its label changes, when it is dropped, and for every host when live stops.")
 @click.option("--host-key", type=click.Choice(["ip", "mac"]), default="ip", show_default=True,
               help="With --by host: name a host by its IP or by the MAC its frames came from.")
-@click.option("--aggregator", type=click.Choice(["pool", "vote", "learned"]), default="pool", show_default=True,
-              help="With --by host: pooled calibrated log-probabilities, the majority of session labels, or the "
-                   "aggregator `evaluate --by host` fitted on the validation split.")
+@click.option("--aggregator", type=click.Choice(["auto", "pool", "vote", "learned"]), default="auto", show_default=True,
+              help="With --by host: pooled calibrated log-probabilities, the majority of session labels, the "
+                   "aggregator `evaluate --by host` fitted on the validation split, or auto: that one where it "
+                   "was fitted, else pooling.")
 @click.option("--max-hosts", type=click.IntRange(1), default=10_000, show_default=True,
               help="With --by host: hosts held at once; the least recently active is dropped past it.")
 @click.option("--host-idle", type=click.FloatRange(0, min_open=True), default=600.0, show_default=True,
@@ -283,9 +291,11 @@ def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, fmt, top
 
         groups = None
         if by == "host":
-            from trafficlens.inference.groups import GroupConfig
+            from trafficlens.inference.groups import GroupConfig, read_calibration, resolve_aggregator
 
-            groups = GroupConfig(by="host", host_key=host_key, aggregator=aggregator, temperature=clf.temperature,
+            groups = GroupConfig(by="host", host_key=host_key,
+                                 aggregator=resolve_aggregator(read_calibration(run), "host", aggregator),
+                                 temperature=clf.temperature,
                                  top_k=top_k, min_confidence=min_confidence, max_groups=max_hosts,
                                  unknown_below=unknown_below)
         previous = signal.signal(signal.SIGTERM, stop)

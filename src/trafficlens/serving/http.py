@@ -1,7 +1,7 @@
 """`trafficlens serve`: a small HTTP API over one model bundle (FastAPI on uvicorn).
 
     POST /v1/classify   body: a capture (pcap, pcapng or gzip) -> {"sessions": [...rows...]}
-    POST /v1/classify/hosts?by=host|capture|host-window&window=300s&host_key=ip|mac&aggregator=pool|vote|learned
+    POST /v1/classify/hosts?by=host|capture|host-window&window=300s&host_key=ip|mac&aggregator=auto|pool|vote|learned
                            &open_set=false|true
                         the same body -> {"groups": [...]}: one decision per host (predict --by)
     GET  /v1/model      labels, model, preprocessing settings, test metrics
@@ -42,7 +42,7 @@ from starlette.requests import ClientDisconnect
 
 from trafficlens.errors import CaptureError, ConfigError
 from trafficlens.inference.classifier import Classifier
-from trafficlens.inference.groups import GroupConfig, parse_window, read_calibration, read_open_set
+from trafficlens.inference.groups import GroupConfig, parse_window, read_calibration, read_open_set, resolve_aggregator
 from trafficlens.serving.limits import UploadTooLarge
 from trafficlens.serving.workers import Job, PoolBusy, WorkerPool, WorkFailed, WorkTimeout
 
@@ -127,15 +127,18 @@ def create_app(clf: Classifier, config: ServeConfig | None = None, *, pool: Work
     async def classify(request: Request):
         return await classifier.handle(request)
 
-    temperature = read_calibration(clf.bundle.path).get("temperature", 1.0)
+    calibration = read_calibration(clf.bundle.path)
+    temperature = calibration.get("temperature", 1.0)
 
     @app.post("/v1/classify/hosts")
     async def classify_hosts(request: Request, by: str = "host", window: str = "300s", host_key: str = "ip",
-                             aggregator: str = "pool", open_set: bool = False):
+                             aggregator: str = "auto", open_set: bool = False):
         """One decision per host (or capture, or host and time window) of the uploaded capture, as
-        `predict --by`: pooled calibrated log-probabilities by default; `open_set`: as `--open-set`."""
+        `predict --by`: the learned aggregator where `evaluate --by` fitted one, else pooled
+        calibrated log-probabilities; `open_set`: as `--open-set`."""
         try:
-            group = GroupConfig(by=by, host_key=host_key, window=parse_window(window), aggregator=aggregator,
+            group = GroupConfig(by=by, host_key=host_key, window=parse_window(window),
+                                aggregator=resolve_aggregator(calibration, by, aggregator),
                                 temperature=temperature, top_k=config.top_k, min_confidence=config.min_confidence,
                                 unknown_below=read_open_set(clf.bundle.path, by) if open_set else None)
         except ConfigError as exc:
