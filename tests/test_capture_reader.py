@@ -426,10 +426,19 @@ def test_a_garbage_snap_length_does_not_let_a_record_eat_memory(tmp_path):
 # -- the file's digest, read from the same pass ------------------------------------------------
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
 @pytest.mark.parametrize("cut", [0, 7], ids=["whole", "cut"])
-def test_digest_is_the_stored_file_s_sha256_from_one_pass(tmp_path, compress, cut):
+@pytest.mark.parametrize("threaded", [False, True], ids=["inline", "thread"])
+def test_digest_is_the_stored_file_s_sha256_from_one_pass(tmp_path, monkeypatch, compress, cut, threaded):
     """digest=True: the SHA-256 of the file as stored (gzip bytes, not what they inflate to),
-    computed from the pass's own reads; the rest a damaged pass left unread is hashed too."""
+    computed from the pass's own reads; the rest a damaged pass left unread is hashed too.
+    `threaded`: every read hashed by the hashing thread (large reads are), in order."""
     import hashlib
+    import threading
+
+    from trafficlens.capture.reader import _Hashing
+
+    if threaded:
+        monkeypatch.setattr(_Hashing, "_THREAD_FROM", 1)
+        monkeypatch.setattr(_Hashing, "_QUEUED", 2)  # the reader waits on the thread at times
 
     data = pcap(FRAMES * 40)
     data = data[: len(data) - cut] if cut else data
@@ -444,6 +453,7 @@ def test_digest_is_the_stored_file_s_sha256_from_one_pass(tmp_path, compress, cu
     assert CaptureReader(path).sha256 is None  # only when asked for
     list(reader)  # a second pass hashes from the start again, not on from the first
     assert reader.sha256 == hashlib.sha256(stored).hexdigest() and reader.stored_bytes == len(stored)
+    assert not [t for t in threading.enumerate() if t.name == "trafficlens-sha256"]  # every pass ends its thread
 
 
 # -- classic pcap in windows, for a scanner of one's own (the compiled engine's) ------------------

@@ -384,33 +384,70 @@ class _Stdin:
 
 
 class _Hashing:
-    """A raw file that feeds a SHA-256 with every byte read from it, in order."""
+    """A raw file that feeds a SHA-256 with every byte read from it, in order.
+
+    Reads of a megabyte or more are hashed by a thread of their own (hashlib lets go of the GIL
+    over large buffers), off the path of the reading: a 400 MB prep spent 0.3 s of 3.3 s here.
+    At most `_QUEUED` reads wait, so memory stays bounded; small files never start the thread."""
+
+    _THREAD_FROM = 1 << 20  # bytes of one read that start the thread
+    _QUEUED = 4
 
     def __init__(self, fh: BinaryIO):
         self.fh = fh
         self._sha = hashlib.sha256()
         self._at = 0
+        self._queue = None  # reads waiting for the thread, once it runs
+        self._thread = None
 
     def read(self, n: int = -1) -> bytes:
         data = self.fh.read(n)
-        self._sha.update(data)
-        self._at += len(data)
+        self._feed(data)
         return data
+
+    def _feed(self, data: bytes) -> None:
+        self._at += len(data)
+        if self._thread is None and len(data) >= self._THREAD_FROM:
+            import queue
+            import threading
+
+            self._queue = queue.Queue(self._QUEUED)
+            self._thread = threading.Thread(target=self._hash_queued, args=(self._queue, self._sha),
+                                            name="trafficlens-sha256", daemon=True)
+            self._thread.start()
+        if self._thread is not None:
+            self._queue.put(data)
+        elif data:
+            self._sha.update(data)
+
+    @staticmethod
+    def _hash_queued(waiting, sha) -> None:
+        for data in iter(waiting.get, None):
+            sha.update(data)
+
+    def _drain(self) -> None:
+        """Wait until every read so far is hashed; the thread ends."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = self._queue = None
 
     def seek(self, offset: int, whence: int = 0) -> int:
         # Only ever back to the start, before decompressing: what was hashed is read again.
         if offset != 0 or whence != 0:
             raise OSError("hashing file: seek to 0 only")
+        self._drain()
         self._sha, self._at = hashlib.sha256(), 0
         return self.fh.seek(0)
 
     def finish(self) -> str:
         for block in iter(lambda: self.fh.read(1 << 20), b""):
-            self._sha.update(block)
-            self._at += len(block)
+            self._feed(block)
+        self._drain()
         return self._sha.hexdigest()
 
     def close(self) -> None:
+        self._drain()
         self.fh.close()
 
 

@@ -871,6 +871,10 @@ def close_all(st):
     counters[K_HTUSED] = 0
 
 
+# The hot path stays in one loop, and the arrays come out of `st` once per call: with each
+# per-packet step a helper taking `st` (or even its arrays one by one) the loop ran 2-2.5x slower,
+# from the reference counts of every array handed over (benchmarks/RESULTS.md, "prep
+# throughput", 2026-11-30). Helpers are for steps that not every packet takes.
 @njit(cache=True, nogil=True)
 def assemble(data, offs, times, decoded, first, n, st, cfg):
     """SessionAssembler.add for packets first..n-1 (skipped ones ignored); (code, next packet).
@@ -879,37 +883,74 @@ def assemble(data, offs, times, decoded, first, n, st, cfg):
     whose `after`-th packet is kept goes into `st.triggered_slots`, with what it had stored then,
     so that it can be decided on exactly those packets however many more arrive in the same
     block. A slot triggers once per life."""
-    counters = st.counters
+    counters, slot_index, slot_ints, slot_floats = st.counters, st.slot_index, st.slot_ints, st.slot_floats
+    packet_pool, packet_times, view_pool, view_times = st.packet_pool, st.packet_times, st.view_pool, st.view_times
+    seq_ranges, seq_range_counts, arena, scratch = st.seq_ranges, st.seq_range_counts, st.arena, st.scratch
+    bidir, timeout, view_limit, mask = cfg.bidir, cfg.timeout, cfg.view_limit, cfg.mask
     for i in range(first, n):
         row = decoded[i]
         if row[D_CODE] != 0:
             continue
-        code, room = _room(row, st, cfg)  # for the worst case of this packet
+        code, room = _room(row, counters, arena.size, view_limit, mask)  # for the worst case of this packet
         if code != DONE:
             return code, i
-        if row[D_FRAGM]:
-            counters[K_FRAGKEPT] += 1
-        ts = times[i]
-        slot = _session(row, ts, st, cfg)
-        s = st.slot_ints[slot]
-        if ts > st.slot_floats[slot, F_LAST]:  # any packet, even one dropped below, keeps it alive
-            st.slot_floats[slot, F_LAST] = ts
+        counters[K_FRAGKEPT] += row[D_FRAGM]  # 0 or 1
+        ts, flags = times[i], row[D_FLAGS]
+        a = (row[D_S0], row[D_S0 + 1], row[D_S0 + 2], row[D_S0 + 3], row[D_SPORT])
+        b = (row[D_D0], row[D_D0 + 1], row[D_D0 + 2], row[D_D0 + 3], row[D_DPORT])
+        if bidir and not a <= b:
+            a, b = b, a
+        key = (row[D_VER], row[D_PROTO], a[0], a[1], a[2], a[3], a[4], b[0], b[1], b[2], b[3], b[4])
+        slot, pos = _find(slot_index, slot_ints, key)
+        if slot >= 0 and (ts - slot_floats[slot, F_LAST] > timeout
+                          or (slot_ints[slot, C_CLOSING] and flags & (SYN | ACK) == SYN)):
+            slot_index[pos] = HT_DELETED  # idle past the timeout, or a SYN after FIN/RST: a new session
+            _emit(slot, slot_ints, st.ended_slots, counters)
+            slot = -1
+            pos = _find(slot_index, slot_ints, key)[1]
+        if slot < 0:
+            slot = _new_session(row, key, ts, pos, st)
+        s = slot_ints[slot]
+        if ts > slot_floats[slot, F_LAST]:  # any packet, even one dropped below, keeps it alive
+            slot_floats[slot, F_LAST] = ts
         direction = 0
-        if cfg.bidir and not (row[D_SPORT] == s[C_CLPORT] and row[D_S0] == s[C_CL0] and row[D_S0 + 1] == s[C_CL0 + 1]
-                              and row[D_S0 + 2] == s[C_CL0 + 2] and row[D_S0 + 3] == s[C_CL0 + 3]):
+        if bidir and not (row[D_SPORT] == s[C_CLPORT] and row[D_S0] == s[C_CL0] and row[D_S0 + 1] == s[C_CL0 + 1]
+                          and row[D_S0 + 2] == s[C_CL0 + 2] and row[D_S0 + 3] == s[C_CL0 + 3]):
             direction = 1
-        kept, rel, hasrel = _tcp_rules(slot, row, direction, st)
-        if not kept:
-            continue
-        _keep_packet(slot, row, ts, direction, st)
-        limit = _strict_state(slot, data, offs[i], row, direction, rel, hasrel, room, st, cfg)
+        # TCP: retransmissions and pure ACKs are dropped (and counted); FIN or RST marks the session closing
+        plen, rel, hasrel = row[D_PLEN], 0, 0
+        if row[D_PROTO] == 6:
+            if plen:
+                retransmitted, rel = _tcp_segment(slot, direction, row[D_SEQ], plen, slot_ints, seq_ranges, seq_range_counts)
+                hasrel = 1
+                if retransmitted:
+                    counters[K_RETR] += 1
+                    s[C_RETR] += 1
+                    continue
+            elif not flags & (SYN | FIN | RST):
+                counters[K_PACK] += 1
+                s[C_PACKS] += 1
+                continue
+            if flags & (FIN | RST):
+                s[C_CLOSING] = 1
+        _keep_packet(slot, row, ts, direction, s, slot_floats, packet_pool, packet_times, counters)
+        limit = view_limit
+        if mask == 2:  # the strict mask's state: where a direction's TLS hello ends, QUIC connection IDs
+            if hasrel:
+                if s[C_HELLO0 + direction] == 0:  # the direction's first payload segment
+                    s[C_HELLO0 + direction] = 1 + _record_end(data, offs[i] + row[D_L7], row[D_END] - row[D_L7])
+                if rel < s[C_HELLO0 + direction] - 1:
+                    limit = room  # stored whole: it may hold part of a TLS hello
+            elif row[D_PROTO] == 17:
+                scil = _quic_scid(data, offs[i], row[D_L7], row[D_END])
+                if scil >= 0:
+                    s[C_QUIC] = 1
+                    s[C_CID0 + 1 - direction] = scil + 1
         if (s[C_STNE] < cfg.store_packets or s[C_STB] < cfg.store_bytes) and s[C_NST] < MAX_STORED:
-            _store_view(slot, data, offs[i], row, ts, direction, rel, hasrel, limit, st, cfg)
+            _store_view(data, offs[i], row, ts, direction, rel, hasrel, limit, s, view_pool, view_times, arena,
+                        scratch, counters, cfg)
         if s[C_NPK] == cfg.after:
-            s[C_TNST] = s[C_NST]
-            s[C_TPAY] = s[C_PAY]
-            st.triggered_slots[counters[K_NTRIG]] = slot
-            counters[K_NTRIG] += 1
+            _trigger(slot, s, st.triggered_slots, counters)
         counters[K_SINCE] += 1
         if counters[K_SINCE] >= IDLE_SCAN_EVERY:
             counters[K_SINCE] = 0
@@ -918,45 +959,30 @@ def assemble(data, offs, times, decoded, first, n, st, cfg):
 
 
 @njit(cache=True)
-def _room(row, st, cfg):
+def _trigger(slot, s, triggered_slots, counters):
+    """Live: the session's `after`-th packet was kept; note what it had stored then."""
+    s[C_TNST] = s[C_NST]
+    s[C_TPAY] = s[C_PAY]
+    triggered_slots[counters[K_NTRIG]] = slot
+    counters[K_NTRIG] += 1
+
+
+@njit(cache=True)
+def _room(row, counters, arena_size, view_limit, mask):
     """(DONE or the NEED_* code of the first pool short of room for this packet, arena bytes it may take)."""
-    counters = st.counters
     if counters[K_NSFREE] == 0:
         return NEED_SLOT, 0
     if counters[K_PFREE] < 0:
         return NEED_PACKET, 0
     if counters[K_EFREE] < 0:
         return NEED_STORED, 0
-    room = cfg.view_limit
-    if cfg.mask == 2 and row[D_PROTO] == 6 and row[D_PLEN] > 0:  # may be stored whole (a TLS hello)
-        room = max(cfg.view_limit, row[D_END] - row[D_L3] + 26)
-    if counters[K_ARENA] + room > st.arena.size:
+    room = view_limit
+    if mask == 2 and row[D_PROTO] == 6 and row[D_PLEN] > 0:  # may be stored whole (a TLS hello)
+        room = max(view_limit, row[D_END] - row[D_L3] + 26)
+    if counters[K_ARENA] + room > arena_size:
         counters[K_ROOM] = room
         return NEED_ARENA, room
     return DONE, room
-
-
-@njit(cache=True)
-def _session(row, ts, st, cfg):
-    """The slot of the packet's session: its live one, or a new one (after idling out, or a SYN
-    after FIN/RST); SessionAssembler.add's lookup."""
-    slot_index, slot_ints = st.slot_index, st.slot_ints
-    flags, sport, dport = row[D_FLAGS], row[D_SPORT], row[D_DPORT]
-    a = (row[D_S0], row[D_S0 + 1], row[D_S0 + 2], row[D_S0 + 3], sport)
-    b = (row[D_D0], row[D_D0 + 1], row[D_D0 + 2], row[D_D0 + 3], dport)
-    if cfg.bidir and not a <= b:
-        a, b = b, a
-    key = (row[D_VER], row[D_PROTO], a[0], a[1], a[2], a[3], a[4], b[0], b[1], b[2], b[3], b[4])
-    slot, pos = _find(slot_index, slot_ints, key)
-    if slot >= 0 and (ts - st.slot_floats[slot, F_LAST] > cfg.timeout
-                      or (slot_ints[slot, C_CLOSING] and flags & (SYN | ACK) == SYN)):
-        slot_index[pos] = HT_DELETED
-        _emit(slot, slot_ints, st.ended_slots, st.counters)
-        slot = -1
-        pos = _find(slot_index, slot_ints, key)[1]
-    if slot < 0:
-        slot = _new_session(row, key, ts, pos, st)
-    return slot
 
 
 @njit(cache=True)
@@ -1000,41 +1026,14 @@ def _new_session(row, key, ts, pos, st):
 
 
 @njit(cache=True)
-def _tcp_rules(slot, row, direction, st):
-    """(kept?, payload offset in the stream, has one): TCP retransmissions and pure ACKs are
-    dropped (and counted); FIN or RST marks the session closing."""
-    s = st.slot_ints[slot]
-    if row[D_PROTO] != 6:
-        return True, 0, 0
-    flags, plen = row[D_FLAGS], row[D_PLEN]
-    rel, hasrel = 0, 0
-    if plen:
-        retransmitted, rel = _tcp_segment(slot, direction, row[D_SEQ], plen, st.slot_ints, st.seq_ranges,
-                                          st.seq_range_counts)
-        hasrel = 1
-        if retransmitted:
-            st.counters[K_RETR] += 1
-            s[C_RETR] += 1
-            return False, rel, hasrel
-    elif not flags & (SYN | FIN | RST):
-        st.counters[K_PACK] += 1
-        s[C_PACKS] += 1
-        return False, rel, hasrel
-    if flags & (FIN | RST):
-        s[C_CLOSING] = 1
-    return True, rel, hasrel
-
-
-@njit(cache=True)
-def _keep_packet(slot, row, ts, direction, st):
-    """Append the packet to the session's kept packets (size, direction, flags, time)."""
-    counters, pool, s = st.counters, st.packet_pool, st.slot_ints[slot]
+def _keep_packet(slot, row, ts, direction, s, slot_floats, pool, packet_times, counters):
+    """Append the packet to the session's kept packets (size, direction, flags, time); `s`: its row."""
     node = counters[K_PFREE]
     counters[K_PFREE] = pool[node, P_NEXT]
     pool[node, P_SIZE] = row[D_IPLEN]
     pool[node, P_DIRFLAGS] = (direction << 8) | row[D_FLAGS]
     pool[node, P_NEXT] = -1
-    st.packet_times[node] = ts
+    packet_times[node] = ts
     if s[C_PTAIL] >= 0:
         pool[s[C_PTAIL], P_NEXT] = node
     else:
@@ -1045,40 +1044,18 @@ def _keep_packet(slot, row, ts, direction, st):
     if direction == 0:
         s[C_FWD] += 1
         s[C_BYTESF] += row[D_IPLEN]
-    if s[C_NPK] == 1 or ts < st.slot_floats[slot, F_TMIN]:
-        st.slot_floats[slot, F_TMIN] = ts
-    if s[C_NPK] == 1 or ts > st.slot_floats[slot, F_TMAX]:
-        st.slot_floats[slot, F_TMAX] = ts
+    if s[C_NPK] == 1 or ts < slot_floats[slot, F_TMIN]:
+        slot_floats[slot, F_TMIN] = ts
+    if s[C_NPK] == 1 or ts > slot_floats[slot, F_TMAX]:
+        slot_floats[slot, F_TMAX] = ts
     s[C_PAY] += row[D_PLEN]
 
 
 @njit(cache=True)
-def _strict_state(slot, data, frame, row, direction, rel, hasrel, room, st, cfg):
-    """The strict mask's per-session state (where a direction's TLS hello ends, QUIC connection
-    ID lengths); returns the bytes of the view to store (all of it when it may hold a hello)."""
-    s = st.slot_ints[slot]
-    limit = cfg.view_limit
-    if cfg.mask != 2:
-        return limit
-    if hasrel:
-        if s[C_HELLO0 + direction] == 0:  # the direction's first payload segment
-            s[C_HELLO0 + direction] = 1 + _record_end(data, frame + row[D_L7], row[D_END] - row[D_L7])
-        if rel < s[C_HELLO0 + direction] - 1:
-            limit = room  # stored whole: it may hold part of a TLS hello
-    elif row[D_PROTO] == 17:
-        scil = _quic_scid(data, frame, row[D_L7], row[D_END])
-        if scil >= 0:
-            s[C_QUIC] = 1
-            s[C_CID0 + 1 - direction] = scil + 1
-    return limit
-
-
-@njit(cache=True)
-def _store_view(slot, data, frame, row, ts, direction, rel, hasrel, limit, st, cfg):
-    """Store the packet's masked layer view in the arena and chain it to the session's views."""
-    counters, views, s = st.counters, st.view_pool, st.slot_ints[slot]
+def _store_view(data, frame, row, ts, direction, rel, hasrel, limit, s, views, view_times, arena, scratch, counters, cfg):
+    """Store the packet's masked layer view in the arena and chain it to the session's views (`s`: its row)."""
     at = counters[K_ARENA]
-    full = _view(data, frame, row, cfg.layer, cfg.mask, st.scratch, st.arena, at, limit, s[C_CID0 + direction] - 1)
+    full = _view(data, frame, row, cfg.layer, cfg.mask, scratch, arena, at, limit, s[C_CID0 + direction] - 1)
     if full <= 0:
         return
     e = counters[K_EFREE]
@@ -1096,9 +1073,9 @@ def _store_view(slot, data, frame, row, ts, direction, rel, hasrel, limit, st, c
         views[e, E_L7] = row[D_L7] - row[D_L4] + pad
     else:
         views[e, E_L7] = (14 if cfg.layer == 0 else 0) + row[D_L7] - row[D_L3] + pad
-    if s[C_QUIC] and s[C_CID0 + direction] == 0 and _mask_quic(data, frame, row[D_L7], row[D_END], st.scratch, -1, False):
+    if s[C_QUIC] and s[C_CID0 + direction] == 0 and _mask_quic(data, frame, row[D_L7], row[D_END], scratch, -1, False):
         counters[K_QUICLEFT] += 1
-    st.view_times[e] = ts
+    view_times[e] = ts
     counters[K_ARENA] = at + views[e, E_LEN]
     if s[C_STAIL] >= 0:
         views[s[C_STAIL], E_NEXT] = e
