@@ -83,3 +83,22 @@ def test_models_lists_the_training_defaults():
     row = next(line for line in out.splitlines() if line.startswith("ge-cnn-lstm "))
     assert "batch-size 32, schedule cosine" in row
     assert "training defaults" in out.splitlines()[0]
+
+
+def test_the_scikit_learn_estimator_takes_the_models_defaults_unless_given(dataset):
+    """TrafficClassifier left at None trains as `trafficlens train` does: the Ge model at batch 32
+    with cosine, chen-cnn at TrainConfig's; a value given wins."""
+    import numpy as np
+
+    from trafficlens.training.estimator import TrafficClassifier
+
+    rows = np.arange(len(dataset))
+    labels = np.asarray(dataset.labels)
+    ge = TrafficClassifier(model="ge-inception-capsnet", dataset=dataset, max_epochs=1, device="cpu").fit(rows, labels)
+    assert (ge.train_config_.batch_size, ge.train_config_.schedule, ge.train_config_.max_epochs) == (32, "cosine", 1)
+    assert ge.predict(rows[:5]).shape == (5,)
+    given = TrafficClassifier(model="ge-inception-capsnet", dataset=dataset, max_epochs=1, batch_size=8, device="cpu")
+    assert (given.fit(rows, labels).train_config_.batch_size, given.train_config_.schedule) == (8, "cosine")
+    cnn = TrafficClassifier(model="chen-cnn", dataset=dataset, max_epochs=1, device="cpu").fit(rows, labels)
+    assert (cnn.train_config_.batch_size, cnn.train_config_.schedule) == (256, "plateau")
+    assert TrafficClassifier().get_params()["batch_size"] is None  # scikit-learn's clone keeps "not chosen"

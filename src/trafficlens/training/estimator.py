@@ -27,15 +27,18 @@ from sklearn.utils.validation import check_is_fitted
 class TrafficClassifier(ClassifierMixin, BaseEstimator):
     """A registered deep model (`model`, `trafficlens models` lists them) as a scikit-learn
     classifier: `fit`, `predict`, `predict_proba`, usable in pipelines and `GridSearchCV`.
-    The arguments are TrainConfig's; X is described in this module's docstring.
+    The arguments are TrainConfig's; `max_epochs`, `batch_size`, `lr` and `patience` left at None
+    take the model's own training defaults (the Ge models: batch 32 and a cosine schedule), as
+    `trafficlens train` does, else TrainConfig's; `train_config_` is what fit used. X is
+    described in this module's docstring.
 
     >>> est = TrafficClassifier(model="chen-cnn", dataset=Dataset.open("ds/iot"), max_epochs=5)
     >>> est.fit(train_rows, labels[train_rows]).predict(test_rows)
     """
 
     def __init__(self, model: str = "chen-cnn", dataset: Any = None, model_params: dict | None = None,
-                 max_epochs: int = 20, batch_size: int = 256, lr: float = 1e-3, loss: str = "ce",
-                 balance: str = "none", patience: int = 5, validation_fraction: float = 0.2,
+                 max_epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+                 loss: str = "ce", balance: str = "none", patience: int | None = None, validation_fraction: float = 0.2,
                  time_budget: float | None = None, seed: int = 0, device: str = "auto", progress: bool = False):
         self.model = model
         self.dataset = dataset
@@ -77,14 +80,16 @@ class TrafficClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X, y) -> "TrafficClassifier":
         """Train a new network on X, y (early stopping on a stratified `validation_fraction`)."""
         from trafficlens.models import create_model, model_info
-        from trafficlens.training.config import TrainConfig
+        from trafficlens.training.config import TrainConfig, with_model_defaults
         from trafficlens.training.splits import random_split
         from trafficlens.training.device import setup
         from trafficlens.training.trainer import fit
 
-        cfg = TrainConfig(max_epochs=self.max_epochs, batch_size=self.batch_size, lr=self.lr, loss=self.loss,
-                          balance=self.balance, patience=self.patience, time_budget=self.time_budget,
+        chosen = with_model_defaults(self.model, {"max_epochs": self.max_epochs, "batch_size": self.batch_size,
+                                                  "lr": self.lr, "patience": self.patience})
+        cfg = TrainConfig(**chosen, loss=self.loss, balance=self.balance, time_budget=self.time_budget,
                           seed=self.seed, device=self.device)
+        self.train_config_ = cfg
         info = model_info(self.model, "deep")
         tensors, rows = self._tensors(X, info.inputs)
         self.classes_, y_ids = np.unique(np.asarray(y), return_inverse=True)
@@ -111,7 +116,7 @@ class TrafficClassifier(ClassifierMixin, BaseEstimator):
 
         check_is_fitted(self, "model_")
         tensors, rows = self._tensors(X, self.model_.inputs)
-        return predict_logits(self.model_, tensors, rows, max(self.batch_size, 1024), self.device_)
+        return predict_logits(self.model_, tensors, rows, max(self.train_config_.batch_size, 1024), self.device_)
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities (softmax of the logits), (n, classes)."""
