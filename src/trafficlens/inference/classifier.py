@@ -446,12 +446,12 @@ class Classifier:
         named within their capture file, so memory holds one capture's groups (at most
         `config.max_groups`, the least recently updated closed early). `bpf`: as in `iter_predictions`."""
         from trafficlens.capture.bpf import PacketFilter
-        from trafficlens.inference.groups import GroupConfig, GroupDecisions, load_learned
+        from trafficlens.inference.groups import GroupConfig, GroupDecisions, decision_setup
         from trafficlens.prep.hosts import HostAddresses
 
         config = config or GroupConfig(temperature=self.temperature)
         packet_filter = PacketFilter(bpf) if bpf is not None else None
-        learned = load_learned(self.bundle.path, config.by, len(self.labels)) if config.aggregator == "learned" else None
+        config, learned = decision_setup(self.bundle.path, config, len(self.labels))
         files = _capture_files(captures)
         for path, relative in files:
             groups = GroupDecisions(self.labels, config, learned)
@@ -479,9 +479,8 @@ class Classifier:
         >>> clf.predict_hosts("capture.pcap", by="host", host_key="mac", aggregator="pool")"""
         import pandas as pd
 
-        from trafficlens.inference.groups import GROUP_COLUMNS, GroupConfig, read_calibration, read_open_set, resolve_aggregator
+        from trafficlens.inference.groups import GROUP_COLUMNS, GroupConfig, read_open_set
 
-        aggregator = resolve_aggregator(read_calibration(self.bundle.path), by, aggregator)
         config = GroupConfig(by=by, host_key=host_key, window=window, aggregator=aggregator, top_k=top_k,
                              min_confidence=min_confidence,
                              temperature=self.temperature if temperature is None else temperature,

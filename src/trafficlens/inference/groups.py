@@ -40,7 +40,7 @@ HOST_KEYS = ("ip", "mac")
 AGGREGATORS = ("pool", "vote", "learned")
 # "auto", what predict/live/serve/predict_hosts take by default: the learned aggregator where
 # `evaluate --by` fitted one for the groups' kind (better than pooling on every seed measured,
-# benchmarks/RESULTS.md, issue 16), else pooling; `resolve_aggregator` decides before a run starts.
+# benchmarks/RESULTS.md, issue 16), else pooling; `decision_setup` resolves it against the run.
 AUTO = "auto"
 UNKNOWN = "unknown"
 # One row per group (documented in the README). window_*: the window's bounds for host-window,
@@ -74,7 +74,7 @@ class GroupConfig:
 
     def __post_init__(self):
         for name, value, allowed in (("by", self.by, BY), ("host_key", self.host_key, HOST_KEYS),
-                                     ("aggregator", self.aggregator, AGGREGATORS)):
+                                     ("aggregator", self.aggregator, AGGREGATORS + (AUTO,))):
             if value not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if not (self.window > 0 and math.isfinite(self.window)):
@@ -173,6 +173,15 @@ def resolve_aggregator(calibration: dict[str, Any], by: str, aggregator: str = A
     return "learned" if (calibration.get("learned") or {}).get(kind) is not None else "pool"
 
 
+def decision_setup(run, config: GroupConfig, n_classes: int) -> tuple[GroupConfig, LearnedAggregator | None]:
+    """`config` with "auto" resolved against RUN/calibration.json, and the learned aggregator it
+    then needs (None for pool and vote): what a `GroupDecisions` over RUN's sessions is built from."""
+    import dataclasses
+
+    config = dataclasses.replace(config, aggregator=resolve_aggregator(read_calibration(run), config.by, config.aggregator))
+    return config, (load_learned(run, config.by, n_classes) if config.aggregator == "learned" else None)
+
+
 def load_learned(run, by: str, n_classes: int) -> LearnedAggregator:
     """The learned aggregator `evaluate RUN --by` fitted for captures or hosts (host-window uses
     the hosts'); a ConfigError naming the command when there is none."""
@@ -269,6 +278,8 @@ class GroupDecisions:
 
     def __post_init__(self):
         self.labels = list(self.labels)
+        if self.config.aggregator == AUTO:
+            raise ConfigError("aggregator 'auto' is resolved against a run first (decision_setup)")
         if self.config.aggregator == "learned" and self.learned is None:
             raise ConfigError("aggregator 'learned' needs the aggregator `evaluate --by` fits (RUN/calibration.json)")
         self._groups: OrderedDict[tuple, GroupState] = OrderedDict()

@@ -112,14 +112,13 @@ def predict(run, captures, out, fmt, bpf, top_k, min_confidence, trusted_keys, d
     from trafficlens.inference.groups import read_calibration, resolve_aggregator
 
     fitted = read_calibration(run)
-    chosen = resolve_aggregator(fitted, by, aggregator)
+    chosen = resolve_aggregator(fitted, by, aggregator)  # decided again where the groups are built: said here
     if aggregator == "auto":
         why = "fitted by `evaluate --by`" if chosen == "learned" else "no learned aggregator in the run"
         click.echo(f"--aggregator auto: {chosen} ({why})", err=True)
-    aggregator = chosen
     if temperature is None:
         temperature = fitted.get("temperature", 1.0)
-        if not fitted and aggregator == "pool":
+        if not fitted and chosen == "pool":
             click.echo(f"note: {run} has no calibration.json; pooling uncalibrated probabilities "
                        f"(`trafficlens evaluate {run} --by capture` fits a temperature and an aggregator on its "
                        f"validation split)", err=True)
@@ -291,11 +290,9 @@ def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, fmt, top
 
         groups = None
         if by == "host":
-            from trafficlens.inference.groups import GroupConfig, read_calibration, resolve_aggregator
+            from trafficlens.inference.groups import GroupConfig
 
-            groups = GroupConfig(by="host", host_key=host_key,
-                                 aggregator=resolve_aggregator(read_calibration(run), "host", aggregator),
-                                 temperature=clf.temperature,
+            groups = GroupConfig(by="host", host_key=host_key, aggregator=aggregator, temperature=clf.temperature,
                                  top_k=top_k, min_confidence=min_confidence, max_groups=max_hosts,
                                  unknown_below=unknown_below)
         previous = signal.signal(signal.SIGTERM, stop)

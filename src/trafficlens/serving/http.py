@@ -42,7 +42,7 @@ from starlette.requests import ClientDisconnect
 
 from trafficlens.errors import CaptureError, ConfigError
 from trafficlens.inference.classifier import Classifier
-from trafficlens.inference.groups import GroupConfig, parse_window, read_calibration, read_open_set, resolve_aggregator
+from trafficlens.inference.groups import GroupConfig, parse_window, read_calibration, read_open_set
 from trafficlens.serving.limits import UploadTooLarge
 from trafficlens.serving.workers import Job, PoolBusy, WorkerPool, WorkFailed, WorkTimeout
 
@@ -127,8 +127,7 @@ def create_app(clf: Classifier, config: ServeConfig | None = None, *, pool: Work
     async def classify(request: Request):
         return await classifier.handle(request)
 
-    calibration = read_calibration(clf.bundle.path)
-    temperature = calibration.get("temperature", 1.0)
+    temperature = read_calibration(clf.bundle.path).get("temperature", 1.0)
 
     @app.post("/v1/classify/hosts")
     async def classify_hosts(request: Request, by: str = "host", window: str = "300s", host_key: str = "ip",
@@ -137,8 +136,7 @@ def create_app(clf: Classifier, config: ServeConfig | None = None, *, pool: Work
         `predict --by`: the learned aggregator where `evaluate --by` fitted one, else pooled
         calibrated log-probabilities; `open_set`: as `--open-set`."""
         try:
-            group = GroupConfig(by=by, host_key=host_key, window=parse_window(window),
-                                aggregator=resolve_aggregator(calibration, by, aggregator),
+            group = GroupConfig(by=by, host_key=host_key, window=parse_window(window), aggregator=aggregator,
                                 temperature=temperature, top_k=config.top_k, min_confidence=config.min_confidence,
                                 unknown_below=read_open_set(clf.bundle.path, by) if open_set else None)
         except ConfigError as exc:

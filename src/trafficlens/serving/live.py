@@ -25,7 +25,7 @@ from trafficlens.capture.bpf import PacketFilter
 from trafficlens.capture.reader import CaptureReader, RawPacket
 from trafficlens.errors import CaptureError
 from trafficlens.inference.classifier import Classifier, rejected_row
-from trafficlens.inference.groups import GroupConfig, GroupDecisions, load_learned
+from trafficlens.inference.groups import GroupConfig, GroupDecisions, decision_setup
 from trafficlens.prep.engines import make_engine
 from trafficlens.prep.engines.base import EngineSink
 from trafficlens.prep.engines.blocks import block_from_pcapy, packet_blocks
@@ -252,10 +252,10 @@ class LiveClassifier:
         self._jobs: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._last_ts: float | None = None  # capture time of the latest packet
-        learned = None
-        if groups is not None and groups.aggregator == "learned":
-            learned = load_learned(clf.bundle.path, groups.by, len(clf.labels))
-        self._groups = GroupDecisions(clf.labels, groups, learned) if groups is not None else None
+        self._groups = None
+        if groups is not None:
+            groups, learned = decision_setup(clf.bundle.path, groups, len(clf.labels))
+            self._groups = GroupDecisions(clf.labels, groups, learned)
         self._hosts = HostAddresses() if groups is not None and groups.host_key == "mac" else None
         self.host_idle = host_idle
         if groups is not None:
