@@ -147,6 +147,46 @@ def test_learns_every_view_and_an_ablation_loses_its_class(views, tmp_path):
     assert ablated["alpha"] >= 0.75, ablated
 
 
+def test_statistics_are_scaled_by_the_training_rows_and_bundles_of_either_scaling_load(views, tmp_path):
+    """The default scaler is fitted once, by `fit`, on the training rows (signed log, then their
+    mean and variance) and is never moved by training or by the batch-norm recalibration; a state
+    dict of the old batch-norm scaling loads into it and predicts the same."""
+    from trafficlens.models.tl_fusion import FittedNorm
+    from trafficlens.training.bundle import read_split
+    from trafficlens.training.trainer import recalibrate_batch_norm
+
+    torch.manual_seed(0)
+    train_run(views.path, tmp_path / "run", "tl-fusion", TrainConfig(**{**FAST, "max_epochs": 2}), model_kwargs=SMALL,
+              progress=False, log=lambda m: None)
+    model = load_bundle(tmp_path / "run").model
+    norm = model.stats_norm
+    assert isinstance(norm, FittedNorm)
+    train_rows = np.flatnonzero(read_split(tmp_path / "run") == 0)
+    x = np.asarray(views.tensor("stats")[train_rows], np.float64)
+    x = np.sign(x) * np.log1p(np.abs(x))
+    assert np.allclose(norm.running_mean.numpy(), x.mean(axis=0), rtol=1e-5)
+    assert np.allclose(norm.running_var.numpy(), x.var(axis=0), rtol=1e-4)
+
+    fitted = norm.running_mean.clone()
+    model.train()
+    tensors = {name: views.tensor(name) for name in model.inputs}
+    recalibrate_batch_norm(model, tensors, np.arange(len(views.labels)), 4, 16, torch.device("cpu"), 0)
+    model(*inputs(n=8, seed=2))
+    assert torch.equal(norm.running_mean, fitted)
+    assert torch.nn.SyncBatchNorm.convert_sync_batchnorm(model).stats_norm is norm  # distributed: left as it is
+
+    batch = create_model("tl-fusion", num_classes=4, input_shapes=SHAPES, stats_scaling="batch").eval()
+    assert type(batch.stats_norm) is torch.nn.BatchNorm1d
+    batch.stats_norm.running_mean.uniform_(0, 3)
+    batch.stats_norm.running_var.uniform_(0.5, 2)
+    default = create_model("tl-fusion", num_classes=4, input_shapes=SHAPES).eval()
+    default.load_state_dict(batch.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(default(*inputs()), batch(*inputs()), atol=1e-6)
+    with pytest.raises(ConfigError, match="stats_scaling must be one of fitted, batch"):
+        create_model("tl-fusion", num_classes=2, input_shapes=SHAPES, stats_scaling="minmax")
+
+
 @pytest.fixture(scope="module")
 def sample_run(tmp_path_factory):
     """tl-fusion trained with no settings of its own on the bundled lab captures."""

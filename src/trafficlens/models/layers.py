@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -34,6 +35,10 @@ class TrafficModel(nn.Module, metaclass=abc.ABCMeta):
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(*xs))
+
+    def fit_inputs(self, tensors, rows: np.ndarray) -> None:
+        """Fit what the model derives from its training inputs before the first step (a scaler);
+        `fit` calls it with the training rows, not when resuming. Most models derive nothing."""
 
     def features_for_gradients(self, *xs: torch.Tensor) -> torch.Tensor:
         """`forward_features` with every part differentiable, for explanations (a model with

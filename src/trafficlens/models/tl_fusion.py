@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -35,6 +36,8 @@ from trafficlens.models.layers import AdditiveAttention, TrafficModel
 from trafficlens.models.registry import register_model
 
 ENCODERS = ("transformer", "gru")
+STATS_SCALINGS = ("fitted", "batch")
+_SCALER_ROWS = 200_000  # training rows the statistics' scaler is fitted on, at most (evenly spaced)
 
 
 @dataclass
@@ -55,6 +58,7 @@ class TLFusionConfig:
     use_sizes: bool = True  # signed size, direction and inter-arrival time of each packet
     use_stats: bool = True
     jitter: float = 0.0  # training only: sigma of the log-normal factors on inter-arrival times
+    stats_scaling: str = "fitted"  # "fitted": mean and variance of the training rows; "batch": batch norm
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
@@ -63,6 +67,8 @@ class TLFusionConfig:
             raise ConfigError(f"dim ({self.dim}) must divide by heads ({self.heads}) and, for the GRU, by 2")
         if not (self.use_bytes or self.use_sizes or self.use_stats):
             raise ConfigError("tl-fusion needs at least one of use_bytes, use_sizes, use_stats")
+        if self.stats_scaling not in STATS_SCALINGS:
+            raise ConfigError(f"stats_scaling must be one of {', '.join(STATS_SCALINGS)}, got {self.stats_scaling!r}")
         if not 0 <= self.jitter <= 2:
             raise ConfigError(f"jitter must be in [0, 2] (a log-normal sigma), got {self.jitter}")
 
@@ -70,6 +76,33 @@ class TLFusionConfig:
 def signed_log(x: torch.Tensor) -> torch.Tensor:
     """sign(x) log(1 + |x|): flow statistics span bytes to megabytes and microseconds to minutes."""
     return torch.sign(x) * torch.log1p(x.abs())
+
+
+class FittedNorm(nn.Module):
+    """A standard scaler with a learned affine: `fit` sets the mean and variance once from the
+    training rows (`TLFusion.fit_inputs`) and nothing updates them, in training or by the batch-norm
+    recalibration. Why: batch statistics of small batches (the bundled sample trains with 16) are
+    noisy, and the statistics' branch then learned far less than a scaler-fed MLP does (RESULTS,
+    issue 15). Not a batch norm (distributed training would turn one into a synchronised batch
+    norm), but with batch norm's parameters and buffers, so a bundle of either kind loads in both."""
+
+    def __init__(self, features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(features))
+        self.bias = nn.Parameter(torch.zeros(features))
+        self.register_buffer("running_mean", torch.zeros(features))
+        self.register_buffer("running_var", torch.ones(features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    @torch.no_grad()
+    def fit(self, x: np.ndarray) -> None:
+        var = x.var(axis=0)
+        self.running_mean.copy_(torch.from_numpy(x.mean(axis=0)))
+        self.running_var.copy_(torch.from_numpy(np.where(var < 1e-6, 1.0, var)))  # constant in training: left unscaled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, training=False, eps=self.eps)
 
 
 class SelfAttention(nn.Module):
@@ -142,12 +175,20 @@ class TLFusion(TrafficModel):
         self.norm = nn.LayerNorm(d)
         self.packet_attention = AdditiveAttention(d)
         if cfg.use_stats:
-            self.stats_norm = nn.BatchNorm1d(cfg.stats_features)
+            self.stats_norm = (FittedNorm if cfg.stats_scaling == "fitted" else nn.BatchNorm1d)(cfg.stats_features)
             self.stats_mlp = nn.Sequential(nn.Linear(cfg.stats_features, cfg.hidden), nn.GELU(),
                                            nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, d))
         self.fc = nn.Sequential(nn.Linear(2 * d if cfg.use_stats else d, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout))
         self.num_features = cfg.hidden
         self.head = nn.Linear(cfg.hidden, cfg.num_classes)
+
+    def fit_inputs(self, tensors, rows: np.ndarray) -> None:
+        rows = np.unique(rows)  # sorted: reads go forward through a memory-mapped file
+        if isinstance(getattr(self, "stats_norm", None), FittedNorm) and len(rows):
+            if len(rows) > _SCALER_ROWS:
+                rows = rows[np.linspace(0, len(rows) - 1, _SCALER_ROWS).astype(np.int64)]
+            x = np.asarray(tensors["stats"][rows], np.float64)
+            self.stats_norm.fit(np.sign(x) * np.log1p(np.abs(x)))
 
     def packet_tokens(self, packets: torch.Tensor, sequence: torch.Tensor,
                       hidden: "HiddenInputs | None" = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -177,6 +177,8 @@ def fit(model: nn.Module, tensors: Mapping[str, np.ndarray], train_idx: np.ndarr
 
     device = device or resolve_device(cfg.device)
     dist = dist or DistContext(device=device)
+    if resume is None and hasattr(model, "fit_inputs"):  # a TrafficModel; tests also train plain modules
+        model.fit_inputs(tensors, train_idx)
     run = _Epochs(model, tensors, train_idx, train_y, cfg, num_classes, device, dist)
     result = FitResult()
     best_f1, best_state, stale, first = -1.0, None, 0, 1
