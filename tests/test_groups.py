@@ -432,6 +432,30 @@ def test_auto_aggregator_takes_the_learned_one_where_evaluate_fitted_it(run, net
     assert row["label"] == learned[0]["label"] and row["confidence"] == pytest.approx(learned[0]["confidence"])
 
 
+def test_train_group_fits_the_group_decisions_that_predict_then_uses(run, network, tmp_path):
+    """`train --group capture --group host` ends as `evaluate --by` would: the learned aggregators
+    stored in the run (predict's --aggregator auto takes them) and metrics-by-BY.json written."""
+    ds = run.parent / "ds"
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", str(ds), "--model", "chen-cnn", "-o", str(out), "--batch-size", "16",
+                                      "--epochs", "4", "--quiet", "--group", "capture", "--group", "host"])
+    assert result.exit_code == 0, result.output
+    learned = json.loads((out / "calibration.json").read_text())["learned"]
+    assert set(learned) == {"capture", "host"}
+    for by in ("capture", "host"):
+        metrics = json.loads((out / "evaluation" / f"metrics-by-{by}.json").read_text())
+        assert metrics["groups"]["n_groups"] == metrics["n"] == 3 and metrics["split"] == "capture"
+        assert f"metrics-by-{by}.json" in result.output
+    predicted = tmp_path / "hosts.jsonl"
+    result = CliRunner().invoke(cli, ["predict", str(out), str(network), "--by", "capture", "-o", str(predicted),
+                                      "--device", "cpu"])
+    assert result.exit_code == 0 and "--aggregator auto: learned" in result.output, result.output
+
+    result = CliRunner().invoke(cli, ["train", str(ds), "--model", "chen-cnn", "-o", str(tmp_path / "none"),
+                                      "--split", "none", "--group", "capture"])
+    assert result.exit_code == 2 and "--split none" in result.output and not (tmp_path / "none").exists()
+
+
 def test_evaluate_by_refuses_what_it_cannot_score(run):
     result = CliRunner().invoke(cli, ["evaluate", str(run), "--by", "capture", "--window", "5m"])
     assert isinstance(result.exception, ConfigError) and "--window" in str(result.exception)

@@ -116,6 +116,15 @@ def evaluate_groups(run: str | os.PathLike, by: str, window: float | None = None
     return metrics
 
 
+def group_summary(m: dict[str, Any], by: str) -> str:
+    """One line of `evaluate_groups`' metrics: what `evaluate --by` and `train --group` print."""
+    g = m["groups"]
+    others = ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in g["aggregators"].items() if k != "pool")
+    return (f"{m['model']}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro']['f1']:.4f} on {m['n']} "
+            f"{g['by']} groups of {g['sessions']} sessions (pooled, temperature {g['temperature']:.3f}; {others}; "
+            f"{m['split']} split, {m['mask']} mask); {m['out']}/metrics-by-{by}.json")
+
+
 def _groups_of(ds, rows: np.ndarray, y: np.ndarray, by: str, window: float | None, n_classes: int) -> "Groups":
     table = ds.table.select(["capture", "src_ip", "ts_start"]).take(rows).to_pydict()
     return Groups(_group_keys(table, by, window), np.asarray(table["ts_start"], dtype=np.float64), y, n_classes)

@@ -84,17 +84,13 @@ def evaluate(run, on, unseen, dataset, out, by, window):
     """
     if by != "session":
         from trafficlens.errors import ConfigError
-        from trafficlens.evaluation.by_group import evaluate_groups
+        from trafficlens.evaluation.by_group import evaluate_groups, group_summary
         from trafficlens.inference.groups import parse_window
 
         if on is not None:
             raise ConfigError("--by scores the run's own test split; it does not combine with --on")
         m = evaluate_groups(run, by, parse_window(window) if window is not None else None, out, dataset)
-        g = m["groups"]
-        others = ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in g["aggregators"].items() if k != "pool")
-        click.echo(f"{m['model']}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro']['f1']:.4f} on {m['n']} "
-                   f"{g['by']} groups of {g['sessions']} sessions (pooled, temperature {g['temperature']:.3f}; {others}; "
-                   f"{m['split']} split, {m['mask']} mask); {m['out']}/metrics-by-{by}.json")
+        click.echo(group_summary(m, by))
         return
     from trafficlens.evaluation.evaluate import evaluate_run
 

@@ -186,13 +186,18 @@ Example:
 @click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Learn from this stratified share of the training sessions (few-labels curves); validation and "
                    "test stay whole. [default: 1]")
+@click.option("--group", "group_by", type=click.Choice(("capture", "host")), multiple=True,
+              help="After training, fit decisions over each capture's (or host's) sessions on the validation side "
+                   "and score them on test, as `evaluate RUN --by` does: the temperature and learned aggregator that "
+                   "`predict --by`, `live --by host` and `serve` then use, and RUN/evaluation/metrics-by-BY.json. "
+                   "Repeatable.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--nproc", type=click.IntRange(1), default=1, show_default=True, help="Data-parallel processes on this machine (torchrun; one per GPU, or sharing the CPU cores).")
 @click.pass_context
 def train(ctx, dataset, model_name, out, resume_run, replay_from, split, seed, from_runs, min_class_sessions, min_class_captures,
-          include_classes, exclude_classes, settings, init, freeze_init, train_fraction, overwrite, quiet, nproc,
-          **training):
+          include_classes, exclude_classes, settings, init, freeze_init, train_fraction, group_by, overwrite, quiet,
+          nproc, **training):
     """Train a model on a dataset directory and write a run directory (model bundle).
 
     Under torchrun (`torchrun --nproc-per-node N -m trafficlens train ...`) or with --nproc N,
@@ -247,6 +252,8 @@ def train(ctx, dataset, model_name, out, resume_run, replay_from, split, seed, f
     log = (lambda message: click.echo(message, err=True))
     cfg = TrainConfig.from_dict(with_model_defaults(model_name, given))
     log_model_defaults(model_name, given, log)
+    if group_by and cfg.split == "none":
+        raise click.UsageError("--group scores decisions on the test side: --split none has none")
     s = train_run(dataset, out, model_name, cfg, model_kwargs, runs, progress=not quiet, overwrite=overwrite, log=log,
                   resume=bool(resume_run))
     if os.environ.get("RANK", "0") != "0":
@@ -257,6 +264,10 @@ def train(ctx, dataset, model_name, out, resume_run, replay_from, split, seed, f
         test = "none (--split none: score it with `trafficlens evaluate RUN --on DATASET`)" if cfg.split == "none" else "n/a"
     click.echo(f"{s['model']}: best epoch {s['best_epoch']} of {s['epochs']} ({s['stopped']}, {s['seconds']:.1f} s); "
                f"test {test}; wrote {s['out']}")
+    for by in group_by:
+        from trafficlens.evaluation.by_group import evaluate_groups, group_summary
+
+        click.echo(group_summary(evaluate_groups(s["out"], by), by))
 
 
 @click.command()
