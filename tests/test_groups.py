@@ -245,6 +245,13 @@ def test_open_set_needs_groups_and_a_fitted_threshold(run, network, tmp_path):
         assert isinstance(result.exception, ConfigError) and str(result.exception).startswith(message), result.output
         assert "\n" not in str(result.exception)
 
+    # a run calibrated before the fit was named in calibration.json keeps the fit it was set for
+    from trafficlens.inference.groups import read_open_set
+
+    (bare / "calibration.json").write_text(json.dumps({"temperature": 1.2, "open_set": {"host": {
+        "threshold": 0.42, "score": "mean calibrated top probability of the group's sessions"}}}))
+    assert read_open_set(bare, "host-window") == {"unknown_below": 0.42, "unknown_score": "mean_top_probability"}
+
 
 def _live(args, tmp_path):
     import torch
@@ -476,12 +483,13 @@ def test_groups_curve_and_fit_follow_each_group_in_time_order():
     until = groups.until_right(proba, "vote", 1.0, ["a", "b"])
     assert until["a"] == {"groups": 1, "right_at_end": 1.0, "median_sessions_until_right": 3.0}
     assert until["b"]["median_sessions_until_right"] == 1.0
-    fit = groups.fit(proba, 1.0)  # the mean of each session's top probability
+    fit = groups.open_set_fit("mean_top_probability", proba, 1.0)  # the mean of each session's top probability
     assert fit[0] == pytest.approx((0.8 + 0.6 + 0.9) / 3) and fit[1] == pytest.approx(0.7)
-    assert groups.fit(proba, 2.0)[1] == pytest.approx(np.sqrt(0.7) / (np.sqrt(0.7) + np.sqrt(0.3)))  # calibrated first
-    old = groups.fit_log_probability(proba, 1.0)
+    calibrated = groups.open_set_fit("mean_top_probability", proba, 2.0)[1]
+    assert calibrated == pytest.approx(np.sqrt(0.7) / (np.sqrt(0.7) + np.sqrt(0.3)))  # calibrated first
+    pooled = groups.open_set_fit("mean_log_probability", proba, 1.0)  # the default
     # pooled, g1 goes to b (0.4 * 0.9 * 0.2 > 0.6 * 0.1 * 0.8): its fit is b's mean log-probability
-    assert old[0] == pytest.approx(np.log([0.4, 0.9, 0.2]).mean()) and old[1] == pytest.approx(np.log(0.7))
+    assert pooled[0] == pytest.approx(np.log([0.4, 0.9, 0.2]).mean()) and pooled[1] == pytest.approx(np.log(0.7))
     report = groups.report(proba, "pool", 1.0, ["a", "b"])
     assert report["n"] == 2 and report["accuracy"] == 0.5 and report["per_class"]["b"]["precision"] == 0.5
 
@@ -521,13 +529,14 @@ def test_evaluate_by_capture_scores_held_out_classes_as_open_set(run, tmp_path):
         held = fits(np.flatnonzero(labels == "bulb"), score)
         assert got["held_out_called_unknown"] == pytest.approx(np.mean(held < threshold))
         assert got["known_test_called_unknown"] == pytest.approx(np.mean(fits(np.flatnonzero(side == 2), score) < threshold))
-    assert open_set["threshold"] == open_set["scores"]["mean_top_probability"]["threshold"]
+    assert open_set["score"] == "mean_log_probability"
+    assert open_set["threshold"] == open_set["scores"]["mean_log_probability"]["threshold"]
     stored = json.loads((open_run / "calibration.json").read_text())["open_set"]["capture"]
-    assert stored["threshold"] == pytest.approx(open_set["threshold"])
+    assert stored["threshold"] == pytest.approx(open_set["threshold"]) and stored["score"] == "mean_log_probability"
 
     # predict --by capture --open-set on the held-out class's capture files: unknown exactly where
     # the evaluation's fit is under the threshold (the same sessions, the same temperature)
-    held = fits(np.flatnonzero(labels == "bulb"), "mean_top_probability")
+    held = fits(np.flatnonzero(labels == "bulb"), "mean_log_probability")
     bulbs = sorted((Path(ds_path).parent / "train" / "bulb").glob("*.pcap"))
     table = clf.predict_hosts(bulbs, by="capture", open_set=True)
     assert len(table) == 3 and (table["label"] == "unknown").sum() == int((held < open_set["threshold"]).sum())
@@ -536,8 +545,9 @@ def test_evaluate_by_capture_scores_held_out_classes_as_open_set(run, tmp_path):
 
 
 def test_a_group_that_fits_no_known_class_is_an_unknown_device():
-    """GroupDecisions with an open-set threshold (predict, live and serve share it): the mean of the
-    sessions' top calibrated probabilities decides, not the pooled confidence, which grows with n."""
+    """GroupDecisions with an open-set threshold (predict, live and serve share it): a mean over the
+    sessions decides, not the pooled confidence, which grows with n. The default fit, the mean
+    log-probability of the pooled class, also flags sessions that are sure but disagree."""
     labels = ["a", "b"]
     metas = [{"capture": "x", "src_ip": ip, "ts_start": float(i), "ts_end": i + 0.5}
              for i, ip in enumerate(["1.1.1.1"] * 6 + ["2.2.2.2"] * 2)]
@@ -545,12 +555,25 @@ def test_a_group_that_fits_no_known_class_is_an_unknown_device():
     proba = np.array([[0.58, 0.42]] * 6 + [[0.95, 0.05], [0.15, 0.85]])
     rows = {}
     for below in (None, 0.6):
-        groups = GroupDecisions(labels, GroupConfig(aggregator="pool", unknown_below=below))
+        groups = GroupDecisions(labels, GroupConfig(aggregator="pool", unknown_below=below,
+                                                    unknown_score="mean_top_probability"))
         groups.add(metas, proba)
         rows[below] = {r["host"]: r for r in groups.rows()}
     assert rows[None]["1.1.1.1"]["label"] == "a" and rows[None]["1.1.1.1"]["confidence"] > 0.85
     assert (rows[0.6]["1.1.1.1"]["label"], rows[0.6]["1.1.1.1"]["status"]) == ("unknown", "unknown_device")
     assert rows[0.6]["1.1.1.1"]["top_k"] == rows[None]["1.1.1.1"]["top_k"]  # the evidence is still shown
     assert (rows[0.6]["2.2.2.2"]["label"], rows[0.6]["2.2.2.2"]["status"]) == ("a", "ok")  # mean top 0.9
+    # mean log-probability of the pooled class: host 1 log 0.58 = -0.545; host 2 pools to a,
+    # (log 0.95 + log 0.15) / 2 = -0.974: two sure sessions that disagree fit no class well
+    groups = GroupDecisions(labels, GroupConfig(aggregator="pool", unknown_below=-0.7))
+    groups.add(metas, proba)
+    by_host = {r["host"]: r for r in groups.rows()}
+    assert (by_host["1.1.1.1"]["label"], by_host["2.2.2.2"]["status"]) == ("a", "unknown_device")
+    assert groups.state(("x", "2.2.2.2", None)).open_set_fit("mean_log_probability") == \
+        pytest.approx(np.log([0.95, 0.15]).mean())
     with pytest.raises(ConfigError, match="unknown_below"):
-        GroupConfig(unknown_below=1.5)
+        GroupConfig(unknown_below=1.5, unknown_score="mean_top_probability")
+    with pytest.raises(ConfigError, match=r"unknown_below \(mean_log_probability\) must be in \[-inf, 0\]"):
+        GroupConfig(unknown_below=0.6)
+    with pytest.raises(ConfigError, match="unknown_score must be one of"):
+        GroupConfig(unknown_score="energy")

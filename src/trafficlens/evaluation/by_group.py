@@ -11,14 +11,14 @@ fitted here, on the run's validation split (its groups), and stored in RUN/calib
 majority of its sessions' labels (`mixed_groups` counts the groups where they differ). The curve
 gives accuracy against the number of sessions seen per group, in time order.
 
-Open set: a group's fit is the mean over its sessions of their highest calibrated probability
-(the maximum-softmax-probability score of Hendrycks and Gimpel 2017, averaged over a group: it
-does not grow with the number of sessions as the pooled confidence does); the threshold is the
-fit that calls `UNKNOWN_RATE` of the validation groups unknown. It is stored in
-RUN/calibration.json for `predict --by ... --open-set`. When the dataset holds labelled sessions
-of classes the run never learned (trained with --exclude-class), their groups are scored too:
-the report gives the share of held-out groups and of known test groups under the threshold, and
-the same for the score used before (the mean calibrated log-probability of the decided class).
+Open set: a group's fit is the mean over its sessions of the calibrated log-probability of the
+class their pooling decides (a mean, so it does not grow with the number of sessions as the
+pooled confidence does); the threshold is the fit that calls `UNKNOWN_RATE` of the validation
+groups unknown. It is stored in RUN/calibration.json for `predict --by ... --open-set`. When the
+dataset holds labelled sessions of classes the run never learned (trained with --exclude-class),
+their groups are scored too: the report gives the share of held-out groups and of known test
+groups under the threshold, for that fit and for the other in `OPEN_SET_SCORES` (the mean of each
+session's highest calibrated probability: Hendrycks and Gimpel 2017's score averaged over a group).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from trafficlens.errors import ConfigError
-from trafficlens.inference.groups import (AGGREGATORS, CALIBRATION, OPEN_SET_SCORE, LearnedAggregator,
+from trafficlens.inference.groups import (AGGREGATORS, CALIBRATION, OPEN_SET_SCORE, OPEN_SET_SCORES, LearnedAggregator,
                                           calibrated_log_probs, fit_temperature, group_features, group_probabilities,
                                           read_calibration)
 
@@ -144,7 +144,7 @@ def _calibrate(run: Path, ds, val_groups: "Groups", proba_val: np.ndarray, y_val
     calibration.setdefault("learned", {})[kind] = learned.to_dict()
     if val_groups.n:
         calibration.setdefault("open_set", {})[kind] = {
-            "threshold": float(np.quantile(val_groups.fit(proba_val, temperature), UNKNOWN_RATE)),
+            "threshold": float(np.quantile(val_groups.open_set_fit(OPEN_SET_SCORE, proba_val, temperature), UNKNOWN_RATE)),
             "score": OPEN_SET_SCORE, "unknown_rate_on_validation": UNKNOWN_RATE, "validation_groups": val_groups.n}
     atomic_write_text(run / CALIBRATION, json.dumps(calibration, indent=2) + "\n")
     return temperature, learned, calibration
@@ -163,17 +163,17 @@ def _open_set(clf, ds, by: str, window: float | None, val_groups: "Groups", prob
     held_groups = _groups_of(ds, held_out, np.zeros(len(held_out), np.int64), by, window, len(clf.labels))
     proba_held, _ = _probabilities(clf, ds, held_out)
     scores = {}
-    for name, fit in (("mean_top_probability", Groups.fit), ("mean_log_probability", Groups.fit_log_probability)):
-        threshold = float(np.quantile(fit(val_groups, proba_val, temperature), UNKNOWN_RATE))
-        scores[name] = {"threshold": threshold,
-                        "held_out_called_unknown": float((fit(held_groups, proba_held, temperature) < threshold).mean()),
-                        "known_test_called_unknown": float((fit(groups, proba_test, temperature) < threshold).mean())
-                        if groups.n else 0.0}
+    for name in OPEN_SET_SCORES:
+        threshold = float(np.quantile(val_groups.open_set_fit(name, proba_val, temperature), UNKNOWN_RATE))
+        held_fit = held_groups.open_set_fit(name, proba_held, temperature)
+        scores[name] = {"threshold": threshold, "held_out_called_unknown": float((held_fit < threshold).mean()),
+                        "known_test_called_unknown": float((groups.open_set_fit(name, proba_test, temperature)
+                                                            < threshold).mean()) if groups.n else 0.0}
     return {
         "held_out_classes": sorted(str(x) for x in set(ds.labels[held_out].tolist())),
-        "held_out_groups": held_groups.n, "score": OPEN_SET_SCORE,
+        "held_out_groups": held_groups.n, "score": OPEN_SET_SCORE, "score_means": OPEN_SET_SCORES[OPEN_SET_SCORE],
         "threshold_from": f"{UNKNOWN_RATE:.0%} of the validation groups ({val_groups.n}) under it",
-        **scores["mean_top_probability"], "scores": scores,
+        **scores[OPEN_SET_SCORE], "scores": scores,
     }
 
 
@@ -234,17 +234,13 @@ class Groups:
         last = self.starts + self.sizes - 1
         return classification_report(self.y, self._prefix(proba, aggregator, temperature, learned)[last], labels)
 
-    def fit(self, proba: np.ndarray, temperature: float) -> np.ndarray:
-        """(G,): the open-set fit of each group, the mean over its sessions of their highest
-        calibrated probability (`GroupState.top_sum` / sessions in predict and live)."""
-        top = np.exp(calibrated_log_probs(proba[self.order], temperature).max(axis=1, keepdims=True))
-        return _grouped_cumsum(top, self.starts, self.sizes)[self.starts + self.sizes - 1, 0] / np.maximum(self.sizes, 1)
-
-    def fit_log_probability(self, proba: np.ndarray, temperature: float) -> np.ndarray:
-        """(G,): the score used before: the mean calibrated log-probability of each group's pooled
-        decision over its sessions."""
+    def open_set_fit(self, score: str, proba: np.ndarray, temperature: float) -> np.ndarray:
+        """(G,): each group's open-set fit `score` (`OPEN_SET_SCORES`; `GroupState.open_set_fit`
+        in predict and live): the mean over its sessions of the calibrated log-probability of its
+        pooled class, or of their highest calibrated probability."""
         logp = calibrated_log_probs(proba[self.order], temperature)
-        total = _grouped_cumsum(logp, self.starts, self.sizes)[self.starts + self.sizes - 1]  # (G, C)
+        values = np.exp(logp.max(axis=1, keepdims=True)) if score == "mean_top_probability" else logp
+        total = _grouped_cumsum(values, self.starts, self.sizes)[self.starts + self.sizes - 1]  # (G, 1 or C)
         return total.max(axis=1) / np.maximum(self.sizes, 1)
 
     def curve(self, proba: np.ndarray, aggregator: str, temperature: float,

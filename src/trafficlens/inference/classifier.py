@@ -484,7 +484,7 @@ class Classifier:
         config = GroupConfig(by=by, host_key=host_key, window=window, aggregator=aggregator, top_k=top_k,
                              min_confidence=min_confidence,
                              temperature=self.temperature if temperature is None else temperature,
-                             unknown_below=read_open_set(self.bundle.path, by) if open_set else None)
+                             **(read_open_set(self.bundle.path, by) if open_set else {}))
         rows = [row for batch in self.iter_group_predictions(captures, config) for row in batch]
         return pd.DataFrame(rows, columns=list(GROUP_COLUMNS))
 

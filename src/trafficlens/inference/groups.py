@@ -50,6 +50,16 @@ GROUP_COLUMNS = ("capture", "host", "window_start", "window_end", "sessions", "l
 _EPS = 1e-12  # a floor under probabilities: a tree's zero costs a class log(1e-12)/T, not everything
 
 
+# A group's open-set fits. The first is the one `evaluate --by` stores for predict: across two
+# session models and two sets of held-out device types it separated unknown devices best on
+# average, where the second collapsed for tl-fusion (RESULTS, issue 16).
+OPEN_SET_SCORES = {
+    "mean_log_probability": "mean calibrated log-probability of the group's pooled class over its sessions",
+    "mean_top_probability": "mean calibrated top probability of the group's sessions",
+}
+OPEN_SET_SCORE = next(iter(OPEN_SET_SCORES))
+
+
 @dataclass(frozen=True)
 class GroupConfig:
     """How sessions are grouped and a group decided.
@@ -58,9 +68,9 @@ class GroupConfig:
     `temperature`: calibration of the session probabilities (1: as the model gives them).
     `max_groups`: groups held at once; past it the least recently updated is closed early.
     `min_confidence`: below it a group's label is `unknown`.
-    `unknown_below`: open set: a group whose sessions' mean calibrated top probability is under it
-    fits no known class and is `unknown` (status `unknown_device`); `evaluate --by` fits it on the
-    validation split (`read_open_set`). None: every group gets a known label."""
+    `unknown_below`: open set: a group whose fit (`unknown_score`, one of `OPEN_SET_SCORES`) is
+    under it fits no known class and is `unknown` (status `unknown_device`); `evaluate --by` fits
+    it on the validation split (`read_open_set`). None: every group gets a known label."""
 
     by: str = "host"
     host_key: str = "ip"
@@ -71,6 +81,7 @@ class GroupConfig:
     min_confidence: float = 0.0
     max_groups: int = 100_000
     unknown_below: float | None = None
+    unknown_score: str = OPEN_SET_SCORE
 
     def __post_init__(self):
         for name, value, allowed in (("by", self.by, BY), ("host_key", self.host_key, HOST_KEYS),
@@ -85,8 +96,12 @@ class GroupConfig:
             raise ConfigError("top_k and max_groups must be at least 1")
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ConfigError(f"min_confidence must be in [0, 1], got {self.min_confidence!r}")
-        if self.unknown_below is not None and not 0.0 <= self.unknown_below <= 1.0:
-            raise ConfigError(f"unknown_below must be in [0, 1], got {self.unknown_below!r}")
+        if self.unknown_score not in OPEN_SET_SCORES:
+            raise ConfigError(f"unknown_score must be one of {', '.join(OPEN_SET_SCORES)}, got {self.unknown_score!r}")
+        low, high = (0.0, 1.0) if self.unknown_score == "mean_top_probability" else (-math.inf, 0.0)
+        if self.unknown_below is not None and not low <= self.unknown_below <= high:
+            raise ConfigError(f"unknown_below ({self.unknown_score}) must be in [{low:g}, {high:g}], "
+                              f"got {self.unknown_below!r}")
 
 
 def parse_window(text: str | float) -> float:
@@ -150,18 +165,20 @@ def read_calibration(run) -> dict[str, Any]:
     return record
 
 
-OPEN_SET_SCORE = "mean calibrated top probability of the group's sessions"
 
-
-def read_open_set(run, by: str) -> float:
-    """The open-set threshold `evaluate RUN --by` fitted for captures or hosts (host-window uses
-    the hosts'); a ConfigError naming the command when there is none."""
+def read_open_set(run, by: str) -> dict[str, Any]:
+    """`GroupConfig`'s `unknown_below` and `unknown_score`: the open-set threshold `evaluate RUN
+    --by` fitted for captures or hosts (host-window uses the hosts') and the fit it applies to; a
+    ConfigError naming the command when there is none. Runs calibrated before the fit was named
+    stored the mean top probability's."""
     kind = "capture" if by == "capture" else "host"
     record = (read_calibration(run).get("open_set") or {}).get(kind)
     if not isinstance(record, dict) or not isinstance(record.get("threshold"), (int, float)):
         raise ConfigError(f"{run} has no open-set threshold for {kind} groups: fit it with "
                           f"`trafficlens evaluate {run} --by {kind}`")
-    return float(record["threshold"])
+    score = record.get("score")
+    score = score if score in OPEN_SET_SCORES else "mean_top_probability"
+    return {"unknown_below": float(record["threshold"]), "unknown_score": score}
 
 
 def resolve_aggregator(calibration: dict[str, Any], by: str, aggregator: str = AUTO) -> str:
@@ -254,11 +271,17 @@ class GroupState:
     log_sum: np.ndarray  # (C,) float64
     prob_sum: np.ndarray  # (C,) float64: calibrated probabilities, summed
     sessions: int = 0
-    top_sum: float = 0.0  # each session's highest calibrated probability, summed (the open-set fit)
+    top_sum: float = 0.0  # each session's highest calibrated probability, summed (an open-set fit)
     start: float = math.inf
     end: float = -math.inf
     last_seen: float = -math.inf  # capture time of its latest session (idle expiry)
     announced: str | None = None  # live: the label last printed for it
+
+    def open_set_fit(self, score: str) -> float:
+        """How well the group fits a known class (`OPEN_SET_SCORES`; evaluation.by_group.Groups
+        computes the same over a dataset's groups)."""
+        n = max(self.sessions, 1)
+        return self.top_sum / n if score == "mean_top_probability" else float(self.log_sum.max()) / n
 
 
 @dataclass
@@ -358,7 +381,7 @@ class GroupDecisions:
         best = int(order[0])
         confidence = float(state.votes[best] / state.sessions) if c.aggregator == "vote" else float(scores[best])
         confident = confidence >= c.min_confidence
-        unknown_device = c.unknown_below is not None and state.top_sum / max(state.sessions, 1) < c.unknown_below
+        unknown_device = c.unknown_below is not None and state.open_set_fit(c.unknown_score) < c.unknown_below
         capture, host, window = key
         start, end = (window * c.window, (window + 1) * c.window) if window is not None else (state.start, state.end)
         return {

@@ -93,7 +93,7 @@ def predict(run, captures, out, fmt, bpf, top_k, min_confidence, trusted_keys, d
         if suffix == ".log":
             raise ConfigError(f"--by {by}: a Zeek log holds one row per session; write group rows as .csv, .jsonl or .parquet")
         seconds = parse_window(window)
-        unknown_below = read_open_set(run, by) if open_set else None  # before the model loads
+        unknown = read_open_set(run, by) if open_set else {}  # before the model loads
     elif open_set:
         from trafficlens.errors import ConfigError
 
@@ -123,7 +123,7 @@ def predict(run, captures, out, fmt, bpf, top_k, min_confidence, trusted_keys, d
                        f"(`trafficlens evaluate {run} --by capture` fits a temperature and an aggregator on its "
                        f"validation split)", err=True)
     config = GroupConfig(by=by, host_key=host_key, window=seconds, aggregator=aggregator, temperature=temperature,
-                         top_k=top_k, min_confidence=min_confidence, unknown_below=unknown_below)
+                         top_k=top_k, min_confidence=min_confidence, **unknown)
     with session_bar(desc=f"predict --by {by}", unit="groups") as bar:
         rows = write_rows(counted(clf.iter_group_predictions(list(captures), config, on_warning=warn, bpf=bpf), bar),
                           out, fmt, GROUP_COLUMNS)
@@ -263,7 +263,7 @@ def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, fmt, top
         raise ConfigError("--open-set decides hosts: give it with --by host")
     from trafficlens.inference.groups import read_open_set
 
-    unknown_below = read_open_set(run, "host") if open_set else None  # before the model loads
+    unknown = read_open_set(run, "host") if open_set else {}  # before the model loads
     with contextlib.nullcontext(sys.stdout) if out == "-" else atomic_output(out) as fh:
         if iface:
             source = live_mod.Interface(iface, bpf=bpf, idle_exit=idle_exit)
@@ -294,7 +294,7 @@ def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, fmt, top
 
             groups = GroupConfig(by="host", host_key=host_key, aggregator=aggregator, temperature=clf.temperature,
                                  top_k=top_k, min_confidence=min_confidence, max_groups=max_hosts,
-                                 unknown_below=unknown_below)
+                                 **unknown)
         previous = signal.signal(signal.SIGTERM, stop)
         try:
             stats = live_mod.LiveClassifier(clf, sink, after=after, max_sessions=max_sessions, top_k=top_k,

@@ -138,7 +138,7 @@ def create_app(clf: Classifier, config: ServeConfig | None = None, *, pool: Work
         try:
             group = GroupConfig(by=by, host_key=host_key, window=parse_window(window), aggregator=aggregator,
                                 temperature=temperature, top_k=config.top_k, min_confidence=config.min_confidence,
-                                unknown_below=read_open_set(clf.bundle.path, by) if open_set else None)
+                                **(read_open_set(clf.bundle.path, by) if open_set else {}))
         except ConfigError as exc:
             return _error(400, str(exc), unread=request)
         return await classifier.handle(request, dataclasses.replace(classifier.job, group=group))
