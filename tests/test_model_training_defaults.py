@@ -21,6 +21,7 @@ def dataset(tmp_path_factory):
 
 def test_the_ge_models_default_to_batch_32_and_cosine_and_the_others_to_none():
     assert model_defaults("ge-inception-capsnet") == GE and model_defaults("ge-cnn-lstm") == GE
+    assert model_defaults("ge-elmo-lstm-attention") == GE
     assert model_defaults("chen-cnn") == {} and model_defaults("tl-fusion") == {}
     assert model_defaults("rf") == {} and model_defaults("no-such-model") == {}
 

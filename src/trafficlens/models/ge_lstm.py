@@ -26,10 +26,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from trafficlens.models.ge_capsnet import PAPER, TRAINING
 from trafficlens.models.layers import DotSelfAttention, TrafficModel, unit_bytes
 from trafficlens.models.registry import register_model
-
-PAPER = "Ge et al. 2021, Front. Neurorobot."
 
 
 class ElmoEmbedding(nn.Module):
@@ -104,7 +103,7 @@ class GeElmoLSTMAttention(TrafficModel):
         return x if pre_logits else self.head(x)
 
 
-@register_model("ge-elmo-lstm-attention", config=GeLSTMConfig, paper=PAPER, inputs=("packets",),
+@register_model("ge-elmo-lstm-attention", config=GeLSTMConfig, paper=PAPER, inputs=("packets",), training=TRAINING,
                 description="ELMo + BiLSTM + self-attention on the first packets (Table 3)")
 def ge_elmo_lstm_attention(cfg: GeLSTMConfig) -> GeElmoLSTMAttention:
     return GeElmoLSTMAttention(cfg)
