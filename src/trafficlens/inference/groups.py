@@ -165,7 +165,6 @@ def read_calibration(run) -> dict[str, Any]:
     return record
 
 
-
 def read_open_set(run, by: str) -> dict[str, Any]:
     """`GroupConfig`'s `unknown_below` and `unknown_score`: the open-set threshold `evaluate RUN
     --by` fitted for captures or hosts (host-window uses the hosts') and the fit it applies to; a
