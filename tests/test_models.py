@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from trafficlens.errors import ConfigError
 from trafficlens.models import count_parameters, create_model, list_models, model_info
+from trafficlens.models.ensemble import member_loss
 from trafficlens.models.layers import DigitCaps, attention_maps, squash
 from trafficlens.models.losses import FocalLoss, inverse_frequency, make_loss
 
@@ -37,10 +38,11 @@ def test_forward_backward(name):
     print(f"{name}: {count_parameters(model):,} parameters ({count_parameters(model, trainable_only=True):,} trainable)")
     model.train()
     xs = batch(model)
-    logits = model(*xs)
+    # training: (B, C), or (members, B, C) from an ensemble, each member with its own loss
+    loss, logits = member_loss(torch.nn.CrossEntropyLoss(), model(*xs), torch.tensor([0, 1, 2, 3]))
     assert logits.shape == (4, 5)
     assert torch.isfinite(logits).all()
-    F.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+    loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
     # the timm split: features -> head; pre-logits width is num_features

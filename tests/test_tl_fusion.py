@@ -33,7 +33,7 @@ def inputs(n=5, seed=0, present=3):
 
 def test_shapes_attention_over_present_packets_and_views_switched_off():
     torch.manual_seed(0)
-    model = create_model("tl-fusion", num_classes=4, input_shapes=SHAPES).eval()
+    model = create_model("tl-fusion", num_classes=4, input_shapes=SHAPES, members=1).eval()
     assert model.inputs == ("packets", "sequence", "stats") and model.cfg.sequence_length == 8
     with torch.no_grad():
         logits = model(*inputs())
@@ -47,7 +47,7 @@ def test_shapes_attention_over_present_packets_and_views_switched_off():
 
     # each switch removes its branch, and the output no longer depends on that view
     for view, flag, branch in ((0, "use_bytes", "byte_embed"), (1, "use_sizes", "size_proj"), (2, "use_stats", "stats_mlp")):
-        ablated = create_model("tl-fusion", num_classes=4, input_shapes=SHAPES, **{flag: False}).eval()
+        ablated = create_model("tl-fusion", num_classes=4, input_shapes=SHAPES, members=1, **{flag: False}).eval()
         assert not hasattr(ablated, branch)
         changed = inputs()
         other = inputs(seed=1)
@@ -55,14 +55,14 @@ def test_shapes_attention_over_present_packets_and_views_switched_off():
         with torch.no_grad():
             assert torch.allclose(ablated(*inputs()), ablated(*changed), atol=1e-5), flag
             assert not torch.allclose(model(*inputs()), model(*changed), atol=1e-5), flag
-    gru = create_model("tl-fusion", num_classes=4, input_shapes=SHAPES, encoder="gru")
+    gru = create_model("tl-fusion", num_classes=4, input_shapes=SHAPES, encoder="gru", members=1).eval()
     assert gru(*inputs()).shape == (5, 4)
 
 
 def test_timing_jitter_changes_training_passes_only_and_only_through_the_gaps():
     torch.manual_seed(0)
-    model = create_model("tl-fusion", num_classes=4, input_shapes=SHAPES, jitter=0.5, dropout=0.0)
-    plain = create_model("tl-fusion", num_classes=4, input_shapes=SHAPES, dropout=0.0)
+    model = create_model("tl-fusion", num_classes=4, input_shapes=SHAPES, jitter=0.5, dropout=0.0, members=1)
+    plain = create_model("tl-fusion", num_classes=4, input_shapes=SHAPES, dropout=0.0, members=1)
     plain.load_state_dict(model.state_dict())
     x = inputs()
     model.eval()
@@ -118,7 +118,7 @@ def views_dataset(path, per_class=60, seed=0):
 
 
 FAST = dict(batch_size=16, eval_batch_size=256, lr=3e-3, split="random", max_epochs=12, patience=6)
-SMALL = dict(dim=32, hidden=64, layers=1)
+SMALL = dict(dim=32, hidden=64, layers=1, members=1)
 
 
 @pytest.fixture(scope="module")
@@ -175,16 +175,66 @@ def test_statistics_are_scaled_by_the_training_rows_and_bundles_of_either_scalin
     assert torch.equal(norm.running_mean, fitted)
     assert torch.nn.SyncBatchNorm.convert_sync_batchnorm(model).stats_norm is norm  # distributed: left as it is
 
-    batch = create_model("tl-fusion", num_classes=4, input_shapes=SHAPES, stats_scaling="batch").eval()
+    batch = create_model("tl-fusion", num_classes=4, input_shapes=SHAPES, stats_scaling="batch", members=1).eval()
     assert type(batch.stats_norm) is torch.nn.BatchNorm1d
     batch.stats_norm.running_mean.uniform_(0, 3)
     batch.stats_norm.running_var.uniform_(0.5, 2)
-    default = create_model("tl-fusion", num_classes=4, input_shapes=SHAPES).eval()
+    default = create_model("tl-fusion", num_classes=4, input_shapes=SHAPES, members=1).eval()
     default.load_state_dict(batch.state_dict())
     with torch.no_grad():
         assert torch.allclose(default(*inputs()), batch(*inputs()), atol=1e-6)
     with pytest.raises(ConfigError, match="stats_scaling must be one of fitted, batch"):
         create_model("tl-fusion", num_classes=2, input_shapes=SHAPES, stats_scaling="minmax")
+
+
+def test_members_answer_with_their_mean_probability_and_each_learns_from_its_own_loss():
+    """The default is three networks from their own initialisations; predicting, their mean
+    probability; training, each member's loss apart (a loss on their average would couple them)."""
+    from trafficlens.models.ensemble import Members, member_loss
+
+    torch.manual_seed(0)
+    model = create_model("tl-fusion", num_classes=4, input_shapes=SHAPES)
+    assert isinstance(model, Members) and len(model.members) == 3 and model.cfg.members == 3
+    first, second = (m.head.weight for m in model.members[:2])
+    assert not torch.equal(first, second)  # initialised apart
+    x = inputs()
+    with torch.no_grad():
+        mean = torch.stack([m.eval()(*x).softmax(dim=1) for m in model.members]).mean(dim=0)
+        assert torch.allclose(model.eval()(*x).softmax(dim=1), mean, atol=1e-6)
+        assert model.train()(*x).shape == (3, 5, 4)
+    logits = torch.randn(3, 5, 4, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3, 0])
+    loss, scored = member_loss(torch.nn.CrossEntropyLoss(), logits, y)
+    own = [torch.nn.functional.cross_entropy(member, y) for member in logits]
+    assert torch.allclose(loss, torch.stack(own).mean())
+    (grad,) = torch.autograd.grad(loss, logits)
+    # member 0's gradient is its own cross-entropy's, whatever the others say
+    expected = (logits[0].softmax(dim=1) - torch.nn.functional.one_hot(y, 4)) / (3 * 5)
+    assert torch.allclose(grad[0], expected, atol=1e-6)
+    assert torch.allclose(scored.softmax(dim=1), logits.softmax(dim=2).mean(dim=0), atol=1e-6)
+    with pytest.raises(ConfigError, match="members must be in"):
+        create_model("tl-fusion", num_classes=2, input_shapes=SHAPES, members=0)
+
+
+def test_a_run_saved_before_members_existed_loads_and_replays_as_one_network(views, tmp_path):
+    from trafficlens.models.tl_fusion import TLFusion
+    from trafficlens.training.run import replay
+
+    torch.manual_seed(0)
+    train_run(views.path, tmp_path / "run", "tl-fusion", TrainConfig(**{**FAST, "max_epochs": 1}), model_kwargs=SMALL,
+              progress=False, log=lambda m: None)
+    config_path = tmp_path / "run" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["model"]["config"]["members"]  # as every tl-fusion bundle before the ensemble was saved
+    config_path.write_text(json.dumps(config))
+    assert type(load_bundle(tmp_path / "run").model) is TLFusion
+    assert replay(tmp_path / "run").model_kwargs["members"] == 1
+    two = train_run(views.path, tmp_path / "two", "tl-fusion", TrainConfig(**{**FAST, "max_epochs": 1}),
+                    model_kwargs={**SMALL, "members": 2}, progress=False, log=lambda m: None)
+    model = load_bundle(tmp_path / "two").model
+    assert len(model.members) == 2 and two["test_accuracy"] is not None
+    norms = [m.stats_norm.running_mean for m in model.members]  # every member's scaler fitted
+    assert torch.equal(norms[0], norms[1]) and norms[0].abs().sum() > 0
 
 
 @pytest.fixture(scope="module")
@@ -240,6 +290,8 @@ def test_explanations_weigh_present_packets_and_their_bytes(sample_run):
     assert maps.packets[tensors["packets"] == 0].max() < 1e-6 and (tensors["packets"][:, :4] == 0).any()  # masked bytes weigh 0
     assert maps.packet_attention.shape == (6, ds.tensor("sequence").shape[1])
     assert np.allclose(maps.packet_attention.sum(axis=1), 1, atol=1e-5) and maps.packet_attention[:, 4:].max() < 1e-3
+    members = [m.packet_attention.weights.numpy() for m in model.members]  # the default: three members
+    assert np.allclose(maps.packet_attention, np.mean(members, axis=0)) and not np.allclose(members[0], members[1])
     exp = explain_session(run, 0)
     assert exp["methods"]["packets"] == "gradient-x-input" and exp["top_fields"]  # bytes mapped to protocol fields
     assert len(exp["packets"]["packet_attention"]) == ds.tensor("sequence").shape[1]

@@ -208,13 +208,15 @@ def _image_map(maps: Maps, x, activations, embeddings, grads, cam: str, model_si
 def _packet_map(maps: Maps, x, modules: dict, embeddings, grads) -> None:
     """HAN's byte and packet attention, else gradient x input on the byte values, or on the
     bytes' embeddings where the model embeds them (`tl-fusion`: the values are only indices)."""
+    import torch
+
     from trafficlens.models.layers import AdditiveAttention, DotSelfAttention
 
     byte_att = [m.weights for name, m in modules.items() if isinstance(m, AdditiveAttention) and name.endswith("byte_attention")]
     packet_add = [m.weights for name, m in modules.items() if isinstance(m, AdditiveAttention) and name.endswith("packet_attention")]
     self_att = [m.weights for m in modules.values() if isinstance(m, DotSelfAttention) and m.weights is not None]
-    if packet_add and packet_add[0] is not None:
-        maps.packet_attention = packet_add[0].float().cpu().numpy()
+    if packet_add and packet_add[0] is not None:  # an ensemble's members (models/ensemble.py): their mean
+        maps.packet_attention = torch.stack(packet_add).float().mean(dim=0).cpu().numpy()
     elif self_att:
         maps.packet_attention = self_att[0].float().mean(dim=1).cpu().numpy()  # column means: attention received
     if byte_att and byte_att[0] is not None and maps.packet_attention is not None:
@@ -230,11 +232,12 @@ def _packet_map(maps: Maps, x, modules: dict, embeddings, grads) -> None:
         embedded = [e for e in embeddings if tuple(e.shape[:3]) == tuple(x.shape) and grads.get(id(e)) is not None]
         tables = [m.weight for m in modules.values() if isinstance(m, nn.Embedding) and m.num_embeddings == 256]
         if embedded and tables:  # (n, M, B, e) -> (n, M, B)
-            e = embedded[0]
-            zero = [w[0] for w in tables if w.shape[1] == e.shape[-1]][0]
             # measured from the embedding of byte 0 (masked, padding) as gradient x input is from
-            # value 0: a masked byte carries no weight, as in the models that read byte values
-            maps.packets = _normalise((grads[id(e)] * (e - zero)).sum(dim=-1).abs().detach().cpu().numpy())
+            # value 0: a masked byte carries no weight, as in the models that read byte values.
+            # An ensemble embeds in every member (forward order = module order): their sum.
+            zeros = [w[0] for w in tables if w.shape[1] == embedded[0].shape[-1]]
+            total = sum((grads[id(e)] * (e - zero)).sum(dim=-1) for e, zero in zip(embedded, zeros))
+            maps.packets = _normalise(total.abs().detach().cpu().numpy())
             maps.packets_method = METHOD_GRADIENT_INPUT
 
 

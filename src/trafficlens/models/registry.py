@@ -63,6 +63,8 @@ class ModelInfo:
     from_runs: tuple[str, ...] = ()
     assemble: Callable[..., Any] | None = None
     training: tuple[tuple[str, Any], ...] = ()  # (TrainConfig field, value): what this model trains with by default
+    # (config field, value) a saved config that lacks the field means: what the model was before the field existed
+    saved_defaults: tuple[tuple[str, Any], ...] = ()
 
 
 # Training settings a model may default to; an option given on the command line still wins.
@@ -80,10 +82,12 @@ def _add(info: ModelInfo) -> None:
 
 def register_model(name: str, *, config: type, paper: str, inputs: tuple[str, ...], description: str = "",
                    from_runs: tuple[str, ...] = (), assemble: Callable[..., Any] | None = None,
-                   training: dict[str, Any] | None = None):
+                   training: dict[str, Any] | None = None, saved_defaults: dict[str, Any] | None = None):
     """Decorator for a deep model's builder `fn(cfg) -> nn.Module`; `config` is its dataclass.
     `training`: settings (TRAINING_DEFAULT_KEYS) this model trains with unless told otherwise,
-    for a model whose papers' setting does not suit the shared defaults (batch, schedule)."""
+    for a model whose papers' setting does not suit the shared defaults (batch, schedule).
+    `saved_defaults`: for a config field added with a default that changes the model, the value
+    that rebuilds bundles (and replays) saved before the field existed (`saved_config`)."""
     unknown = sorted(set(training or {}) - set(TRAINING_DEFAULT_KEYS))
     if unknown:
         raise ValueError(f"model {name!r}: training defaults {unknown} are not among {TRAINING_DEFAULT_KEYS}")
@@ -91,7 +95,8 @@ def register_model(name: str, *, config: type, paper: str, inputs: tuple[str, ..
     def decorate(fn):
         _add(ModelInfo(name, "deep", fn, paper, tuple(inputs),
                        description or (fn.__doc__ or "").strip().split("\n")[0], config_cls=config,
-                       from_runs=tuple(from_runs), assemble=assemble, training=tuple(sorted((training or {}).items()))))
+                       from_runs=tuple(from_runs), assemble=assemble, training=tuple(sorted((training or {}).items())),
+                       saved_defaults=tuple(sorted((saved_defaults or {}).items()))))
         return fn
 
     return decorate
@@ -103,6 +108,14 @@ def model_defaults(name: str) -> dict[str, Any]:
     _ensure_loaded()
     info = _REGISTRY.get(name)
     return dict(info.training) if info is not None else {}
+
+
+def saved_config(name: str, saved: dict[str, Any]) -> dict[str, Any]:
+    """A model config as a bundle or run saved it, with the fields it predates set to what the
+    model was then (`register_model(saved_defaults=...)`), not to today's defaults."""
+    _ensure_loaded()
+    info = _REGISTRY.get(name) if isinstance(name, str) else None
+    return {**dict(info.saved_defaults), **saved} if info is not None else dict(saved)
 
 
 def register_baseline(name: str, description: str, *, features: str = "stats", grid: dict[str, tuple] | None = None,

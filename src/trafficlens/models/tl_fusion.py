@@ -7,6 +7,8 @@
     -> attention pooling over the packets present                                    (B, d)
     stats    (flow statistics) -> signed log -> batch norm -> MLP (d), joined late  -> concat (B, 2d)
     -> dense `hidden` + GELU -> one head
+    x `members` (3): networks of this shape from their own initialisations, trained side by side,
+    answering with their mean probability (models/ensemble.py; `--set members=1` for one)
 
 Why this shape: the session bytes (what the CNNs read) and the flow statistics (what the trees
 read) each win on some datasets (issue 15); a packet token carries both the packet's bytes and
@@ -32,11 +34,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from trafficlens.errors import ConfigError
+from trafficlens.models.ensemble import Members
 from trafficlens.models.layers import AdditiveAttention, TrafficModel
 from trafficlens.models.registry import register_model
 
 ENCODERS = ("transformer", "gru")
 STATS_SCALINGS = ("fitted", "batch")
+MAX_MEMBERS = 16
 _SCALER_ROWS = 200_000  # training rows the statistics' scaler is fitted on, at most (evenly spaced)
 
 
@@ -59,6 +63,7 @@ class TLFusionConfig:
     use_stats: bool = True
     jitter: float = 0.0  # training only: sigma of the log-normal factors on inter-arrival times
     stats_scaling: str = "fitted"  # "fitted": mean and variance of the training rows; "batch": batch norm
+    members: int = 3  # networks trained side by side from their own initialisations, averaged (models/ensemble.py)
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
@@ -71,6 +76,8 @@ class TLFusionConfig:
             raise ConfigError(f"stats_scaling must be one of {', '.join(STATS_SCALINGS)}, got {self.stats_scaling!r}")
         if not 0 <= self.jitter <= 2:
             raise ConfigError(f"jitter must be in [0, 2] (a log-normal sigma), got {self.jitter}")
+        if not 1 <= self.members <= MAX_MEMBERS:
+            raise ConfigError(f"members must be in [1, {MAX_MEMBERS}], got {self.members}")
 
 
 def signed_log(x: torch.Tensor) -> torch.Tensor:
@@ -249,6 +256,9 @@ class TLFusion(TrafficModel):
 
 
 @register_model("tl-fusion", config=TLFusionConfig, paper="trafficlens (issue 15)", inputs=("packets", "sequence", "stats"),
-                description="Packet tokens (bytes + size/direction/timing) -> transformer, flow statistics joined late")
-def tl_fusion(cfg: TLFusionConfig) -> TLFusion:
-    return TLFusion(cfg)
+                description="Packet tokens (bytes + size/direction/timing) -> transformer, flow statistics joined late; "
+                            "3 members averaged", saved_defaults={"members": 1})
+def tl_fusion(cfg: TLFusionConfig) -> TLFusion | Members:
+    if cfg.members == 1:
+        return TLFusion(cfg)
+    return Members([TLFusion(cfg) for _ in range(cfg.members)], cfg)

@@ -293,6 +293,7 @@ def load_bundle(path: str | os.PathLike, device: str = "cpu") -> Bundle:
     from safetensors.torch import load_file
 
     from trafficlens.models import create_model
+    from trafficlens.models.registry import saved_config
 
     path = Path(path)
     config = read_config(path)
@@ -308,7 +309,7 @@ def load_bundle(path: str | os.PathLike, device: str = "cpu") -> Bundle:
     name = model_section.get("name") if isinstance(model_section, dict) else None
     if not isinstance(labels, list) or not labels:
         raise BundleError(f"{path}: {CONFIG} has no label list")
-    model_cfg = dict(model_section.get("config") or {})
+    model_cfg = saved_config(name, dict(model_section.get("config") or {}))
     if model_cfg.get("num_classes") != len(labels):
         raise BundleError(f"{path}: {CONFIG} says num_classes={model_cfg.get('num_classes')} but lists {len(labels)} labels")
     check_settings(model_cfg, f"{path}: model.config")

@@ -68,17 +68,21 @@ def init_from_encoder(model, path: str | os.PathLike) -> dict[str, Any]:
     takes none of them is an error (pre-training would silently not happen). Returns what to
     record in the run: the file, its SHA-256, what was loaded and the captures it read."""
     from trafficlens.files import sha256_file
+    from trafficlens.models.ensemble import member_key
 
     tensors, meta = read_encoder(path)
     own = model.state_dict()
-    fits = {k: v for k, v in tensors.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    # every member of an ensemble (`members.N.` + the encoder's name) starts from the same encoder
+    fits = {k: tensors[member_key(k)] for k, v in own.items()
+            if member_key(k) in tensors and tuple(v.shape) == tuple(tensors[member_key(k)].shape)}
     if not fits:
         raise ConfigError(f"{path}: none of its {len(tensors)} parameters fits {model.model_name} "
                           f"(pre-trained {meta.get('model')} with {meta.get('model_settings', {}).get('dim')}-wide tokens); "
                           "pre-train with the same model settings")
     model.load_state_dict(fits, strict=False)
-    return {"encoder": str(Path(path).resolve()), "sha256": sha256_file(path), "parameters": sorted(fits), "loaded": len(fits), "of": len(tensors),
-            "skipped": sorted(set(tensors) - set(fits)), "captures": meta.get("captures", []),
+    return {"encoder": str(Path(path).resolve()), "sha256": sha256_file(path), "parameters": sorted(fits),
+            "loaded": len({member_key(k) for k in fits}), "of": len(tensors),
+            "skipped": sorted(set(tensors) - {member_key(k) for k in fits}), "captures": meta.get("captures", []),
             "datasets": [d["path"] for d in meta.get("datasets", [])], "holdout": meta.get("holdout")}
 
 

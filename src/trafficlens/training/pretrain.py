@@ -207,7 +207,8 @@ def pretrain(datasets: Sequence[str | os.PathLike], out: str | os.PathLike, cfg:
     torch.manual_seed(cfg.seed)
     shapes = {"packets": packet_shape, "sequence": sequence_shape,
               "stats": tuple(opened[0].tensor("stats").shape[1:])}  # the statistics branch is built, never trained here
-    model = create_model("tl-fusion", 2, shapes, **cfg.model_settings)
+    # one network: its encoder is what every member of the model trained from it starts from
+    model = create_model("tl-fusion", 2, shapes, **{**cfg.model_settings, "members": 1})
     task = MaskedPrediction(model, cfg)
     optimiser = torch.optim.AdamW(list(task.parameters()), lr=cfg.lr, weight_decay=0.01)
     history = _fit(task, optimiser, opened, rows, cfg, log)

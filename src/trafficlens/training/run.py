@@ -360,6 +360,7 @@ class Replay:
 
 def replay(path: str | os.PathLike) -> Replay:
     """The settings of the run at `path` (its directory or its config.json), to train it again."""
+    from trafficlens.models.registry import saved_config
     from trafficlens.training.bundle import CONFIG, bundle_kind, read_config
 
     path = Path(path)
@@ -368,7 +369,7 @@ def replay(path: str | os.PathLike) -> Replay:
     if bundle_kind(config) != "deep":
         raise ConfigError(f"{run}: a {bundle_kind(config)} bundle; replay it with `trafficlens baseline`")
     model = config["model"]
-    kwargs = {k: v for k, v in (model.get("config") or {}).items() if k not in _FROM_DATA}
+    kwargs = {k: v for k, v in saved_config(model.get("name"), model.get("config") or {}).items() if k not in _FROM_DATA}
     return Replay(dataset=str((config.get("dataset") or {}).get("path") or ""), model=str(model.get("name")),
                   train=dict(config.get("train") or {}), model_kwargs=kwargs,
                   from_runs=[str(p) for p in config.get("from") or []])

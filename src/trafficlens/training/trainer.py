@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from trafficlens.models.ensemble import member_loss
 from trafficlens.models.losses import make_loss
 from trafficlens.training.config import TrainConfig
 from trafficlens.training.device import resolve_device
@@ -101,7 +102,9 @@ def predict_logits(model: nn.Module, tensors, idx: np.ndarray, batch_size: int =
     was_training = model.training
     model.eval()
     order = np.argsort(idx, kind="stable")
-    out = np.empty((len(idx), model.head.out_features), dtype=np.float32)
+    # a registered model's config names its classes (an ensemble has a head per member); a bare module, its head
+    classes = getattr(getattr(model, "cfg", None), "num_classes", None) or model.head.out_features
+    out = np.empty((len(idx), classes), dtype=np.float32)
     pos = 0
     sorted_idx = idx[order]
     for xs, _ in batches(tensors, model.inputs, sorted_idx, None, batch_size, device):
@@ -318,8 +321,7 @@ class _Epochs:
     def _step(self, step: int, xs, ys) -> tuple[int, float, int]:
         """One optimiser step: (rows this rank trained on, their mean loss, correct predictions)."""
         with autocast(self.device, self.use_amp):
-            logits = self.net(*xs)
-            loss = self.criterion(logits.float(), ys)
+            loss, logits = member_loss(self.criterion, self.net(*xs), ys)  # one model, or each member of an ensemble
         n = self.local_sizes[step] if self.part else len(ys)
         # Scaled so that DDP's average over ranks is the whole batch's mean loss gradient.
         scaled = loss * (n * self.dist.world / self.global_sizes[step]) if self.part else loss
