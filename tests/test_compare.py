@@ -148,6 +148,9 @@ def test_variants_of_one_model_train_on_one_split_each_with_its_settings(ds, tmp
         assert config["model"]["config"]["dim"] == 32 and config["model"]["config"]["use_bytes"] is False
         assert b["parameters"] < a["parameters"]
         assert b["model_settings"] == {"dim": 32, "use_bytes": False} and "model_settings" not in a
+        # what each row was built with, the defaults included; not what the data decides
+        assert a["model_config"]["members"] == 3 and a["model_config"]["dim"] == 64 and b["model_config"]["dim"] == 32
+        assert "num_classes" not in a["model_config"] and "packets" not in a["model_config"]
     assert f"| {ablated} | deep |" in (tmp_path / "c" / "comparison.md").read_text()
     for bad, message in (("tl-fusion[use_bites=false]", r"unknown setting\(s\) use_bites for tl-fusion; allowed: .*use_bytes"),
                          ("rf[n_estimators=5]", "variants in brackets are for deep models"),

@@ -231,7 +231,7 @@ def run_model(p: Prepared, spec: ModelSpec, split, cfg: CompareConfig, runs: Pat
     """
     from trafficlens.training.baselines import score_baseline
     from trafficlens.training.metrics import provenance
-    from trafficlens.training.run import train_run
+    from trafficlens.training.run import DATA_SETTINGS, train_run
 
     trained = {} if trained is None else trained
     if spec.kind == "baseline":
@@ -269,6 +269,10 @@ def run_model(p: Prepared, spec: ModelSpec, split, cfg: CompareConfig, runs: Pat
     m["training"] = {k: getattr(train, k) for k in (*TRAINING_DEFAULT_KEYS, "time_budget")}
     if spec.settings:
         m["model_settings"] = dict(spec.settings)
+    # every setting the model was built with, defaults included (a default that changes, as
+    # tl-fusion's members did, stays readable in old comparisons); not those the data decides
+    built = json.loads((run_dir / "config.json").read_text())["model"]["config"]
+    m["model_config"] = {k: v for k, v in built.items() if k not in DATA_SETTINGS}
     return m
 
 

@@ -277,7 +277,7 @@ def _save_run(out: Path, model, data: Selected, cfg: TrainConfig, metrics: dict[
 HISTORY_CSV = "history.csv"
 # Keys of a model's config that the dataset's tensor shapes decide (`models.registry.shape_kwargs`)
 # and the class count: a replay takes them from the dataset it trains on.
-_FROM_DATA = {"num_classes", "image_side", "image_bytes", "packets", "packet_bytes", "sequence_length", "stats_features"}
+DATA_SETTINGS = {"num_classes", "image_side", "image_bytes", "packets", "packet_bytes", "sequence_length", "stats_features"}
 
 
 CHECKPOINT = "checkpoint.pt"
@@ -369,7 +369,7 @@ def replay(path: str | os.PathLike) -> Replay:
     if bundle_kind(config) != "deep":
         raise ConfigError(f"{run}: a {bundle_kind(config)} bundle; replay it with `trafficlens baseline`")
     model = config["model"]
-    kwargs = {k: v for k, v in saved_config(model.get("name"), model.get("config") or {}).items() if k not in _FROM_DATA}
+    kwargs = {k: v for k, v in saved_config(model.get("name"), model.get("config") or {}).items() if k not in DATA_SETTINGS}
     return Replay(dataset=str((config.get("dataset") or {}).get("path") or ""), model=str(model.get("name")),
                   train=dict(config.get("train") or {}), model_kwargs=kwargs,
                   from_runs=[str(p) for p in config.get("from") or []])
