@@ -28,7 +28,8 @@ psutil = pytest.importorskip("psutil")
 from captures import inflating_pcap_gz  # noqa: E402
 from trafficlens.serving import Classifier  # noqa: E402
 from trafficlens.serving import http  # noqa: E402
-from trafficlens.serving.http import create_app, is_loopback, server_config  # noqa: E402
+from trafficlens.errors import ConfigError  # noqa: E402
+from trafficlens.serving.http import ServeConfig, create_app, is_loopback, server_config  # noqa: E402
 from trafficlens.serving.workers import WorkerPool  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,7 +133,7 @@ def test_upload_with_too_many_packets_is_refused(clf, pool):
 
 # -- slow and vanishing clients ------------------------------------------------------------------
 def test_connections_that_never_finish_their_headers_are_closed(clf, pool, caplog):
-    with serving(clf, pool, header_timeout_s=1.0) as base:
+    with serving(clf, pool, header_timeout_s=1.0, max_connections_per_ip=200) as base:  # all from 127.0.0.1
         idle = [connect(base) for _ in range(50)]  # connect, send nothing
         partial = [connect(base) for _ in range(50)]
         for sock in partial:
@@ -145,6 +146,24 @@ def test_connections_that_never_finish_their_headers_are_closed(clf, pool, caplo
             sock.close()
         assert time.monotonic() - start < 4
     assert not errors_logged(caplog)
+
+
+def test_one_address_cannot_hold_more_connections_than_its_cap(clf, pool):
+    with serving(clf, pool, max_connections_per_ip=3) as base:
+        held = [connect(base) for _ in range(3)]  # open, sending nothing (under the header timeout)
+        time.sleep(0.2)
+        extra = connect(base)
+        assert read_until_closed(extra, time.monotonic() + 2) == b""  # closed unread, at once
+        extra.close()
+        for sock in held:  # the three are still open and served
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        for sock in held:
+            sock.close()
+        time.sleep(0.2)  # the server has counted them closed: the address may connect again
+        assert request(f"{base}/v1/classify", CAPTURE.read_bytes())[0] == 200
+    with pytest.raises(ConfigError, match="max_connections_per_ip=0"):
+        ServeConfig(max_connections_per_ip=0)
 
 
 def test_keep_alive_connection_must_send_its_next_headers_in_time(clf, pool):

@@ -19,10 +19,13 @@ Built for a network where clients may be hostile; every limit is a `ServeConfig`
 - 503: more than `max_uploads` classify requests at once (answered at once, before reading the
   body), or no worker free within `timeout_s`.
 - 401: a token is set and the request lacks `Authorization: Bearer <token>`.
+- A connection from an address that already holds `max_connections_per_ip` open connections is
+  closed at once, before it is read: one client cannot hold every slot the server has.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hmac
@@ -62,6 +65,7 @@ class ServeConfig:
     header_timeout_s: float = 10.0  # from connecting (or the previous answer) to the end of the headers
     body_timeout_s: float = 60.0  # from the end of the headers to the end of the body
     max_uploads: int = 64  # classify requests at once (uploading, queued or running)
+    max_connections_per_ip: int = 64  # open connections one client address may hold; past it, closed at once
     workers: int = 2  # classifier processes
     token: str | None = None  # bearer token; None: no authentication
     docs: bool = False  # serve /docs and /openapi.json
@@ -70,7 +74,7 @@ class ServeConfig:
 
     def __post_init__(self):
         for name in ("max_upload_bytes", "max_capture_bytes", "max_packets", "timeout_s", "header_timeout_s",
-                     "body_timeout_s", "max_uploads", "workers", "top_k"):
+                     "body_timeout_s", "max_uploads", "max_connections_per_ip", "workers", "top_k"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"ServeConfig.{name}={getattr(self, name)!r}: must be positive")
 
@@ -278,17 +282,19 @@ def server_config(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080, ce
     import uvicorn
 
     config: ServeConfig = app.state.serve_config
-    protocol = _guarded_protocol(config.header_timeout_s, config.body_timeout_s)
+    protocol = _guarded_protocol(config.header_timeout_s, config.body_timeout_s, config.max_connections_per_ip)
     return uvicorn.Config(app, host=host, port=port, http=protocol, ssl_certfile=certfile, ssl_keyfile=keyfile,
                           **uvicorn_options)
 
 
 @functools.lru_cache(maxsize=None)
-def _guarded_protocol(header_timeout_s: float, body_timeout_s: float):
+def _guarded_protocol(header_timeout_s: float, body_timeout_s: float, per_ip: int = 64):
     """uvicorn's h11 protocol with two deadlines per request, which uvicorn lacks: the headers must
     be complete `header_timeout_s` after the connection opens (or the previous answer ends), the
     body `body_timeout_s` after the headers. A connection past either is closed; a body past its
-    deadline is first answered 408 when no answer has started."""
+    deadline is first answered 408 when no answer has started. A client address holding `per_ip`
+    open connections has the next one closed unread (uvicorn's own limit counts all clients
+    together, so one client could take every slot)."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -297,11 +303,27 @@ def _guarded_protocol(header_timeout_s: float, body_timeout_s: float):
     class GuardedH11Protocol(H11Protocol):
         _phase: str | None = None
         _timer = None
+        _counted: str | None = None  # the client address this connection counts against
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self.transport = _LingeringTransport(transport, self.loop, lambda: self.conn.their_state is h11.SEND_BODY)
+            if not self._admit():
+                log.debug("closing %s: %d connections from its address already open", self.client, per_ip)
+                self.transport.raw.close()
+                return
             self._watch()
+
+        def _admit(self) -> bool:
+            address = self.client[0] if self.client else None
+            if address is None:  # a Unix socket: no address to count
+                return True
+            open_by = _open_by_address(self.server_state)
+            if open_by[address] >= per_ip:
+                return False
+            open_by[address] += 1
+            self._counted = address
+            return True
 
         def data_received(self, data: bytes) -> None:
             if self.transport.dropped is not None:
@@ -315,6 +337,11 @@ def _guarded_protocol(header_timeout_s: float, body_timeout_s: float):
             self._watch()
 
         def connection_lost(self, exc) -> None:
+            if self._counted is not None:
+                open_by = _open_by_address(self.server_state)
+                open_by[self._counted] -= 1
+                if not open_by[self._counted]:
+                    del open_by[self._counted]
             self._set_timer(None)
             self.transport.stop_lingering()
             super().connection_lost(exc)
@@ -356,6 +383,14 @@ def _guarded_protocol(header_timeout_s: float, body_timeout_s: float):
             self.transport.raw.close()  # a client this slow gets no time to linger
 
     return GuardedH11Protocol
+
+
+def _open_by_address(server_state) -> "collections.Counter[str]":
+    """Open connections by client address, kept on uvicorn's state of one server."""
+    counts = getattr(server_state, "trafficlens_open_by_address", None)
+    if counts is None:
+        counts = server_state.trafficlens_open_by_address = collections.Counter()
+    return counts
 
 
 class _LingeringTransport:
