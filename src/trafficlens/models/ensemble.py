@@ -7,9 +7,9 @@ its own loss (`member_loss`), so the members learn independently from the same b
 evaluation `forward` returns the log of the members' mean probability (B, C): logits whose
 softmax is the ensemble's probability, so predict, export, calibration and the group decisions
 see one ordinary model. Why it is worth K times the compute for tl-fusion: on iot-sentinel split
-by capture, three independently trained members averaged gained about 0.02 macro-F1 over one on
-every split measured (benchmarks/RESULTS.md, issue 15); the errors of members from different
-initialisations differ where one session's evidence is weak.
+by capture, three members averaged gained 0.02 macro-F1 over one network on the mean of three
+splits and on each of them (benchmarks/RESULTS.md, issue 15); members from different
+initialisations err differently where one session's evidence is weak.
 """
 
 from __future__ import annotations
