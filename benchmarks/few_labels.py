@@ -35,6 +35,8 @@ def main() -> None:
                     help="scratch; pretrained (encoder loaded, everything fine-tuned); frozen (encoder loaded and fixed)")
     ap.add_argument("--objective", default="masked", choices=("masked", "contrastive", "both"))
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per job [default: all cores]")
+    ap.add_argument("--members", type=int, default=None,
+                    help="tl-fusion's members (default: the model's, 3; the tables recorded before stop 29 are 1)")
     ap.add_argument("--reuse-encoders", action="store_true", help="keep an encoder-seedS.safetensors already in -o")
     ap.add_argument("-o", "--out", default=str(ROOT / "bench-out" / "few-labels"))
     ap.add_argument("--table", nargs="+", metavar="RESULTS_JSON",
@@ -77,6 +79,7 @@ def main() -> None:
                 s = train_run(args.dataset, out / name, "tl-fusion",
                               TrainConfig(**base, train_fraction=fraction, init=init, freeze_init=variant == "frozen",
                                           batch_size=batch_size(fraction)),
+                              model_kwargs={"members": args.members} if args.members else None,
                               progress=False, overwrite=True, log=lambda message: None)
                 m = json.loads((out / name / "metrics.json").read_text())
                 overlap = (m.get("pretraining") or {}).get("test_captures_read", 0)
