@@ -252,3 +252,17 @@ def test_torchrun_two_processes_match_one_process(tmp_path, threads_client):
 
     out = Classifier.load(tmp_path / "two", device="cpu").predict_sessions(ds_path)
     assert len(out) == len(Dataset.open(ds_path))
+
+
+def test_only_rank_zero_probes_the_run_directory(monkeypatch):
+    """Every rank of `--nproc` used to probe the output directory (make it, remove it) at once, and
+    4 of 8 launches failed with "File exists" (`train --nproc 2 --overwrite`); rank 0 alone probes it now."""
+    from trafficlens.training.torchrun import main_process
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("RANK", "1")
+    assert main_process()  # alone: RANK means nothing
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert not main_process()
+    monkeypatch.setenv("RANK", "0")
+    assert main_process()

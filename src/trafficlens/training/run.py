@@ -131,11 +131,12 @@ def train_run(dataset: str | os.PathLike, out_dir: str | os.PathLike, model_name
     from trafficlens.training.bundle import check_output
     from trafficlens.training.splits import fit_rows, labelled_fraction
     from trafficlens.training.torchrun import init as init_distributed
+    from trafficlens.training.torchrun import main_process
     from trafficlens.training.trainer import fit
 
     log = log or (lambda message: print(message, file=sys.stderr))
     state = load_checkpoint(out_dir) if resume else None
-    if not resume:
+    if not resume and main_process():  # one rank probes the directory it will write (ranks probing it together race)
         check_output(out_dir, overwrite)
     info = model_info(model_name, "deep")
     if from_runs and not info.from_runs:

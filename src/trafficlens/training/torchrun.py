@@ -94,6 +94,12 @@ def world_from_env() -> int:
         raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number") from None
 
 
+def main_process() -> bool:
+    """Whether this process is rank 0 (or alone): the one that checks and writes the run's
+    directory. Known from torchrun's environment before the process group exists."""
+    return world_from_env() <= 1 or os.environ.get("RANK", "0") == "0"
+
+
 def init(cfg) -> DistContext:
     """Seed, pick the device and, under torchrun, join the process group."""
     from trafficlens.training.device import setup
