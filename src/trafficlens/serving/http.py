@@ -288,7 +288,7 @@ def server_config(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080, ce
 
 
 @functools.lru_cache(maxsize=None)
-def _guarded_protocol(header_timeout_s: float, body_timeout_s: float, per_ip: int = 64):
+def _guarded_protocol(header_timeout_s: float, body_timeout_s: float, per_ip: int):
     """uvicorn's h11 protocol with two deadlines per request, which uvicorn lacks: the headers must
     be complete `header_timeout_s` after the connection opens (or the previous answer ends), the
     body `body_timeout_s` after the headers. A connection past either is closed; a body past its

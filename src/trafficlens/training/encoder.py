@@ -73,16 +73,17 @@ def init_from_encoder(model, path: str | os.PathLike) -> dict[str, Any]:
     tensors, meta = read_encoder(path)
     own = model.state_dict()
     # every member of an ensemble (`members.N.` + the encoder's name) starts from the same encoder
-    fits = {k: tensors[member_key(k)] for k, v in own.items()
-            if member_key(k) in tensors and tuple(v.shape) == tuple(tensors[member_key(k)].shape)}
+    source = {k: member_key(k) for k in own}
+    fits = {k: tensors[source[k]] for k, v in own.items()
+            if source[k] in tensors and tuple(v.shape) == tuple(tensors[source[k]].shape)}
     if not fits:
         raise ConfigError(f"{path}: none of its {len(tensors)} parameters fits {model.model_name} "
                           f"(pre-trained {meta.get('model')} with {meta.get('model_settings', {}).get('dim')}-wide tokens); "
                           "pre-train with the same model settings")
     model.load_state_dict(fits, strict=False)
     return {"encoder": str(Path(path).resolve()), "sha256": sha256_file(path), "parameters": sorted(fits),
-            "loaded": len({member_key(k) for k in fits}), "of": len(tensors),
-            "skipped": sorted(set(tensors) - {member_key(k) for k in fits}), "captures": meta.get("captures", []),
+            "loaded": len({source[k] for k in fits}), "of": len(tensors),
+            "skipped": sorted(set(tensors) - {source[k] for k in fits}), "captures": meta.get("captures", []),
             "datasets": [d["path"] for d in meta.get("datasets", [])], "holdout": meta.get("holdout")}
 
 

@@ -94,10 +94,14 @@ def world_from_env() -> int:
         raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number") from None
 
 
+def _rank_from_env() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
 def main_process() -> bool:
     """Whether this process is rank 0 (or alone): the one that checks and writes the run's
     directory. Known from torchrun's environment before the process group exists."""
-    return world_from_env() <= 1 or os.environ.get("RANK", "0") == "0"
+    return world_from_env() <= 1 or _rank_from_env() == 0
 
 
 def init(cfg) -> DistContext:
@@ -110,7 +114,7 @@ def init(cfg) -> DistContext:
         return DistContext(device=device)
     import torch.distributed as dist
 
-    rank = int(os.environ.get("RANK", "0"))
+    rank = _rank_from_env()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     if device.type == "cuda":
