@@ -48,6 +48,31 @@ def test_exported_model_gives_the_bundle_s_probabilities(tmp_path, monkeypatch):
                                clf.probabilities(tensors)[3:4], atol=1e-4)
 
 
+def test_the_export_gives_each_session_s_embedding_as_pytorch_does(tmp_path, monkeypatch):
+    """The second output, `embedding`: the unit-length vector before the model's last layer, which
+    the open-set distance compares (inference.open_set); the same from ONNX Runtime and PyTorch."""
+    import torch
+
+    monkeypatch.setenv("TRAFFICLENS_CACHE", "off")
+    clf = Classifier.load(LAB / "model", device="cpu")
+    ds, _ = reference_sessions(clf, [LAB / "capture-002.pcap.gz"], tmp_path / "ds")
+    tensors = {name: np.asarray(ds.tensor(name)) for name in clf.inputs}
+    proba, embedding = clf.outputs(tensors, embed=True)
+    assert clf.runtime == "onnxruntime" and embedding.shape == (30, clf.bundle.model.num_features)
+    np.testing.assert_allclose(proba, clf.probabilities(tensors), atol=1e-6)
+    model = clf.bundle.model.eval()
+    with torch.inference_mode():
+        vector = model.forward_head(model.forward_features(torch.from_numpy(tensors["image"].copy())), pre_logits=True)
+    np.testing.assert_allclose(embedding, torch.nn.functional.normalize(vector, dim=1).numpy(), atol=1e-3)
+    session = ort.InferenceSession(clf.export_onnx(tmp_path / "m.onnx").read_bytes(), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "embedding"]
+    np.testing.assert_allclose(session.run(["embedding"], tensors)[0], embedding, atol=1e-6)
+    monkeypatch.setenv("TRAFFICLENS_INFERENCE", "torch")  # the PyTorch path gives the same
+    torch_proba, torch_embedding = Classifier.load(LAB / "model", device="cpu").outputs(tensors, embed=True)
+    np.testing.assert_allclose(torch_embedding, embedding, atol=1e-3)
+    np.testing.assert_allclose(torch_proba, proba, atol=1e-4)
+
+
 def test_export_with_torch_inference_still_writes_the_onnx_model(tmp_path, monkeypatch):
     monkeypatch.setenv("TRAFFICLENS_INFERENCE", "torch")  # predict would not build ONNX; export does
     out = Classifier.load(LAB / "model", device="cpu").export_onnx(tmp_path / "x.onnx")

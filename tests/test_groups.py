@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from captures import tcp_session, write_pcap
 from trafficlens.cli import cli
-from trafficlens.errors import ConfigError
+from trafficlens.errors import BundleError, ConfigError
 from trafficlens.inference.groups import (GroupConfig, GroupDecisions, calibrated_log_probs, fit_temperature,
                                           group_probabilities, parse_window)
 from trafficlens.prep.hosts import HostAddresses
@@ -316,7 +316,7 @@ def test_live_by_host_decides_a_batch_session_by_session(run, monkeypatch):
     metas = [{"capture": "live", "src_ip": "192.168.1.20", "ts_start": t, "ts_end": t + 0.5} for t in starts]
     proba = np.eye(len(labels))[[labels.index("camera")] * 2 + [labels.index("plug")] * 6]
     shuffled = [5, 0, 7, 2, 1, 4, 6, 3]  # one batch, out of order
-    monkeypatch.setattr(clf, "session_probabilities", lambda items: ([metas[i] for i in shuffled], proba[shuffled]))
+    monkeypatch.setattr(clf, "session_evidence", lambda items, bank=None: ([metas[i] for i in shuffled], proba[shuffled], None))
     rows = []
     live = LiveClassifier(clf, rows.append, groups=GroupConfig(aggregator="vote", min_confidence=0.6))
     live._decide_hosts([SimpleNamespace(items=None, macs=[])])
@@ -516,32 +516,82 @@ def test_evaluate_by_capture_scores_held_out_classes_as_open_set(run, tmp_path):
     labels = np.array(ds.labels).astype(str)
     temperature = json.loads((open_run / "calibration.json").read_text())["temperature"]
 
+    def embeddings(rows):
+        return clf.outputs({n: ds.tensor(n)[rows] for n in clf.inputs}, embed=True)[1]
+
+    training = embeddings(np.flatnonzero((side == 0) & (labels != "bulb")))
+    assert np.allclose(np.linalg.norm(training, axis=1), 1.0, atol=1e-5)
+
     def fits(rows, score):  # per capture
+        if score == "embedding_distance":  # each session's cosine distance to its nearest training session, averaged
+            distance = 1 - np.array([max(float(e @ t) for t in training) for e in embeddings(rows)])
+            return np.array([-distance[captures[rows] == c].mean() for c in sorted(set(captures[rows]))])
         logp = calibrated_log_probs(clf.probabilities({n: ds.tensor(n)[rows] for n in clf.inputs}), temperature)
         if score == "mean_top_probability":  # each session's top probability, averaged
             return np.array([np.exp(logp[captures[rows] == c].max(1)).mean() for c in sorted(set(captures[rows]))])
         return np.array([logp[captures[rows] == c].mean(0).max() for c in sorted(set(captures[rows]))])
 
-    for score in ("mean_top_probability", "mean_log_probability"):
+    for score in ("embedding_distance", "mean_top_probability", "mean_log_probability"):
         threshold = np.quantile(fits(np.flatnonzero(side == 1), score), UNKNOWN_RATE)
         got = open_set["scores"][score]
-        assert got["threshold"] == pytest.approx(threshold)
+        assert got["threshold"] == pytest.approx(threshold, abs=1e-6)
         held = fits(np.flatnonzero(labels == "bulb"), score)
         assert got["held_out_called_unknown"] == pytest.approx(np.mean(held < threshold))
-        assert got["known_test_called_unknown"] == pytest.approx(np.mean(fits(np.flatnonzero(side == 2), score) < threshold))
-    assert open_set["score"] == "mean_log_probability"
-    assert open_set["threshold"] == open_set["scores"]["mean_log_probability"]["threshold"]
-    stored = json.loads((open_run / "calibration.json").read_text())["open_set"]["capture"]
-    assert stored["threshold"] == pytest.approx(open_set["threshold"]) and stored["score"] == "mean_log_probability"
+        known = fits(np.flatnonzero(side == 2), score)
+        assert got["known_test_called_unknown"] == pytest.approx(np.mean(known < threshold))
+        assert got["auroc"] == pytest.approx(np.mean(held[:, None] < known[None, :]) + 0.5 * np.mean(held[:, None] == known[None, :]))
+    # a deep model's fit is the embedding distance, its bank kept beside the calibration
+    assert open_set["score"] == "embedding_distance"
+    assert open_set["threshold"] == open_set["scores"]["embedding_distance"]["threshold"]
+    calibration = json.loads((open_run / "calibration.json").read_text())
+    stored = calibration["open_set"]["capture"]
+    assert stored["threshold"] == pytest.approx(open_set["threshold"]) and stored["score"] == "embedding_distance"
+    assert calibration["open_set_bank"]["sessions"] == len(training) and (open_run / "openset-bank.npy").is_file()
 
     # predict --by capture --open-set on the held-out class's capture files: unknown exactly where
-    # the evaluation's fit is under the threshold (the same sessions, the same temperature)
-    held = fits(np.flatnonzero(labels == "bulb"), "mean_log_probability")
+    # the evaluation's fit is under the threshold (the same sessions, the same bank)
+    held = fits(np.flatnonzero(labels == "bulb"), "embedding_distance")
     bulbs = sorted((Path(ds_path).parent / "train" / "bulb").glob("*.pcap"))
     table = clf.predict_hosts(bulbs, by="capture", open_set=True)
     assert len(table) == 3 and (table["label"] == "unknown").sum() == int((held < open_set["threshold"]).sum())
     assert set(table["status"][table["label"] == "unknown"]) <= {"unknown_device"}
     assert (clf.predict_hosts(bulbs, by="capture")["label"] != "unknown").all()  # without --open-set: a known label
+    # live --by host --open-set takes the same fit, session by session, from the hosts' threshold
+    evaluate_groups(open_run, "host", out=tmp_path / "eval-host")
+    expected = clf.predict_hosts(bulbs[:1], by="host", open_set=True)
+    rows, _ = _live([str(open_run), "-r", str(bulbs[0]), "--speed", "0", "--by", "host", "--open-set"], tmp_path)
+    final = {r["host"]: (r["label"], r["status"]) for r in rows if r["event"] == "final"}
+    assert final == {h: (label, status) for h, label, status in zip(expected["host"], expected["label"], expected["status"])}
+
+    # a bank that is not the one calibration.json names is refused, in one line, by a classifier
+    # that has not read it yet (one that has keeps the checked copy it holds)
+    bank = open_run / "openset-bank.npy"
+    bank.write_bytes(bank.read_bytes()[:-4] + b"\0\0\0\0")
+    assert len(clf.predict_hosts(bulbs, by="capture", open_set=True)) == 3
+    with pytest.raises(BundleError, match="openset-bank.npy: does not match the SHA-256 in calibration.json"):
+        Classifier.load(open_run, device="cpu").predict_hosts(bulbs, by="capture", open_set=True)
+
+
+def test_the_embedding_bank_finds_each_session_s_nearest_training_session():
+    from trafficlens.inference.open_set import _CHUNK, EmbeddingBank, bank_rows
+
+    rng = np.random.default_rng(3)
+    unit = lambda x: (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    train, sessions = unit(rng.normal(size=(300, 8))), unit(rng.normal(size=(_CHUNK + 37, 8)))  # more than one chunk
+    sessions[:5] = train[[7, 0, 299, 7, 150]]  # sessions the model was trained on: distance 0
+    got = EmbeddingBank(train).distances(sessions)
+    expect = np.array([min(1 - float(s @ t) for t in train) for s in sessions])
+    np.testing.assert_allclose(got, expect, atol=1e-5)
+    assert np.allclose(got[:5], 0.0, atol=1e-6) and (got[5:] > 0.01).all()
+    assert EmbeddingBank(train[:1]).distances(-train[:1]) == pytest.approx([2.0])  # the opposite direction: the farthest
+    assert EmbeddingBank(train).distances(np.zeros((0, 1), np.float32)).shape == (0,)  # no sessions: nothing to compare
+    with pytest.raises(BundleError, match="do not match the open-set bank's 8 dimensions"):
+        EmbeddingBank(train).distances(sessions[:, :4])
+    # a bank keeps every training session up to its limit, then a seeded sample of distinct rows
+    assert list(bank_rows(np.arange(10), limit=20)) == list(range(10))
+    sample = bank_rows(np.arange(100, 1100), seed=1, limit=50)
+    assert len(set(sample)) == 50 and set(sample) <= set(range(100, 1100)) and list(sample) == sorted(sample)
+    assert list(sample) == list(bank_rows(np.arange(100, 1100), seed=1, limit=50))
 
 
 def test_a_group_that_fits_no_known_class_is_an_unknown_device():

@@ -11,14 +11,17 @@ fitted here, on the run's validation split (its groups), and stored in RUN/calib
 majority of its sessions' labels (`mixed_groups` counts the groups where they differ). The curve
 gives accuracy against the number of sessions seen per group, in time order.
 
-Open set: a group's fit is the mean over its sessions of the calibrated log-probability of the
-class their pooling decides (a mean, so it does not grow with the number of sessions as the
-pooled confidence does); the threshold is the fit that calls `UNKNOWN_RATE` of the validation
-groups unknown. It is stored in RUN/calibration.json for `predict --by ... --open-set`. When the
-dataset holds labelled sessions of classes the run never learned (trained with --exclude-class),
-their groups are scored too: the report gives the share of held-out groups and of known test
-groups under the threshold, for that fit and for the other in `OPEN_SET_SCORES` (the mean of each
-session's highest calibrated probability: Hendrycks and Gimpel 2017's score averaged over a group).
+Open set: for a deep model a group's fit is the mean over its sessions of their cosine distance
+to the nearest training session in the model's embedding space, negated (`inference.open_set`;
+the training sessions' embeddings are kept in RUN/openset-bank.npy); for a tree, which has no
+embedding, the mean calibrated log-probability of the class their pooling decides. Both are
+means, so they do not grow with the number of sessions as the pooled confidence does. The
+threshold is the fit that calls `UNKNOWN_RATE` of the validation groups unknown (`--unknown-rate`); it is stored in
+RUN/calibration.json for `predict --by ... --open-set`. When the dataset holds labelled sessions
+of classes the run never learned (trained with --exclude-class), their groups are scored too: the
+report gives the share of held-out groups and of known test groups under the threshold, for that
+fit and for the others in `OPEN_SET_SCORES` (among them the mean of each session's highest
+calibrated probability: Hendrycks and Gimpel 2017's score averaged over a group).
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ from typing import Any
 import numpy as np
 
 from trafficlens.errors import ConfigError
-from trafficlens.inference.groups import (AGGREGATORS, CALIBRATION, OPEN_SET_SCORE, OPEN_SET_SCORES, LearnedAggregator,
-                                          calibrated_log_probs, fit_temperature, group_features, group_probabilities,
-                                          read_calibration)
+from trafficlens.inference.groups import (AGGREGATORS, CALIBRATION, EMBEDDING_DISTANCE, OPEN_SET_SCORE, OPEN_SET_SCORES,
+                                          LearnedAggregator, calibrated_log_probs, fit_temperature, group_features,
+                                          group_probabilities, read_calibration)
 
 BY = ("capture", "host")
 UNKNOWN_RATE = 0.05  # of known validation groups called unknown: where the open-set threshold sits
@@ -44,9 +47,10 @@ CURVE_POINTS = (1, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 50
 
 
 def evaluate_groups(run: str | os.PathLike, by: str, window: float | None = None, out: str | os.PathLike | None = None,
-                    dataset: str | os.PathLike | None = None) -> dict[str, Any]:
+                    dataset: str | os.PathLike | None = None, unknown_rate: float = UNKNOWN_RATE) -> dict[str, Any]:
     """Score `run` per group on its own test split; writes metrics-by-BY.json and report-by-BY.html
-    into `out` (default RUN/evaluation) and RUN/calibration.json; returns the metrics."""
+    into `out` (default RUN/evaluation) and RUN/calibration.json; returns the metrics.
+    `unknown_rate`: the share of known validation groups the open-set threshold calls unknown."""
     from trafficlens.datasets import Dataset
     from trafficlens.evaluation.evaluate import _probabilities, own_split_provenance
     from trafficlens.evaluation.report import group_curve_figure, write_report
@@ -58,6 +62,8 @@ def evaluate_groups(run: str | os.PathLike, by: str, window: float | None = None
         raise ConfigError(f"--by must be one of {', '.join(BY)}, got {by!r}")
     if window is not None and by != "host":
         raise ConfigError("--window splits hosts into time windows: give it with --by host")
+    if not 0.0 < unknown_rate <= 0.5:
+        raise ConfigError(f"--unknown-rate must be in (0, 0.5], got {unknown_rate!r}")
     run = Path(run)
     clf = Classifier.load(run, device="auto")
     config = clf.bundle.config
@@ -71,9 +77,10 @@ def evaluate_groups(run: str | os.PathLike, by: str, window: float | None = None
     y_test = np.array([index[str(label)] for label in ds.labels[test]], dtype=np.int64)
     proba_val, _ = _probabilities(clf, ds, val)
     proba_test, seconds = _probabilities(clf, ds, test)
+    distances = _distances(clf, ds, run, assignment, val, test)
 
     val_groups = _groups_of(ds, val, y_val, by, window, len(clf.labels))
-    temperature, learned, calibration = _calibrate(run, ds, val_groups, proba_val, y_val, by)
+    temperature, learned, calibration = _calibrate(run, ds, val_groups, proba_val, y_val, by, distances, unknown_rate)
 
     groups = _groups_of(ds, test, y_test, by, window, len(clf.labels))
     metrics, comparison = {}, {}
@@ -100,7 +107,8 @@ def evaluate_groups(run: str | os.PathLike, by: str, window: float | None = None
         "curve": {a: groups.curve(proba_test, a, temperature, learned) for a in AGGREGATORS},
         "sessions_until_right": groups.until_right(proba_test, "pool", temperature, clf.labels),
     }
-    open_set = _open_set(clf, ds, by, window, val_groups, proba_val, groups, proba_test, temperature)
+    open_set = _open_set(clf, ds, by, window, (val_groups, proba_val), groups, proba_test, temperature, distances,
+                         unknown_rate)
     if open_set:
         metrics["groups"]["open_set"] = open_set
     metrics["inference_seconds"] = seconds
@@ -130,8 +138,30 @@ def _groups_of(ds, rows: np.ndarray, y: np.ndarray, by: str, window: float | Non
     return Groups(_group_keys(table, by, window), np.asarray(table["ts_start"], dtype=np.float64), y, n_classes)
 
 
-def _calibrate(run: Path, ds, val_groups: "Groups", proba_val: np.ndarray, y_val: np.ndarray, by: str):
-    """Temperature and learned aggregator fitted on the validation split, kept in RUN/calibration.json."""
+def _distances(clf, ds, run: Path, assignment: np.ndarray, val: np.ndarray, test: np.ndarray) -> dict[str, Any]:
+    """For a deep model: the bank of training sessions' embeddings (saved in RUN, `inference.open_set`)
+    and each validation and test session's distance to it; {} for a tree."""
+    from trafficlens.inference.open_set import EmbeddingBank, bank_rows
+
+    if clf.kind != "deep":
+        return {}
+    known = np.isin(np.array([str(x) for x in ds.labels], dtype=object), clf.labels)
+    bank = EmbeddingBank(_embeddings(clf, ds, bank_rows(np.flatnonzero((assignment == 0) & known))))
+    return {"bank": bank, "record": bank.save(run), "val": bank.distances(_embeddings(clf, ds, val)),
+            "test": bank.distances(_embeddings(clf, ds, test))}
+
+
+def _embeddings(clf, ds, rows: np.ndarray) -> np.ndarray:
+    from trafficlens.evaluation.evaluate import _CHUNK
+
+    parts = [clf.outputs({name: ds.tensor(name)[rows[i:i + _CHUNK]] for name in clf.inputs}, embed=True)[1]
+             for i in range(0, len(rows), _CHUNK)]
+    return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
+
+
+def _calibrate(run: Path, ds, val_groups: "Groups", proba_val: np.ndarray, y_val: np.ndarray, by: str,
+               distances: dict[str, Any], unknown_rate: float = UNKNOWN_RATE):
+    """Temperature, learned aggregator and open-set threshold fitted on the validation split, kept in RUN/calibration.json."""
     from trafficlens.files import atomic_write_text
 
     temperature = fit_temperature(proba_val, y_val)
@@ -142,18 +172,23 @@ def _calibrate(run: Path, ds, val_groups: "Groups", proba_val: np.ndarray, y_val
                         "nll_calibrated": _nll(proba_val, y_val, temperature)})
     kind = "capture" if by == "capture" else "host"
     calibration.setdefault("learned", {})[kind] = learned.to_dict()
+    if distances:
+        calibration["open_set_bank"] = distances["record"]
     if val_groups.n:
+        score = EMBEDDING_DISTANCE if distances else OPEN_SET_SCORE
+        fit = val_groups.open_set_fit(score, proba_val, temperature, distances.get("val"))
         calibration.setdefault("open_set", {})[kind] = {
-            "threshold": float(np.quantile(val_groups.open_set_fit(OPEN_SET_SCORE, proba_val, temperature), UNKNOWN_RATE)),
-            "score": OPEN_SET_SCORE, "unknown_rate_on_validation": UNKNOWN_RATE, "validation_groups": val_groups.n}
+            "threshold": float(np.quantile(fit, unknown_rate)), "score": score,
+            "unknown_rate_on_validation": unknown_rate, "validation_groups": val_groups.n}
     atomic_write_text(run / CALIBRATION, json.dumps(calibration, indent=2) + "\n")
     return temperature, learned, calibration
 
 
-def _open_set(clf, ds, by: str, window: float | None, val_groups: "Groups", proba_val: np.ndarray, groups: "Groups",
-              proba_test: np.ndarray, temperature: float) -> dict[str, Any] | None:
+def _open_set(clf, ds, by: str, window: float | None, validation: tuple["Groups", np.ndarray], groups: "Groups",
+              proba_test: np.ndarray, temperature: float, distances: dict[str, Any],
+              unknown_rate: float = UNKNOWN_RATE) -> dict[str, Any] | None:
     """Groups of labelled classes the run never learned, called unknown below a fit threshold
-    chosen so that UNKNOWN_RATE of the validation groups fall under it; None without such classes."""
+    chosen so that `unknown_rate` of the validation groups fall under it; None without such classes."""
     from trafficlens.evaluation.evaluate import _probabilities
 
     held_out = np.flatnonzero(np.isin(np.array([str(x) for x in ds.labels], dtype=object),
@@ -162,19 +197,47 @@ def _open_set(clf, ds, by: str, window: float | None, val_groups: "Groups", prob
         return None
     held_groups = _groups_of(ds, held_out, np.zeros(len(held_out), np.int64), by, window, len(clf.labels))
     proba_held, _ = _probabilities(clf, ds, held_out)
+    held_distances = distances["bank"].distances(_embeddings(clf, ds, held_out)) if distances else None
+    val_groups, proba_val = validation
     scores = {}
     for name in OPEN_SET_SCORES:
-        threshold = float(np.quantile(val_groups.open_set_fit(name, proba_val, temperature), UNKNOWN_RATE))
-        held_fit = held_groups.open_set_fit(name, proba_held, temperature)
+        if name == EMBEDDING_DISTANCE and not distances:
+            continue
+        threshold = float(np.quantile(val_groups.open_set_fit(name, proba_val, temperature, distances.get("val")),
+                                      unknown_rate))
+        held_fit = held_groups.open_set_fit(name, proba_held, temperature, held_distances)
+        test_fit = groups.open_set_fit(name, proba_test, temperature, distances.get("test"))
         scores[name] = {"threshold": threshold, "held_out_called_unknown": float((held_fit < threshold).mean()),
-                        "known_test_called_unknown": float((groups.open_set_fit(name, proba_test, temperature)
-                                                            < threshold).mean()) if groups.n else 0.0}
+                        "known_test_called_unknown": float((test_fit < threshold).mean()) if groups.n else 0.0,
+                        "auroc": _auroc(test_fit, held_fit),
+                        # a point of the ROC curve, not an operating point: the threshold is read off the test split
+                        "held_out_called_unknown_at_test_rate": _detected_at(test_fit, held_fit, unknown_rate)}
+    score = EMBEDDING_DISTANCE if distances else OPEN_SET_SCORE
     return {
         "held_out_classes": sorted(str(x) for x in set(ds.labels[held_out].tolist())),
-        "held_out_groups": held_groups.n, "score": OPEN_SET_SCORE, "score_means": OPEN_SET_SCORES[OPEN_SET_SCORE],
-        "threshold_from": f"{UNKNOWN_RATE:.0%} of the validation groups ({val_groups.n}) under it",
-        **scores[OPEN_SET_SCORE], "scores": scores,
+        "held_out_groups": held_groups.n, "score": score, "score_means": OPEN_SET_SCORES[score],
+        "threshold_from": f"{unknown_rate:.1%} of the validation groups ({val_groups.n}) under it",
+        **scores[score], "scores": scores,
     }
+
+
+def _detected_at(known_fit: np.ndarray, held_fit: np.ndarray, rate: float) -> float | None:
+    """The share of held-out groups under the threshold that calls `rate` of the known test groups
+    unknown: how well the fit separates the two where a threshold that transferred exactly from
+    validation would sit."""
+    if not len(known_fit) or not len(held_fit):
+        return None
+    return float((held_fit < np.quantile(known_fit, rate)).mean())
+
+
+def _auroc(known_fit: np.ndarray, held_fit: np.ndarray) -> float | None:
+    """The chance that a held-out group fits worse than a known one (ties count half): the
+    threshold-free separation of the two, 1.0 perfect, 0.5 none."""
+    if not len(known_fit) or not len(held_fit):
+        return None
+    below = (held_fit[:, None] < known_fit[None, :]).mean()
+    tied = (held_fit[:, None] == known_fit[None, :]).mean()
+    return float(below + 0.5 * tied)
 
 
 def _nll(proba: np.ndarray, y: np.ndarray, temperature: float) -> float | None:
@@ -234,12 +297,17 @@ class Groups:
         last = self.starts + self.sizes - 1
         return classification_report(self.y, self._prefix(proba, aggregator, temperature, learned)[last], labels)
 
-    def open_set_fit(self, score: str, proba: np.ndarray, temperature: float) -> np.ndarray:
+    def open_set_fit(self, score: str, proba: np.ndarray, temperature: float,
+                     distances: np.ndarray | None = None) -> np.ndarray:
         """(G,): each group's open-set fit `score` (`OPEN_SET_SCORES`; `GroupState.open_set_fit`
-        in predict and live): the mean over its sessions of the calibrated log-probability of its
-        pooled class, or of their highest calibrated probability."""
-        logp = calibrated_log_probs(proba[self.order], temperature)
-        values = np.exp(logp.max(axis=1, keepdims=True)) if score == "mean_top_probability" else logp
+        in predict and live): the mean over its sessions of their embedding distances (`distances`,
+        one per session), negated, of the calibrated log-probability of its pooled class, or of
+        their highest calibrated probability."""
+        if score == EMBEDDING_DISTANCE:
+            values = -np.asarray(distances, dtype=np.float64)[self.order][:, None]
+        else:
+            logp = calibrated_log_probs(proba[self.order], temperature)
+            values = np.exp(logp.max(axis=1, keepdims=True)) if score == "mean_top_probability" else logp
         total = _grouped_cumsum(values, self.starts, self.sizes)[self.starts + self.sizes - 1]  # (G, 1 or C)
         return total.max(axis=1) / np.maximum(self.sizes, 1)
 

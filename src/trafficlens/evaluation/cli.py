@@ -73,7 +73,10 @@ def baseline(dataset, model_name, features, split, seed, min_class_sessions, min
                    "vote beside it): metrics-by-capture.json / metrics-by-host.json. Fits the pooling temperature on "
                    "the validation split and stores it in RUN/calibration.json.")
 @click.option("--window", default=None, help="With --by host: one decision per host and time window, e.g. 300s.")
-def evaluate(run, on, unseen, dataset, out, by, window):
+@click.option("--unknown-rate", type=click.FloatRange(0.0, 0.5, min_open=True), default=0.05, show_default=True,
+              help="With --by: the share of known validation groups the open-set threshold calls unknown (the false "
+                   "alarms it allows on devices the model knows).")
+def evaluate(run, on, unseen, dataset, out, by, window, unknown_rate):
     """Score a trained run (deep or baseline): metrics.json and a self-contained report.html.
 
     \b
@@ -89,7 +92,8 @@ def evaluate(run, on, unseen, dataset, out, by, window):
 
         if on is not None:
             raise ConfigError("--by scores the run's own test split; it does not combine with --on")
-        m = evaluate_groups(run, by, parse_window(window) if window is not None else None, out, dataset)
+        m = evaluate_groups(run, by, parse_window(window) if window is not None else None, out, dataset,
+                            unknown_rate=unknown_rate)
         click.echo(group_summary(m, by))
         return
     from trafficlens.evaluation.evaluate import evaluate_run

@@ -75,6 +75,7 @@ class Classifier:
         self.trusted_keys: tuple[str, ...] = ()  # the keys `load` verified the bundle with, if any
         self._cached_key: str | None = None  # set by `load` when the ONNX cache holds this bundle's export
         self._cpu_threads: int | None = None  # set_cpu_threads
+        self._banks: dict = {}  # open-set banks read and checked (`open_set.load_bank`), by SHA-256
 
     def _model_for_inference(self):
         if self.kind == "baseline":
@@ -204,7 +205,8 @@ class Classifier:
             from trafficlens.training.signing import verify_bundle
 
             weights = (config.get("weights") or {}).get("file") if isinstance(config.get("weights"), dict) else None
-            calibration = ["calibration.json"] if (Path(path) / "calibration.json").is_file() else []  # groups read it
+            # groups read these; the bank is checked against calibration.json's SHA-256 when used
+            calibration = ["calibration.json"] if (Path(path) / "calibration.json").is_file() else []
             verify_bundle(path, trusted_keys, needed=[CONFIG, *([weights] if weights else []), *calibration])
             config = read_config(path)  # as verified
         clf = cls(load_any_bundle(path, str(dev), config), dev)
@@ -258,28 +260,43 @@ class Classifier:
     # -- inference ---------------------------------------------------------------------------
     def probabilities(self, tensors: dict[str, np.ndarray]) -> np.ndarray:
         """Class probabilities (n, classes) for stacked tensors keyed by dataset tensor name."""
+        return self.outputs(tensors)[0]
+
+    def outputs(self, tensors: dict[str, np.ndarray], embed: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(class probabilities (n, classes), and with `embed` each session's unit-length embedding
+        (n, D), `runtime.WithEmbedding`, else None). A baseline has no embedding."""
         model = self._model_for_inference()
         if self.kind == "baseline":
-            return model.predict_proba(tensors)
+            if embed:
+                raise ConfigError(f"{self.bundle.path}: a {self.bundle.name} baseline has no embedding space")
+            return model.predict_proba(tensors), None
         n = len(tensors[self.inputs[0]])
         # On a CPU, chunks of 256 sessions keep activations in cache: 1.2-1.6x the sessions/s of
         # chunks of 1024 for chen-cnn on 2 cores (measured); a GPU takes the whole batch.
-        step = n if str(self.device).startswith("cuda") else _CPU_CHUNK
-        out = []
-        if self._onnx is not None:
-            from trafficlens.training.metrics import softmax
+        step = max(n if str(self.device).startswith("cuda") else _CPU_CHUNK, 1)
+        chunks = [[np.ascontiguousarray(tensors[name][i : i + step]) for name in self.inputs] for i in range(0, n, step)]
+        if self._onnx is not None and (not embed or self._onnx.has_embedding):
+            outs = [self._onnx.outputs(*arrays) if embed else (self._onnx(*arrays), None) for arrays in chunks]
+        else:
+            outs = self._torch_outputs(model if model is not None else self.bundle.model, chunks, embed)
+        from trafficlens.training.metrics import softmax
 
-            for i in range(0, n, max(step, 1)):
-                out.append(softmax(self._onnx(*[np.ascontiguousarray(tensors[name][i : i + step]) for name in self.inputs])))
-            return np.concatenate(out) if out else np.zeros((0, len(self.labels)), dtype=np.float32)
+        proba = np.concatenate([softmax(o[0]) for o in outs]) if outs else np.zeros((0, len(self.labels)), np.float32)
+        return proba, (np.concatenate([o[1] for o in outs]) if outs else np.zeros((0, 0), np.float32)) if embed else None
+
+    def _torch_outputs(self, model, chunks: list[list[np.ndarray]], embed: bool) -> list[tuple]:
         import torch
 
+        from trafficlens.inference.runtime import WithEmbedding
+
+        run = WithEmbedding(model) if embed else model
+        out = []
         with torch.inference_mode():
-            for i in range(0, n, max(step, 1)):
-                xs = [torch.from_numpy(np.ascontiguousarray(tensors[name][i : i + step])).to(self.device)
-                      for name in self.inputs]
-                out.append(torch.softmax(model(*xs).float(), dim=1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), dtype=np.float32)
+            for arrays in chunks:
+                result = run(*[torch.from_numpy(a).to(self.device) for a in arrays])
+                logits, embedding = result if embed else (result, None)
+                out.append((logits.float().cpu().numpy(), embedding.cpu().numpy() if embed else None))
+        return out
 
     def rows_for_batches(self, batches: list[ExampleBatch], top_k: int = 1,
                          min_confidence: float = 0.0) -> list[dict[str, Any]]:
@@ -295,10 +312,20 @@ class Classifier:
     def session_probabilities(self, batches: list[ExampleBatch]) -> tuple[list[dict[str, Any]], np.ndarray]:
         """(session metadata, class probabilities (n, classes)) of `ExampleBatch`es: what group
         decisions (`inference.groups`) pool."""
+        metas, proba, _ = self.session_evidence(batches)
+        return metas, proba
+
+    def session_evidence(self, batches: list[ExampleBatch], bank=None) -> tuple[list[dict[str, Any]], np.ndarray,
+                                                                                 np.ndarray | None]:
+        """`session_probabilities`, and with an `open_set.EmbeddingBank` each session's distance
+        to the training sessions (else None): everything `GroupDecisions.add` takes."""
         metas, tensors = self._inputs_of(batches)
-        parts = [self.probabilities({name: tensors[name][i : i + _BATCH] for name in self.inputs})
+        parts = [self.outputs({name: tensors[name][i : i + _BATCH] for name in self.inputs}, embed=bank is not None)
                  for i in range(0, len(metas), _BATCH)]
-        return metas, np.concatenate(parts) if parts else np.zeros((0, len(self.labels)), dtype=np.float32)
+        proba = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, len(self.labels)), dtype=np.float32)
+        if bank is None:
+            return metas, proba, None
+        return metas, proba, np.concatenate([bank.distances(p[1]) for p in parts]) if parts else np.zeros(0)
 
     def _inputs_of(self, batches: list[ExampleBatch]) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
         metas: list[dict[str, Any]] = []
@@ -447,19 +474,21 @@ class Classifier:
         `config.max_groups`, the least recently updated closed early). `bpf`: as in `iter_predictions`."""
         from trafficlens.capture.bpf import PacketFilter
         from trafficlens.inference.groups import GroupConfig, GroupDecisions, decision_setup
+        from trafficlens.inference.open_set import load_bank
         from trafficlens.prep.hosts import HostAddresses
 
         config = config or GroupConfig(temperature=self.temperature)
         packet_filter = PacketFilter(bpf) if bpf is not None else None
         config, learned = decision_setup(self.bundle.path, config, len(self.labels))
+        bank = load_bank(self.bundle.path, config, self._banks)
         files = _capture_files(captures)
         for path, relative in files:
             groups = GroupDecisions(self.labels, config, learned)
             hosts = HostAddresses() if config.host_key == "mac" and config.by != "capture" else None
 
             def decide(batch: ExampleBatch, groups=groups, hosts=hosts) -> list[dict[str, Any]]:
-                metas, proba = self.session_probabilities([batch])
-                groups.add(metas, proba, [hosts.mac_of(m) for m in metas] if hosts is not None else None)
+                metas, proba, distances = self.session_evidence([batch], bank)
+                groups.add(metas, proba, [hosts.mac_of(m) for m in metas] if hosts is not None else None, distances)
                 return groups.pop_evicted()
 
             for rows in self._predict_file(path, relative, 1, 0.0, on_warning, packet_filter, decide=decide,

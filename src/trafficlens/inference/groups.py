@@ -50,14 +50,19 @@ GROUP_COLUMNS = ("capture", "host", "window_start", "window_end", "sessions", "l
 _EPS = 1e-12  # a floor under probabilities: a tree's zero costs a class log(1e-12)/T, not everything
 
 
-# A group's open-set fits. The first is the one `evaluate --by` stores for predict: across two
-# session models and two sets of held-out device types it separated unknown devices best on
-# average, where the second collapsed for tl-fusion (RESULTS, issue 16).
+# A group's open-set fits. `evaluate --by` stores the embedding distance for a model that has
+# embeddings (`inference.open_set`): over two session models and two sets of held-out device
+# types it flagged the most unknown devices (RESULTS, issue 16); else the mean log-probability,
+# which separated them better than the top probability, which collapsed for tl-fusion.
+EMBEDDING_DISTANCE = "embedding_distance"
 OPEN_SET_SCORES = {
+    EMBEDDING_DISTANCE: "mean cosine distance of the group's sessions to their nearest training session "
+                        "in the model's embedding space, negated",
     "mean_log_probability": "mean calibrated log-probability of the group's pooled class over its sessions",
     "mean_top_probability": "mean calibrated top probability of the group's sessions",
 }
-OPEN_SET_SCORE = next(iter(OPEN_SET_SCORES))
+OPEN_SET_SCORE = "mean_log_probability"  # the fit of a model without embeddings (a tree)
+_FIT_RANGE = {EMBEDDING_DISTANCE: (-2.0, 0.0), "mean_log_probability": (-math.inf, 0.0), "mean_top_probability": (0.0, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,7 @@ class GroupConfig:
             raise ConfigError(f"min_confidence must be in [0, 1], got {self.min_confidence!r}")
         if self.unknown_score not in OPEN_SET_SCORES:
             raise ConfigError(f"unknown_score must be one of {', '.join(OPEN_SET_SCORES)}, got {self.unknown_score!r}")
-        low, high = (0.0, 1.0) if self.unknown_score == "mean_top_probability" else (-math.inf, 0.0)
+        low, high = _FIT_RANGE[self.unknown_score]
         if self.unknown_below is not None and not low <= self.unknown_below <= high:
             raise ConfigError(f"unknown_below ({self.unknown_score}) must be in [{low:g}, {high:g}], "
                               f"got {self.unknown_below!r}")
@@ -271,6 +276,7 @@ class GroupState:
     prob_sum: np.ndarray  # (C,) float64: calibrated probabilities, summed
     sessions: int = 0
     top_sum: float = 0.0  # each session's highest calibrated probability, summed (an open-set fit)
+    distance_sum: float = 0.0  # each session's embedding distance to the training sessions, summed (another)
     start: float = math.inf
     end: float = -math.inf
     last_seen: float = -math.inf  # capture time of its latest session (idle expiry)
@@ -280,6 +286,8 @@ class GroupState:
         """How well the group fits a known class (`OPEN_SET_SCORES`; evaluation.by_group.Groups
         computes the same over a dataset's groups)."""
         n = max(self.sessions, 1)
+        if score == EMBEDDING_DISTANCE:
+            return -self.distance_sum / n
         return self.top_sum / n if score == "mean_top_probability" else float(self.log_sum.max()) / n
 
 
@@ -322,10 +330,15 @@ class GroupDecisions:
         window = int(math.floor(float(meta["ts_start"]) / c.window)) if c.by == "host-window" else None
         return (capture, host, window)
 
-    def add(self, metas: Sequence[dict[str, Any]], proba: np.ndarray, macs: Sequence[str | None] | None = None) -> list[tuple]:
-        """Add sessions; returns the keys of the groups they changed, in first-touched order."""
+    def add(self, metas: Sequence[dict[str, Any]], proba: np.ndarray, macs: Sequence[str | None] | None = None,
+            distances: np.ndarray | None = None) -> list[tuple]:
+        """Add sessions; returns the keys of the groups they changed, in first-touched order.
+        `distances`: each session's embedding distance (`open_set.EmbeddingBank.distances`), which
+        the embedding-distance open-set fit needs."""
         if not len(metas):
             return []
+        if distances is None and self.config.unknown_below is not None and self.config.unknown_score == EMBEDDING_DISTANCE:
+            raise ConfigError("the embedding-distance open-set fit needs each session's distance (open_set.load_bank)")
         logp = calibrated_log_probs(proba, self.config.temperature)
         top = np.asarray(proba).argmax(axis=1)
         touched: dict[tuple, None] = {}
@@ -340,6 +353,7 @@ class GroupDecisions:
             state.log_sum += logp[i]
             state.prob_sum += np.exp(logp[i])
             state.top_sum += float(np.exp(logp[i].max()))
+            state.distance_sum += float(distances[i]) if distances is not None else 0.0
             state.sessions += 1
             start, end = float(meta.get("ts_start") or 0.0), float(meta.get("ts_end") or meta.get("ts_start") or 0.0)
             state.start, state.end = min(state.start, start), max(state.end, end)

@@ -75,12 +75,30 @@ def probe_inputs(inputs: tuple[str, ...], shapes: dict[str, tuple[int, ...]], n:
     return out
 
 
+class WithEmbedding(nn.Module):
+    """A registered model's (logits, embedding): the embedding is the vector before its last layer
+    (`forward_head(..., pre_logits=True)`; an ensemble's members side by side), scaled to unit
+    length, what the open-set distance (`inference.open_set`) compares with the training sessions'."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.train(model.training)  # else exporting it (which restores the wrapper's mode) puts `model` in training mode
+
+    def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(*xs)
+        embedding = self.model.forward_head(features, pre_logits=True).flatten(1).float()
+        return self.model.forward_head(features), torch.nn.functional.normalize(embedding, dim=1)
+
+
 def onnx_for_inference(model: nn.Module, probe: list[torch.Tensor], threads: int,
                        atol: float = 1e-4, names: list[str] | None = None,
                        cache_key: str | None = None) -> OnnxModel | None:
     """`model` exported to ONNX Runtime when onnxruntime is installed, the export works and its
     probabilities match the model's on `probe` (whole, and an odd-sized slice: the batch axis is
     dynamic); else None, and the caller keeps PyTorch. `names`: the ONNX inputs' names (input0, ...).
+    The graph has two outputs, `logits` and `embedding` (`WithEmbedding`), the second checked
+    against PyTorch's too; a model whose embedding does not export is exported with logits only.
 
     `cache_key` (a hash of the bundle, see `onnx_cache_key`): the export is kept in the user's
     cache directory under that key and reused by later runs of the same bundle, which then skip
@@ -98,6 +116,8 @@ def onnx_for_inference(model: nn.Module, probe: list[torch.Tensor], threads: int
     names = list(names) if names else [f"input{i}" for i in range(len(probe))]
     model.eval()
 
+    embedded = WithEmbedding(model.eval()) if hasattr(model, "forward_features") else None
+
     def checked(model_bytes: bytes) -> OnnxModel | None:
         compiled = open_model(model_bytes, names, threads)
         with torch.inference_mode():
@@ -106,6 +126,10 @@ def onnx_for_inference(model: nn.Module, probe: list[torch.Tensor], threads: int
                 got = _softmax(compiled(*[x.cpu().numpy() for x in part]))
                 if got.shape != expect.shape or not np.allclose(got, expect, atol=atol, rtol=0):
                     return None
+                if compiled.has_embedding:
+                    want, have = embedded(*part)[1].numpy(), compiled.outputs(*[x.cpu().numpy() for x in part])[1]
+                    if have.shape != want.shape or not np.allclose(have, want, atol=1e-3, rtol=0):
+                        return None
         return compiled
 
     cached = cache_path(cache_key)
@@ -116,16 +140,24 @@ def onnx_for_inference(model: nn.Module, probe: list[torch.Tensor], threads: int
                 return hit
         except Exception:  # noqa: BLE001  missing, unreadable or not a model: export again
             pass
-    try:
-        with warnings.catch_warnings(), torch.inference_mode(), _native_stderr_silenced():
-            warnings.simplefilter("ignore")
-            buffer = io.BytesIO()
-            torch.onnx.export(model, tuple(probe), buffer, input_names=names, output_names=["logits"],
-                              dynamic_axes={name: {0: "batch"} for name in names + ["logits"]}, dynamo=False)
-        compiled = checked(buffer.getvalue())
-    except Exception:  # an operator the exporter or the runtime lacks: PyTorch it is
+    compiled = None
+    for exported, outputs in ((embedded, ["logits", "embedding"]), (model, ["logits"])):
+        if exported is None:
+            continue
+        try:
+            with warnings.catch_warnings(), torch.inference_mode(), _native_stderr_silenced():
+                warnings.simplefilter("ignore")
+                buffer = io.BytesIO()
+                torch.onnx.export(exported, tuple(probe), buffer, input_names=names, output_names=outputs,
+                                  dynamic_axes={name: {0: "batch"} for name in names + outputs}, dynamo=False)
+            compiled = checked(buffer.getvalue())
+        except Exception:  # an operator the exporter or the runtime lacks: PyTorch it is
+            compiled = None
+        if compiled is not None:
+            break
+    if compiled is None:
         return None
-    if compiled is not None and cached is not None:
+    if cached is not None:
         try:
             from trafficlens.files import atomic_output
 

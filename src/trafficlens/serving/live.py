@@ -26,6 +26,7 @@ from trafficlens.capture.reader import CaptureReader, RawPacket
 from trafficlens.errors import CaptureError
 from trafficlens.inference.classifier import Classifier, rejected_row
 from trafficlens.inference.groups import GroupConfig, GroupDecisions, decision_setup
+from trafficlens.inference.open_set import load_bank
 from trafficlens.prep.engines import make_engine
 from trafficlens.prep.engines.base import EngineSink
 from trafficlens.prep.engines.blocks import block_from_pcapy, packet_blocks
@@ -252,10 +253,11 @@ class LiveClassifier:
         self._jobs: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._last_ts: float | None = None  # capture time of the latest packet
-        self._groups = None
+        self._groups = self._bank = None
         if groups is not None:
             groups, learned = decision_setup(clf.bundle.path, groups, len(clf.labels))
             self._groups = GroupDecisions(clf.labels, groups, learned)
+            self._bank = load_bank(clf.bundle.path, groups)  # the embedding-distance open-set fit's, else None
         self._hosts = HostAddresses() if groups is not None and groups.host_key == "mac" else None
         self.host_idle = host_idle
         if groups is not None:
@@ -340,14 +342,15 @@ class LiveClassifier:
     def _decide_hosts(self, parts: list[_Ready]) -> None:
         """Add the sessions to their hosts; print what changed (see the class doc)."""
         groups, threshold = self._groups, self._groups.config.min_confidence
-        metas, proba = self.clf.session_probabilities([p.items for p in parts])
+        metas, proba, distances = self.clf.session_evidence([p.items for p in parts], self._bank)
         macs = [m for p in parts for m in p.macs] if self._hosts is not None else None
         self.stats.decisions += len(metas)
         events = []
         # One session at a time, in order of start: a row shows the host as it stood when its label
         # changed, however many sessions the worker took together (a backlog batches them).
         for i in sorted(range(len(metas)), key=lambda j: float(metas[j].get("ts_start") or 0.0)):
-            for key in groups.add(metas[i:i + 1], proba[i:i + 1], macs[i:i + 1] if macs is not None else None):
+            for key in groups.add(metas[i:i + 1], proba[i:i + 1], macs[i:i + 1] if macs is not None else None,
+                                  distances[i:i + 1] if distances is not None else None):
                 state, row = groups.state(key), groups.row(key)
                 top = row["top_k"][0][0]
                 if row["confidence"] < threshold or top == state.announced:
