@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from captures import CLIENT, SERVER, tcp_session, write_pcap
 from trafficlens.cli import cli
+from trafficlens.prep.config import MASK_VERSION
 from trafficlens.datasets import Dataset
 from trafficlens.prep.config import PrepConfig
 from trafficlens.prep.local import prep
@@ -101,10 +102,10 @@ def test_bundle_of_strict_mask_version_1_predicts_with_a_warning(run, tmp_path):
     with pytest.warns(UserWarning, match="strict mask version 1") as caught:
         clf = Classifier.load(old)
     assert len(caught) == 1 and "\n" not in str(caught[0].message)
-    assert clf.prep_config.mask_version == 2
+    assert clf.prep_config.mask_version == MASK_VERSION
     table = clf.predict_pcap(SAMPLE / "capture-2.pcapng")
     assert len(table) == 28 and (table.status == "ok").all()
-    assert len(clf.predict_sessions(run[1])) == len(run[1])  # a version-2 dataset is no settings mismatch
+    assert len(clf.predict_sessions(run[1])) == len(run[1])  # a current-version dataset is no settings mismatch
 
 
 def test_same_labels_through_api_cli_and_dataset(run, tmp_path):

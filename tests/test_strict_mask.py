@@ -1,5 +1,6 @@
-"""The strict mask, version 2: TLS hello randoms, session ids, server names and key shares (also
-when a hello spans TCP segments) and QUIC connection IDs are zeroed, and nothing else changes.
+"""The strict mask, version 3: TLS hello randoms, session ids, server names and key shares (also
+when a hello spans TCP segments), session tickets and pre-shared-key values, and QUIC connection
+IDs are zeroed, and nothing else changes.
 
 Every capture here is built twice: with its random values, and with the same values zeroed (same
 lengths). Prepared with `--mask strict`, the first must give exactly the bytes this file rebuilds
@@ -31,7 +32,8 @@ from trafficlens.prep.tensors.tls import hello_spans, mask_hello, record_end
 BACKENDS = ["python"] + (["numba"] if numba_available() else [])
 K, M, B = 8192, 10, 1600  # big enough for every byte of every session to reach the tensors
 VALUES = {"tls.handshake.random", "tls.handshake.session_id", "tls.handshake.sni", "tls.handshake.key_exchange",
-          "quic.dcid", "quic.scid"}
+          "tls.handshake.session_ticket", "tls.handshake.psk_identity", "tls.handshake.psk_ticket_age",
+          "tls.handshake.psk_binder", "quic.dcid", "quic.scid", "quic.token"}
 HEADERS = {"ip.id", "ip.checksum", "tcp.srcport", "tcp.dstport", "tcp.seq", "tcp.ack", "tcp.checksum",
            "udp.srcport", "udp.dstport", "udp.checksum"}
 HOST = b"secret.example.com"
@@ -47,11 +49,13 @@ def _ext(kind: int, body: bytes) -> bytes:
     return struct.pack("!HH", kind, len(body)) + body
 
 
-def client_hello(host: bytes, random: bytes, session_id: bytes, shares: list[tuple[int, bytes]]) -> bytes:
-    """A TLS 1.3 ClientHello record: supported_versions, key_share (the shares given), SNI, ALPN."""
+def client_hello(host: bytes, random: bytes, session_id: bytes, shares: list[tuple[int, bytes]], extra: bytes = b"") -> bytes:
+    """A TLS 1.3 ClientHello record: supported_versions, key_share (the shares given), SNI, ALPN,
+    then the `extra` extensions."""
     entries = b"".join(struct.pack("!HH", group, len(key)) + key for group, key in shares)
     extensions = (_ext(43, b"\x02\x03\x04") + _ext(51, struct.pack("!H", len(entries)) + entries)
-                  + _ext(0, struct.pack("!HBH", len(host) + 3, 0, len(host)) + host) + _ext(16, b"\x00\x03\x02h2"))
+                  + _ext(0, struct.pack("!HBH", len(host) + 3, 0, len(host)) + host) + _ext(16, b"\x00\x03\x02h2")
+                  + extra)
     body = (b"\x03\x03" + random + bytes([len(session_id)]) + session_id + b"\x00\x04\x13\x01\x13\x02\x01\x00"
             + struct.pack("!H", len(extensions)) + extensions)
     handshake = b"\x01" + len(body).to_bytes(3, "big") + body
@@ -68,10 +72,39 @@ def server_hello(random: bytes, session_id: bytes, key: bytes) -> bytes:
             + b"\x17\x03\x03\x00\x20" + fill(32, 99))
 
 
-def quic_long(first: int, dcid: bytes, scid: bytes, payload: bytes, version: int = 1, initial: bool = False) -> bytes:
-    """A QUIC long header packet: an Initial (empty token) when `initial`, with a 2-byte length."""
+def ticket_extensions(ticket: bytes, identities: list[tuple[bytes, bytes]], binders: list[bytes]) -> bytes:
+    """session_ticket (the ticket given), psk_key_exchange_modes, then pre_shared_key (the last
+    extension of a ClientHello): identities of (identity, obfuscated ticket age), and binders."""
+    ids = b"".join(struct.pack("!H", len(i)) + i + age for i, age in identities)
+    keys = b"".join(bytes([len(b)]) + b for b in binders)
+    return (_ext(35, ticket) + _ext(45, b"\x01\x01")
+            + _ext(41, struct.pack("!H", len(ids)) + ids + struct.pack("!H", len(keys)) + keys))
+
+
+def new_session_ticket(ticket: bytes) -> bytes:
+    """A TLS 1.2 server's last flight: NewSessionTicket (lifetime hint 7200 s), ChangeCipherSpec, Finished."""
+    body = struct.pack("!IH", 7200, len(ticket)) + ticket
+    handshake = b"\x04" + len(body).to_bytes(3, "big") + body
+    return (b"\x16\x03\x03" + struct.pack("!H", len(handshake)) + handshake + b"\x14\x03\x03\x00\x01\x01"
+            + b"\x16\x03\x03\x00\x28" + fill(40, 98))
+
+
+TICKET_SIZES = dict(ticket=160, identities=(96, 48), binders=(32, 48), issued=176)
+
+
+def ticket_hello(z, seed: int = 70) -> bytes:
+    """A ClientHello resuming a session: a session ticket and two PSK identities with binders."""
+    identities = [(z(fill(n, seed + i)), z(fill(4, seed + 10 + i))) for i, n in enumerate(TICKET_SIZES["identities"])]
+    extra = ticket_extensions(z(fill(TICKET_SIZES["ticket"], seed + 20)), identities,
+                              [z(fill(n, seed + 30 + i)) for i, n in enumerate(TICKET_SIZES["binders"])])
+    return client_hello(z(HOST), z(fill(32, seed + 1)), z(fill(32, seed + 2)), [(29, z(fill(32, seed + 3)))], extra)
+
+
+def quic_long(first: int, dcid: bytes, scid: bytes, payload: bytes, version: int = 1, initial: bool = False,
+              token: bytes = b"") -> bytes:
+    """A QUIC long header packet: an Initial (with `token`, under 64 bytes) when `initial`, with a 2-byte length."""
     header = bytes([first]) + struct.pack("!I", version) + bytes([len(dcid)]) + dcid + bytes([len(scid)]) + scid
-    return header + (b"\x00" if initial else b"") + struct.pack("!H", 0x4000 | len(payload)) + payload
+    return header + (bytes([len(token)]) + token if initial else b"") + struct.pack("!H", 0x4000 | len(payload)) + payload
 
 
 # -- sessions: built with their values (`z` = identity) or with them zeroed -------------------------
@@ -101,14 +134,29 @@ def tls_sessions(z, arrival: bool = True) -> list[tuple[float, bytes]]:
     return frames
 
 
+def ticket_sessions(z) -> list[tuple[float, bytes]]:
+    """A resumed TLS session: the ClientHello presents a ticket and PSK identities; the server
+    answers with a ServerHello and then issues a new ticket (NewSessionTicket in its own segment)."""
+    hello = ticket_hello(z)
+    reply = server_hello(z(fill(32, 75)), z(fill(32, 72)), z(fill(32, 76)))
+    issued = new_session_ticket(z(fill(TICKET_SIZES["issued"], 77)))
+    c = dict(src=CLIENT, dst=SERVER, sport=41010, dport=443)
+    s = dict(src=SERVER, dst=CLIENT, sport=443, dport=41010)
+    return [(30.0, tcp_frame(seq=10, flags="S", **c)), (30.01, tcp_frame(seq=99, ack=11, flags="SA", **s)),
+            (30.02, tcp_frame(hello, seq=11, ack=100, flags="PA", **c)),
+            (30.03, tcp_frame(reply, seq=100, ack=11 + len(hello), flags="PA", **s)),
+            (30.04, tcp_frame(issued, seq=100 + len(reply), ack=11 + len(hello), flags="PA", **s))]
+
+
 def quic_sessions(z) -> list[tuple[float, bytes]]:
-    """QUIC v1 (client Initial; server Initial + Handshake + 1-RTT coalesced; short headers both
-    ways), QUIC v2, one whose first client short header comes before any server long header
+    """QUIC v1 (client Initial with a token; server Initial + Handshake + 1-RTT coalesced; short
+    headers both ways), QUIC v2 (its client Initial with a token), one whose first client short header comes before any server long header
     (its ID length unknown: left as it is, and counted), and two UDP sessions that are no QUIC."""
     client_cid, server_cid, first_dcid = fill(5, 51), fill(8, 52), fill(8, 53)
     q = dict(sport=50000, dport=443)
     r = dict(src=SERVER, dst=CLIENT, sport=443, dport=50000)
-    frames = [(20.0, udp_frame(quic_long(0xC3, z(first_dcid), z(client_cid), fill(1200, 54), initial=True), **q)),
+    frames = [(20.0, udp_frame(quic_long(0xC3, z(first_dcid), z(client_cid), fill(1200, 54), initial=True,
+                                         token=z(fill(24, 50))), **q)),
               (20.01, udp_frame(quic_long(0xC1, z(client_cid), z(server_cid), fill(120, 55), initial=True)
                                 + quic_long(0xE1, z(client_cid), z(server_cid), fill(90, 56))
                                 + b"\x41" + z(client_cid) + fill(40, 57), **r)),
@@ -116,7 +164,8 @@ def quic_sessions(z) -> list[tuple[float, bytes]]:
               (20.03, udp_frame(b"\x41" + z(client_cid) + fill(50, 59), **r))]
     q2 = dict(sport=50001, dport=443)
     r2 = dict(src=SERVER, dst=CLIENT, sport=443, dport=50001)
-    frames += [(21.0, udp_frame(quic_long(0xD3, z(first_dcid), z(client_cid), fill(300, 60), 0x6B3343CF, initial=True), **q2)),
+    frames += [(21.0, udp_frame(quic_long(0xD3, z(first_dcid), z(client_cid), fill(300, 60), 0x6B3343CF, initial=True,
+                                          token=z(fill(40, 49))), **q2)),
                (21.01, udp_frame(quic_long(0xF3, z(client_cid), z(server_cid), fill(80, 61), 0x6B3343CF), **r2)),
                (21.02, udp_frame(b"\x43" + z(server_cid) + fill(30, 62), **q2))]
     q3 = dict(sport=50002, dport=443)
@@ -179,6 +228,7 @@ def captures(tmp_path_factory) -> dict[str, Path]:
     for name, z in (("values", keep), ("zeroed", zero)):
         write_pcap(root / name / "tls.pcap", tls_sessions(z))
         write_pcap(root / name / "quic.pcap", quic_sessions(z))
+        write_pcap(root / name / "ticket.pcap", ticket_sessions(z))
         out[name] = root / name
     return out
 
@@ -196,12 +246,13 @@ def _row(ds: Dataset, sport: int) -> int:
     return ds.table.column("src_port").to_pylist().index(sport)
 
 
-SESSIONS = [(41000 + n, "tls") for n in range(4)] + [(50000 + n, "quic") for n in range(5)]
+SESSIONS = [(41000 + n, "tls") for n in range(4)] + [(50000 + n, "quic") for n in range(5)] + [(41010, "ticket")]
 
 
 def _frames(kind: str, z) -> list[tuple[float, bytes]]:
     """A capture's frames in the order of the tensors."""
-    return tls_sessions(z, arrival=False) if kind == "tls" else quic_sessions(z)
+    return {"tls": lambda: tls_sessions(z, arrival=False), "quic": lambda: quic_sessions(z),
+            "ticket": lambda: ticket_sessions(z)}[kind]()
 
 
 @pytest.mark.parametrize("sport,kind", SESSIONS)
@@ -251,7 +302,7 @@ def test_the_values_are_there_to_zero(datasets):
 
 def test_manifest_records_mask_version_and_the_ids_left(datasets):
     strict, paper = datasets["strict"].manifest, datasets["paper"].manifest
-    assert strict["config"]["mask_version"] == MASK_VERSION == 2
+    assert strict["config"]["mask_version"] == MASK_VERSION == 3
     assert strict["unmasked"] == {"quic_short_dcid": 1}  # session 50002's first short header
     assert paper["unmasked"] == {}
 
@@ -273,9 +324,14 @@ def test_field_names_point_at_exactly_the_zeroed_values(datasets, captures):
         assert set(names[values]) <= set(names[changed])
     # random, session id, key shares and host name of 4 ClientHellos and 4 ServerHellos
     tls = 4 * (32 + 32 + 1216 + 32 + len(HOST)) + 4 * (32 + 32 + 32)
+    # the resumed session: its ClientHello (random, session id, key share, host name, ticket, PSK
+    # identities, their ages and binders), its ServerHello and the ticket issued
+    tls += ((32 + 32 + 32 + len(HOST) + TICKET_SIZES["ticket"] + sum(TICKET_SIZES["identities"]) + 2 * 4
+             + sum(TICKET_SIZES["binders"])) + (32 + 32 + 32) + TICKET_SIZES["issued"])
     # QUIC IDs: v1 (client Initial 8 + 5; server Initial and Handshake 2 x (5 + 8) and short 5;
     # short headers 8 and 5), v2 (8 + 5, 5 + 8, short 8), the one with an ID left (8 + 5, 5 + 8, 8)
     quic = (13 + 26 + 5 + 8 + 5) + (13 + 13 + 8) + (13 + 13 + 8)
+    quic += 24 + 40  # the client Initials' tokens (v1, v2)
     assert named_values == tls + quic
 
 
@@ -308,10 +364,11 @@ def test_layouts_of_a_version_1_dataset_allow_its_fewer_zeros(datasets, captures
 # -- the parsers on their own: bounds, and the compiled copies ----------------------------------------
 def _messages() -> list[tuple[str, bytes]]:
     hello = client_hello(HOST, fill(32, 1), fill(32, 2), [(29, fill(32, 3)), (23, fill(65, 4))])
-    quic = [quic_long(0xC3, fill(8, 5), fill(5, 6), fill(40, 7), initial=True)
+    quic = [quic_long(0xC3, fill(8, 5), fill(5, 6), fill(40, 7), initial=True, token=fill(12, 11))
             + quic_long(0xE1, fill(8, 5), fill(5, 6), fill(9, 8)) + b"\x41" + fill(20, 9),
             b"\x80" + bytes(4) + b"\x04" + fill(4, 1) + b"\x03" + fill(3, 2) + struct.pack("!II", 1, 0xFF00001D)]  # negotiation
-    return [("tls", hello), ("tls", server_hello(fill(32, 1), fill(32, 2), fill(32, 3)))] + [("quic", d) for d in quic]
+    return ([("tls", hello), ("tls", server_hello(fill(32, 1), fill(32, 2), fill(32, 3))), ("tls", ticket_hello(keep)),
+             ("tls", new_session_ticket(fill(TICKET_SIZES["issued"], 77)))] + [("quic", d) for d in quic])
 
 
 def _variants(message: bytes, rng: np.random.Generator):
@@ -337,6 +394,19 @@ def test_hello_spans_name_every_value_once():
                                                             "tls.handshake.key_exchange"]
     retry = reply.replace(_ext(51, struct.pack("!HH", 29, 32) + fill(32, 3)), _ext(51, b"\x00\x1d"))  # no key
     assert "tls.handshake.key_exchange" not in [name for name, _, _ in hello_spans(retry)]
+    # a resumption: the ticket, then each PSK identity and its ticket age, then each binder
+    resumed = ticket_hello(keep)
+    spans = hello_spans(resumed)
+    assert [(name, length) for name, _, length in spans[4:]] == [
+        ("tls.handshake.session_ticket", 160), ("tls.handshake.psk_identity", 96), ("tls.handshake.psk_ticket_age", 4),
+        ("tls.handshake.psk_identity", 48), ("tls.handshake.psk_ticket_age", 4), ("tls.handshake.psk_binder", 32),
+        ("tls.handshake.psk_binder", 48)]
+    assert [resumed[at : at + n] for _, at, n in spans[4:]] == [
+        fill(160, 90), fill(96, 70), fill(4, 80), fill(48, 71), fill(4, 81), fill(32, 100), fill(48, 101)]
+    asking = client_hello(HOST, fill(32, 1), fill(32, 2), [(29, fill(32, 3))], _ext(35, b""))  # an empty ticket asks for one
+    assert "tls.handshake.session_ticket" not in [name for name, _, _ in hello_spans(asking)]
+    issued = new_session_ticket(fill(176, 77))
+    assert [(name, issued[at : at + n]) for name, at, n in hello_spans(issued)] == [("tls.handshake.session_ticket", fill(176, 77))]
 
 
 def _zeroed(message: bytes, start: int = 0) -> set[int]:
@@ -350,7 +420,7 @@ def test_a_cut_hello_zeroes_exactly_the_whole_hello_s_bytes_before_the_cut():
     """A snapped or segmented hello: the bytes zeroed in its first n bytes are those the whole
     hello's mask zeroes there, for every n and at an offset into a buffer; nothing raises."""
     prefix = fill(7, 8)
-    for _, message in _messages()[:2]:
+    for _, message in _messages()[:4]:
         whole = _zeroed(message)
         assert whole  # there is something to zero
         for n in range(len(message) + 1):
@@ -407,11 +477,11 @@ def _masked(message: bytes) -> bytearray:
 
 
 def test_quic_ids_of_coalesced_packets():
-    datagram = _messages()[2][1]
+    datagram = _messages()[4][1]
     masked = bytearray(datagram)
     assert mask_quic(masked, 0, len(masked), 5) is False
     assert scid_length(datagram, 0, len(datagram)) == 5
-    assert sum(a != b for a, b in zip(datagram, masked)) == 8 + 5 + 8 + 5 + 5
+    assert sum(a != b for a, b in zip(datagram, masked)) == 8 + 5 + 12 + 8 + 5 + 5  # IDs, the Initial's token
     assert mask_quic(bytearray(datagram), 0, len(datagram)) is True  # the short header's ID length unknown
     assert scid_length(b"\xc3\x00\x00\x00\x07\x00\x00" + bytes(20), 0, 27) == -1  # an unknown version
 
@@ -449,6 +519,6 @@ def test_mask_version_of_settings_without_it_is_1_and_prep_makes_only_the_curren
         assert old.for_prediction().mask_version == MASK_VERSION
     with pytest.raises(ConfigError, match="mask_version 1 tensors can no longer be made"):
         prep([tmp_path], tmp_path / "ds", old)
-    with pytest.raises(ConfigError, match="mask_version must be 1 to 2"):
-        PrepConfig(mask_version=3)
-    assert json.loads(json.dumps(PrepConfig().to_dict()))["mask_version"] == 2
+    with pytest.raises(ConfigError, match="mask_version must be 1 to 3"):
+        PrepConfig(mask_version=4)
+    assert json.loads(json.dumps(PrepConfig().to_dict()))["mask_version"] == 3

@@ -17,10 +17,11 @@ UNITS = ("session", "flow")
 LAYERS = ("all", "network", "transport", "payload")
 MASKS = ("none", "paper", "strict")
 # What `strict` zeroes, by version: 2 adds the TLS hellos' random, session id and key shares,
-# hellos cut across segments, and QUIC connection IDs (docs/dataset-format.md). Tensors are
-# only ever made with the current version; settings without the key (datasets and bundles made
-# before it existed) are version 1.
-MASK_VERSION = 2
+# hellos cut across segments, and QUIC connection IDs; 3 adds TLS session tickets (the
+# ClientHello extension and NewSessionTicket), the pre_shared_key's identities, ticket ages
+# and binders, and QUIC Initial tokens (docs/dataset-format.md). Tensors are only ever made with the current version;
+# settings without the key (datasets and bundles made before it existed) are version 1.
+MASK_VERSION = 3
 UNLABELED = ("drop", "keep")  # or "as:NAME"
 # Upper bounds of the tensor sizes: far above any paper's (1225-byte images, 6 x 96 packets) and
 # low enough that a session's tensors stay under a few MB; a bundle's settings are checked too.
@@ -103,7 +104,7 @@ class PrepConfig:
         """
         if self.mask_outdated:
             warnings.warn(f"model trained with strict mask version {self.mask_version}, inputs made with version "
-                          f"{MASK_VERSION} (TLS randoms, session ids, key shares and QUIC connection IDs now zeroed too); "
+                          f"{MASK_VERSION}, which zeroes more (docs/dataset-format.md); "
                           "retrain on a new prep for exact inputs", stacklevel=2)
         return dataclasses.replace(self, labels=None, label_column=None, unlabeled="keep", max_per_class=None,
                                    deduplicate=False, mask_version=MASK_VERSION)

@@ -377,9 +377,14 @@ def _mask_hello(src, base, start, n, dst):
     if n - p < 9 or src[base + p] != 0x16 or src[base + p + 1] != 0x03:
         return
     kind = src[base + p + 5]
-    if kind != 1 and kind != 2:
+    if kind != 1 and kind != 2 and kind != 4:
         return
     end = min(n, p + 5 + _be16(src, base + p + 3), p + 9 + ((np.int64(src[base + p + 6]) << 16) | _be16(src, base + p + 7)))
+    if kind == 4:  # NewSessionTicket: lifetime hint (4), ticket length (2), ticket
+        p += 13
+        if p + 2 <= end:
+            _zero(dst, p + 2, max(0, min(_be16(src, base + p), end - p - 2)))
+        return
     p += 11
     _zero(dst, p, max(0, min(32, end - p)))  # random
     p += 32
@@ -420,7 +425,38 @@ def _mask_hello(src, base, start, n, dst):
                 q += 4 + size
                 if kind == 2:
                     break
+        elif ext_type == 35 and kind == 1:
+            _zero(dst, body, body_end - body)  # session ticket
+        elif ext_type == 41 and kind == 1:
+            _mask_psk(src, base, body, body_end, dst)
         p = body + ext_len
+
+
+@njit(cache=True)
+def _mask_psk(src, base, body, body_end, dst):
+    """tls._psk_spans, zeroing: identities and their ticket ages, then binders."""
+    if body + 2 > body_end:
+        return
+    declared = _be16(src, base + body)
+    ids_end = min(body_end, body + 2 + declared)
+    q = body + 2
+    while q + 2 <= ids_end:
+        size = _be16(src, base + q)
+        _zero(dst, q + 2, max(0, min(size, ids_end - q - 2)))
+        q += 2 + size
+        if q >= ids_end:
+            break
+        _zero(dst, q, min(4, ids_end - q))
+        q += 4
+    q = body + 2 + declared
+    if q + 2 > body_end:
+        return
+    binders_end = min(body_end, q + 2 + _be16(src, base + q))
+    q += 2
+    while q + 1 <= binders_end:
+        size = np.int64(src[base + q])
+        _zero(dst, q + 1, max(0, min(size, binders_end - q - 1)))
+        q += 1 + size
 
 
 @njit(cache=True)
@@ -553,10 +589,12 @@ def _mask_quic(src, base, start, end, dst, short_dcid, write):
         ptype = (first >> 4) & 3
         if (kind != 1 and kind != 2) or ptype == (3 if kind == 1 else 0):
             break
-        if ptype == (0 if kind == 1 else 1):
+        if ptype == (0 if kind == 1 else 1):  # Initial: the token (a client's address validation)
             size, after = _varint(src, base, q, end)
             if size < 0:
                 break
+            if write:
+                _zero(dst, after, max(0, min(size, end - after)))
             q = after + size
         size, after = _varint(src, base, q, end)
         if size < 0:

@@ -50,7 +50,10 @@ _TLS_EXTENSIONS = {0: "server_name", 5: "status_request", 10: "supported_groups"
                    13: "signature_algorithms", 16: "alpn", 18: "sct", 21: "padding", 23: "extended_master_secret",
                    35: "session_ticket", 41: "pre_shared_key", 43: "supported_versions", 45: "psk_key_exchange_modes",
                    51: "key_share", 65281: "renegotiation_info"}
-# Fields each mask zeroes (mask_version 2, `views.packet_view`; the MACs are never kept): an
+# Session tickets, the pre_shared_key's values and QUIC Initial tokens: what mask_version 3 adds to `strict`.
+TICKET_FIELDS = ("tls.handshake.session_ticket", "tls.handshake.psk_identity", "tls.handshake.psk_ticket_age",
+                 "tls.handshake.psk_binder", "quic.token")
+# Fields each mask zeroes (mask_version 3, `views.packet_view`; the MACs are never kept): an
 # explanation marks them and never ranks them, since no value reached the model there.
 _PAPER = frozenset({"eth.dst", "eth.src", "ip.src", "ip.dst", "ipv6.src", "ipv6.dst"})
 MASKED = {
@@ -59,7 +62,7 @@ MASKED = {
     "strict": _PAPER | {"ip.id", "ip.checksum", "ipv6.flow", "tcp.srcport", "tcp.dstport", "tcp.seq", "tcp.ack",
                         "tcp.checksum", "tcp.option.timestamp", "udp.srcport", "udp.dstport", "udp.checksum",
                         "tls.handshake.sni", "tls.handshake.random", "tls.handshake.session_id",
-                        "tls.handshake.key_exchange", "quic.dcid", "quic.scid"},
+                        "tls.handshake.key_exchange", "quic.dcid", "quic.scid", *TICKET_FIELDS},
 }
 # Fields that name a host, a capture or a moment rather than an application: weight on them is
 # a shortcut (most are zeroed by the `strict` mask, TTL and window are not).
@@ -67,7 +70,7 @@ IDENTIFYING = frozenset({
     "eth.dst", "eth.src", "ip.src", "ip.dst", "ipv6.src", "ipv6.dst", "ip.id", "ip.checksum", "ip.ttl", "ipv6.hlim",
     "ipv6.flow", "tcp.srcport", "tcp.dstport", "udp.srcport", "udp.dstport", "tcp.seq", "tcp.ack", "tcp.checksum",
     "udp.checksum", "tcp.option.timestamp", "tls.handshake.sni", "tls.handshake.random", "tls.handshake.session_id",
-    "tls.handshake.key_exchange", "quic.dcid", "quic.scid",
+    "tls.handshake.key_exchange", "quic.dcid", "quic.scid", *TICKET_FIELDS,
 })
 
 
@@ -192,7 +195,7 @@ def _payload_fields(view: bytes, start: int) -> list[str]:
                   "tls.record.length", "tls.record.length"]
         body_end = min(n, p + 5 + size)
         if content == 22:
-            _handshake_fields(_Cursor(view, p + 5, body_end, names))
+            _handshake_fields(_Cursor(view, p + 5, body_end, names), first=p == start)
         else:
             names += [_TLS_CONTENT[content]] * (body_end - p - 5)
         p = p + 5 + size
@@ -200,15 +203,26 @@ def _payload_fields(view: bytes, start: int) -> list[str]:
     return names + [f"payload[{i}]" for i in range(p - start, n - start)]
 
 
-def _handshake_fields(c: _Cursor) -> None:
+def _handshake_fields(c: _Cursor, first: bool = False) -> None:
+    """Handshake messages; `first`: the record opens the payload, where the strict mask reads a
+    NewSessionTicket (as its first message only)."""
+    opening = c.p if first else -1
     while c.p < c.end:
-        kind = c.view[c.p]
+        kind, at = c.view[c.p], c.p
         c.take("tls.handshake.type", 1)
         length = c.number(3)
         c.take("tls.handshake.length", 3)
         body_end = min(c.end, c.p + length)
         if kind in (1, 2):  # ClientHello / ServerHello
             _hello_fields(_Cursor(c.view, c.p, body_end, c.names), client=kind == 1)
+            c.p = body_end
+        elif kind == 4 and at == opening:  # NewSessionTicket: lifetime hint (4), ticket length (2), ticket
+            inner = _Cursor(c.view, c.p, body_end, c.names)
+            inner.take("tls.handshake.ticket_lifetime_hint", 4)
+            size = inner.number(2)
+            inner.take("tls.handshake.session_ticket_length", 2)
+            inner.take("tls.handshake.session_ticket", size)
+            inner.take("tls.handshake.body", body_end - inner.p)
             c.p = body_end
         else:
             c.take("tls.handshake.body", body_end - c.p)
@@ -259,10 +273,39 @@ def _hello_fields(c: _Cursor, client: bool) -> None:
                 if not client:
                     break
             inner.take("tls.handshake.extension.key_share", body_end - inner.p)
+        elif kind == 35 and client:
+            c.take("tls.handshake.session_ticket", body_end - c.p)
+        elif kind == 41 and client:
+            _psk_fields(_Cursor(c.view, c.p, body_end, c.names))
         else:
             c.take(f"tls.handshake.extension.{_TLS_EXTENSIONS.get(kind, 'data')}", body_end - c.p)
         c.p = body_end
     c.take("tls.handshake.body", c.end - c.p)
+
+
+def _psk_fields(c: _Cursor) -> None:
+    """A ClientHello's pre_shared_key (`tls._psk_spans` reads the same)."""
+    declared = c.number(2)
+    c.take("tls.handshake.extension.pre_shared_key", 2)
+    ids_end = min(c.end, c.p + declared)
+    while c.p + 2 <= ids_end:
+        size = c.number(2)
+        c.take("tls.handshake.extension.pre_shared_key", 2)
+        c.take("tls.handshake.psk_identity", min(size, ids_end - c.p))
+        if c.p >= ids_end:
+            break
+        c.take("tls.handshake.psk_ticket_age", min(4, ids_end - c.p))
+    c.take("tls.handshake.extension.pre_shared_key", ids_end - c.p)
+    if c.p + 2 > c.end:
+        c.take("tls.handshake.extension.pre_shared_key", c.end - c.p)
+        return
+    binders_end = min(c.end, c.p + 2 + c.number(2))
+    c.take("tls.handshake.extension.pre_shared_key", 2)
+    while c.p + 1 <= binders_end:
+        size = c.view[c.p]
+        c.take("tls.handshake.extension.pre_shared_key", 1)
+        c.take("tls.handshake.psk_binder", min(size, binders_end - c.p))
+    c.take("tls.handshake.extension.pre_shared_key", c.end - c.p)
 
 
 # -- whole tensors -------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
-"""QUIC packet headers in a UDP datagram: where the connection IDs are, to mask them.
+"""QUIC packet headers in a UDP datagram: where the connection IDs and tokens are, to mask them.
 
 Connection IDs are random values each endpoint picks per connection; `strict` masking zeroes
-them (the length bytes stay). A long header (RFC 8999: first bit set, version, DCID length,
+them (the length bytes stay). An Initial packet's token (mask version 3) is one a server gave
+this client earlier (NEW_TOKEN) or in a Retry: like a TLS session ticket it ties a client's
+connections together, so it is zeroed too. A long header (RFC 8999: first bit set, version, DCID length,
 DCID, SCID length, SCID) carries both; a short header carries only the destination ID, and
 not its length: that is the length of the source ID the peer chose, seen in the peer's long
 headers earlier in the session, so callers learn it (`scid_length`) and pass it on.
@@ -126,11 +128,14 @@ def scid_length(buf: bytes | bytearray, start: int, end: int) -> int:
     return buf[scil_at] if kind != _NOT and scil_at < end else -1
 
 
+MASKED_FIELDS = ("quic.dcid", "quic.scid", "quic.token")
+
+
 def mask_quic(buf: bytearray, start: int, end: int, short_dcid: int = -1) -> bool:
-    """Zero the connection IDs of the QUIC packets in `buf[start:end]` in place; returns True
-    when a short header was left because `short_dcid` is unknown."""
+    """Zero the connection IDs and Initial tokens of the QUIC packets in `buf[start:end]` in
+    place; returns True when a short header was left because `short_dcid` is unknown."""
     fields, left = quic_fields(buf, start, end, short_dcid)
     for name, offset, length in fields:
-        if name == "quic.dcid" or name == "quic.scid":
+        if name in MASKED_FIELDS:
             buf[offset : offset + length] = bytes(length)
     return left

@@ -1,10 +1,14 @@
-"""Find the values in a TLS ClientHello or ServerHello that `strict` masking zeroes.
+"""Find the values in a TLS ClientHello, ServerHello or NewSessionTicket that `strict` masking zeroes.
 
 The server name (SNI) names the service in clear text and would let a model read the answer
 instead of learning traffic shape. The hellos' `random`, the bytes of their `session_id` and
 the key_share key exchange values (ephemeral public keys) are fresh random values per
 connection: they name nothing, but they make otherwise identical sessions look different, so
-twins on both sides of a train/test split escape de-duplication. Parsing is bounds-checked at
+twins on both sides of a train/test split escape de-duplication. Session tickets (mask version
+3) are worse: a server issues one in a NewSessionTicket (in clear before TLS 1.3) and the client
+presents the same bytes in the session_ticket extension or, under TLS 1.3, as a pre_shared_key
+identity of later hellos, so they tie sessions of one client together; the PSK's obfuscated
+ticket age and binders are per-connection values like `random`. Parsing is bounds-checked at
 every step because the bytes may be snapped, fragmented or not TLS at all.
 
 A hello can be longer than one TCP segment (post-quantum key shares make ClientHellos of
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 HANDSHAKE = 0x16
 RECORD_HEADER = 5
+NEW_SESSION_TICKET = 4
 
 
 def _be16(buf: bytes | bytearray, i: int) -> int:
@@ -23,12 +28,14 @@ def _be16(buf: bytes | bytearray, i: int) -> int:
 
 
 def hello_spans(buf: bytes | bytearray, start: int = 0) -> list[tuple[str, int, int]]:
-    """(field, offset, length) of each value to zero in a hello record starting at `start`.
+    """(field, offset, length) of each value to zero in a handshake record starting at `start`.
 
-    Fields: `tls.handshake.random`, `tls.handshake.session_id`, `tls.handshake.sni` (ClientHello)
-    and `tls.handshake.key_exchange`; [] when `buf[start:]` is no ClientHello or ServerHello
-    record. Parsing stays inside the record, its first handshake message and `buf`; a value cut
-    by the end of `buf` gives a shorter span.
+    Fields: `tls.handshake.random`, `tls.handshake.session_id`, `tls.handshake.sni` (ClientHello),
+    `tls.handshake.key_exchange`, and in a ClientHello `tls.handshake.session_ticket` and the
+    pre_shared_key's `tls.handshake.psk_identity`, `tls.handshake.psk_ticket_age` and
+    `tls.handshake.psk_binder`; a NewSessionTicket's `tls.handshake.session_ticket`. [] when
+    `buf[start:]` is no such record. Parsing stays inside the record, its first handshake message
+    and `buf`; a value cut by the end of `buf` gives a shorter span.
     """
     n = len(buf)
     p = start
@@ -36,9 +43,14 @@ def hello_spans(buf: bytes | bytearray, start: int = 0) -> list[tuple[str, int, 
     if n - p < 9 or buf[p] != HANDSHAKE or buf[p + 1] != 0x03:
         return []
     kind = buf[p + 5]
-    if kind != 1 and kind != 2:
+    if kind != 1 and kind != 2 and kind != NEW_SESSION_TICKET:
         return []
     end = min(n, p + RECORD_HEADER + _be16(buf, p + 3), p + 9 + ((buf[p + 6] << 16) | _be16(buf, p + 7)))
+    if kind == NEW_SESSION_TICKET:  # lifetime hint (4), ticket length (2), ticket (TLS 1.2; 1.3's is encrypted)
+        p += 9 + 4
+        if p + 2 > end:
+            return []
+        return [("tls.handshake.session_ticket", p + 2, max(0, min(_be16(buf, p), end - p - 2)))]
     p += 9 + 2  # + legacy version
     spans = [("tls.handshake.random", p, max(0, min(32, end - p)))]
     p += 32
@@ -77,7 +89,39 @@ def hello_spans(buf: bytes | bytearray, start: int = 0) -> list[tuple[str, int, 
                 q += 4 + size
                 if kind == 2:
                     break
+        elif ext_type == 35 and kind == 1 and body_end > body:  # session_ticket: the ticket (empty: asking for one)
+            spans.append(("tls.handshake.session_ticket", body, body_end - body))
+        elif ext_type == 41 and kind == 1:  # pre_shared_key (a server's is the chosen index only)
+            spans += _psk_spans(buf, body, body_end)
         p = body + _be16(buf, p + 2)
+    return spans
+
+
+def _psk_spans(buf: bytes | bytearray, body: int, body_end: int) -> list[tuple[str, int, int]]:
+    """A ClientHello's pre_shared_key: identities (length 2) of identity (length 2 + bytes) and
+    obfuscated ticket age (4), then binders (length 2) of binder (length 1 + bytes)."""
+    spans = []
+    if body + 2 > body_end:
+        return spans
+    ids_end = min(body_end, body + 2 + _be16(buf, body))
+    q = body + 2
+    while q + 2 <= ids_end:
+        size = _be16(buf, q)
+        spans.append(("tls.handshake.psk_identity", q + 2, max(0, min(size, ids_end - q - 2))))
+        q += 2 + size
+        if q >= ids_end:
+            break
+        spans.append(("tls.handshake.psk_ticket_age", q, min(4, ids_end - q)))
+        q += 4
+    q = body + 2 + _be16(buf, body)
+    if q + 2 > body_end:
+        return spans
+    binders_end = min(body_end, q + 2 + _be16(buf, q))
+    q += 2
+    while q + 1 <= binders_end:
+        size = buf[q]
+        spans.append(("tls.handshake.psk_binder", q + 1, max(0, min(size, binders_end - q - 1))))
+        q += 1 + size
     return spans
 
 

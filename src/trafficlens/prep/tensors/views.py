@@ -8,9 +8,10 @@ bytes so that TCP and UDP payloads start at the same offset (Chen 2023).
 Masks: `none`; `paper` zeroes IP addresses (MACs are never kept); `strict` also zeroes ports,
 IPv4 id, IP/TCP/UDP checksums, TCP sequence and acknowledgement numbers, TCP timestamp option
 values, the IPv6 flow label, the TLS ClientHello server name, the TLS hellos' random, session
-id and key_share values, and QUIC connection IDs: fields that identify a capture or a host
-rather than an application, or random values that make twin sessions look different
-(`mask_version` 2, see docs/dataset-format.md). A packet is masked here on its own; what
+id and key_share values, TLS session tickets and pre-shared-key values, and QUIC connection IDs
+and Initial tokens: fields that identify a capture or a host rather than an application, or
+random values that make twin sessions look different (`mask_version` 3, see
+docs/dataset-format.md). A packet is masked here on its own; what
 needs the session (a hello cut across TCP segments, the length of a QUIC short header's
 connection ID) is done by the session (`Session.ordered_views`, `SessionAssembler`).
 """
