@@ -556,6 +556,16 @@ def test_evaluate_by_capture_scores_held_out_classes_as_open_set(run, tmp_path):
     assert len(table) == 3 and (table["label"] == "unknown").sum() == int((held < open_set["threshold"]).sum())
     assert set(table["status"][table["label"] == "unknown"]) <= {"unknown_device"}
     assert (clf.predict_hosts(bulbs, by="capture")["label"] != "unknown").all()  # without --open-set: a known label
+    # the command says which rule it applies, and writes the same decisions
+    result = CliRunner().invoke(cli, ["predict", str(open_run), *map(str, bulbs), "--by", "capture", "--open-set",
+                                      "-o", str(tmp_path / "groups.csv")])
+    assert result.exit_code == 0, result.output
+    assert (f"--open-set: a group is unknown when its embedding distance fit is under {open_set['threshold']:.4g}"
+            in result.stderr)
+    import pandas as pd
+
+    assert list(pd.read_csv(tmp_path / "groups.csv")["label"]) == list(table["label"])
+
     # live --by host --open-set takes the same fit, session by session, from the hosts' threshold
     evaluate_groups(open_run, "host", out=tmp_path / "eval-host")
     expected = clf.predict_hosts(bulbs[:1], by="host", open_set=True)

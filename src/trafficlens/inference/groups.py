@@ -185,6 +185,12 @@ def read_open_set(run, by: str) -> dict[str, Any]:
     return {"unknown_below": float(record["threshold"]), "unknown_score": score}
 
 
+def describe_open_set(unknown: dict[str, Any]) -> str:
+    """One line for stderr: the open-set rule `read_open_set` gave (what predict and live apply)."""
+    return (f"--open-set: a group is unknown when its {unknown['unknown_score'].replace('_', ' ')} fit is under "
+            f"{unknown['unknown_below']:.4g} (set by `evaluate --by` on the validation split)")
+
+
 def resolve_aggregator(calibration: dict[str, Any], by: str, aggregator: str = AUTO) -> str:
     """`aggregator`, or for "auto": "learned" when `calibration` (`read_calibration`) holds a
     learned aggregator for `by`'s kind of group (captures; hosts for host and host-window), else "pool"."""

@@ -94,6 +94,10 @@ def predict(run, captures, out, fmt, bpf, top_k, min_confidence, trusted_keys, d
             raise ConfigError(f"--by {by}: a Zeek log holds one row per session; write group rows as .csv, .jsonl or .parquet")
         seconds = parse_window(window)
         unknown = read_open_set(run, by) if open_set else {}  # before the model loads
+        if unknown:
+            from trafficlens.inference.groups import describe_open_set
+
+            click.echo(describe_open_set(unknown), err=True)
     elif open_set:
         from trafficlens.errors import ConfigError
 
@@ -266,9 +270,11 @@ def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, fmt, top
         raise ConfigError("--by host: a Zeek log holds one row per session; use --format jsonl")
     if open_set and by != "host":
         raise ConfigError("--open-set decides hosts: give it with --by host")
-    from trafficlens.inference.groups import read_open_set
+    from trafficlens.inference.groups import describe_open_set, read_open_set
 
     unknown = read_open_set(run, "host") if open_set else {}  # before the model loads
+    if unknown:
+        click.echo(describe_open_set(unknown), err=True)
     with contextlib.nullcontext(sys.stdout) if out == "-" else atomic_output(out) as fh:
         if iface:
             source = live_mod.Interface(iface, bpf=bpf, idle_exit=idle_exit)
