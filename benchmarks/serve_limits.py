@@ -20,6 +20,10 @@ from outside:
   meanwhile is answered, and the tracebacks the server logs (after the client closes what is
   left). This tree runs with `--header-timeout 5 --body-timeout 10` here (defaults 10 and 60).
 - cap: `--max-uploads 8` and 12 trickling uploads: how fast the 4 over the cap get their 503.
+- handshake: with TLS (`--certfile`, a certificate made here by `trustme`), N connections that
+  send nothing and M that send the first bytes of a ClientHello and stop, watched for
+  `--handshake-window` s (default options: `--header-timeout 10`): when the server closes them,
+  and whether a valid request over TLS sent meanwhile is answered.
 """
 
 from __future__ import annotations
@@ -65,14 +69,15 @@ def build_bomb(mib: int) -> bytes:
 class Server:
     """`trafficlens serve` in its own process, from the code under `src`."""
 
-    def __init__(self, src: Path, *options: str):
+    def __init__(self, src: Path, *options: str, context=None, model: Path = MODEL):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.context = context  # the client's TLS context when the server runs with --certfile
+        self.base = f"{'https' if context else 'http'}://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile("w+", prefix="serve-bench-", suffix=".log")
         env = dict(os.environ, PYTHONPATH=str(src))
-        self.popen = subprocess.Popen([sys.executable, "-m", "trafficlens", "serve", "--model", str(MODEL),
+        self.popen = subprocess.Popen([sys.executable, "-m", "trafficlens", "serve", "--model", str(model),
                                        "--port", str(self.port), *options],
                                       cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.proc = psutil.Process(self.popen.pid)
@@ -88,7 +93,7 @@ class Server:
             if self.popen.poll() is not None:
                 raise RuntimeError(f"server exited: {self.text()}")
             try:
-                with urllib.request.urlopen(f"{self.base}/healthz", timeout=2):
+                with urllib.request.urlopen(f"{self.base}/healthz", timeout=2, context=self.context):
                     break
             except OSError:
                 time.sleep(0.2)
@@ -98,7 +103,7 @@ class Server:
         # (and compiles them, the first time a copy of the code runs: numba caches by file path).
         # With --timeout 2 that first request may get its 408 while the kernels load: try again.
         for _ in range(10):
-            status, _ = post(f"{self.base}/v1/classify", CAPTURES[0].read_bytes())
+            status, _ = post(f"{self.base}/v1/classify", CAPTURES[0].read_bytes(), context=self.context)
             if status == 200:
                 return
             time.sleep(2)
@@ -136,11 +141,11 @@ class Server:
         self.log.close()
 
 
-def post(url: str, data: bytes, timeout: float = 300) -> tuple[int, float]:
+def post(url: str, data: bytes, timeout: float = 300, context=None) -> tuple[int, float]:
     start = time.perf_counter()
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/octet-stream"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
             resp.read()
             status = resp.status
     except urllib.error.HTTPError as exc:
@@ -255,6 +260,63 @@ def slow(server: Server, headers: int, trickles: int, window: float) -> dict:
             "tracebacks": log.count("Traceback (most recent call last)")}
 
 
+def handshake(server: Server, silent: int, partial: int, window: float) -> dict:
+    """TLS connections that never finish a handshake: when the server closes them."""
+    socks: dict[socket.socket, tuple[str, float]] = {}
+    closed: dict[str, list[float]] = {"silent": [], "partial": []}
+    sel = selectors.DefaultSelector()
+    for i in range(silent + partial):
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        kind = "silent" if i < silent else "partial"
+        if kind == "partial":
+            s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello's first bytes
+        s.setblocking(False)
+        socks[s] = (kind, time.monotonic())
+        sel.register(s, selectors.EVENT_READ)
+    valid_result: list[tuple[int, float]] = []
+    probe = threading.Timer(2.0, lambda: valid_result.append(
+        post(f"{server.base}/v1/classify", CAPTURES[3].read_bytes(), context=server.context)))
+    probe.start()
+    start = time.monotonic()
+    while time.monotonic() - start < window and socks:
+        for key, _ in sel.select(timeout=0.1):
+            s = key.fileobj
+            try:
+                data = s.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if data:
+                continue
+            kind, opened = socks.pop(s)
+            closed[kind].append(time.monotonic() - opened)
+            sel.unregister(s)
+            s.close()
+    probe.join()
+    still_open = {"silent": 0, "partial": 0}
+    for s, (kind, _) in socks.items():
+        still_open[kind] += 1
+        sel.unregister(s)
+        s.close()
+    return {"closed": closed, "open": still_open, "valid": valid_result[0] if valid_result else (0, float("nan"))}
+
+
+def tls_files(directory: Path):
+    """(server options, client context): a certificate for 127.0.0.1 from a CA made here."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(directory / "key.pem")
+    cert.cert_chain_pems[0].write_to_path(directory / "cert.pem")
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return ["--certfile", str(directory / "cert.pem"), "--keyfile", str(directory / "key.pem")], context
+
+
 def cap(server: Server, uploads: int) -> dict:
     socks, answers = [], []
     for _ in range(uploads):
@@ -294,12 +356,16 @@ def fmt_closed(r: dict, kind: str, window: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--baseline", type=Path, help="src/ of main's code (see the module docstring)")
+    parser.add_argument("--baseline-model", type=Path, default=MODEL,
+                        help="the run the baseline serves (a copy of the bundled one for code older than its config)")
     parser.add_argument("--concurrent", type=int, default=50)
     parser.add_argument("--bomb-mib", type=int, default=1024)
     parser.add_argument("--slow-headers", type=int, default=300)
     parser.add_argument("--trickles", type=int, default=20)
     parser.add_argument("--window", type=float, default=30.0, help="seconds the slow clients are watched")
-    parser.add_argument("--only", default="valid,bomb,slow,cap")
+    parser.add_argument("--handshakes", type=int, default=100, help="stalled TLS handshakes (half silent, half partial)")
+    parser.add_argument("--handshake-window", type=float, default=75.0)
+    parser.add_argument("--only", default="valid,bomb,slow,cap,handshake")
     args = parser.parse_args()
     here = ROOT / "src"
     only = set(args.only.split(","))
@@ -307,12 +373,12 @@ def main() -> None:
     data = build_bomb(args.bomb_mib)
     print(f"bomb: {len(data) / 1e6:.2f} MB sent, {args.bomb_mib} MiB inflated", flush=True)
 
-    def both(options_here: list[str], options_main: list[str], fn, *fn_args):
-        with Server(here, *options_here) as server:
+    def both(options_here: list[str], options_main: list[str], fn, *fn_args, context=None):
+        with Server(here, *options_here, context=context) as server:
             mine = fn(server, *fn_args)
         theirs = None
         if args.baseline:
-            with Server(args.baseline, *options_main) as server:
+            with Server(args.baseline, *options_main, context=context, model=args.baseline_model) as server:
                 theirs = fn(server, *fn_args)
         print(fn.__name__, summary(mine), summary(theirs), flush=True)
         return mine, theirs
@@ -359,6 +425,18 @@ def main() -> None:
             result = cap(server, 12)
         rows.append(("12 uploads, --max-uploads 8", "503 answers, slowest ms",
                      f"{result['refused']}, {result['max_ms']:.0f}", "-"))
+    if "handshake" in only:
+        with tempfile.TemporaryDirectory() as tmp:
+            options, context = tls_files(Path(tmp))
+            half = args.handshakes // 2
+            mine, theirs = both(options, options, handshake, half, args.handshakes - half, args.handshake_window,
+                                context=context)
+        name = f"TLS: {half} silent + {args.handshakes - half} partial handshakes"
+        for kind in ("silent", "partial"):
+            rows.append((name, f"{kind} handshakes", fmt_closed(mine, kind, args.handshake_window),
+                         fmt_closed(theirs, kind, args.handshake_window) if theirs else "-"))
+        rows.append((name, "valid request meanwhile: status, s", "%d, %.2f" % mine["valid"],
+                     "%d, %.2f" % theirs["valid"] if theirs else "-"))
     print()
     print("| scenario | measure | this tree | main (main / this tree) |")
     print("|---|---|---|---|")

@@ -540,6 +540,7 @@ def test_evaluate_by_capture_scores_held_out_classes_as_open_set(run, tmp_path):
         known = fits(np.flatnonzero(side == 2), score)
         assert got["known_test_called_unknown"] == pytest.approx(np.mean(known < threshold))
         assert got["auroc"] == pytest.approx(np.mean(held[:, None] < known[None, :]) + 0.5 * np.mean(held[:, None] == known[None, :]))
+        assert got["held_out_called_unknown_by_class"] == {"bulb": pytest.approx(np.mean(held < threshold))}
     # a deep model's fit is the embedding distance, its bank kept beside the calibration
     assert open_set["score"] == "embedding_distance"
     assert open_set["threshold"] == open_set["scores"]["embedding_distance"]["threshold"]

@@ -29,7 +29,7 @@ from captures import inflating_pcap_gz  # noqa: E402
 from trafficlens.serving import Classifier  # noqa: E402
 from trafficlens.serving import http  # noqa: E402
 from trafficlens.errors import ConfigError  # noqa: E402
-from trafficlens.serving.http import ServeConfig, create_app, is_loopback, server_config  # noqa: E402
+from trafficlens.serving.http import ServeConfig, create_app, is_loopback, server  # noqa: E402
 from trafficlens.serving.workers import WorkerPool  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,9 +53,8 @@ def pool():
 def serving(clf, pool, *, certfile=None, keyfile=None, **settings):
     """A server on a free loopback port; yields its base URL."""
     app = create_app(clf, pool=pool, **settings)
-    config = server_config(app, host="127.0.0.1", port=0, certfile=certfile, keyfile=keyfile,
-                           log_config=None, log_level="warning")  # log_config=None: records reach caplog
-    srv = uvicorn.Server(config)
+    srv = server(app, host="127.0.0.1", port=0, certfile=certfile, keyfile=keyfile,
+                 log_config=None, log_level="warning")  # log_config=None: records reach caplog
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -305,6 +304,34 @@ def test_tls(clf, pool, tmp_path):
         assert status == 200 and len(body["sessions"]) == 30
         with pytest.raises((urllib.error.URLError, ConnectionError, http_remote_errors())):
             request(base.replace("https", "http") + "/healthz", timeout=5)
+
+
+def test_a_tls_handshake_must_end_within_the_header_timeout(clf, pool, tmp_path):
+    """A client that connects and never starts (or never finishes) its handshake is dropped after
+    --header-timeout, not asyncio's 60 s, and a client that does handshake is still served."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(tmp_path / "key.pem")
+    cert.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    with serving(clf, pool, certfile=str(tmp_path / "cert.pem"), keyfile=str(tmp_path / "key.pem"),
+                 header_timeout_s=1.0) as base:
+        port = int(base.rsplit(":", 1)[1])
+        silent, partial = socket.create_connection(("127.0.0.1", port)), socket.create_connection(("127.0.0.1", port))
+        partial.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello's first bytes, then nothing
+        start = time.monotonic()
+        for sock in (silent, partial):
+            sock.settimeout(20)
+            try:
+                closed = sock.recv(1024) == b""  # the server closed it
+            except ConnectionResetError:
+                closed = True
+            assert closed
+            sock.close()
+        assert time.monotonic() - start < 8  # about 1 s each; 60 s before
+        assert request(f"{base}/healthz", context=context)[0] == 200
 
 
 def http_remote_errors():

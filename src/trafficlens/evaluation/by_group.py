@@ -195,7 +195,9 @@ def _open_set(clf, ds, by: str, window: float | None, validation: tuple["Groups"
                                       [str(x) for x in set(ds.labels.tolist()) - set(clf.labels) - {None}]))
     if not len(held_out):
         return None
-    held_groups = _groups_of(ds, held_out, np.zeros(len(held_out), np.int64), by, window, len(clf.labels))
+    held_names = sorted(str(x) for x in set(ds.labels[held_out].tolist()))
+    held_y = np.array([held_names.index(str(x)) for x in ds.labels[held_out]], dtype=np.int64)  # each group's class
+    held_groups = _groups_of(ds, held_out, held_y, by, window, max(len(clf.labels), len(held_names)))
     proba_held, _ = _probabilities(clf, ds, held_out)
     held_distances = distances["bank"].distances(_embeddings(clf, ds, held_out)) if distances else None
     val_groups, proba_val = validation
@@ -211,10 +213,13 @@ def _open_set(clf, ds, by: str, window: float | None, validation: tuple["Groups"
                         "known_test_called_unknown": float((test_fit < threshold).mean()) if groups.n else 0.0,
                         "auroc": _auroc(test_fit, held_fit),
                         # a point of the ROC curve, not an operating point: the threshold is read off the test split
-                        "held_out_called_unknown_at_test_rate": _detected_at(test_fit, held_fit, unknown_rate)}
+                        "held_out_called_unknown_at_test_rate": _detected_at(test_fit, held_fit, unknown_rate),
+                        "held_out_called_unknown_by_class": {
+                            name_: float((held_fit[held_groups.y == i] < threshold).mean())
+                            for i, name_ in enumerate(held_names) if (held_groups.y == i).any()}}
     score = EMBEDDING_DISTANCE if distances else OPEN_SET_SCORE
     return {
-        "held_out_classes": sorted(str(x) for x in set(ds.labels[held_out].tolist())),
+        "held_out_classes": held_names,
         "held_out_groups": held_groups.n, "score": score, "score_means": OPEN_SET_SCORES[score],
         "threshold_from": f"{unknown_rate:.1%} of the validation groups ({val_groups.n}) under it",
         **scores[score], "scores": scores,

@@ -182,10 +182,10 @@ def serve(run, host, port, token_file, certfile, keyfile, insecure, docs, max_up
     from trafficlens.errors import ConfigError
 
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (only to say what is missing, before anything starts)
     except ImportError:
         raise ConfigError("serve needs FastAPI and uvicorn: pip install 'trafficlens[serve]'") from None
-    from trafficlens.serving.http import ServeConfig, create_app, is_loopback, read_token, server_config
+    from trafficlens.serving.http import ServeConfig, create_app, is_loopback, read_token, server
 
     token = read_token(token_file) if token_file else None
     if keyfile and not certfile:
@@ -207,7 +207,7 @@ def serve(run, host, port, token_file, certfile, keyfile, insecure, docs, max_up
                          max_connections_per_ip=max_connections_per_ip, workers=workers, token=token,
                          docs=docs, top_k=top_k, min_confidence=min_confidence)
     app = create_app(clf, config)
-    uvicorn.Server(server_config(app, host=host, port=port, certfile=certfile, keyfile=keyfile, log_level="info")).run()
+    server(app, host=host, port=port, certfile=certfile, keyfile=keyfile, log_level="info").run()
 
 
 @click.command(epilog="""\b

@@ -278,13 +278,48 @@ class _BearerAuth:
 # -- the server: timeouts below the app, TLS, where it may listen -----------------------------------
 def server_config(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080, certfile: str | None = None,
                   keyfile: str | None = None, **uvicorn_options: Any):
-    """A `uvicorn.Config` for `app` with its header and body timeouts (and TLS when `certfile`)."""
+    """A `uvicorn.Config` for `app` with its header and body timeouts (and TLS when `certfile`).
+    With TLS the event loop is asyncio's, whose TLS handshakes `server` can bound."""
     import uvicorn
 
     config: ServeConfig = app.state.serve_config
     protocol = _guarded_protocol(config.header_timeout_s, config.body_timeout_s, config.max_connections_per_ip)
+    if certfile:
+        uvicorn_options.setdefault("loop", "asyncio")
     return uvicorn.Config(app, host=host, port=port, http=protocol, ssl_certfile=certfile, ssl_keyfile=keyfile,
                           **uvicorn_options)
+
+
+def server(app: FastAPI, **options: Any):
+    """A `uvicorn.Server` for `app` (`server_config(app, **options)`) whose TLS handshakes must end
+    within the header timeout. uvicorn leaves asyncio's default of 60 s, and the header timeout
+    and the per-address cap start only once a handshake is done (that is when the HTTP protocol
+    sees the connection), so a client that opened connections and never finished a handshake
+    held each for a minute, unlimited in number."""
+    import asyncio
+
+    import uvicorn
+
+    handshake_s = app.state.serve_config.header_timeout_s
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            # uvicorn passes no handshake timeout to `create_server`; add it for this start-up
+            loop = asyncio.get_running_loop()
+            create_server = loop.create_server
+
+            async def with_deadline(*args, **kwargs):
+                if kwargs.get("ssl") is not None:
+                    kwargs.setdefault("ssl_handshake_timeout", handshake_s)
+                return await create_server(*args, **kwargs)
+
+            loop.create_server = with_deadline
+            try:
+                await super().startup(sockets=sockets)
+            finally:
+                del loop.create_server
+
+    return _Server(server_config(app, **options))
 
 
 @functools.lru_cache(maxsize=None)
