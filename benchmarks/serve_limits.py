@@ -232,27 +232,9 @@ def slow(server: Server, headers: int, trickles: int, window: float) -> dict:
                         s.send(b"x")
                     except OSError:
                         pass
-        for key, _ in sel.select(timeout=0.05):
-            s = key.fileobj
-            try:
-                data = s.recv(65536)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if data:
-                answers.append(data)
-                continue
-            kind, opened = socks.pop(s)
-            closed[kind].append(time.monotonic() - opened)
-            sel.unregister(s)
-            s.close()
+        _read_or_record_close(sel, socks, closed, answers, 0.05)
     probe.join()
-    still_open = {"headers": 0, "trickle": 0}
-    for s, (kind, _) in socks.items():
-        still_open[kind] += 1
-        sel.unregister(s)
-        s.close()  # the client gives up: this is when main logs its tracebacks
+    still_open = _give_up(sel, socks, closed)  # the client gives up: this is when main logs its tracebacks
     time.sleep(2)
     log = server.text()
     return {"closed": closed, "open": still_open, "valid": valid_result[0] if valid_result else (0, float("nan")),
@@ -279,26 +261,9 @@ def handshake(server: Server, silent: int, partial: int, window: float) -> dict:
     probe.start()
     start = time.monotonic()
     while time.monotonic() - start < window and socks:
-        for key, _ in sel.select(timeout=0.1):
-            s = key.fileobj
-            try:
-                data = s.recv(65536)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if data:
-                continue
-            kind, opened = socks.pop(s)
-            closed[kind].append(time.monotonic() - opened)
-            sel.unregister(s)
-            s.close()
+        _read_or_record_close(sel, socks, closed, [], 0.1)
     probe.join()
-    still_open = {"silent": 0, "partial": 0}
-    for s, (kind, _) in socks.items():
-        still_open[kind] += 1
-        sel.unregister(s)
-        s.close()
+    still_open = _give_up(sel, socks, closed)
     return {"closed": closed, "open": still_open, "valid": valid_result[0] if valid_result else (0, float("nan"))}
 
 
@@ -315,6 +280,36 @@ def tls_files(directory: Path):
     context = ssl.create_default_context()
     ca.configure_trust(context)
     return ["--certfile", str(directory / "cert.pem"), "--keyfile", str(directory / "key.pem")], context
+
+
+def _read_or_record_close(sel, socks: dict, closed: dict[str, list[float]], answers: list[bytes], timeout: float) -> None:
+    """One round of the watch: keep what the server sent; a socket it closed leaves `socks`, its
+    time open recorded under its kind."""
+    for key, _ in sel.select(timeout=timeout):
+        s = key.fileobj
+        try:
+            data = s.recv(65536)
+        except BlockingIOError:
+            continue
+        except OSError:
+            data = b""
+        if data:
+            answers.append(data)
+            continue
+        kind, opened = socks.pop(s)
+        closed[kind].append(time.monotonic() - opened)
+        sel.unregister(s)
+        s.close()
+
+
+def _give_up(sel, socks: dict, closed: dict[str, list[float]]) -> dict[str, int]:
+    """Close what the server left open; how many of each kind that was."""
+    still_open = {kind: 0 for kind in closed}
+    for s, (kind, _) in socks.items():
+        still_open[kind] += 1
+        sel.unregister(s)
+        s.close()
+    return still_open
 
 
 def cap(server: Server, uploads: int) -> dict:

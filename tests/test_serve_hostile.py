@@ -288,15 +288,20 @@ def test_bearer_token(clf, pool, monkeypatch):
     assert compared  # the token is compared in constant time
 
 
-def test_tls(clf, pool, tmp_path):
+def tls_files(directory: Path) -> tuple[dict[str, str], ssl.SSLContext]:
+    """(the server's certfile and keyfile, a client context that trusts them): made by trustme."""
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
-    cert.private_key_pem.write_to_path(tmp_path / "key.pem")
-    cert.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    cert.private_key_pem.write_to_path(directory / "key.pem")
+    cert.cert_chain_pems[0].write_to_path(directory / "cert.pem")
     context = ssl.create_default_context()
     ca.configure_trust(context)
-    files = {"certfile": str(tmp_path / "cert.pem"), "keyfile": str(tmp_path / "key.pem")}
+    return {"certfile": str(directory / "cert.pem"), "keyfile": str(directory / "key.pem")}, context
+
+
+def test_tls(clf, pool, tmp_path):
+    files, context = tls_files(tmp_path)
     with serving(clf, pool, token=TOKEN, **files) as base:
         assert base.startswith("https://")
         status, body, _ = request(f"{base}/v1/classify", CAPTURE.read_bytes(), context=context,
@@ -309,15 +314,8 @@ def test_tls(clf, pool, tmp_path):
 def test_a_tls_handshake_must_end_within_the_header_timeout(clf, pool, tmp_path):
     """A client that connects and never starts (or never finishes) its handshake is dropped after
     --header-timeout, not asyncio's 60 s, and a client that does handshake is still served."""
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert.private_key_pem.write_to_path(tmp_path / "key.pem")
-    cert.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    with serving(clf, pool, certfile=str(tmp_path / "cert.pem"), keyfile=str(tmp_path / "key.pem"),
-                 header_timeout_s=1.0) as base:
+    files, context = tls_files(tmp_path)
+    with serving(clf, pool, header_timeout_s=1.0, **files) as base:
         port = int(base.rsplit(":", 1)[1])
         silent, partial = socket.create_connection(("127.0.0.1", port)), socket.create_connection(("127.0.0.1", port))
         partial.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello's first bytes, then nothing
