@@ -20,6 +20,10 @@ from outside:
   meanwhile is answered, and the tracebacks the server logs (after the client closes what is
   left). This tree runs with `--header-timeout 5 --body-timeout 10` here (defaults 10 and 60).
 - cap: `--max-uploads 8` and 12 trickling uploads: how fast the 4 over the cap get their 503.
+- unread: M clients upload a capture of 16,000 one-packet sessions (an answer of about 7 MB) and
+  never read the answer, watched for `--window` s: the server's resident memory (all its
+  processes) before and after, and whether it closed them. This tree runs with
+  `--write-timeout 5` here (default 60).
 - handshake: with TLS (`--certfile`, a certificate made here by `trustme`), N connections that
   send nothing and M that send the first bytes of a ClientHello and stop, watched for
   `--handshake-window` s (default options: `--header-timeout 10`): when the server closes them,
@@ -267,6 +271,45 @@ def handshake(server: Server, silent: int, partial: int, window: float) -> dict:
     return {"closed": closed, "open": still_open, "valid": valid_result[0] if valid_result else (0, float("nan"))}
 
 
+def many_sessions(n: int) -> bytes:
+    """A pcap of `n` one-packet UDP sessions (distinct source ports), written with trafficlens."""
+    from trafficlens.capture import PcapWriter, build
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "many.pcap"
+        with PcapWriter(path) as writer:
+            for i in range(n):
+                datagram = build.udp(b"q" * 24, sport=20000 + i % 40000, dport=53, src="10.1.1.1", dst="10.2.2.2")
+                writer.write(build.ethernet(build.ipv4(datagram, src="10.1.1.1", dst="10.2.2.2", proto=17)), 1.0 + i / 1000)
+        return path.read_bytes()
+
+
+def unread(server: Server, clients: int, capture: bytes, window: float) -> dict:
+    """Uploads whose answers are never read, watched from the server's side for `window` s (the
+    clients read nothing, so nothing drains): its connections on the port and its memory."""
+    rss = lambda: round(sum(p.memory_info().rss for p in server.processes()) / 2**20)  # noqa: E731
+    before = rss()
+    head = (f"POST /v1/classify HTTP/1.1\r\nHost: bench\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {len(capture)}\r\n\r\n").encode()
+    socks = []
+    for _ in range(clients):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", server.port))
+        s.sendall(head + capture)
+        socks.append(s)
+    start, seen = time.monotonic(), []
+    while time.monotonic() - start < window:
+        open_now = sum(c.status == psutil.CONN_ESTABLISHED and c.laddr.port == server.port
+                       for c in server.proc.net_connections(kind="tcp"))
+        seen.append((time.monotonic() - start, open_now, rss()))
+        time.sleep(1.0)
+    for s in socks:
+        s.close()
+    dropped = next((t for t, n, _ in seen if n == 0), None)
+    return {"open_at_end": seen[-1][1], "all_dropped_at": dropped, "rss_mb": (before, max(m for _, _, m in seen), seen[-1][2])}
+
+
 def tls_files(directory: Path):
     """(server options, client context): a certificate for 127.0.0.1 from a CA made here."""
     import ssl
@@ -358,9 +401,10 @@ def main() -> None:
     parser.add_argument("--slow-headers", type=int, default=300)
     parser.add_argument("--trickles", type=int, default=20)
     parser.add_argument("--window", type=float, default=30.0, help="seconds the slow clients are watched")
+    parser.add_argument("--unread", type=int, default=8, help="clients that never read their answer")
     parser.add_argument("--handshakes", type=int, default=100, help="stalled TLS handshakes (half silent, half partial)")
     parser.add_argument("--handshake-window", type=float, default=75.0)
-    parser.add_argument("--only", default="valid,bomb,slow,cap,handshake")
+    parser.add_argument("--only", default="valid,bomb,slow,cap,unread,handshake")
     args = parser.parse_args()
     here = ROOT / "src"
     only = set(args.only.split(","))
@@ -420,6 +464,16 @@ def main() -> None:
             result = cap(server, 12)
         rows.append(("12 uploads, --max-uploads 8", "503 answers, slowest ms",
                      f"{result['refused']}, {result['max_ms']:.0f}", "-"))
+    if "unread" in only:
+        mine, theirs = both(["--write-timeout", "5"], [], unread, args.unread, many_sessions(16_000), args.window)
+        name = f"{args.unread} clients leave a 7 MB answer unread"
+        def dropped(r: dict) -> str:
+            return (f"all closed by {r['all_dropped_at']:.0f} s" if r["all_dropped_at"] is not None
+                    else f"{r['open_at_end']} of {args.unread} open at {args.window:.0f} s")
+
+        rows.append((name, "connections, seen from the server", dropped(mine), dropped(theirs) if theirs else "-"))
+        rows.append((name, "server RSS MB: before, peak, at the end", " / ".join(map(str, mine["rss_mb"])),
+                     " / ".join(map(str, theirs["rss_mb"])) if theirs else "-"))
     if "handshake" in only:
         with tempfile.TemporaryDirectory() as tmp:
             options, context = tls_files(Path(tmp))

@@ -25,7 +25,7 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 psutil = pytest.importorskip("psutil")
 
-from captures import inflating_pcap_gz  # noqa: E402
+from captures import inflating_pcap_gz, udp_frame, write_pcap  # noqa: E402
 from trafficlens.serving import Classifier  # noqa: E402
 from trafficlens.serving import http  # noqa: E402
 from trafficlens.errors import ConfigError  # noqa: E402
@@ -266,6 +266,32 @@ def test_uploads_past_the_cap_get_503_at_once_and_others_still_work(clf, pool):
             sock.close()
         time.sleep(0.3)
         assert request(f"{base}/v1/classify", CAPTURE.read_bytes())[0] == 200
+
+
+def test_an_answer_left_unread_is_dropped_after_the_write_timeout(clf, pool, tmp_path, caplog):
+    """A client that uploads and then never reads its (large) answer: the answer waits in the
+    server's memory for as long as the client keeps the connection open; with --write-timeout the
+    connection is dropped once its buffer has been full that long, and the rest never sent."""
+    caplog.set_level(logging.DEBUG, logger=http.log.name)
+    # 16,000 sessions: an answer of about 7 MB, more than the kernel buffers of a loopback
+    # connection take (here the server's send buffer grows to 4 MB)
+    frames = [(1.0 + i * 0.001, udp_frame(b"q" * 24, sport=20000 + i, dport=53)) for i in range(16_000)]
+    capture = write_pcap(tmp_path / "many.pcap", frames).read_bytes()
+    with serving(clf, pool, write_timeout_s=1.0) as base:
+        host, port = base.rsplit("//", 1)[1].split(":")
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and it does not read
+        stalled.connect((host, int(port)))
+        stalled.sendall(upload_head(len(capture)) + capture)
+        deadline = time.monotonic() + 30
+        while not any("read nothing of the answer" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "the unread answer was never dropped"
+            time.sleep(0.1)
+        answer = read_until_closed(stalled, time.monotonic() + 10)  # what the kernel held, then the end
+        length = int(answer.split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+        assert answer.startswith(b"HTTP/1.1 200") and len(answer.split(b"\r\n\r\n", 1)[1]) < length
+        stalled.close()
+        assert request(f"{base}/v1/model")[0] == 200
 
 
 # -- who may use it ------------------------------------------------------------------------------

@@ -164,6 +164,9 @@ Example:
               help="Seconds a client has to send its request headers.")
 @click.option("--body-timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
               help="Seconds a client has to send its body, after the headers.")
+@click.option("--write-timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
+              help="Seconds an answer may wait for a client that stopped reading it; then the connection and "
+                   "the rest of the answer are dropped.")
 @click.option("--max-uploads", type=click.IntRange(1), default=64, show_default=True,
               help="Classify requests at once (uploading, waiting or running); more get 503.")
 @click.option("--max-connections-per-ip", type=click.IntRange(1), default=64, show_default=True,
@@ -176,8 +179,8 @@ Example:
 @trusted_key_option
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def serve(run, host, port, token_file, certfile, keyfile, insecure, docs, max_upload_mb, max_capture_mb, max_packets,
-          timeout_s, header_timeout, body_timeout, max_uploads, max_connections_per_ip, workers, top_k, min_confidence,
-          trusted_keys, device):
+          timeout_s, header_timeout, body_timeout, write_timeout, max_uploads, max_connections_per_ip, workers, top_k,
+          min_confidence, trusted_keys, device):
     """Serve a model over HTTP: POST a capture to /v1/classify, get per-session labels."""
     from trafficlens.errors import ConfigError
 
@@ -203,7 +206,7 @@ def serve(run, host, port, token_file, certfile, keyfile, insecure, docs, max_up
     mb = 1 << 20
     config = ServeConfig(max_upload_bytes=int(max_upload_mb * mb), max_capture_bytes=int(max_capture_mb * mb),
                          max_packets=max_packets, timeout_s=timeout_s, header_timeout_s=header_timeout,
-                         body_timeout_s=body_timeout, max_uploads=max_uploads,
+                         body_timeout_s=body_timeout, write_timeout_s=write_timeout, max_uploads=max_uploads,
                          max_connections_per_ip=max_connections_per_ip, workers=workers, token=token,
                          docs=docs, top_k=top_k, min_confidence=min_confidence)
     app = create_app(clf, config)

@@ -14,8 +14,9 @@ Built for a network where clients may be hostile; every limit is a `ServeConfig`
 - 413: a body over `max_upload_bytes` (checked while streaming), an upload that inflates past
   `max_capture_bytes` or holds more than `max_packets` packets (counted before any work).
 - 408: classification past `timeout_s` (its worker process is killed: nothing keeps running),
-  or a body not received within `body_timeout_s`. Headers not received within
-  `header_timeout_s` close the connection without an answer.
+  or a body not received within `body_timeout_s`. Headers (and with TLS the handshake) not
+  received within `header_timeout_s` close the connection without an answer; so does an answer
+  the client leaves unread for `write_timeout_s`.
 - 503: more than `max_uploads` classify requests at once (answered at once, before reading the
   body), or no worker free within `timeout_s`.
 - 401: a token is set and the request lacks `Authorization: Bearer <token>`.
@@ -64,6 +65,7 @@ class ServeConfig:
     timeout_s: float = 60.0  # classification of one upload; also the longest wait for a free worker
     header_timeout_s: float = 10.0  # from connecting (or the previous answer) to the end of the headers
     body_timeout_s: float = 60.0  # from the end of the headers to the end of the body
+    write_timeout_s: float = 60.0  # an answer the client stops reading: how long it may wait to be read
     max_uploads: int = 64  # classify requests at once (uploading, queued or running)
     max_connections_per_ip: int = 64  # open connections one client address may hold; past it, closed at once
     workers: int = 2  # classifier processes
@@ -74,7 +76,7 @@ class ServeConfig:
 
     def __post_init__(self):
         for name in ("max_upload_bytes", "max_capture_bytes", "max_packets", "timeout_s", "header_timeout_s",
-                     "body_timeout_s", "max_uploads", "max_connections_per_ip", "workers", "top_k"):
+                     "body_timeout_s", "write_timeout_s", "max_uploads", "max_connections_per_ip", "workers", "top_k"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"ServeConfig.{name}={getattr(self, name)!r}: must be positive")
 
@@ -283,7 +285,8 @@ def server_config(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080, ce
     import uvicorn
 
     config: ServeConfig = app.state.serve_config
-    protocol = _guarded_protocol(config.header_timeout_s, config.body_timeout_s, config.max_connections_per_ip)
+    protocol = _guarded_protocol(config.header_timeout_s, config.body_timeout_s, config.max_connections_per_ip,
+                                 config.write_timeout_s)
     if certfile:
         uvicorn_options.setdefault("loop", "asyncio")
     return uvicorn.Config(app, host=host, port=port, http=protocol, ssl_certfile=certfile, ssl_keyfile=keyfile,
@@ -322,43 +325,112 @@ def server(app: FastAPI, **options: Any):
     return _Server(server_config(app, **options))
 
 
+class _WriteDeadline:
+    """For an asyncio protocol with uvicorn's flow control: an answer the client stops reading
+    stays in the server's memory (a classify answer is one write, tens of MB for a large
+    capture) for as long as the client keeps the connection open. The transport says when its
+    buffer is full (`pause_writing`) and when it has drained (`resume_writing`); a buffer still
+    full `write_timeout_s` later drops the connection and what it held."""
+
+    write_timeout_s: float = 60.0
+    _stall = None
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stall is None:
+            self._stall = self.loop.call_later(self.write_timeout_s, self._stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._cancel_stall()
+
+    def _cancel_stall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _stalled(self) -> None:
+        self._stall = None
+        log.debug("closing %s: it read nothing of the answer for %g s", self.client, self.write_timeout_s)
+        self.transport.raw.abort()  # close() would wait to flush what the client does not read
+
+
+class _PhaseDeadlines:
+    """For uvicorn's h11 protocol: one timer for the phase the client is in (sending headers,
+    sending a body, or none), from `_phases` ({h11 state: (phase, seconds)}); a phase past its
+    deadline closes the connection, a body first answered 408 when no answer has started."""
+
+    _phases: dict = {}
+    body_timeout_s: float = 60.0
+    _phase: str | None = None
+    _timer = None
+
+    def _watch(self) -> None:
+        phase = None if self.transport.is_closing() else self._phases.get(self.conn.their_state)
+        if (phase and phase[0]) != self._phase:
+            self._set_timer(phase)
+
+    def _set_timer(self, phase) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._phase = phase[0] if phase else None
+        if phase:
+            self._timer = self.loop.call_later(phase[1], self._expired, phase[0])
+
+    def _expired(self, phase: str) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if phase == "body" and cycle is not None and not cycle.response_started:
+            self.transport.write(_timeout_answer(self.conn, self.body_timeout_s))
+        if cycle is not None:  # the app sees a disconnect and stops reading; nothing is logged
+            cycle.disconnected = True
+            cycle.message_event.set()
+        log.debug("closing %s: %s not complete in time", self.client, phase)
+        self.transport.raw.close()  # a client this slow gets no time to linger
+
+
+def _timeout_answer(conn, body_timeout_s: float) -> bytes:
+    """The bytes of the 408 a body past its deadline gets; b"" when h11 can no longer send one."""
+    import h11
+
+    body = json.dumps({"error": f"upload not complete {body_timeout_s:g} s after its headers "
+                                "(--body-timeout)"}).encode()
+    try:
+        out = conn.send(h11.Response(status_code=408, reason=b"Request Timeout", headers=[
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close")]))
+        return out + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+    except h11.LocalProtocolError:
+        return b""
+
+
 @functools.lru_cache(maxsize=None)
-def _guarded_protocol(header_timeout_s: float, body_timeout_s: float, per_ip: int):
+def _guarded_protocol(header_timeout_s: float, body_timeout_s: float, per_ip: int, write_timeout_s: float = 60.0):
     """uvicorn's h11 protocol with two deadlines per request, which uvicorn lacks: the headers must
     be complete `header_timeout_s` after the connection opens (or the previous answer ends), the
-    body `body_timeout_s` after the headers. A connection past either is closed; a body past its
-    deadline is first answered 408 when no answer has started. A client address holding `per_ip`
+    body `body_timeout_s` after the headers (`_PhaseDeadlines`). A client address holding `per_ip`
     open connections has the next one closed unread (uvicorn's own limit counts all clients
-    together, so one client could take every slot)."""
+    together, so one client could take every slot). An answer left unread drops the connection
+    after `write_timeout_s` (`_WriteDeadline`)."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    phases = {h11.IDLE: ("headers", header_timeout_s), h11.SEND_BODY: ("body", body_timeout_s)}
-
-    class GuardedH11Protocol(H11Protocol):
-        _phase: str | None = None
-        _timer = None
+    class GuardedH11Protocol(_PhaseDeadlines, _WriteDeadline, H11Protocol):
         _counted: str | None = None  # the client address this connection counts against
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self.transport = _LingeringTransport(transport, self.loop, lambda: self.conn.their_state is h11.SEND_BODY)
-            if not self._admit():
+            address = self.client[0] if self.client else None  # None: a Unix socket, nothing to count
+            if address is not None and not _count_connection(self.server_state, address, per_ip):
                 log.debug("closing %s: %d connections from its address already open", self.client, per_ip)
                 self.transport.raw.close()
                 return
-            self._watch()
-
-        def _admit(self) -> bool:
-            address = self.client[0] if self.client else None
-            if address is None:  # a Unix socket: no address to count
-                return True
-            open_by = _open_by_address(self.server_state)
-            if open_by[address] >= per_ip:
-                return False
-            open_by[address] += 1
             self._counted = address
-            return True
+            self._watch()
 
         def data_received(self, data: bytes) -> None:
             if self.transport.dropped is not None:
@@ -373,51 +445,32 @@ def _guarded_protocol(header_timeout_s: float, body_timeout_s: float, per_ip: in
 
         def connection_lost(self, exc) -> None:
             if self._counted is not None:
-                open_by = _open_by_address(self.server_state)
-                open_by[self._counted] -= 1
-                if not open_by[self._counted]:
-                    del open_by[self._counted]
+                _uncount_connection(self.server_state, self._counted)
             self._set_timer(None)
+            self._cancel_stall()
             self.transport.stop_lingering()
             super().connection_lost(exc)
 
-        def _watch(self) -> None:
-            """Keep one timer for the phase the client is in: sending headers, sending a body, or none."""
-            phase = None if self.transport.is_closing() else phases.get(self.conn.their_state)
-            if (phase and phase[0]) != self._phase:
-                self._set_timer(phase)
-
-        def _set_timer(self, phase) -> None:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = None
-            self._phase = phase[0] if phase else None
-            if phase:
-                self._timer = self.loop.call_later(phase[1], self._expired, phase[0])
-
-        def _expired(self, phase: str) -> None:
-            self._timer = None
-            if self.transport.is_closing():
-                return
-            cycle = self.cycle
-            if phase == "body" and cycle is not None and not cycle.response_started:
-                body = json.dumps({"error": f"upload not complete {body_timeout_s:g} s after its headers "
-                                            "(--body-timeout)"}).encode()
-                try:
-                    out = self.conn.send(h11.Response(status_code=408, reason=b"Request Timeout", headers=[
-                        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                        (b"connection", b"close")]))
-                    out += self.conn.send(h11.Data(data=body)) + self.conn.send(h11.EndOfMessage())
-                    self.transport.write(out)
-                except h11.LocalProtocolError:
-                    pass
-            if cycle is not None:  # the app sees a disconnect and stops reading; nothing is logged
-                cycle.disconnected = True
-                cycle.message_event.set()
-            log.debug("closing %s: %s not complete in time", self.client, phase)
-            self.transport.raw.close()  # a client this slow gets no time to linger
-
+    GuardedH11Protocol._phases = {h11.IDLE: ("headers", header_timeout_s), h11.SEND_BODY: ("body", body_timeout_s)}
+    GuardedH11Protocol.body_timeout_s = body_timeout_s
+    GuardedH11Protocol.write_timeout_s = write_timeout_s
     return GuardedH11Protocol
+
+
+def _count_connection(server_state, address: str, per_ip: int) -> bool:
+    """Count one more open connection from `address`; False (and not counted) when it holds `per_ip`."""
+    open_by = _open_by_address(server_state)
+    if open_by[address] >= per_ip:
+        return False
+    open_by[address] += 1
+    return True
+
+
+def _uncount_connection(server_state, address: str) -> None:
+    open_by = _open_by_address(server_state)
+    open_by[address] -= 1
+    if not open_by[address]:
+        del open_by[address]
 
 
 def _open_by_address(server_state) -> "collections.Counter[str]":
