@@ -52,7 +52,7 @@ def evaluate_groups(run: str | os.PathLike, by: str, window: float | None = None
     into `out` (default RUN/evaluation) and RUN/calibration.json; returns the metrics.
     `unknown_rate`: the share of known validation groups the open-set threshold calls unknown."""
     from trafficlens.datasets import Dataset
-    from trafficlens.evaluation.evaluate import _probabilities, own_split_provenance
+    from trafficlens.evaluation.evaluate import own_split_provenance
     from trafficlens.evaluation.report import group_curve_figure, write_report
     from trafficlens.files import atomic_write_text
     from trafficlens.inference.classifier import Classifier
@@ -75,9 +75,9 @@ def evaluate_groups(run: str | os.PathLike, by: str, window: float | None = None
     val, test = np.flatnonzero(assignment == 1), np.flatnonzero(assignment == 2)
     y_val = np.array([index[str(label)] for label in ds.labels[val]], dtype=np.int64)
     y_test = np.array([index[str(label)] for label in ds.labels[test]], dtype=np.int64)
-    proba_val, _ = _probabilities(clf, ds, val)
-    proba_test, seconds = _probabilities(clf, ds, test)
-    distances = _distances(clf, ds, run, assignment, val, test)
+    proba_val, embedding_val, _ = _outputs(clf, ds, val)
+    proba_test, embedding_test, seconds = _outputs(clf, ds, test)
+    distances = _distances(clf, ds, run, assignment, embedding_val, embedding_test)
 
     val_groups = _groups_of(ds, val, y_val, by, window, len(clf.labels))
     temperature, learned, calibration = _calibrate(run, ds, val_groups, proba_val, y_val, by, distances, unknown_rate)
@@ -138,25 +138,32 @@ def _groups_of(ds, rows: np.ndarray, y: np.ndarray, by: str, window: float | Non
     return Groups(_group_keys(table, by, window), np.asarray(table["ts_start"], dtype=np.float64), y, n_classes)
 
 
-def _distances(clf, ds, run: Path, assignment: np.ndarray, val: np.ndarray, test: np.ndarray) -> dict[str, Any]:
+def _distances(clf, ds, run: Path, assignment: np.ndarray, embedding_val: np.ndarray | None,
+               embedding_test: np.ndarray | None) -> dict[str, Any]:
     """For a deep model: the bank of training sessions' embeddings (saved in RUN, `inference.open_set`)
     and each validation and test session's distance to it; {} for a tree."""
     from trafficlens.inference.open_set import EmbeddingBank, bank_rows
 
-    if clf.kind != "deep":
+    if embedding_val is None:
         return {}
     known = np.isin(np.array([str(x) for x in ds.labels], dtype=object), clf.labels)
-    bank = EmbeddingBank(_embeddings(clf, ds, bank_rows(np.flatnonzero((assignment == 0) & known))))
-    return {"bank": bank, "record": bank.save(run), "val": bank.distances(_embeddings(clf, ds, val)),
-            "test": bank.distances(_embeddings(clf, ds, test))}
+    bank = EmbeddingBank(_outputs(clf, ds, bank_rows(np.flatnonzero((assignment == 0) & known)))[1])
+    return {"bank": bank, "record": bank.save(run), "val": bank.distances(embedding_val),
+            "test": bank.distances(embedding_test)}
 
 
-def _embeddings(clf, ds, rows: np.ndarray) -> np.ndarray:
+def _outputs(clf, ds, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """(probabilities, embeddings (None for a tree), inference seconds) of dataset rows, in one pass."""
+    import time
+
     from trafficlens.evaluation.evaluate import _CHUNK
 
-    parts = [clf.outputs({name: ds.tensor(name)[rows[i:i + _CHUNK]] for name in clf.inputs}, embed=True)[1]
+    start, deep = time.perf_counter(), clf.kind == "deep"
+    parts = [clf.outputs({name: ds.tensor(name)[rows[i:i + _CHUNK]] for name in clf.inputs}, embed=deep)
              for i in range(0, len(rows), _CHUNK)]
-    return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
+    proba = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, len(clf.labels)), np.float32)
+    embedding = (np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, 1), np.float32)) if deep else None
+    return proba, embedding, time.perf_counter() - start
 
 
 def _calibrate(run: Path, ds, val_groups: "Groups", proba_val: np.ndarray, y_val: np.ndarray, by: str,
@@ -189,8 +196,6 @@ def _open_set(clf, ds, by: str, window: float | None, validation: tuple["Groups"
               unknown_rate: float = UNKNOWN_RATE) -> dict[str, Any] | None:
     """Groups of labelled classes the run never learned, called unknown below a fit threshold
     chosen so that `unknown_rate` of the validation groups fall under it; None without such classes."""
-    from trafficlens.evaluation.evaluate import _probabilities
-
     held_out = np.flatnonzero(np.isin(np.array([str(x) for x in ds.labels], dtype=object),
                                       [str(x) for x in set(ds.labels.tolist()) - set(clf.labels) - {None}]))
     if not len(held_out):
@@ -198,8 +203,8 @@ def _open_set(clf, ds, by: str, window: float | None, validation: tuple["Groups"
     held_names = sorted(str(x) for x in set(ds.labels[held_out].tolist()))
     held_y = np.array([held_names.index(str(x)) for x in ds.labels[held_out]], dtype=np.int64)  # each group's class
     held_groups = _groups_of(ds, held_out, held_y, by, window, max(len(clf.labels), len(held_names)))
-    proba_held, _ = _probabilities(clf, ds, held_out)
-    held_distances = distances["bank"].distances(_embeddings(clf, ds, held_out)) if distances else None
+    proba_held, embedding_held, _ = _outputs(clf, ds, held_out)
+    held_distances = distances["bank"].distances(embedding_held) if distances else None
     val_groups, proba_val = validation
     scores = {}
     for name in OPEN_SET_SCORES:
