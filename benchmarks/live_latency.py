@@ -65,14 +65,30 @@ def wait_capturing(proc: subprocess.Popen, seconds: float = 1.5) -> None:
         sys.exit(f"capture process exited early: {proc.stderr.read() if proc.stderr else ''}")
 
 
-def live_run(run: Path, capture: Path, pps: int, out: Path, backend: str) -> dict:
+def wait_ready(proc: subprocess.Popen, seconds: float = 60.0) -> list[str]:
+    """Lines of stderr up to `live`'s "ready" line (model, kernels and a rehearsal loaded)."""
+    lines, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            sys.exit(f"capture process exited early: {''.join(lines)}")
+        lines.append(line)
+        if line.startswith("live: ready"):
+            return lines
+    sys.exit("capture process not ready in time")
+
+
+def live_run(run: Path, capture: Path, pps: int, out: Path, backend: str, start: str) -> dict:
     proc = subprocess.Popen([sys.executable, "-m", "trafficlens", "live", "--model", str(run), "-i", PAIR[1],
                              "--idle-exit", "10", "-o", str(out), "--device", "cpu", "--backend", backend],
                             stderr=subprocess.PIPE, text=True)
-    wait_capturing(proc, 6.0)  # imports torch and loads the model first
+    # "fixed": replay 6 s after start (imports, model and kernels load first; the process then idles, and a
+    # vCPU that slept seconds makes the first decisions 30-40 ms slower, measured). "ready": replay as soon
+    # as live says it is ready, as traffic that never pauses would find it.
+    head = wait_ready(proc) if start == "ready" else wait_capturing(proc, 6.0) or []
     achieved = replay(capture, pps)
     _, err = proc.communicate(timeout=600)
-    summary = json.loads(err.strip().splitlines()[-1])
+    summary = json.loads((("".join(head)) + err).strip().splitlines()[-1])
     return {"achieved_pps": achieved, **summary}
 
 
@@ -114,6 +130,8 @@ def main() -> None:
     parser.add_argument("--models", default="chen-cnn,ge-elmo-lstm-attention", help="Registered models (or VARIANTS) to decide with.")
     parser.add_argument("--backends", default="numba,python", help="Session engines to compare.")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "trafficlens-bench")
+    parser.add_argument("--start", choices=("fixed", "ready"), default="ready",
+                        help="Start the replay 6 s after live starts, or when it prints that it is ready.")
     args = parser.parse_args()
     for tool in ("ip", "tcpreplay", "tcpdump"):
         if not shutil.which(tool):
@@ -131,12 +149,13 @@ def main() -> None:
             base = tcpdump_run(capture, pps)
             for model in models:
                 for backend in backends:
-                    live = live_run(runs[model], capture, pps, work / f"live-{pps}.jsonl", backend)
+                    live = live_run(runs[model], capture, pps, work / f"live-{pps}-{model}.jsonl", backend, args.start)
                     rows.append((pps, model, backend, base, live))
                     print(f"{pps} {model} {backend}: tcpdump {base}; live {live}", file=sys.stderr)
     finally:
         sh("ip", "link", "del", PAIR[0], check=False)
-    print(f"\ncapture: {capture.name}, {capture.stat().st_size / 2**20:.0f} MB; models trained 1 epoch, --after 6, CPU")
+    print(f"\ncapture: {capture.name}, {capture.stat().st_size / 2**20:.0f} MB; models trained 1 epoch, --after 6, CPU, "
+          f"replay started: {args.start}")
     print("| target pps | model | engine | achieved pps | tcpdump dropped | live packets read | live dropped (libpcap) "
           "| decisions | delay median ms | delay p99 ms |")
     print("|---|---|---|---|---|---|---|---|---|---|")

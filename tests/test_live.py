@@ -256,6 +256,7 @@ def test_live_command_replays_a_capture(run, tmp_path):  # noqa: F811
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     summary = json.loads(result.stderr.strip().splitlines()[-1])
     assert len(rows) == summary["decisions"] == 28 and summary["packets"] > 28 * 6
+    assert f"live: ready, reading {SAMPLE / 'capture-2.pcapng'}" in result.stderr.splitlines()  # what a script waits for
     assert all(r["trigger"] == "after" and r["status"] == "ok" and r["label"] for r in rows)
 
 

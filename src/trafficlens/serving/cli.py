@@ -315,7 +315,8 @@ def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, fmt, top
                                             min_confidence=min_confidence, name=iface or replay_path,
                                             max_batch=max_batch, max_wait_ms=max_wait_ms,
                                             clock="capture" if iface else "arrival", backend=backend,
-                                            flush=fh.flush, groups=groups, host_idle=host_idle).run(source)
+                                            flush=fh.flush, groups=groups, host_idle=host_idle).run(
+                source, on_ready=lambda: click.echo(f"live: ready, reading {iface or replay_path}", err=True))
         finally:
             signal.signal(signal.SIGTERM, previous)
         if fmt == "zeek":

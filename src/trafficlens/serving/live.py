@@ -11,8 +11,8 @@ reference with `backend="python"`) in blocks of packets, in live mode (`after=M`
 
 from __future__ import annotations
 
+import gc
 import os
-import queue
 import select
 import threading
 import time
@@ -30,6 +30,7 @@ from trafficlens.inference.open_set import load_bank
 from trafficlens.prep.engines import make_engine
 from trafficlens.prep.engines.base import EngineSink
 from trafficlens.prep.engines.blocks import block_from_pcapy, packet_blocks
+from trafficlens.prep.engines.rehearsal import rehearse
 from trafficlens.prep.hosts import HostAddresses
 from trafficlens.prep.tensors.examples import metas_of
 
@@ -66,7 +67,7 @@ class Interface:
     pcapy-ng's `next_batch` hands over up to 512 packets per call, so the C -> Python
     boundary is crossed once per batch, not per packet; a large kernel buffer absorbs bursts
     while a decision batch runs. A read timeout yields `None`: a heartbeat that lets the
-    consumer flush waiting decisions when traffic pauses. `stats()` gives libpcap's counters
+    consumer end idle sessions when traffic pauses. `stats()` gives libpcap's counters
     (received, dropped by the kernel buffer, dropped by the interface).
     """
 
@@ -205,13 +206,13 @@ class LiveClassifier:
     Two threads share the work: the caller's thread reads packets, assembles sessions and
     builds the tensors of sessions that are ready (M-th packet, end, idle-out, eviction); a
     worker thread runs inference and writes rows, so capture never waits for the model
-    (PyTorch and the compiled kernels release the GIL while they compute). Ready sessions are
-    handed over together: at once when the worker is idle and the oldest has waited
-    `max_wait_ms`, or as soon as `max_batch` are waiting. At most two jobs are queued; behind
-    them ready sessions gather (a burst is absorbed, and the model catches up with bigger
-    batches) up to `max_backlog`, past which capture waits for the model: memory stays bounded,
-    and a model slower than the traffic for long shows up as capture drops. A session is
-    decided on exactly the packets it had at its trigger.
+    (PyTorch and the compiled kernels release the GIL while they compute). The worker takes
+    every ready session the moment it is free, once the oldest has waited `max_wait_ms` or
+    `max_batch` are waiting: while it decides, the next ones gather, so the batch grows with
+    the backlog (a burst is absorbed, and the model catches up with bigger, cheaper batches).
+    Past `max_backlog` waiting sessions capture waits for the model: memory stays bounded, and
+    a model slower than the traffic for long shows up as capture drops. A session is decided
+    on exactly the packets it had at its trigger.
     Delays are measured from the trigger packet's timestamp when `clock="capture"` (the
     kernel's, for an interface: time queued in the capture buffer counts) or from when its
     block was read (`"arrival"`, for replays) to its row handed to `sink` (called from the worker
@@ -247,10 +248,12 @@ class LiveClassifier:
         self.clock = clock
         self.flush = flush
         self.stats = LiveStats()
-        self._ready: list[_Ready] = []
+        self._ready: list[_Ready] = []  # taken by the worker, under `_handover`
         self._ready_count = 0
+        self._handover = threading.Condition()
+        self._closing = False  # input ended: the worker decides what is left, then stops
+        self._ready_since = 0.0  # wall time the oldest waiting part came
         self._stamp = 0.0  # wall time of the block being added
-        self._jobs: queue.Queue = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._last_ts: float | None = None  # capture time of the latest packet
         self._groups = self._bank = None
@@ -264,6 +267,7 @@ class LiveClassifier:
             if groups.by != "host":
                 raise ValueError(f"live decides per session or per host, not by {groups.by!r}")
             self.stats.hosts = {"events": 0, "evicted": 0, "expired": 0}
+        self._backend = backend
         self._engine = make_engine(backend, clf.prep_config, name, EngineSink(self._on_sessions, self._on_reject),
                                    after=after, max_sessions=max_sessions)
 
@@ -278,8 +282,12 @@ class LiveClassifier:
 
     def _add(self, part: _Ready) -> None:
         if part.triggers:
-            self._ready.append(part)
-            self._ready_count += len(part.triggers)
+            with self._handover:
+                if not self._ready:
+                    self._ready_since = time.time()
+                self._ready.append(part)
+                self._ready_count += len(part.triggers)
+                self._handover.notify()
 
     # -- the engine's callbacks ----------------------------------------------------------------
     def _stamps(self, trigger: str, trigger_ts: list[float]) -> list[float]:
@@ -302,18 +310,31 @@ class LiveClassifier:
         self._add(_Ready("rejected", [rejected_row(meta, reason)], [trigger], stamps))
 
     # -- hand-over and decisions -----------------------------------------------------------------
-    def _oldest_stamp(self) -> float:
-        return min(part.stamps[0] for part in self._ready)
+    def _take(self) -> list[_Ready] | None:
+        """The worker's next job: every ready session, once due; None when input has ended and all
+        are decided. Handing over from the worker's side saves the wait for capture's next block
+        that a hand-over from capture's side cost after every batch."""
+        with self._handover:
+            while True:
+                wait = None
+                if self._ready:  # the oldest stamp may be a packet's, from a clock ahead of ours: bounded by arrival
+                    now = time.time()
+                    wait = self.max_wait - max(now - min(part.stamps[0] for part in self._ready), now - self._ready_since)
+                    if self._closing or self._ready_count >= self.max_batch or wait <= 0:
+                        job, self._ready, self._ready_count = self._ready, [], 0
+                        self._handover.notify_all()  # capture may be waiting for room
+                        return job
+                elif self._closing:
+                    return None
+                self._handover.wait(wait)
 
-    def _dispatch(self, final: bool = False) -> None:
-        """Queue every ready session for the worker. While two jobs already wait, ready sessions
-        keep gathering instead (the model takes them together, in bigger and cheaper batches),
-        so capture does not stop for a burst; only past `max_backlog` does it wait for the model."""
-        if not final and self._jobs.full() and self._ready_count < self.max_backlog:
-            return
-        job, self._ready, self._ready_count = self._ready, [], 0
-        if job:
-            self._jobs.put(job)  # blocks while two jobs wait: backpressure
+    def _wait_for_room(self) -> None:
+        """Capture's side: raise what the worker raised; past `max_backlog` waiting sessions, wait
+        for the model (backpressure)."""
+        if self._ready_count >= self.max_backlog:
+            with self._handover:
+                while self._ready_count >= self.max_backlog and self._error is None:
+                    self._handover.wait(0.1)
         if self._error is not None:
             raise self._error
 
@@ -373,45 +394,61 @@ class LiveClassifier:
             self.flush()
 
     def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
+        while (job := self._take()) is not None:
             try:
-                if job is None:
-                    return
                 if self._error is None:
                     self._decide(job)
             except BaseException as exc:  # handed to the reading thread, which raises it
                 self._error = exc
-            finally:
-                self._jobs.task_done()
+                with self._handover:
+                    self._handover.notify_all()
 
-    def _due(self, heartbeat: bool) -> bool:
-        if not self._ready_count:
-            return False
-        return heartbeat or self._ready_count >= self.max_batch or (
-            self._jobs.unfinished_tasks == 0 and time.time() - self._oldest_stamp() >= self.max_wait)
-
-    def run(self, packets: Iterable[RawPacket | None] | Interface) -> LiveStats:
+    def run(self, packets: Iterable[RawPacket | None] | Interface,
+            on_ready: Callable[[], None] | None = None) -> LiveStats:
         """Consume packets until the source ends (or Ctrl-C), then decide what is left.
 
-        `None` items are heartbeats from a quiet source: they hand over waiting sessions and end
-        the sessions idle past the timeout.
+        `None` items are heartbeats from a quiet source: they end the sessions idle past the
+        timeout. `on_ready` is called once everything is loaded, before the first packet is read
+        (an interface buffers what arrives before).
         """
-        self.clf.warm_up()  # not at the first decision: it would wait for the export
+        self._rehearse()
+        # A full collection walked the ~260 k objects that torch, numba and the model leave for 70-115 ms
+        # (measured), stalling decisions; frozen, it walks only what live traffic allocates. (A heap
+        # someone else froze stays as they left it.)
+        frozen_here = not gc.get_freeze_count()
+        gc.collect()
+        gc.freeze()
         worker = threading.Thread(target=self._work, name="trafficlens-live-inference", daemon=True)
         worker.start()
         try:
+            if on_ready is not None:
+                on_ready()
             self._run_blocks(packets)
         except KeyboardInterrupt:
             pass
         finally:
             self._finish()
             worker.join()
+            if frozen_here:
+                gc.unfreeze()
         if self._error is not None:
             raise self._error
         if self._groups is not None:
             self._emit([("final", row) for row in self._groups.rows()])
         return self.stats
+
+    def _rehearse(self) -> None:
+        """Before the first packet: the model's export (`warm_up`), then a small synthetic capture through
+        an engine of this one's kind and the model (`prep.engines.rehearsal`), so that the first blocks
+        and decisions do not wait for kernels to load or the runtime's first run."""
+        self.clf.warm_up()
+        batches = rehearse(self._backend, self.clf.prep_config, self._engine.after)
+        if not batches:
+            return
+        if self._groups is not None:
+            self.clf.session_evidence(batches, self._bank)
+        else:
+            self.clf.rows_for_batches(batches, self.top_k, self.min_confidence)
 
     def _run_blocks(self, source) -> None:
         engine = self._engine
@@ -433,16 +470,14 @@ class LiveClassifier:
                 if self._hosts is not None:
                     self._hosts.watch(block)
                 engine.feed(block)
-            if self._due(block is None):
-                self._dispatch()
+            self._wait_for_room()
 
     def _finish(self) -> None:
         """End of input: every session still held is decided, then the worker stops."""
-        self._engine.close()
-        self.stats.evicted = self._engine.counts.evicted
-        if self._error is None and (self._ready_count or self._ready):
-            try:
-                self._dispatch(final=True)
-            except BaseException as exc:
-                self._error = self._error or exc
-        self._jobs.put(None)
+        try:
+            self._engine.close()
+            self.stats.evicted = self._engine.counts.evicted
+        finally:
+            with self._handover:
+                self._closing = True
+                self._handover.notify_all()

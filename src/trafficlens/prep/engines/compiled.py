@@ -37,6 +37,28 @@ class CompiledEngine(SessionEngine):
     INITIAL_SLOTS = 512
     INITIAL_NODES = 8192
     INITIAL_ARENA = 1 << 20  # view bytes of live sessions; compacted (and doubled) when crowded
+    # live engines start with room for max_sessions sessions, up to this many (83 MB resident and 57 ms
+    # to build for 100 k, most of it the pools' free lists and the per-direction range lists)
+    LIVE_SLOTS_CAP = 1 << 17
+    # pool nodes per slot they start with: the live benchmark's sessions needed 6.6 packet nodes and 4 view nodes
+    # each at their peak (40 k and 64 k sessions), and most sessions are short
+    LIVE_PACKETS_PER_SLOT, LIVE_VIEWS_PER_SLOT = 4, 2
+    LIVE_ARENA_PER_SLOT = 2048  # arena bytes per slot they start with (a session's views took 870 on average)
+
+    @classmethod
+    def _start_sizes(cls, after: int, max_sessions: int | None) -> tuple[int, int, int, int]:
+        """(slots, packet nodes, view nodes, arena bytes) to start with.
+
+        Live engines (`after`, `max_sessions`) get room for `max_sessions` sessions from the start:
+        doubling the table at 32 k sessions stalled capture for 90-110 ms, compacting a crowded arena
+        for 80-200 ms and doubling a pool for 10 ms, 45-70 ms of decision delay once the backlog
+        drained (measured at 100 k packets/s). The table and arena commit pages only as sessions use
+        them; the pools' free lists and the range lists commit theirs at once."""
+        if not (after and max_sessions):
+            return cls.INITIAL_SLOTS, cls.INITIAL_NODES, cls.INITIAL_NODES, cls.INITIAL_ARENA
+        slots = max(cls.INITIAL_SLOTS, 1 << (min(max_sessions, cls.LIVE_SLOTS_CAP) - 1).bit_length())
+        return (slots, max(cls.INITIAL_NODES, slots * cls.LIVE_PACKETS_PER_SLOT),
+                max(cls.INITIAL_NODES, slots * cls.LIVE_VIEWS_PER_SLOT), max(cls.INITIAL_ARENA, slots * cls.LIVE_ARENA_PER_SLOT))
 
     def __init__(self, config, source, sink, *, label_of=None, after: int = 0, max_sessions: int | None = None):
         super().__init__(config, source, sink, label_of=label_of, after=after, max_sessions=max_sessions)
@@ -46,16 +68,16 @@ class CompiledEngine(SessionEngine):
                                     config.packets + 4,  # sessions.assembler._REORDER_MARGIN
                                     config.image_bytes, view_limit, LAYERS.index(config.layer),
                                     MASKS.index(config.mask), after)
-        slots, nodes = self.INITIAL_SLOTS, self.INITIAL_NODES
-        packet_pool, packet_times = _pool(nodes, 3, kn.P_NEXT)
-        view_pool, view_times = _pool(nodes, kn.NE, kn.E_NEXT)
+        slots, packet_nodes, view_nodes, arena = self._start_sizes(after, max_sessions)
+        packet_pool, packet_times = _pool(packet_nodes, 3, kn.P_NEXT)
+        view_pool, view_times = _pool(view_nodes, kn.NE, kn.E_NEXT)
         counters = np.zeros(kn.NK, np.int64)
         counters[kn.K_NSFREE] = slots
         self.st = kn.State(
             slot_index=np.full(4 * slots, kn.HT_EMPTY, np.int64), slot_ints=np.zeros((slots, kn.NI), np.int64),
             slot_floats=np.zeros((slots, kn.NF), np.float64), free_slots=np.arange(slots - 1, -1, -1, dtype=np.int64),
             packet_pool=packet_pool, packet_times=packet_times, view_pool=view_pool, view_times=view_times,
-            arena=np.zeros(max(self.INITIAL_ARENA, 8 * view_limit), np.uint8), seq_ranges=kn.new_ranges(slots),
+            arena=np.zeros(max(arena, 8 * view_limit), np.uint8), seq_ranges=kn.new_ranges(slots),
             seq_range_counts=np.zeros(2 * slots, np.int64), ended_slots=np.zeros(slots, np.int64),
             triggered_slots=np.zeros(slots, np.int64), counters=counters, scratch=np.zeros(1 << 16, np.uint8))
         self.decided = np.zeros(slots, bool)  # live: sessions handed over at their trigger
