@@ -499,6 +499,7 @@ def test_evaluate_by_capture_scores_held_out_classes_as_open_set(run, tmp_path):
     from trafficlens.datasets import Dataset
     from trafficlens.evaluation.by_group import UNKNOWN_RATE, evaluate_groups
     from trafficlens.inference.classifier import Classifier
+    from trafficlens.inference.open_set import rate_interval
     from trafficlens.training import TrainConfig, train_run
     from trafficlens.training.bundle import read_split
 
@@ -547,6 +548,10 @@ def test_evaluate_by_capture_scores_held_out_classes_as_open_set(run, tmp_path):
     calibration = json.loads((open_run / "calibration.json").read_text())
     stored = calibration["open_set"]["capture"]
     assert stored["threshold"] == pytest.approx(open_set["threshold"]) and stored["score"] == "embedding_distance"
+    # the share of known groups such a threshold calls unknown, as a 90% interval from the validation groups' count
+    interval = rate_interval(UNKNOWN_RATE, stored["validation_groups"])
+    assert stored["known_called_unknown_90"] == pytest.approx(list(interval)) == open_set["known_called_unknown_90"]
+    assert interval[0] < UNKNOWN_RATE < interval[1]
     assert calibration["open_set_bank"]["sessions"] == len(training) and (open_run / "openset-bank.npy").is_file()
 
     # predict --by capture --open-set on the held-out class's capture files: unknown exactly where
@@ -563,6 +568,8 @@ def test_evaluate_by_capture_scores_held_out_classes_as_open_set(run, tmp_path):
     assert result.exit_code == 0, result.output
     assert (f"--open-set: a group is unknown when its embedding distance fit is under {open_set['threshold']:.4g}"
             in result.stderr)
+    assert (f"expect it to call {interval[0]:.0%}-{interval[1]:.0%} of known groups unknown, a 90% interval from "
+            f"{stored['validation_groups']} validation groups" in result.stderr)
     import pandas as pd
 
     assert list(pd.read_csv(tmp_path / "groups.csv")["label"]) == list(table["label"])

@@ -38,6 +38,7 @@ from trafficlens.errors import ConfigError
 from trafficlens.inference.groups import (AGGREGATORS, CALIBRATION, EMBEDDING_DISTANCE, OPEN_SET_SCORE, OPEN_SET_SCORES,
                                           LearnedAggregator, calibrated_log_probs, fit_temperature, group_features,
                                           group_probabilities, read_calibration)
+from trafficlens.inference.open_set import rate_interval
 
 BY = ("capture", "host")
 UNKNOWN_RATE = 0.05  # of known validation groups called unknown: where the open-set threshold sits
@@ -186,7 +187,8 @@ def _calibrate(run: Path, ds, val_groups: "Groups", proba_val: np.ndarray, y_val
         fit = val_groups.open_set_fit(score, proba_val, temperature, distances.get("val"))
         calibration.setdefault("open_set", {})[kind] = {
             "threshold": float(np.quantile(fit, unknown_rate)), "score": score,
-            "unknown_rate_on_validation": unknown_rate, "validation_groups": val_groups.n}
+            "unknown_rate_on_validation": unknown_rate, "validation_groups": val_groups.n,
+            "known_called_unknown_90": list(rate_interval(unknown_rate, val_groups.n))}
     atomic_write_text(run / CALIBRATION, json.dumps(calibration, indent=2) + "\n")
     return temperature, learned, calibration
 
@@ -223,10 +225,14 @@ def _open_set(clf, ds, by: str, window: float | None, validation: tuple["Groups"
                             name_: float((held_fit[held_groups.y == i] < threshold).mean())
                             for i, name_ in enumerate(held_names) if (held_groups.y == i).any()}}
     score = EMBEDDING_DISTANCE if distances else OPEN_SET_SCORE
+    interval = rate_interval(unknown_rate, val_groups.n)
     return {
         "held_out_classes": held_names,
         "held_out_groups": held_groups.n, "score": score, "score_means": OPEN_SET_SCORES[score],
-        "threshold_from": f"{unknown_rate:.1%} of the validation groups ({val_groups.n}) under it",
+        "threshold_from": f"{unknown_rate:.1%} of the validation groups ({val_groups.n}) under it: it calls "
+                          f"{interval[0]:.1%}-{interval[1]:.1%} of new known groups unknown (90% interval)",
+        # where known_test_called_unknown is expected to lie (plus the test split's own sampling noise)
+        "known_called_unknown_90": list(interval),
         **scores[score], "scores": scores,
     }
 

@@ -170,25 +170,38 @@ def read_calibration(run) -> dict[str, Any]:
     return record
 
 
-def read_open_set(run, by: str) -> dict[str, Any]:
-    """`GroupConfig`'s `unknown_below` and `unknown_score`: the open-set threshold `evaluate RUN
-    --by` fitted for captures or hosts (host-window uses the hosts') and the fit it applies to; a
-    ConfigError naming the command when there is none. Runs calibrated before the fit was named
-    stored the mean top probability's."""
+def _open_set_record(run, by: str) -> dict[str, Any]:
     kind = "capture" if by == "capture" else "host"
     record = (read_calibration(run).get("open_set") or {}).get(kind)
     if not isinstance(record, dict) or not isinstance(record.get("threshold"), (int, float)):
         raise ConfigError(f"{run} has no open-set threshold for {kind} groups: fit it with "
                           f"`trafficlens evaluate {run} --by {kind}`")
+    return record
+
+
+def read_open_set(run, by: str) -> dict[str, Any]:
+    """`GroupConfig`'s `unknown_below` and `unknown_score`: the open-set threshold `evaluate RUN
+    --by` fitted for captures or hosts (host-window uses the hosts') and the fit it applies to; a
+    ConfigError naming the command when there is none. Runs calibrated before the fit was named
+    stored the mean top probability's."""
+    record = _open_set_record(run, by)
     score = record.get("score")
     score = score if score in OPEN_SET_SCORES else "mean_top_probability"
     return {"unknown_below": float(record["threshold"]), "unknown_score": score}
 
 
-def describe_open_set(unknown: dict[str, Any]) -> str:
-    """One line for stderr: the open-set rule `read_open_set` gave (what predict and live apply)."""
-    return (f"--open-set: a group is unknown when its {unknown['unknown_score'].replace('_', ' ')} fit is under "
-            f"{unknown['unknown_below']:.4g} (set by `evaluate --by` on the validation split)")
+def describe_open_set(run, by: str) -> str:
+    """One line for stderr: the open-set rule `read_open_set` gives (what predict and live apply)
+    and, for runs calibrated since it is recorded, the share of known groups it is expected to
+    call unknown (`open_set.rate_interval`)."""
+    unknown, record = read_open_set(run, by), _open_set_record(run, by)
+    line = (f"--open-set: a group is unknown when its {unknown['unknown_score'].replace('_', ' ')} fit is under "
+            f"{unknown['unknown_below']:.4g} (set by `evaluate --by` on the validation split")
+    interval = record.get("known_called_unknown_90")
+    if isinstance(interval, list) and len(interval) == 2:
+        line += (f"; expect it to call {interval[0]:.0%}-{interval[1]:.0%} of known groups unknown, a 90% interval "
+                 f"from {record.get('validation_groups')} validation groups")
+    return line + ")"
 
 
 def resolve_aggregator(calibration: dict[str, Any], by: str, aggregator: str = AUTO) -> str:

@@ -97,7 +97,7 @@ def predict(run, captures, out, fmt, bpf, top_k, min_confidence, trusted_keys, d
         if unknown:
             from trafficlens.inference.groups import describe_open_set
 
-            click.echo(describe_open_set(unknown), err=True)
+            click.echo(describe_open_set(run, by), err=True)
     elif open_set:
         from trafficlens.errors import ConfigError
 
@@ -277,7 +277,7 @@ def live(run, iface, replay_path, speed, after, max_sessions, bpf, out, fmt, top
 
     unknown = read_open_set(run, "host") if open_set else {}  # before the model loads
     if unknown:
-        click.echo(describe_open_set(unknown), err=True)
+        click.echo(describe_open_set(run, "host"), err=True)
     with contextlib.nullcontext(sys.stdout) if out == "-" else atomic_output(out) as fh:
         if iface:
             source = live_mod.Interface(iface, bpf=bpf, idle_exit=idle_exit)
