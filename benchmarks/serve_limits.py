@@ -311,18 +311,13 @@ def unread(server: Server, clients: int, capture: bytes, window: float) -> dict:
 
 
 def tls_files(directory: Path):
-    """(server options, client context): a certificate for 127.0.0.1 from a CA made here."""
+    """(server options, client context): a certificate for 127.0.0.1 from a throwaway CA (`generate.certs`)."""
     import ssl
 
-    import trustme
+    from trafficlens.generate.certs import make
 
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert.private_key_pem.write_to_path(directory / "key.pem")
-    cert.cert_chain_pems[0].write_to_path(directory / "cert.pem")
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return ["--certfile", str(directory / "cert.pem"), "--keyfile", str(directory / "key.pem")], context
+    certs = make(str(directory), ("127.0.0.1",))
+    return ["--certfile", certs.certfile, "--keyfile", certs.keyfile], ssl.create_default_context(cafile=certs.cafile)
 
 
 def _read_or_record_close(sel, socks: dict, closed: dict[str, list[float]], answers: list[bytes], timeout: float) -> None:

@@ -315,15 +315,13 @@ def test_bearer_token(clf, pool, monkeypatch):
 
 
 def tls_files(directory: Path) -> tuple[dict[str, str], ssl.SSLContext]:
-    """(the server's certfile and keyfile, a client context that trusts them): made by trustme."""
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert.private_key_pem.write_to_path(directory / "key.pem")
-    cert.cert_chain_pems[0].write_to_path(directory / "cert.pem")
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    return {"certfile": str(directory / "cert.pem"), "keyfile": str(directory / "key.pem")}, context
+    """(the server's certfile and keyfile, a client context that trusts them): the throwaway CA of
+    `generate.certs`, made by trustme."""
+    pytest.importorskip("trustme")
+    from trafficlens.generate.certs import make
+
+    certs = make(str(directory), ("127.0.0.1",))
+    return {"certfile": certs.certfile, "keyfile": certs.keyfile}, ssl.create_default_context(cafile=certs.cafile)
 
 
 def test_tls(clf, pool, tmp_path):

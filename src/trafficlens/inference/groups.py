@@ -184,7 +184,10 @@ def read_open_set(run, by: str) -> dict[str, Any]:
     --by` fitted for captures or hosts (host-window uses the hosts') and the fit it applies to; a
     ConfigError naming the command when there is none. Runs calibrated before the fit was named
     stored the mean top probability's."""
-    record = _open_set_record(run, by)
+    return _open_set_rule(_open_set_record(run, by))
+
+
+def _open_set_rule(record: dict[str, Any]) -> dict[str, Any]:
     score = record.get("score")
     score = score if score in OPEN_SET_SCORES else "mean_top_probability"
     return {"unknown_below": float(record["threshold"]), "unknown_score": score}
@@ -194,7 +197,8 @@ def describe_open_set(run, by: str) -> str:
     """One line for stderr: the open-set rule `read_open_set` gives (what predict and live apply)
     and, for runs calibrated since it is recorded, the share of known groups it is expected to
     call unknown (`open_set.rate_interval`)."""
-    unknown, record = read_open_set(run, by), _open_set_record(run, by)
+    record = _open_set_record(run, by)
+    unknown = _open_set_rule(record)
     line = (f"--open-set: a group is unknown when its {unknown['unknown_score'].replace('_', ' ')} fit is under "
             f"{unknown['unknown_below']:.4g} (set by `evaluate --by` on the validation split")
     interval = record.get("known_called_unknown_90")
